@@ -1,0 +1,97 @@
+//! The one place where internal errors become HTTP and gRPC statuses.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::ingest::IngestError;
+use crate::query::QueryError;
+
+/// Clients are told to come back after this long when the write path is full.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn text(status: StatusCode, msg: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            IngestError::Malformed(_) | IngestError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            IngestError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let retry = matches!(self, IngestError::Overloaded | IngestError::Storage(_));
+        let mut resp = text(status, self.to_string());
+        if retry {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        resp
+    }
+}
+
+impl From<IngestError> for tonic::Status {
+    fn from(e: IngestError) -> Self {
+        let msg = e.to_string();
+        match e {
+            IngestError::Malformed(_)
+            | IngestError::InvalidTenant(_)
+            | IngestError::UnsupportedMediaType(_)
+            | IngestError::UnsupportedEncoding(_) => tonic::Status::invalid_argument(msg),
+            IngestError::TooLarge { .. } => tonic::Status::resource_exhausted(msg),
+            // OTLP: UNAVAILABLE with RetryInfo tells exporters to back off and retry.
+            IngestError::Overloaded | IngestError::Storage(_) => tonic::Status::with_error_details(
+                tonic::Code::Unavailable,
+                msg,
+                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            QueryError::BadRequest(_) | QueryError::TraceQl(_) => StatusCode::BAD_REQUEST,
+            QueryError::NotFound => StatusCode::NOT_FOUND,
+            QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if !matches!(self, QueryError::BadRequest(_) | QueryError::TraceQl(_) | QueryError::NotFound) {
+            tracing::warn!(error = %self, "query failed");
+        }
+        text(status, self.to_string())
+    }
+}
+
+/// tonic reports an uncompressed message above the decode limit as OUT_OF_RANGE; OTLP clients
+/// expect RESOURCE_EXHAUSTED for "too large" (as tonic already says for inflated gzip). The
+/// ingest service itself never answers OUT_OF_RANGE, so the code alone identifies the case.
+#[derive(Clone, Copy)]
+pub struct GrpcOversizeLayer;
+
+impl<S> tower::Layer<S> for GrpcOversizeLayer {
+    type Service = tower::util::MapResponse<S, fn(axum::http::Response<tonic::body::Body>) -> axum::http::Response<tonic::body::Body>>;
+    fn layer(&self, inner: S) -> Self::Service {
+        tower::util::MapResponse::new(inner, remap_out_of_range)
+    }
+}
+
+fn remap_out_of_range(
+    mut resp: axum::http::Response<tonic::body::Body>,
+) -> axum::http::Response<tonic::body::Body> {
+    let h = resp.headers_mut();
+    if h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+    resp
+}

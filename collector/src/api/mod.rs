@@ -1,0 +1,28 @@
+//! HTTP surfaces on `--http-addr`: Tempo-compatible query API and operations endpoints.
+
+pub mod error;
+pub mod ops;
+pub mod tempo;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderMap;
+
+use crate::ingest::tenant_from;
+use crate::query::{QueryEngine, QueryError};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<QueryEngine>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new().merge(tempo::router()).merge(ops::router()).with_state(state)
+}
+
+/// The tenant of a read request (`X-Scope-OrgID`).
+pub fn tenant(headers: &HeaderMap) -> Result<String, QueryError> {
+    tenant_from(headers.get("x-scope-orgid").map(|v| v.as_bytes()))
+        .map_err(|e| QueryError::BadRequest(e.to_string()))
+}

@@ -1,0 +1,352 @@
+//! Tempo-compatible HTTP API, as Grafana's Tempo datasource calls it
+//! (shared/reference/grafana-apis.md §1).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use opentelemetry_proto::tonic::trace::v1::TracesData;
+use prost::Message;
+use serde_json::json;
+
+use super::{AppState, tenant};
+use crate::query::search::SearchRequest;
+use crate::query::traceql::{self, Attribute, Comparison, CmpOp, FieldExpr, Filter, Intrinsic, Literal, Query, Scope};
+use crate::query::{QueryError, parse_trace_id, secs_to_nanos};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/echo", get(|| async { "echo" }))
+        .route("/api/status/buildinfo", get(buildinfo))
+        .route("/api/traces/{id}", get(trace_v1))
+        .route("/api/v2/traces/{id}", get(trace_v2))
+        .route("/api/search", get(search))
+        .route("/api/v2/search/tags", get(tags_v2))
+        .route("/api/search/tags", get(tags_v1))
+        .route("/api/v2/search/tag/{tag}/values", get(tag_values_v2))
+        .route("/api/search/tag/{tag}/values", get(tag_values_v1))
+}
+
+type Params = QueryParams<HashMap<String, String>>;
+
+async fn buildinfo() -> Json<serde_json::Value> {
+    // Grafana reads `version` as semver; 2.x enables the features skein implements.
+    Json(json!({
+        "version": "2.7.0",
+        "revision": env!("CARGO_PKG_VERSION"),
+        "branch": "skein",
+        "buildDate": "",
+        "buildUser": "skein",
+        "goVersion": "none (skein is written in Rust)",
+    }))
+}
+
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/protobuf") || a.contains("application/x-protobuf"))
+}
+
+fn int_param(p: &HashMap<String, String>, key: &str) -> Result<Option<i64>, QueryError> {
+    match p.get(key).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| QueryError::BadRequest(format!("invalid {key}: {v:?} is not an integer"))),
+    }
+}
+
+/// `start`/`end` in unix seconds → inclusive nanosecond range. `0` means unset (Grafana sends
+/// zeros when the time shift is off).
+fn range(p: &HashMap<String, String>) -> Result<Option<(i64, i64)>, QueryError> {
+    let start = int_param(p, "start")?.filter(|v| *v > 0);
+    let end = int_param(p, "end")?.filter(|v| *v > 0);
+    Ok(match (start, end) {
+        (None, None) => None,
+        (s, e) => {
+            let s = s.map(secs_to_nanos).unwrap_or(0);
+            let e = e.map(|e| secs_to_nanos(e).saturating_add(999_999_999)).unwrap_or(i64::MAX);
+            if s > e {
+                return Err(QueryError::BadRequest("start must not be after end".into()));
+            }
+            Some((s, e))
+        }
+    })
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TraceByIdResponse {
+    #[prost(message, optional, tag = "1")]
+    trace: Option<TracesData>,
+    #[prost(int32, tag = "3")]
+    status: i32,
+    #[prost(string, tag = "4")]
+    message: String,
+}
+
+async fn load_trace(s: &AppState, headers: &HeaderMap, id: &str, p: &HashMap<String, String>) -> Result<TracesData, QueryError> {
+    let tenant = tenant(headers)?;
+    let id = parse_trace_id(id)?;
+    s.engine.trace_by_id(&tenant, id, range(p)?).await
+}
+
+fn protobuf(body: Vec<u8>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], body).into_response()
+}
+
+fn json_body<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Err(e) => QueryError::Internal(e.to_string()).into_response(),
+    }
+}
+
+async fn trace_v2(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, QueryParams(p): Params) -> Response {
+    match load_trace(&s, &headers, &id, &p).await {
+        Ok(trace) if wants_protobuf(&headers) => {
+            protobuf(TraceByIdResponse { trace: Some(trace), status: 0, message: String::new() }.encode_to_vec())
+        }
+        Ok(trace) => json_body(&json!({ "trace": trace })),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn trace_v1(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, QueryParams(p): Params) -> Response {
+    match load_trace(&s, &headers, &id, &p).await {
+        Ok(trace) if wants_protobuf(&headers) => protobuf(trace.encode_to_vec()),
+        Ok(trace) => json_body(&json!({ "batches": trace.resource_spans })),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Splits logfmt `a=b c="d e"` into pairs.
+fn logfmt(s: &str) -> Result<Vec<(String, String)>, QueryError> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if chars.next() != Some('=') {
+            return Err(QueryError::BadRequest(format!("invalid tags: expected key=value after {key:?}")));
+        }
+        let value: String = if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut v = String::new();
+            loop {
+                match chars.next() {
+                    Some('"') => break v,
+                    Some('\\') => v.extend(chars.next()),
+                    Some(c) => v.push(c),
+                    None => return Err(QueryError::BadRequest("invalid tags: unterminated quote".into())),
+                }
+            }
+        } else {
+            std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())).collect()
+        };
+        out.push((key, value));
+    }
+}
+
+fn and(a: Option<FieldExpr>, b: FieldExpr) -> Option<FieldExpr> {
+    Some(match a {
+        Some(a) => FieldExpr::And(Box::new(a), Box::new(b)),
+        None => b,
+    })
+}
+
+fn cmp(attr: Attribute, op: CmpOp, value: Literal) -> FieldExpr {
+    FieldExpr::Cmp(Comparison { attr, op, value })
+}
+
+/// The legacy `tags` / `minDuration` / `maxDuration` parameters as a spanset filter.
+fn legacy_filter(p: &HashMap<String, String>) -> Result<Option<Filter>, QueryError> {
+    let mut expr = None;
+    if let Some(tags) = p.get("tags") {
+        for (k, v) in logfmt(tags)? {
+            let attr = match k.as_str() {
+                "service.name" => Attribute::Scoped { scope: Scope::Resource, name: k },
+                "name" => Attribute::Intrinsic(Intrinsic::Name),
+                _ => Attribute::Scoped { scope: Scope::Any, name: k },
+            };
+            let mut e = cmp(attr.clone(), CmpOp::Eq, Literal::String(v.clone()));
+            if let (Attribute::Scoped { .. }, Ok(n)) = (&attr, v.parse::<i64>()) {
+                e = FieldExpr::Or(Box::new(e), Box::new(cmp(attr, CmpOp::Eq, Literal::Int(n))));
+            }
+            expr = and(expr, e);
+        }
+    }
+    for (key, op) in [("minDuration", CmpOp::Ge), ("maxDuration", CmpOp::Le)] {
+        if let Some(v) = p.get(key).filter(|v| !v.is_empty()) {
+            let d = traceql::parse_duration(v)
+                .ok_or_else(|| QueryError::BadRequest(format!("invalid {key}: {v:?}")))?;
+            expr = and(expr, cmp(Attribute::Intrinsic(Intrinsic::TraceDuration), op, Literal::Duration(d)));
+        }
+    }
+    Ok(expr.map(|e| Filter { expr: Some(e) }))
+}
+
+fn usize_param(p: &HashMap<String, String>, key: &str, default: usize, max: usize) -> Result<usize, QueryError> {
+    Ok(match int_param(p, key)? {
+        None | Some(0) => default,
+        Some(n) if n < 0 => return Err(QueryError::BadRequest(format!("invalid {key}: must be positive"))),
+        Some(n) => (n as usize).min(max),
+    })
+}
+
+async fn search(State(s): State<AppState>, headers: HeaderMap, QueryParams(p): Params) -> Response {
+    let run = async {
+        let tenant = tenant(&headers)?;
+        let q = p.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
+        let mut query = match q {
+            Some(q) => Some(traceql::parse(q)?),
+            None => None,
+        };
+        if let Some(f) = legacy_filter(&p)? {
+            let legacy = Query::Filter(f);
+            query = Some(match query {
+                Some(q) => Query::And(Box::new(q), Box::new(legacy)),
+                None => legacy,
+            });
+        }
+        let req = SearchRequest {
+            query: query.unwrap_or(Query::Filter(Filter { expr: None })),
+            limit: usize_param(&p, "limit", 20, 10_000)?,
+            spss: usize_param(&p, "spss", 3, 1_000)?,
+            range: range(&p)?,
+        };
+        s.engine.search(&tenant, req).await
+    };
+    match run.await {
+        Ok(r) => json_body(&r),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn tags_v2(State(s): State<AppState>, headers: HeaderMap, QueryParams(p): Params) -> Response {
+    match tenant(&headers) {
+        Ok(t) => json_body(&json!({ "scopes": s.engine.tag_scopes(&t, p.get("scope").map(|x| x.as_str())) })),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn tags_v1(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    match tenant(&headers) {
+        Ok(t) => {
+            let mut names: Vec<String> = s
+                .engine
+                .tag_scopes(&t, None)
+                .into_iter()
+                .filter(|sc| sc.name != "intrinsic")
+                .flat_map(|sc| sc.tags)
+                .collect();
+            names.sort();
+            names.dedup();
+            json_body(&json!({ "tagNames": names }))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A tag name as Grafana sends it: scoped (`resource.x`, `span.x`, `.x`), an intrinsic
+/// (either spelling), or an unscoped v1 name. One level of percent-encoding survives axum's
+/// decoding because the frontend double-encodes.
+pub fn parse_tag(raw: &str) -> Attribute {
+    let decoded = if raw.contains('%') {
+        url::form_urlencoded::parse(format!("x={raw}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_else(|| raw.to_string())
+    } else {
+        raw.to_string()
+    };
+    let intrinsic = match decoded.as_str() {
+        "name" | "span:name" => Some(Intrinsic::Name),
+        "status" | "span:status" => Some(Intrinsic::Status),
+        "statusMessage" | "span:statusMessage" => Some(Intrinsic::StatusMessage),
+        "kind" | "span:kind" => Some(Intrinsic::Kind),
+        "duration" | "span:duration" => Some(Intrinsic::Duration),
+        "rootName" | "trace:rootName" => Some(Intrinsic::RootName),
+        "rootServiceName" | "trace:rootService" => Some(Intrinsic::RootServiceName),
+        "traceDuration" | "trace:duration" => Some(Intrinsic::TraceDuration),
+        _ => None,
+    };
+    if let Some(i) = intrinsic {
+        return Attribute::Intrinsic(i);
+    }
+    for (prefix, scope) in [("resource.", Scope::Resource), ("span.", Scope::Span), (".", Scope::Any)] {
+        if let Some(name) = decoded.strip_prefix(prefix) {
+            return Attribute::Scoped { scope, name: name.to_string() };
+        }
+    }
+    Attribute::Scoped { scope: Scope::Any, name: decoded }
+}
+
+/// The first spanset filter of `q`, if it parses: autocomplete sends half-typed queries, and
+/// values without the narrowing are more useful than an error.
+fn values_filter(p: &HashMap<String, String>) -> Option<Filter> {
+    let q = p.get("q").map(|q| q.trim()).filter(|q| !q.is_empty())?;
+    let mut query = traceql::parse(q).ok()?;
+    loop {
+        match query {
+            Query::Filter(f) => return Some(f),
+            Query::And(a, _) | Query::Or(a, _) => query = *a,
+        }
+    }
+}
+
+async fn values(s: &AppState, headers: &HeaderMap, tag: &str, p: &HashMap<String, String>) -> Result<Vec<crate::query::tags::TagValue>, QueryError> {
+    let tenant = tenant(headers)?;
+    let attr = parse_tag(tag);
+    let filter = values_filter(p);
+    s.engine.tag_values(&tenant, &attr, filter.as_ref(), range(p)?).await
+}
+
+async fn tag_values_v2(State(s): State<AppState>, headers: HeaderMap, Path(tag): Path<String>, QueryParams(p): Params) -> Response {
+    match values(&s, &headers, &tag, &p).await {
+        Ok(v) => json_body(&json!({ "tagValues": v })),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn tag_values_v1(State(s): State<AppState>, headers: HeaderMap, Path(tag): Path<String>, QueryParams(p): Params) -> Response {
+    match values(&s, &headers, &tag, &p).await {
+        Ok(v) => {
+            let mut names: Vec<String> = v.into_iter().map(|t| t.value).collect();
+            names.dedup();
+            json_body(&json!({ "tagValues": names }))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_names_accept_both_spellings_and_double_encoding() {
+        assert_eq!(parse_tag("resource.service.name"), Attribute::Scoped { scope: Scope::Resource, name: "service.name".into() });
+        assert_eq!(parse_tag("resource%2Eservice%2Ename"), Attribute::Scoped { scope: Scope::Resource, name: "service.name".into() });
+        assert_eq!(parse_tag("trace:rootService"), Attribute::Intrinsic(Intrinsic::RootServiceName));
+        assert_eq!(parse_tag(".http.method"), Attribute::Scoped { scope: Scope::Any, name: "http.method".into() });
+        assert_eq!(parse_tag("service.name"), Attribute::Scoped { scope: Scope::Any, name: "service.name".into() });
+    }
+
+    #[test]
+    fn logfmt_tags_parse_quoted_values() {
+        let v = logfmt(r#"service.name=shop http.route="/a b" x=1"#).unwrap();
+        assert_eq!(v, vec![("service.name".into(), "shop".into()), ("http.route".into(), "/a b".into()), ("x".into(), "1".into())]);
+        assert!(logfmt("novalue").is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! `skein serve` configuration: flags, `SKEIN_*` environment variables and a TOML file.
+//!
+//! Precedence (highest first): command-line flag, environment variable, config file, default.
+//! clap resolves flag-vs-env; values it did not see fall back to the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// WAL fsync policy as configured; `always` is the default and survives `kill -9` and power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+/// Raw flags; every field is optional so that the config file can fill the gaps.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML config file with the same keys as the flags (kebab-case).
+    #[arg(long, env = "SKEIN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for the WAL and (by default) Parquet blocks.
+    #[arg(long, env = "SKEIN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Block storage: file:///path (default: <data-dir>/blocks) or s3://bucket/prefix.
+    #[arg(long, env = "SKEIN_STORAGE")]
+    pub storage: Option<String>,
+    #[arg(long, env = "SKEIN_OTLP_GRPC_ADDR")]
+    pub otlp_grpc_addr: Option<String>,
+    #[arg(long, env = "SKEIN_OTLP_HTTP_ADDR")]
+    pub otlp_http_addr: Option<String>,
+    /// Query APIs, web UI and /metrics.
+    #[arg(long, env = "SKEIN_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    #[arg(long, env = "SKEIN_RULES")]
+    pub rules: Option<PathBuf>,
+    #[arg(long, env = "SKEIN_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<String>,
+    /// How long blocks are kept, e.g. 336h.
+    #[arg(long, env = "SKEIN_RETENTION")]
+    pub retention: Option<String>,
+    /// Largest accepted OTLP request after decompression, in bytes.
+    #[arg(long, env = "SKEIN_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Bytes of accepted-but-not-yet-durable exports before ingest answers 429 / UNAVAILABLE.
+    #[arg(long, env = "SKEIN_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
+    #[arg(long, env = "SKEIN_FSYNC", value_enum)]
+    pub fsync: Option<FsyncMode>,
+    /// Flush the in-memory head to a block after this many spans (per tenant).
+    #[arg(long, env = "SKEIN_HEAD_MAX_SPANS")]
+    pub head_max_spans: Option<usize>,
+    /// Flush the head at the latest after this age, e.g. 60s.
+    #[arg(long, env = "SKEIN_HEAD_MAX_AGE")]
+    pub head_max_age: Option<String>,
+    /// Compact blocks smaller than this many spans together.
+    #[arg(long, env = "SKEIN_BLOCK_TARGET_SPANS")]
+    pub block_target_spans: Option<usize>,
+    /// Memory available to one query, e.g. 512MiB in bytes.
+    #[arg(long, env = "SKEIN_QUERY_MEMORY_BYTES")]
+    pub query_memory_bytes: Option<usize>,
+    /// Span attributes stored in their own column (comma separated).
+    #[arg(long, env = "SKEIN_DEDICATED_SPAN_ATTRIBUTES", value_delimiter = ',')]
+    pub dedicated_span_attributes: Option<Vec<String>>,
+    /// Resource attributes stored in their own column (comma separated).
+    #[arg(long, env = "SKEIN_DEDICATED_RESOURCE_ATTRIBUTES", value_delimiter = ',')]
+    pub dedicated_resource_attributes: Option<Vec<String>>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub storage: String,
+    pub otlp_grpc_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub rules: Option<PathBuf>,
+    pub alertmanager_url: Option<String>,
+    pub retention: Duration,
+    pub max_body_bytes: usize,
+    pub max_inflight_bytes: usize,
+    pub fsync: FsyncMode,
+    pub head_max_spans: usize,
+    pub head_max_age: Duration,
+    pub block_target_spans: usize,
+    pub query_memory_bytes: usize,
+    pub dedicated_span_attributes: Vec<String>,
+    pub dedicated_resource_attributes: Vec<String>,
+}
+
+/// At most this many dedicated columns per scope: each one widens every block.
+const MAX_DEDICATED: usize = 10;
+
+impl ServeArgs {
+    /// Fills unset fields from the config file named by `--config`, then resolves defaults.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => ServeArgs::default(),
+        };
+        let a = self.merge(file);
+        let data_dir = a.data_dir.unwrap_or_else(|| PathBuf::from("./skein-data"));
+        let storage = match a.storage {
+            Some(s) => s,
+            None => {
+                let dir = absolute(&data_dir.join("blocks"))?;
+                format!("file://{}", dir.display())
+            }
+        };
+        validate_storage(&storage)?;
+        let dedicated_span_attributes = a.dedicated_span_attributes.unwrap_or_else(|| {
+            ["http.route", "rpc.service", "rpc.method"].map(String::from).to_vec()
+        });
+        let dedicated_resource_attributes = a
+            .dedicated_resource_attributes
+            .unwrap_or_else(|| vec!["service.namespace".to_string()]);
+        for (key, list) in [
+            ("dedicated-span-attributes", &dedicated_span_attributes),
+            ("dedicated-resource-attributes", &dedicated_resource_attributes),
+        ] {
+            if list.len() > MAX_DEDICATED {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("at most {MAX_DEDICATED} attributes"),
+                });
+            }
+            if list.iter().any(|k| k.is_empty()) {
+                return Err(ConfigError::Invalid { key, message: "empty attribute name".into() });
+            }
+        }
+        let cfg = Config {
+            data_dir,
+            storage,
+            otlp_grpc_addr: addr("otlp-grpc-addr", a.otlp_grpc_addr, "127.0.0.1:4317")?,
+            otlp_http_addr: addr("otlp-http-addr", a.otlp_http_addr, "127.0.0.1:4318")?,
+            http_addr: addr("http-addr", a.http_addr, "127.0.0.1:3200")?,
+            rules: a.rules,
+            alertmanager_url: a.alertmanager_url,
+            retention: duration("retention", a.retention.as_deref(), "336h")?,
+            max_body_bytes: positive("max-body-bytes", a.max_body_bytes, 16 << 20)?,
+            max_inflight_bytes: positive("max-inflight-bytes", a.max_inflight_bytes, 256 << 20)?,
+            fsync: a.fsync.unwrap_or(FsyncMode::Always),
+            head_max_spans: positive("head-max-spans", a.head_max_spans, 250_000)?,
+            head_max_age: duration("head-max-age", a.head_max_age.as_deref(), "60s")?,
+            block_target_spans: positive("block-target-spans", a.block_target_spans, 2_000_000)?,
+            query_memory_bytes: positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?,
+            dedicated_span_attributes,
+            dedicated_resource_attributes,
+        };
+        Ok(cfg)
+    }
+
+    fn merge(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            data_dir: self.data_dir.or(file.data_dir),
+            storage: self.storage.or(file.storage),
+            otlp_grpc_addr: self.otlp_grpc_addr.or(file.otlp_grpc_addr),
+            otlp_http_addr: self.otlp_http_addr.or(file.otlp_http_addr),
+            http_addr: self.http_addr.or(file.http_addr),
+            rules: self.rules.or(file.rules),
+            alertmanager_url: self.alertmanager_url.or(file.alertmanager_url),
+            retention: self.retention.or(file.retention),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_inflight_bytes: self.max_inflight_bytes.or(file.max_inflight_bytes),
+            fsync: self.fsync.or(file.fsync),
+            head_max_spans: self.head_max_spans.or(file.head_max_spans),
+            head_max_age: self.head_max_age.or(file.head_max_age),
+            block_target_spans: self.block_target_spans.or(file.block_target_spans),
+            query_memory_bytes: self.query_memory_bytes.or(file.query_memory_bytes),
+            dedicated_span_attributes: self
+                .dedicated_span_attributes
+                .or(file.dedicated_span_attributes),
+            dedicated_resource_attributes: self
+                .dedicated_resource_attributes
+                .or(file.dedicated_resource_attributes),
+        }
+    }
+}
+
+fn load_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(p)
+        .map_err(|e| ConfigError::Invalid { key: "data-dir", message: e.to_string() })
+}
+
+fn validate_storage(url: &str) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ConfigError::Invalid { key: "storage", message: format!("{url}: {e}") })?;
+    match parsed.scheme() {
+        "file" | "s3" => Ok(()),
+        other => Err(ConfigError::Invalid {
+            key: "storage",
+            message: format!("unsupported scheme {other:?} (use file:// or s3://)"),
+        }),
+    }
+}
+
+fn addr(key: &'static str, v: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let s = v.unwrap_or_else(|| default.to_string());
+    s.parse().map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("{s:?} is not an address like 127.0.0.1:3200"),
+    })
+}
+
+fn duration(key: &'static str, v: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
+    let s = v.unwrap_or(default);
+    let d = humantime::parse_duration(s)
+        .map_err(|e| ConfigError::Invalid { key, message: format!("{s:?}: {e}") })?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid { key, message: "must be greater than zero".into() });
+    }
+    Ok(d)
+}
+
+fn positive(key: &'static str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    match v.unwrap_or(default) {
+        0 => Err(ConfigError::Invalid { key, message: "must be greater than zero".into() }),
+        n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_design_contract() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        assert_eq!(cfg.otlp_grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(cfg.otlp_http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:3200");
+        assert_eq!(cfg.retention, Duration::from_secs(336 * 3600));
+        assert_eq!(cfg.max_body_bytes, 16 << 20);
+        assert!(cfg.storage.starts_with("file:///"));
+        assert!(cfg.storage.ends_with("skein-data/blocks"));
+    }
+
+    #[test]
+    fn flags_override_config_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skein.toml");
+        std::fs::write(&path, "http-addr = \"127.0.0.1:9999\"\nretention = \"24h\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            retention: Some("1h".into()),
+            ..Default::default()
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:9999");
+        assert_eq!(cfg.retention, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = ServeArgs { retention: Some("forever".into()), ..Default::default() }
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+        let err = ServeArgs { http_addr: Some("nope".into()), ..Default::default() }
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("http-addr"), "{err}");
+        let err = ServeArgs { storage: Some("ftp://x".into()), ..Default::default() }
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("storage"), "{err}");
+    }
+
+    #[test]
+    fn unknown_config_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skein.toml");
+        std::fs::write(&path, "htp-addr = \"x\"\n").unwrap();
+        let err = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("htp-addr"), "{err}");
+    }
+}

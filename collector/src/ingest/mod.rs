@@ -1,0 +1,279 @@
+//! OTLP trace ingest: decoding, per-span validation and the hand-off to the durable writer.
+//!
+//! gRPC and HTTP front ends (`grpc`, `http`) decode a request and call [`Ingestor::export`],
+//! which drops spans with invalid ids (reported through `partial_success`), then waits until
+//! the writer has made the rest durable in the WAL and visible in the head.
+
+pub mod grpc;
+pub mod http;
+pub mod writer;
+
+use std::io::Read;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use crate::metrics::Metrics;
+use writer::{WriteError, Writer};
+
+/// Tenant used when `X-Scope-OrgID` is absent.
+pub const DEFAULT_TENANT: &str = "single-tenant";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("request body exceeds the limit of {limit} bytes after decompression")]
+    TooLarge { limit: usize },
+    #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}: use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error("invalid tenant id {0:?}: use 1-150 characters from [A-Za-z0-9_.-]")]
+    InvalidTenant(String),
+    #[error("write path is full, retry later")]
+    Overloaded,
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl From<WriteError> for IngestError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Overloaded => IngestError::Overloaded,
+            other => IngestError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Validates a tenant header value; absent means the default tenant.
+pub fn tenant_from(value: Option<&[u8]>) -> Result<String, IngestError> {
+    let Some(v) = value else { return Ok(DEFAULT_TENANT.to_string()) };
+    let ok = !v.is_empty()
+        && v.len() <= 150
+        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && v != b"."
+        && v != b"..";
+    if ok {
+        Ok(String::from_utf8_lossy(v).into_owned())
+    } else {
+        Err(IngestError::InvalidTenant(String::from_utf8_lossy(v).into_owned()))
+    }
+}
+
+/// Inflates gzip without ever holding more than `limit` bytes: a bomb stops at the limit.
+pub fn gunzip_bounded(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    let mut dec = flate2::read::MultiGzDecoder::new(body).take(limit as u64 + 1);
+    dec.read_to_end(&mut out).map_err(|e| IngestError::Malformed(format!("gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(IngestError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+pub fn decode_protobuf(body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
+    ExportTraceServiceRequest::decode(body).map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))
+}
+
+pub fn decode_json(body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
+    serde_json::from_slice(body).map_err(|e| IngestError::Malformed(format!("json: {e}")))
+}
+
+/// Outcome of validating one request.
+#[derive(Debug, Default, PartialEq)]
+pub struct Validation {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub message: Option<String>,
+}
+
+fn valid_id(id: &[u8], len: usize) -> bool {
+    id.len() == len && id.iter().any(|b| *b != 0)
+}
+
+/// Removes spans whose trace or span id is missing, of the wrong length or all zero, and
+/// drops scopes and resources left empty. Parent ids that are not 8 bytes are treated as
+/// absent (root), as OTLP allows empty parents.
+pub fn validate(req: &mut ExportTraceServiceRequest) -> Validation {
+    let mut v = Validation::default();
+    let mut first_error: Option<String> = None;
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|s| {
+                let ok = valid_id(&s.trace_id, 16) && valid_id(&s.span_id, 8);
+                if ok {
+                    v.accepted += 1;
+                } else {
+                    v.rejected += 1;
+                    if first_error.is_none() {
+                        first_error = Some(format!(
+                            "span {:?}: trace id must be 16 bytes and span id 8 bytes, not all zero (got {} and {} bytes)",
+                            s.name,
+                            s.trace_id.len(),
+                            s.span_id.len()
+                        ));
+                    }
+                }
+                ok
+            });
+        }
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    req.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+    if v.rejected > 0 {
+        v.message = Some(format!(
+            "{} span(s) rejected; first: {}",
+            v.rejected,
+            first_error.unwrap_or_default()
+        ));
+    }
+    v
+}
+
+/// Where an export came from, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http_protobuf",
+            Protocol::HttpJson => "http_json",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Ingestor {
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+impl Ingestor {
+    pub fn new(writer: Writer, metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
+        Ingestor { writer, metrics, max_body_bytes }
+    }
+
+    /// Validates and durably stores `req`. `raw` is the original protobuf body when the caller
+    /// has it; it is written to the WAL as-is if no span had to be removed (no re-encoding).
+    pub async fn export(
+        &self,
+        tenant: String,
+        mut req: ExportTraceServiceRequest,
+        raw: Option<bytes::Bytes>,
+        protocol: Protocol,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let v = validate(&mut req);
+        if v.rejected > 0 {
+            self.metrics
+                .spans_rejected
+                .with_label_values(&[tenant.as_str(), "invalid_id"])
+                .inc_by(v.rejected as u64);
+        }
+        if v.accepted > 0 {
+            let payload = match raw {
+                Some(raw) if v.rejected == 0 => raw,
+                _ => bytes::Bytes::from(req.encode_to_vec()),
+            };
+            match self.writer.write(tenant.clone(), req, payload).await {
+                Ok(()) => {}
+                Err(WriteError::Overloaded) => {
+                    self.metrics.requests_refused.with_label_values(&[protocol.label()]).inc();
+                    return Err(IngestError::Overloaded);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.metrics
+                .spans_received
+                .with_label_values(&[tenant.as_str(), protocol.label()])
+                .inc_by(v.accepted as u64);
+        }
+        let partial_success = (v.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: v.rejected as i64,
+            error_message: v.message.unwrap_or_default(),
+        });
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+
+    pub fn reject_malformed(&self, tenant: &str) {
+        self.metrics.spans_rejected.with_label_values(&[tenant, "malformed"]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn span(trace: Vec<u8>, id: Vec<u8>) -> Span {
+        Span { trace_id: trace, span_id: id, name: "s".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn invalid_ids_are_removed_individually_and_counted() {
+        let mut req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![
+                    ScopeSpans {
+                        spans: vec![
+                            span(vec![1; 16], vec![2; 8]),
+                            span(vec![0; 16], vec![2; 8]),
+                            span(vec![1; 15], vec![2; 8]),
+                            span(vec![1; 16], vec![0; 8]),
+                        ],
+                        ..Default::default()
+                    },
+                    ScopeSpans { spans: vec![span(vec![], vec![])], ..Default::default() },
+                ],
+                ..Default::default()
+            }],
+        };
+        let v = validate(&mut req);
+        assert_eq!((v.accepted, v.rejected), (1, 4));
+        assert!(v.message.unwrap().contains("4 span(s) rejected"));
+        assert_eq!(req.resource_spans[0].scope_spans.len(), 1, "empty scope dropped");
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 8 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        match gunzip_bounded(&bomb, 1 << 20) {
+            Err(IngestError::TooLarge { limit }) => assert_eq!(limit, 1 << 20),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(gunzip_bounded(&bomb, 8 << 20).unwrap().len(), 8 << 20);
+    }
+
+    #[test]
+    fn tenant_ids_are_validated() {
+        assert_eq!(tenant_from(None).unwrap(), DEFAULT_TENANT);
+        assert_eq!(tenant_from(Some(b"team-a.prod_1")).unwrap(), "team-a.prod_1");
+        assert!(tenant_from(Some(b"../etc")).is_err());
+        assert!(tenant_from(Some(b"")).is_err());
+        assert!(tenant_from(Some(b"a/b")).is_err());
+    }
+
+    #[test]
+    fn json_with_hex_ids_decodes() {
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"x","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+        let req = decode_json(body).unwrap();
+        let s = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(s.trace_id.len(), 16);
+        assert_eq!(s.kind, 2);
+        assert_eq!(s.end_time_unix_nano, 2);
+        assert!(decode_json(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The single durable writer: group-commits exports to the WAL, applies them to the head in
+//! sequence order, then acknowledges. Admission is bounded by bytes in flight, so a slow disk
+//! turns into 429 / UNAVAILABLE for clients instead of unbounded memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::sync::oneshot;
+
+use crate::head::Head;
+use crate::metrics::Metrics;
+use crate::wal::Wal;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("write path is full")]
+    Overloaded,
+    #[error("WAL write failed: {0}")]
+    Wal(String),
+    #[error("head update failed: {0}")]
+    Head(String),
+    #[error("writer has stopped")]
+    Closed,
+}
+
+/// Most bytes group-committed by one WAL write.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+
+struct Pending {
+    tenant: String,
+    req: ExportTraceServiceRequest,
+    payload: bytes::Bytes,
+    done: oneshot::Sender<Result<(), WriteError>>,
+}
+
+enum Msg {
+    Append(Pending),
+    /// Delete WAL segments whose records are all in committed blocks. The point is computed
+    /// on the writer thread, where every appended record is already applied to the head.
+    Truncate(oneshot::Sender<Result<u64, WriteError>>),
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+    inflight: Arc<AtomicUsize>,
+    max_inflight: usize,
+}
+
+impl Writer {
+    /// Starts the writer thread. It stops when every `Writer` clone is dropped.
+    pub fn start(
+        wal: Wal,
+        head: Arc<Head>,
+        metrics: Arc<Metrics>,
+        max_inflight: usize,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let counter = inflight.clone();
+        std::thread::Builder::new()
+            .name("skein-wal-writer".into())
+            .spawn(move || run(wal, head, metrics, rx, counter))?;
+        Ok(Writer { tx, inflight, max_inflight })
+    }
+
+    /// Resolves once the export is durable and visible to queries.
+    pub async fn write(
+        &self,
+        tenant: String,
+        req: ExportTraceServiceRequest,
+        payload: bytes::Bytes,
+    ) -> Result<(), WriteError> {
+        let size = payload.len();
+        let before = self.inflight.fetch_add(size, Ordering::AcqRel);
+        // One oversized request may pass alone; otherwise stay under the bound.
+        if before > 0 && before + size > self.max_inflight {
+            self.inflight.fetch_sub(size, Ordering::AcqRel);
+            return Err(WriteError::Overloaded);
+        }
+        let (done, rx) = oneshot::channel();
+        let sent = self.tx.send(Msg::Append(Pending { tenant, req, payload, done }));
+        let result = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(WriteError::Closed)),
+            Err(_) => Err(WriteError::Closed),
+        };
+        self.inflight.fetch_sub(size, Ordering::AcqRel);
+        result
+    }
+
+    /// Truncates the WAL through what all tenants have flushed; returns that sequence.
+    pub async fn truncate(&self) -> Result<u64, WriteError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Msg::Truncate(done)).map_err(|_| WriteError::Closed)?;
+        rx.await.unwrap_or(Err(WriteError::Closed))
+    }
+}
+
+fn run(
+    mut wal: Wal,
+    head: Arc<Head>,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Msg>,
+    _inflight: Arc<AtomicUsize>,
+) {
+    let mut group: Vec<Pending> = Vec::new();
+    // Under the interval/never policies appends may sit unsynced; sync them when idle.
+    let mut dirty = false;
+    loop {
+        let first = match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if dirty {
+                    if let Err(e) = wal.sync() {
+                        tracing::error!(error = %e, "WAL sync failed");
+                    }
+                    dirty = false;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut next = Some(first);
+        let mut bytes = 0usize;
+        // Drain what is already queued into one group commit.
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Append(p) => {
+                    bytes += p.payload.len();
+                    group.push(p);
+                }
+                Msg::Truncate(done) => {
+                    let through = head.flushed_through(wal.last_seq());
+                    let r = wal
+                        .truncate_through(through)
+                        .map(|()| through)
+                        .map_err(|e| WriteError::Wal(e.to_string()));
+                    let stats = wal.stats();
+                    metrics.wal_bytes.set(stats.bytes as i64);
+                    metrics.wal_segments.set(stats.segments as i64);
+                    let _ = done.send(r);
+                }
+            }
+            if bytes < MAX_GROUP_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        commit(&mut wal, &head, &metrics, &mut group);
+        dirty = true;
+    }
+}
+
+fn commit(wal: &mut Wal, head: &Head, metrics: &Metrics, group: &mut Vec<Pending>) {
+    let records: Vec<(&str, &[u8])> =
+        group.iter().map(|p| (p.tenant.as_str(), p.payload.as_ref())).collect();
+    let fsyncs_before = wal.stats().fsyncs;
+    let appended = wal.append_batch(&records);
+    drop(records);
+    let stats = wal.stats();
+    if stats.fsyncs > fsyncs_before {
+        metrics.wal_fsync_seconds.observe(stats.last_fsync_seconds);
+    }
+    metrics.wal_bytes.set(stats.bytes as i64);
+    metrics.wal_segments.set(stats.segments as i64);
+    match appended {
+        Ok(first_seq) => {
+            for (i, p) in group.drain(..).enumerate() {
+                let r = head
+                    .apply(first_seq + i as u64, &p.tenant, &p.req)
+                    .map_err(|e| WriteError::Head(e.to_string()));
+                let _ = p.done.send(r);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "WAL append failed; refusing the group");
+            let err = WriteError::Wal(e.to_string());
+            for p in group.drain(..) {
+                let _ = p.done.send(Err(err.clone()));
+            }
+        }
+    }
+}

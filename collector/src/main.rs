@@ -1,0 +1,108 @@
+//! The `skein` command.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use skein_collector::{bench, config::ServeArgs, serve};
+
+#[derive(Parser)]
+#[command(name = "skein", version, about = "skein: traces, span metrics and span profiles for RPC services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector.
+    Serve(ServeArgs),
+    /// Reproducible benchmarks.
+    Bench(bench::BenchArgs),
+}
+
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SKEIN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { b.json().init() } else { b.init() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skein: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = match args.resolve() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("skein: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            rt.block_on(async {
+                let mut running = match serve::start(&cfg).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("skein: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                tokio::select! {
+                    r = running.wait() => {
+                        if let Err(e) = r {
+                            eprintln!("skein: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                    _ = shutdown_signal() => tracing::info!("shutting down"),
+                }
+                match running.stop().await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("skein: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
+        Command::Bench(args) => match rt.block_on(bench::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(bench::BenchError::Usage(m)) => {
+                eprintln!("skein bench: {m}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("skein bench: {e}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

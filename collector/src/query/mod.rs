@@ -1,0 +1,275 @@
+//! Queries over head + blocks with DataFusion: trace by id, TraceQL search, tag names/values.
+//!
+//! Every query first prunes blocks (by time range, or by the trace-id bloom filters), then
+//! builds a DataFusion plan over exactly those Parquet files plus a snapshot of the head. All
+//! queries share one bounded memory pool: a query that needs more fails with
+//! `ResourcesExhausted` instead of taking the process down.
+
+pub mod compile;
+pub mod search;
+pub mod tags;
+pub mod trace;
+pub mod traceql;
+pub mod udf;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::DataFusionError;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::head::Head;
+use crate::metrics::Metrics;
+use crate::store::block::{SPANS_FILE, TRACES_FILE, align, traces_schema};
+use crate::store::schema::{Dedicated, span_schema};
+use crate::store::{Block, Store, StoreError};
+
+/// Object-store URL under which block files are registered with DataFusion.
+const BLOCKS_URL: &str = "skein://blocks";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid TraceQL: {0}")]
+    TraceQl(#[from] traceql::ParseError),
+    #[error("not found")]
+    NotFound,
+    #[error("query needs more memory than allowed: {0}")]
+    ResourcesExhausted(String),
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(m) => QueryError::ResourcesExhausted(m.clone()),
+            _ => QueryError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for QueryError {
+    fn from(e: StoreError) -> Self {
+        QueryError::Internal(e.to_string())
+    }
+}
+
+impl From<arrow::error::ArrowError> for QueryError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        QueryError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::head::HeadError> for QueryError {
+    fn from(e: crate::head::HeadError) -> Self {
+        QueryError::Internal(e.to_string())
+    }
+}
+
+pub struct QueryEngine {
+    pub store: Arc<Store>,
+    pub head: Arc<Head>,
+    pub metrics: Arc<Metrics>,
+    runtime: Arc<RuntimeEnv>,
+}
+
+/// The span (and optionally trace-summary) tables of one query.
+pub struct Tables {
+    pub ctx: SessionContext,
+    pub spans: DataFrame,
+    pub layout: Dedicated,
+    pub schema: SchemaRef,
+    pub blocks: Vec<Arc<Block>>,
+}
+
+impl QueryEngine {
+    pub fn new(
+        store: Arc<Store>,
+        head: Arc<Head>,
+        metrics: Arc<Metrics>,
+        memory_bytes: usize,
+    ) -> Result<Self, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(memory_bytes)))
+            .build_arc()?;
+        let url = url::Url::parse(BLOCKS_URL).map_err(|e| QueryError::Internal(e.to_string()))?;
+        runtime.register_object_store(&url, store.object_store.clone());
+        Ok(QueryEngine { store, head, metrics, runtime })
+    }
+
+    fn context(&self) -> SessionContext {
+        let mut config = SessionConfig::new().with_target_partitions(2).with_batch_size(8192);
+        let opts = config.options_mut();
+        // Late materialisation: filter on cheap columns before decoding attribute lists.
+        opts.execution.parquet.pushdown_filters = true;
+        opts.execution.parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        for f in udf::all_udfs() {
+            ctx.register_udf(f);
+        }
+        ctx
+    }
+
+    fn listing(
+        &self,
+        files: Vec<String>,
+        schema: SchemaRef,
+    ) -> Result<Option<Arc<ListingTable>>, QueryError> {
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let urls = files
+            .iter()
+            .map(|f| ListingTableUrl::parse(format!("{BLOCKS_URL}/{f}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet");
+        let cfg = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(opts)
+            .with_schema(schema);
+        Ok(Some(Arc::new(ListingTable::try_new(cfg)?)))
+    }
+
+    /// Spans of `tenant` from `blocks` plus (if `with_head`) the head, as one DataFrame.
+    pub fn span_tables(
+        &self,
+        tenant: &str,
+        blocks: Vec<Arc<Block>>,
+        with_head: bool,
+    ) -> Result<Tables, QueryError> {
+        let ctx = self.context();
+        let layout = self.store.layout(&blocks);
+        let schema = span_schema(&layout);
+        let files: Vec<String> =
+            blocks.iter().map(|b| b.meta.file(SPANS_FILE).to_string()).collect();
+        let head: Vec<RecordBatch> = if with_head {
+            self.head
+                .snapshot(tenant)?
+                .iter()
+                .map(|b| align(b, &schema))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let spans = self.union(&ctx, files, head, schema.clone())?;
+        Ok(Tables { ctx, spans, layout, schema, blocks })
+    }
+
+    fn union(
+        &self,
+        ctx: &SessionContext,
+        files: Vec<String>,
+        head: Vec<RecordBatch>,
+        schema: SchemaRef,
+    ) -> Result<DataFrame, QueryError> {
+        let listing = self.listing(files, schema.clone())?;
+        let mem = Arc::new(MemTable::try_new(schema, vec![head])?);
+        let mem_df = ctx.read_table(mem)?;
+        Ok(match listing {
+            Some(l) => ctx.read_table(l)?.union(mem_df)?,
+            None => mem_df,
+        })
+    }
+
+    /// Per-trace summaries (start, end, root service/name) for traces in `blocks` and the head,
+    /// merged across blocks: a trace may be split over several.
+    pub fn trace_summaries(
+        &self,
+        tables: &Tables,
+        tenant: &str,
+        with_head: bool,
+    ) -> Result<DataFrame, QueryError> {
+        use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+        use datafusion::prelude::*;
+        let files: Vec<String> =
+            tables.blocks.iter().map(|b| b.meta.file(TRACES_FILE).to_string()).collect();
+        let mut df = match self.listing(files, traces_schema())? {
+            Some(l) => Some(tables.ctx.read_table(l)?),
+            None => None,
+        };
+        if with_head {
+            let head = self.head.snapshot(tenant)?;
+            if !head.is_empty() {
+                let schema = span_schema(self.head.dedicated());
+                let mem = Arc::new(MemTable::try_new(schema, vec![head])?);
+                let is_root = col("parent_span_id").is_null();
+                let h = tables
+                    .ctx
+                    .read_table(mem)?
+                    .aggregate(
+                        vec![col("trace_id")],
+                        vec![
+                            min(col("start_time")).alias("start_time"),
+                            max(col("start_time") + col("duration")).alias("end_time"),
+                            max(when(is_root.clone(), cast(col("service_name"), arrow::datatypes::DataType::Utf8)).end()?)
+                                .alias("root_service"),
+                            max(when(is_root.clone(), cast(col("name"), arrow::datatypes::DataType::Utf8)).end()?)
+                                .alias("root_name"),
+                            cast(count_all(), arrow::datatypes::DataType::UInt32).alias("span_count"),
+                            cast(
+                                sum(when(col("status_code").eq(lit(2i8)), lit(1u32)).otherwise(lit(0u32))?),
+                                arrow::datatypes::DataType::UInt32,
+                            )
+                            .alias("error_count"),
+                        ],
+                    )?;
+                df = Some(match df {
+                    Some(d) => d.union(h)?,
+                    None => h,
+                });
+            }
+        }
+        let df = match df {
+            Some(d) => d,
+            None => tables.ctx.read_table(Arc::new(MemTable::try_new(traces_schema(), vec![vec![]])?))?,
+        };
+        Ok(df.aggregate(
+            vec![col("trace_id")],
+            vec![
+                min(col("start_time")).alias("t_start"),
+                max(col("end_time")).alias("t_end"),
+                max(col("root_service")).alias("t_root_service"),
+                max(col("root_name")).alias("t_root_name"),
+                sum(col("span_count")).alias("t_span_count"),
+            ],
+        )?)
+    }
+
+    pub fn observe(&self, endpoint: &str, started: std::time::Instant) {
+        self.metrics
+            .query_seconds
+            .with_label_values(&[endpoint])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn count_all() -> datafusion::prelude::Expr {
+    datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1u8))
+}
+
+/// Unix seconds → nanoseconds, saturating.
+pub fn secs_to_nanos(s: i64) -> i64 {
+    s.saturating_mul(1_000_000_000)
+}
+
+pub fn parse_trace_id(s: &str) -> Result<[u8; 16], QueryError> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(QueryError::BadRequest(format!("invalid trace id {s:?}: expected up to 32 hex digits")));
+    }
+    // Shorter ids (64-bit B3) are left-padded with zeros, as Tempo does.
+    let padded = format!("{s:0>32}");
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(&padded, &mut out)
+        .map_err(|e| QueryError::BadRequest(format!("invalid trace id: {e}")))?;
+    Ok(out)
+}

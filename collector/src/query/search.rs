@@ -1,0 +1,331 @@
+//! TraceQL search, answered in two phases:
+//! 1. per spanset filter, the matching traces with their latest matching start and match count
+//!    (aggregated in DataFusion, limited when there is a single filter); filters combined with
+//!    `&&` / `||` at trace level;
+//! 2. for the `limit` most recent traces only, their merged summaries and up to `spss` matching
+//!    spans, reading just the blocks whose bloom filters hold those trace ids.
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type, UInt64Type};
+use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrame;
+use datafusion::functions_aggregate::expr_fn::{count, max};
+use datafusion::prelude::{cast, col, lit};
+use serde::Serialize;
+
+use super::compile::{T_DURATION, filter_expr, needs_trace, trace_id_in};
+use super::traceql::{Filter, Query};
+use super::{QueryEngine, QueryError, Tables};
+use crate::store::block::trace_key;
+use crate::store::schema::col as c;
+
+pub struct SearchRequest {
+    pub query: Query,
+    pub limit: usize,
+    pub spss: usize,
+    /// Unix nanoseconds, inclusive.
+    pub range: Option<(i64, i64)>,
+}
+
+// Protojson of tempopb.SearchResponse: lowerCamel names as declared (traceID, spanID), 64-bit
+// integers as strings, zero values omitted. Only fields Grafana's vendored proto knows.
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchResponse {
+    pub traces: Vec<TraceSearchMetadata>,
+    pub metrics: SearchMetrics,
+}
+
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceSearchMetadata {
+    #[serde(rename = "traceID")]
+    pub trace_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub root_service_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub root_trace_name: String,
+    #[serde(skip_serializing_if = "is_zero_str")]
+    pub start_time_unix_nano: String,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub duration_ms: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_set: Option<SpanSet>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub span_sets: Vec<SpanSet>,
+}
+
+#[derive(Debug, Serialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanSet {
+    pub spans: Vec<SearchSpan>,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub matched: u32,
+}
+
+#[derive(Debug, Serialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSpan {
+    #[serde(rename = "spanID")]
+    pub span_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "is_zero_str")]
+    pub start_time_unix_nano: String,
+    #[serde(skip_serializing_if = "is_zero_str")]
+    pub duration_nanos: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchMetrics {
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub inspected_traces: u32,
+    #[serde(skip_serializing_if = "is_zero_str")]
+    pub inspected_bytes: String,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub total_blocks: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub completed_jobs: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub total_jobs: u32,
+    #[serde(skip_serializing_if = "is_zero_str")]
+    pub total_block_bytes: String,
+    #[serde(skip_serializing_if = "is_zero_str")]
+    pub inspected_spans: String,
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_str(v: &String) -> bool {
+    v.is_empty() || v == "0"
+}
+
+/// A trace matched by phase 1.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    last_start: i64,
+    matched: u64,
+}
+
+fn leaves(q: &Query, out: &mut Vec<Filter>) {
+    match q {
+        Query::Filter(f) => out.push(f.clone()),
+        Query::And(a, b) | Query::Or(a, b) => {
+            leaves(a, out);
+            leaves(b, out);
+        }
+    }
+}
+
+/// Evaluates the spanset combinators over per-filter hit sets (in `leaves` order).
+fn combine(q: &Query, hits: &mut std::slice::Iter<'_, HashMap<[u8; 16], Hit>>) -> HashMap<[u8; 16], Hit> {
+    match q {
+        Query::Filter(_) => hits.next().cloned().unwrap_or_default(),
+        Query::And(a, b) => {
+            let l = combine(a, hits);
+            let r = combine(b, hits);
+            l.into_iter()
+                .filter_map(|(k, h)| {
+                    r.get(&k).map(|o| {
+                        (k, Hit { last_start: h.last_start.max(o.last_start), matched: h.matched + o.matched })
+                    })
+                })
+                .collect()
+        }
+        Query::Or(a, b) => {
+            let mut l = combine(a, hits);
+            for (k, o) in combine(b, hits) {
+                l.entry(k)
+                    .and_modify(|h| {
+                        h.last_start = h.last_start.max(o.last_start);
+                        h.matched += o.matched;
+                    })
+                    .or_insert(o);
+            }
+            l
+        }
+    }
+}
+
+impl QueryEngine {
+    /// Spans of `tables` that satisfy `f`, with trace summaries joined in when needed.
+    fn filtered(
+        &self,
+        tables: &Tables,
+        tenant: &str,
+        f: &Filter,
+        range: Option<(i64, i64)>,
+    ) -> Result<DataFrame, QueryError> {
+        let mut df = tables.spans.clone();
+        if let Some((s, e)) = range {
+            df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
+        }
+        if needs_trace(f) {
+            let t = self
+                .trace_summaries(tables, tenant, true)?
+                .with_column(T_DURATION, col("t_end") - col("t_start"))?
+                .with_column_renamed("trace_id", "t_trace_id")?;
+            df = df.join(t, JoinType::Inner, &[c::TRACE_ID], &["t_trace_id"], None)?;
+        }
+        if let Some(expr) = filter_expr(f, &tables.layout)? {
+            df = df.filter(expr)?;
+        }
+        Ok(df)
+    }
+
+    async fn phase1(
+        &self,
+        tenant: &str,
+        f: &Filter,
+        range: Option<(i64, i64)>,
+        limit: Option<usize>,
+    ) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
+        let blocks = match range {
+            Some((s, e)) => self.store.blocks_in_range(tenant, s, e),
+            None => self.store.blocks(tenant),
+        };
+        let tables = self.span_tables(tenant, blocks, true)?;
+        let mut df = self.filtered(&tables, tenant, f, range)?.aggregate(
+            vec![col(c::TRACE_ID)],
+            vec![max(col(c::START)).alias("last"), cast(count(lit(1u8)), DataType::UInt64).alias("n")],
+        )?;
+        if let Some(l) = limit {
+            df = df.sort(vec![col("last").sort(false, false)])?.limit(0, Some(l))?;
+        }
+        let mut out = HashMap::new();
+        for b in df.collect().await? {
+            let ids = b.column(0).as_fixed_size_binary();
+            let last = b.column(1).as_primitive::<Int64Type>();
+            let n = b.column(2).as_primitive::<UInt64Type>();
+            for i in 0..b.num_rows() {
+                out.insert(trace_key(ids, i), Hit { last_start: last.value(i), matched: n.value(i) });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn search(&self, tenant: &str, req: SearchRequest) -> Result<SearchResponse, QueryError> {
+        let started = std::time::Instant::now();
+        let mut filters = Vec::new();
+        leaves(&req.query, &mut filters);
+        let single = filters.len() == 1;
+        let mut hit_sets = Vec::with_capacity(filters.len());
+        for f in &filters {
+            hit_sets.push(self.phase1(tenant, f, req.range, single.then_some(req.limit)).await?);
+        }
+        let hits = combine(&req.query, &mut hit_sets.iter());
+        let mut top: Vec<([u8; 16], Hit)> = hits.into_iter().collect();
+        top.sort_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
+        top.truncate(req.limit);
+        let mut resp = SearchResponse::default();
+        if top.is_empty() {
+            self.observe("search", started);
+            return Ok(resp);
+        }
+        let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
+
+        // Phase 2: only blocks that may hold the chosen traces.
+        let mut blocks = Vec::new();
+        for id in &ids {
+            for b in self.store.blocks_with_trace(tenant, id) {
+                if !blocks.iter().any(|x: &std::sync::Arc<crate::store::Block>| x.meta.id == b.meta.id) {
+                    blocks.push(b);
+                }
+            }
+        }
+        let tables = self.span_tables(tenant, blocks, true)?;
+        let summaries = self
+            .trace_summaries(&tables, tenant, true)?
+            .filter(trace_id_in(&ids))?
+            .collect()
+            .await?;
+        let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
+        for b in &summaries {
+            read_summaries(b, &mut meta)?;
+        }
+        let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
+        for f in &filters {
+            let df = self
+                .filtered(&tables, tenant, f, None)?
+                .filter(trace_id_in(&ids))?
+                .select_columns(&[c::TRACE_ID, c::SPAN_ID, c::NAME, c::START, c::DURATION])?;
+            for b in df.collect().await? {
+                read_spans(&b, &mut spans)?;
+            }
+        }
+        for (id, hit) in &top {
+            let mut m = meta.remove(id).unwrap_or_default();
+            m.trace_id = hex::encode(id);
+            let set = SpanSet {
+                spans: spans
+                    .remove(id)
+                    .map(|s| s.into_values().take(req.spss).collect())
+                    .unwrap_or_default(),
+                matched: u32::try_from(hit.matched).unwrap_or(u32::MAX),
+            };
+            m.span_set = Some(set.clone());
+            m.span_sets = vec![set];
+            resp.traces.push(m);
+        }
+        resp.metrics.inspected_traces = u32::try_from(resp.traces.len()).unwrap_or(u32::MAX);
+        resp.metrics.total_blocks = u32::try_from(self.store.blocks(tenant).len()).unwrap_or(u32::MAX);
+        resp.metrics.completed_jobs = 1;
+        resp.metrics.total_jobs = 1;
+        self.observe("search", started);
+        Ok(resp)
+    }
+}
+
+fn read_summaries(b: &RecordBatch, out: &mut HashMap<[u8; 16], TraceSearchMetadata>) -> Result<(), QueryError> {
+    let get = |n: &str| b.column_by_name(n).ok_or_else(|| QueryError::Internal(format!("missing {n}")));
+    let ids = get("trace_id")?.as_fixed_size_binary();
+    let start = get("t_start")?.as_primitive::<Int64Type>();
+    let end = get("t_end")?.as_primitive::<Int64Type>();
+    let svc = arrow::compute::cast(get("t_root_service")?, &DataType::Utf8)?;
+    let svc = svc.as_string::<i32>();
+    let name = arrow::compute::cast(get("t_root_name")?, &DataType::Utf8)?;
+    let name = name.as_string::<i32>();
+    for i in 0..b.num_rows() {
+        let dur_ms = (end.value(i) - start.value(i)).max(0) / 1_000_000;
+        out.insert(
+            trace_key(ids, i),
+            TraceSearchMetadata {
+                root_service_name: if svc.is_valid(i) { svc.value(i).to_string() } else { String::new() },
+                root_trace_name: if name.is_valid(i) { name.value(i).to_string() } else { String::new() },
+                start_time_unix_nano: start.value(i).to_string(),
+                duration_ms: u32::try_from(dur_ms).unwrap_or(u32::MAX),
+                ..Default::default()
+            },
+        );
+    }
+    Ok(())
+}
+
+fn read_spans(
+    b: &RecordBatch,
+    out: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+) -> Result<(), QueryError> {
+    let ids = b.column(0).as_fixed_size_binary();
+    let sids = b.column(1).as_fixed_size_binary();
+    let names = arrow::compute::cast(b.column(2), &DataType::Utf8)?;
+    let names = names.as_string::<i32>();
+    let start = b.column(3).as_primitive::<Int64Type>();
+    let dur = b.column(4).as_primitive::<Int64Type>();
+    for i in 0..b.num_rows() {
+        let sid = hex::encode(sids.value(i));
+        out.entry(trace_key(ids, i)).or_default().insert(
+            (start.value(i), sid.clone()),
+            SearchSpan {
+                span_id: sid,
+                name: names.value(i).to_string(),
+                start_time_unix_nano: start.value(i).to_string(),
+                duration_nanos: dur.value(i).max(0).to_string(),
+            },
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! `skein serve`: opens storage, replays the WAL into the head, starts the writer, the
+//! maintenance loop (flush, WAL truncation, compaction, retention) and the three listeners.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, FsyncMode};
+use crate::head::{Frozen, Head};
+use crate::ingest::writer::Writer;
+use crate::ingest::{self, Ingestor};
+use crate::metrics::Metrics;
+use crate::query::QueryEngine;
+use crate::store::schema::Dedicated;
+use crate::store::{Store, open_object_store};
+use crate::wal::{FsyncPolicy, Wal, WalConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("WAL: {0}")]
+    Wal(#[from] crate::wal::WalError),
+    #[error("query engine: {0}")]
+    Query(#[from] crate::query::QueryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("OTLP/gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// A running collector (used by `serve`, `demo`, benchmarks and tests).
+pub struct Running {
+    pub engine: Arc<QueryEngine>,
+    pub ingestor: Ingestor,
+    pub writer: Writer,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Running {
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            match t.await {
+                Ok(r) => r?,
+                Err(e) => tracing::error!(error = %e, "task panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves when any listener stops (e.g. on an error).
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let (r, _, rest) = futures::future::select_all(self.tasks.drain(..)).await;
+        self.tasks = rest;
+        match r {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+fn fsync_policy(m: FsyncMode) -> FsyncPolicy {
+    match m {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_secs(1)),
+        FsyncMode::Never => FsyncPolicy::Never,
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Starts everything and returns once all listeners are bound and the WAL is replayed.
+pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let dedicated = Dedicated {
+        span: cfg.dedicated_span_attributes.clone(),
+        resource: cfg.dedicated_resource_attributes.clone(),
+    };
+    let store = Arc::new(
+        Store::open(open_object_store(&cfg.storage)?, dedicated.clone(), metrics.clone()).await?,
+    );
+    let head = Arc::new(Head::new(dedicated));
+
+    let watermarks = store.watermarks();
+    let replay_started = Instant::now();
+    let wal_cfg = WalConfig {
+        dir: cfg.data_dir.join("wal"),
+        fsync: fsync_policy(cfg.fsync),
+        segment_bytes: crate::wal::DEFAULT_SEGMENT_BYTES,
+    };
+    let (wal, records) = Wal::open_filtered(wal_cfg, |seq, tenant| {
+        seq > watermarks.get(tenant).copied().unwrap_or(0)
+    })?;
+    let replayed = replay(&head, records);
+    tracing::info!(records = replayed, ms = replay_started.elapsed().as_millis() as u64, "WAL replayed");
+
+    let writer = Writer::start(wal, head.clone(), metrics.clone(), cfg.max_inflight_bytes)?;
+    let ingestor = Ingestor::new(writer.clone(), metrics.clone(), cfg.max_body_bytes);
+    let engine = Arc::new(QueryEngine::new(store.clone(), head.clone(), metrics.clone(), cfg.query_memory_bytes)?);
+
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut tasks = Vec::new();
+
+    let http_listener = bind(cfg.http_addr).await?;
+    let otlp_http_listener = bind(cfg.otlp_http_addr).await?;
+    // Bind gRPC ourselves too, so a busy port fails start-up instead of a background task.
+    let grpc_listener = bind(cfg.otlp_grpc_addr).await?;
+    let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+
+    let app = api::router(AppState { engine: engine.clone() });
+    let s = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        axum::serve(http_listener, app).with_graceful_shutdown(s).await?;
+        Ok(())
+    }));
+    let otlp_app = ingest::http::router(ingestor.clone());
+    let s = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        axum::serve(otlp_http_listener, otlp_app).with_graceful_shutdown(s).await?;
+        Ok(())
+    }));
+    let ing = ingestor.clone();
+    let s = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        ingest::grpc::serve(grpc_incoming, ing, s).await?;
+        Ok(())
+    }));
+    let maint = Maintenance {
+        store,
+        head,
+        writer: writer.clone(),
+        max_spans: cfg.head_max_spans,
+        max_age: cfg.head_max_age,
+        target_spans: cfg.block_target_spans,
+        retention: cfg.retention,
+    };
+    let s = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        maint.run(s).await;
+        Ok(())
+    }));
+    tracing::info!(
+        otlp_grpc = %cfg.otlp_grpc_addr,
+        otlp_http = %cfg.otlp_http_addr,
+        http = %cfg.http_addr,
+        storage = cfg.storage,
+        "skein ready"
+    );
+    Ok(Running { engine, ingestor, writer, shutdown: tx, tasks })
+}
+
+fn replay(head: &Head, records: Vec<crate::wal::WalRecord>) -> usize {
+    let mut n = 0;
+    for r in records {
+        match ExportTraceServiceRequest::decode(r.payload.as_slice()) {
+            Ok(req) => match head.apply(r.seq, &r.tenant, &req) {
+                Ok(()) => n += 1,
+                Err(e) => tracing::error!(seq = r.seq, error = %e, "cannot replay WAL record"),
+            },
+            // Records were validated before they were written; this means disk damage.
+            Err(e) => tracing::error!(seq = r.seq, error = %e, "undecodable WAL record skipped"),
+        }
+    }
+    n
+}
+
+struct Maintenance {
+    store: Arc<Store>,
+    head: Arc<Head>,
+    writer: Writer,
+    max_spans: usize,
+    max_age: Duration,
+    target_spans: usize,
+    retention: Duration,
+}
+
+impl Maintenance {
+    async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed: Vec<Arc<Frozen>> = Vec::new();
+        let mut last_compact = Instant::now();
+        let mut last_retention: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            let mut due = std::mem::take(&mut failed);
+            match self.head.freeze_due(self.max_spans, self.max_age, false) {
+                Ok(f) => due.extend(f),
+                Err(e) => tracing::error!(error = %e, "freezing head failed"),
+            }
+            let flushed = !due.is_empty();
+            for f in due {
+                match self.store.flush(&f).await {
+                    Ok(_) => self.head.release(&f),
+                    Err(e) => {
+                        // Still visible from the head and still in the WAL; retry next tick.
+                        tracing::error!(tenant = f.tenant, error = %e, "flush failed");
+                        failed.push(f);
+                    }
+                }
+            }
+            if flushed && let Err(e) = self.writer.truncate().await {
+                tracing::error!(error = %e, "WAL truncation failed");
+            }
+            if last_compact.elapsed() >= Duration::from_secs(10) {
+                last_compact = Instant::now();
+                if let Err(e) = self.store.compact(self.target_spans).await {
+                    tracing::error!(error = %e, "compaction failed");
+                }
+            }
+            if last_retention.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_retention = Some(Instant::now());
+                if let Err(e) = self.store.apply_retention(self.retention).await {
+                    tracing::error!(error = %e, "retention failed");
+                }
+            }
+        }
+    }
+}
+
+/// Used by tests and benchmarks to see tenants' watermark state.
+pub fn watermarks(store: &Store) -> HashMap<String, u64> {
+    store.watermarks()
+}

@@ -1,0 +1,295 @@
+//! Immutable blocks: one tenant's spans sorted by (trace_id, start_time) in `spans.parquet`,
+//! per-trace summaries in `traces.parquet`, a trace-id bloom filter and `meta.json`. The meta
+//! file is written last: a block exists once its meta exists.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Builder, RecordBatch,
+    StringBuilder, UInt32Builder,
+};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::StoreError;
+use super::bloom::Bloom;
+use super::schema::{Dedicated, col, span_schema};
+use crate::head::TagKeys;
+
+pub const META_FILE: &str = "meta.json";
+pub const SPANS_FILE: &str = "spans.parquet";
+pub const TRACES_FILE: &str = "traces.parquet";
+pub const BLOOM_FILE: &str = "bloom.bin";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BlockMeta {
+    pub format: u32,
+    pub id: String,
+    pub tenant: String,
+    /// Earliest span start and latest span end, unix nanoseconds.
+    pub min_time: i64,
+    pub max_time: i64,
+    pub spans: u64,
+    pub traces: u64,
+    pub spans_bytes: u64,
+    pub traces_bytes: u64,
+    /// Every WAL record of this tenant with a sequence at or below this is in blocks.
+    pub wal_seq: u64,
+    #[serde(default)]
+    pub compacted_from: Vec<String>,
+    pub dedicated: Dedicated,
+    pub tags: TagKeys,
+    pub created_unix: i64,
+}
+
+impl BlockMeta {
+    pub fn dir(tenant: &str, id: &str) -> Path {
+        Path::from(format!("{tenant}/{id}"))
+    }
+    pub fn file(&self, name: &str) -> Path {
+        Self::dir(&self.tenant, &self.id).join(name)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.spans_bytes + self.traces_bytes
+    }
+}
+
+/// Schema of `traces.parquet`.
+pub fn traces_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("start_time", DataType::Int64, false),
+        Field::new("end_time", DataType::Int64, false),
+        Field::new("root_service", DataType::Utf8, true),
+        Field::new("root_name", DataType::Utf8, true),
+        Field::new("span_count", DataType::UInt32, false),
+        Field::new("error_count", DataType::UInt32, false),
+    ]))
+}
+
+fn span_props() -> WriterProperties {
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default());
+    let mut b = WriterProperties::builder()
+        .set_compression(zstd)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_data_page_row_count_limit(8 * 1024);
+    // Random ids gain nothing from dictionaries; times are delta-friendly integers.
+    for c in [col::TRACE_ID, col::SPAN_ID, col::PARENT_SPAN_ID] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
+    for c in [col::START, col::DURATION] {
+        b = b
+            .set_column_dictionary_enabled(ColumnPath::from(c), false)
+            .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+    }
+    b.build()
+}
+
+fn encode_parquet(batch: &RecordBatch, props: WriterProperties) -> Result<Bytes, StoreError> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(Bytes::from(buf))
+}
+
+/// Adds null columns / drops unknown ones so `batch` has exactly `schema` (dedicated columns
+/// differ between blocks written under different configurations).
+pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, StoreError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(arrow::compute::cast(c, f.data_type())?),
+            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+}
+
+/// Sorts spans by trace then start time: trace-by-id reads one contiguous range and the
+/// repeated trace ids compress to almost nothing.
+pub fn sort_spans(batches: &[RecordBatch], dedicated: &Dedicated) -> Result<RecordBatch, StoreError> {
+    let schema = span_schema(dedicated);
+    let aligned = batches.iter().map(|b| align(b, &schema)).collect::<Result<Vec<_>, _>>()?;
+    let all = concat_batches(&schema, &aligned)?;
+    let (Some(tid), Some(start)) = (all.column_by_name(col::TRACE_ID), all.column_by_name(col::START))
+    else {
+        return Err(StoreError::Corrupt("span batch without trace_id/start_time".into()));
+    };
+    let idx = lexsort_to_indices(
+        &[
+            SortColumn { values: tid.clone(), options: None },
+            SortColumn { values: start.clone(), options: None },
+        ],
+        None,
+    )?;
+    Ok(take_record_batch(&all, &idx)?)
+}
+
+/// Per-trace summaries of a sorted span batch, plus the bloom filter of its trace ids.
+pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreError> {
+    let get = |name: &str| {
+        sorted.column_by_name(name).ok_or_else(|| StoreError::Corrupt(format!("missing column {name}")))
+    };
+    let tid = get(col::TRACE_ID)?.as_fixed_size_binary();
+    let start = get(col::START)?.as_primitive::<Int64Type>();
+    let dur = get(col::DURATION)?.as_primitive::<Int64Type>();
+    let parent = get(col::PARENT_SPAN_ID)?;
+    let status = get(col::STATUS_CODE)?.as_primitive::<Int8Type>();
+    let names = arrow::compute::cast(get(col::NAME)?, &DataType::Utf8)?;
+    let names = names.as_string::<i32>();
+    let services = arrow::compute::cast(get(col::SERVICE)?, &DataType::Utf8)?;
+    let services = services.as_string::<i32>();
+
+    let mut out_tid = FixedSizeBinaryBuilder::new(16);
+    let (mut o_start, mut o_end) = (Int64Builder::new(), Int64Builder::new());
+    let (mut o_svc, mut o_name) = (StringBuilder::new(), StringBuilder::new());
+    let (mut o_count, mut o_err) = (UInt32Builder::new(), UInt32Builder::new());
+    let n = sorted.num_rows();
+    let mut traces = 0usize;
+    let mut i = 0;
+    let mut ids: Vec<[u8; 16]> = Vec::new();
+    while i < n {
+        let id = tid.value(i);
+        let (mut lo, mut hi, mut count, mut errs) = (i64::MAX, i64::MIN, 0u32, 0u32);
+        let mut root: Option<usize> = None;
+        let mut j = i;
+        while j < n && tid.value(j) == id {
+            let s = start.value(j);
+            lo = lo.min(s);
+            hi = hi.max(s.saturating_add(dur.value(j)));
+            count += 1;
+            if status.value(j) == 2 {
+                errs += 1;
+            }
+            if parent.is_null(j) && root.is_none() {
+                root = Some(j);
+            }
+            j += 1;
+        }
+        out_tid.append_value(id)?;
+        o_start.append_value(lo);
+        o_end.append_value(hi.max(lo));
+        o_svc.append_option(root.and_then(|r| services.is_valid(r).then(|| services.value(r))));
+        o_name.append_option(root.map(|r| names.value(r)));
+        o_count.append_value(count);
+        o_err.append_value(errs);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(id);
+        ids.push(key);
+        traces += 1;
+        i = j;
+    }
+    let mut bloom = Bloom::with_capacity(traces);
+    for id in &ids {
+        bloom.insert(id);
+    }
+    let batch = RecordBatch::try_new(
+        traces_schema(),
+        vec![
+            Arc::new(out_tid.finish()),
+            Arc::new(o_start.finish()),
+            Arc::new(o_end.finish()),
+            Arc::new(o_svc.finish()),
+            Arc::new(o_name.finish()),
+            Arc::new(o_count.finish()),
+            Arc::new(o_err.finish()),
+        ],
+    )?;
+    Ok((batch, bloom))
+}
+
+/// What a new block is made from.
+pub struct NewBlock<'a> {
+    pub tenant: &'a str,
+    pub batches: &'a [RecordBatch],
+    pub dedicated: &'a Dedicated,
+    pub wal_seq: u64,
+    pub tags: TagKeys,
+    pub compacted_from: Vec<String>,
+}
+
+/// Writes a block (data files first, meta last) and returns its meta and bloom filter.
+pub async fn write_block(
+    store: &Arc<dyn ObjectStore>,
+    nb: NewBlock<'_>,
+) -> Result<(BlockMeta, Bloom), StoreError> {
+    let sorted = sort_spans(nb.batches, nb.dedicated)?;
+    let (traces, bloom) = summarize(&sorted)?;
+    let (min_time, max_time) = time_range(&traces);
+    let spans_pq = encode_parquet(&sorted, span_props())?;
+    let traces_pq = encode_parquet(
+        &traces,
+        WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .build(),
+    )?;
+    let meta = BlockMeta {
+        format: 1,
+        id: ulid::Ulid::new().to_string(),
+        tenant: nb.tenant.to_string(),
+        min_time,
+        max_time,
+        spans: sorted.num_rows() as u64,
+        traces: traces.num_rows() as u64,
+        spans_bytes: spans_pq.len() as u64,
+        traces_bytes: traces_pq.len() as u64,
+        wal_seq: nb.wal_seq,
+        compacted_from: nb.compacted_from,
+        dedicated: nb.dedicated.clone(),
+        tags: nb.tags,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    store.put(&meta.file(SPANS_FILE), spans_pq.into()).await?;
+    store.put(&meta.file(TRACES_FILE), traces_pq.into()).await?;
+    store.put(&meta.file(BLOOM_FILE), Bytes::from(bloom.to_bytes()).into()).await?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    store.put(&meta.file(META_FILE), Bytes::from(json).into()).await?;
+    Ok((meta, bloom))
+}
+
+fn time_range(traces: &RecordBatch) -> (i64, i64) {
+    let s = traces.column(1).as_primitive::<Int64Type>();
+    let e = traces.column(2).as_primitive::<Int64Type>();
+    let lo = arrow::compute::min(s).unwrap_or(0);
+    let hi = arrow::compute::max(e).unwrap_or(0);
+    (lo, hi)
+}
+
+/// Reads a whole parquet file of a block.
+pub async fn read_file(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<Vec<RecordBatch>, StoreError> {
+    let bytes = store.get(path).await?.bytes().await?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Extracts a trace id from a fixed-size binary column value.
+pub fn trace_key(col: &FixedSizeBinaryArray, i: usize) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    let v = col.value(i);
+    let n = v.len().min(16);
+    k[..n].copy_from_slice(&v[..n]);
+    k
+}

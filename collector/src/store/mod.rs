@@ -1,0 +1,344 @@
+//! Block storage on `object_store` (local disk or S3) and the in-memory block catalog with its
+//! trace-id index. Flush, compaction and retention all end in an atomic catalog swap, so a
+//! query sees either the old blocks or the new one, never both or neither.
+
+pub mod block;
+pub mod bloom;
+pub mod schema;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::error::ArrowError;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::Path;
+use parking_lot::RwLock;
+
+use crate::head::{Frozen, TagKeys};
+use crate::metrics::Metrics;
+use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE, read_file, write_block};
+use bloom::Bloom;
+use schema::Dedicated;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("invalid storage url {0}")]
+    Url(String),
+    #[error("corrupt block data: {0}")]
+    Corrupt(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A committed block and its trace-id filter.
+#[derive(Debug)]
+pub struct Block {
+    pub meta: BlockMeta,
+    pub bloom: Bloom,
+}
+
+/// Opens the object store for a `file://` or `s3://` URL, rooted at the URL's path.
+pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let parsed = url::Url::parse(url).map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
+    match parsed.scheme() {
+        "file" => {
+            let path = parsed.to_file_path().map_err(|()| StoreError::Url(url.to_string()))?;
+            std::fs::create_dir_all(&path)?;
+            Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(path)?))
+        }
+        "s3" => {
+            let bucket = parsed.host_str().ok_or_else(|| StoreError::Url(url.to_string()))?;
+            // AWS_* variables give credentials, region and (for S3-compatible servers)
+            // AWS_ENDPOINT_URL / AWS_ALLOW_HTTP.
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()?;
+            let prefix = parsed.path().trim_matches('/');
+            if prefix.is_empty() {
+                Ok(Arc::new(s3))
+            } else {
+                Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
+            }
+        }
+        other => Err(StoreError::Url(format!("unsupported scheme {other}"))),
+    }
+}
+
+pub struct Store {
+    pub object_store: Arc<dyn ObjectStore>,
+    dedicated: Dedicated,
+    catalog: RwLock<HashMap<String, Vec<Arc<Block>>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    /// Opens storage and loads the catalog. Leftovers of interrupted writes (block directories
+    /// without meta) and inputs of committed compactions are deleted.
+    pub async fn open(
+        object_store: Arc<dyn ObjectStore>,
+        dedicated: Dedicated,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        let store = Store { object_store, dedicated, catalog: RwLock::new(HashMap::new()), metrics };
+        store.load().await?;
+        Ok(store)
+    }
+
+    async fn load(&self) -> Result<(), StoreError> {
+        let objects: Vec<object_store::ObjectMeta> =
+            self.object_store.list(None).try_collect().await?;
+        let mut dirs: HashMap<(String, String), Vec<Path>> = HashMap::new();
+        for o in objects {
+            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
+            if parts.len() == 3 {
+                dirs.entry((parts[0].clone(), parts[1].clone())).or_default().push(o.location);
+            }
+        }
+        let mut metas = Vec::new();
+        for ((tenant, id), files) in &dirs {
+            if !files.iter().any(|p| p.filename() == Some(META_FILE)) {
+                tracing::warn!(tenant, block = id, "removing incomplete block");
+                self.delete_files(files).await;
+                continue;
+            }
+            let bytes = self.object_store.get(&BlockMeta::dir(tenant, id).join(META_FILE)).await?.bytes().await?;
+            let meta: BlockMeta = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("{tenant}/{id}/meta.json: {e}")))?;
+            metas.push(meta);
+        }
+        let superseded: HashSet<(String, String)> = metas
+            .iter()
+            .flat_map(|m| m.compacted_from.iter().map(|id| (m.tenant.clone(), id.clone())))
+            .collect();
+        let mut catalog: HashMap<String, Vec<Arc<Block>>> = HashMap::new();
+        for meta in metas {
+            let key = (meta.tenant.clone(), meta.id.clone());
+            if superseded.contains(&key) {
+                tracing::info!(tenant = meta.tenant, block = meta.id, "removing compacted-away block");
+                if let Some(files) = dirs.get(&key) {
+                    self.delete_files(files).await;
+                }
+                continue;
+            }
+            let bloom_bytes = self.object_store.get(&meta.file(BLOOM_FILE)).await?.bytes().await?;
+            let bloom = Bloom::from_bytes(&bloom_bytes)
+                .ok_or_else(|| StoreError::Corrupt(format!("{}/{} bloom", meta.tenant, meta.id)))?;
+            catalog.entry(meta.tenant.clone()).or_default().push(Arc::new(Block { meta, bloom }));
+        }
+        for blocks in catalog.values_mut() {
+            blocks.sort_by_key(|b| b.meta.min_time);
+        }
+        *self.catalog.write() = catalog;
+        self.update_metrics();
+        Ok(())
+    }
+
+    async fn delete_files(&self, files: &[Path]) {
+        for f in files {
+            if let Err(e) = self.object_store.delete(f).await {
+                tracing::warn!(path = %f, error = %e, "delete failed");
+            }
+        }
+    }
+
+    fn update_metrics(&self) {
+        let cat = self.catalog.read();
+        let blocks: usize = cat.values().map(|v| v.len()).sum();
+        let bytes: u64 = cat.values().flatten().map(|b| b.meta.bytes()).sum();
+        self.metrics.blocks.set(blocks as i64);
+        self.metrics.block_bytes.set(bytes as i64);
+    }
+
+    pub fn dedicated(&self) -> &Dedicated {
+        &self.dedicated
+    }
+
+    pub fn tenants(&self) -> Vec<String> {
+        self.catalog.read().keys().cloned().collect()
+    }
+
+    pub fn blocks(&self, tenant: &str) -> Vec<Arc<Block>> {
+        self.catalog.read().get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// Blocks overlapping [start, end] (unix nanos).
+    pub fn blocks_in_range(&self, tenant: &str, start: i64, end: i64) -> Vec<Arc<Block>> {
+        self.blocks(tenant)
+            .into_iter()
+            .filter(|b| b.meta.max_time >= start && b.meta.min_time <= end)
+            .collect()
+    }
+
+    /// Blocks that may hold spans of `trace_id`, found without any time range.
+    pub fn blocks_with_trace(&self, tenant: &str, trace_id: &[u8; 16]) -> Vec<Arc<Block>> {
+        self.blocks(tenant).into_iter().filter(|b| b.bloom.contains(trace_id)).collect()
+    }
+
+    /// Per tenant, the WAL sequence through which its records are in blocks.
+    pub fn watermarks(&self) -> HashMap<String, u64> {
+        self.catalog
+            .read()
+            .iter()
+            .map(|(t, bs)| (t.clone(), bs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0)))
+            .collect()
+    }
+
+    pub fn tag_keys(&self, tenant: &str) -> TagKeys {
+        let mut tags = TagKeys::default();
+        for b in self.blocks(tenant) {
+            tags.extend(&b.meta.tags);
+        }
+        tags
+    }
+
+    /// Dedicated-column layout covering the configuration and every block of `blocks`.
+    pub fn layout(&self, blocks: &[Arc<Block>]) -> Dedicated {
+        blocks.iter().fold(self.dedicated.clone(), |acc, b| acc.union(&b.meta.dedicated))
+    }
+
+    /// Writes a frozen head part as a block and publishes it.
+    pub async fn flush(&self, frozen: &Frozen) -> Result<Arc<Block>, StoreError> {
+        let timer = std::time::Instant::now();
+        let (meta, bloom) = write_block(
+            &self.object_store,
+            NewBlock {
+                tenant: &frozen.tenant,
+                batches: &frozen.batches,
+                dedicated: &self.dedicated,
+                wal_seq: frozen.max_seq,
+                tags: frozen.tags.clone(),
+                compacted_from: Vec::new(),
+            },
+        )
+        .await?;
+        let block = Arc::new(Block { meta, bloom });
+        {
+            let mut cat = self.catalog.write();
+            let v = cat.entry(frozen.tenant.clone()).or_default();
+            v.push(block.clone());
+            v.sort_by_key(|b| b.meta.min_time);
+        }
+        self.metrics.flush_seconds.observe(timer.elapsed().as_secs_f64());
+        self.metrics.flushes.inc();
+        self.update_metrics();
+        tracing::info!(
+            tenant = frozen.tenant,
+            block = block.meta.id,
+            spans = block.meta.spans,
+            bytes = block.meta.bytes(),
+            "flushed head to block"
+        );
+        Ok(block)
+    }
+
+    /// Merges runs of small blocks of one tenant into blocks of up to `target_spans`.
+    /// Returns how many blocks were merged away.
+    pub async fn compact(&self, target_spans: usize) -> Result<usize, StoreError> {
+        let mut merged = 0;
+        for tenant in self.tenants() {
+            let small: Vec<Arc<Block>> = self
+                .blocks(&tenant)
+                .into_iter()
+                .filter(|b| (b.meta.spans as usize) < target_spans / 2)
+                .collect();
+            let mut group: Vec<Arc<Block>> = Vec::new();
+            let mut spans = 0usize;
+            for b in small {
+                if spans + b.meta.spans as usize > target_spans && group.len() >= 2 {
+                    merged += self.merge(&tenant, std::mem::take(&mut group)).await?;
+                    spans = 0;
+                }
+                spans += b.meta.spans as usize;
+                group.push(b);
+            }
+            if group.len() >= 4 || (group.len() >= 2 && spans >= target_spans / 2) {
+                merged += self.merge(&tenant, group).await?;
+            }
+        }
+        Ok(merged)
+    }
+
+    async fn merge(&self, tenant: &str, inputs: Vec<Arc<Block>>) -> Result<usize, StoreError> {
+        let mut batches = Vec::new();
+        let mut tags = TagKeys::default();
+        for b in &inputs {
+            batches.extend(read_file(&self.object_store, &b.meta.file(SPANS_FILE)).await?);
+            tags.extend(&b.meta.tags);
+        }
+        let layout = self.layout(&inputs);
+        let (meta, bloom) = write_block(
+            &self.object_store,
+            NewBlock {
+                tenant,
+                batches: &batches,
+                dedicated: &layout,
+                wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
+                tags,
+                compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),
+            },
+        )
+        .await?;
+        drop(batches);
+        let ids: HashSet<&str> = inputs.iter().map(|b| b.meta.id.as_str()).collect();
+        {
+            let mut cat = self.catalog.write();
+            let v = cat.entry(tenant.to_string()).or_default();
+            v.retain(|b| !ids.contains(b.meta.id.as_str()));
+            v.push(Arc::new(Block { meta, bloom }));
+            v.sort_by_key(|b| b.meta.min_time);
+        }
+        for b in &inputs {
+            self.delete_block(&b.meta).await;
+        }
+        self.metrics.compactions.inc();
+        self.update_metrics();
+        tracing::info!(tenant, inputs = inputs.len(), "compacted blocks");
+        Ok(inputs.len())
+    }
+
+    async fn delete_block(&self, meta: &BlockMeta) {
+        // Meta first: a half-deleted block is then an incomplete one, cleaned up on start.
+        let mut files = vec![meta.file(META_FILE)];
+        for f in [SPANS_FILE, block::TRACES_FILE, BLOOM_FILE] {
+            files.push(meta.file(f));
+        }
+        self.delete_files(&files).await;
+    }
+
+    /// Deletes blocks whose newest span ended before `now - retention`.
+    pub async fn apply_retention(&self, retention: Duration) -> Result<usize, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let cutoff = now.saturating_sub(retention.as_nanos() as i64);
+        let expired: Vec<Arc<Block>> = {
+            let mut cat = self.catalog.write();
+            let mut out = Vec::new();
+            for v in cat.values_mut() {
+                let (old, keep): (Vec<_>, Vec<_>) =
+                    v.drain(..).partition(|b| b.meta.max_time < cutoff);
+                *v = keep;
+                out.extend(old);
+            }
+            out
+        };
+        for b in &expired {
+            self.delete_block(&b.meta).await;
+            self.metrics.blocks_deleted_retention.inc();
+        }
+        if !expired.is_empty() {
+            self.update_metrics();
+            tracing::info!(blocks = expired.len(), "retention deleted blocks");
+        }
+        Ok(expired.len())
+    }
+}

@@ -1,0 +1,708 @@
+//! Write-ahead log: every accepted export is appended here and made durable
+//! before it is applied to the in-memory head and acknowledged.
+//!
+//! Format, fsync guarantees, replay and truncation rules are described in
+//! `DESIGN.md` next to this file.
+
+mod format;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use format::{DecodeError, SEGMENT_HEADER_LEN};
+pub use format::{MAX_PAYLOAD_LEN, MAX_TENANT_LEN};
+
+/// Default segment size before rolling to a new file.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+const SEGMENT_SUFFIX: &str = ".seg";
+const SEGMENT_NAME_DIGITS: usize = 20;
+const LOCK_FILE: &str = "wal.lock";
+/// The append buffer is kept across batches; an unusually large batch should
+/// not pin that much memory for the rest of the process lifetime.
+const RETAINED_BUF_BYTES: usize = 16 << 20;
+
+/// When `append_batch` calls fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before every `append_batch` returns (one fsync per batch).
+    /// Acknowledged data survives kill -9 and power loss.
+    Always,
+    /// fsync on an append when the previous fsync is older than this.
+    /// Acknowledged data survives kill -9 (it is in the page cache); up to
+    /// roughly one interval of data may be lost on power loss.
+    Interval(Duration),
+    /// Never fsync appended data (segment rolls still sync). Survives kill -9,
+    /// not power loss.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    /// Roll to a new segment once appending a batch would grow the active
+    /// segment beyond this size. A single batch is never split, so a segment
+    /// can exceed this by up to one batch.
+    pub segment_bytes: u64,
+}
+
+impl WalConfig {
+    /// `FsyncPolicy::Always` and [`DEFAULT_SEGMENT_BYTES`].
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            fsync: FsyncPolicy::Always,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("wal: {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("wal: corruption in {} at offset {offset}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("wal: tenant name is {len} bytes, limit is {MAX_TENANT_LEN}")]
+    TenantTooLong { len: usize },
+    #[error("wal: payload is {len} bytes, limit is {MAX_PAYLOAD_LEN}")]
+    PayloadTooLarge { len: usize },
+    #[error("wal: directory {} is in use by another process", path.display())]
+    Locked { path: PathBuf },
+    /// A failed fsync (or a write that could not be rolled back) leaves the
+    /// file in an unknown state; appending more could bury acknowledged data
+    /// behind garbage, so the WAL refuses further writes until reopened.
+    #[error("wal: disabled after an earlier I/O failure; reopen to recover")]
+    Poisoned,
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
+    let path = path.to_path_buf();
+    move |source| WalError::Io { op, path, source }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalRecord {
+    pub seq: u64,
+    pub tenant: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WalStats {
+    /// Total bytes of all segment files on disk.
+    pub bytes: u64,
+    pub segments: u64,
+    /// Number of data fsyncs (appends, explicit `sync`, segment rolls).
+    pub fsyncs: u64,
+    pub last_fsync_seconds: f64,
+    pub fsync_seconds_sum: f64,
+}
+
+/// Counters shared with [`WalStatsHandle`]s; written only by the owner of the
+/// `Wal`, so relaxed atomics are enough.
+#[derive(Debug, Default)]
+struct SharedStats {
+    bytes: AtomicU64,
+    segments: AtomicU64,
+    fsyncs: AtomicU64,
+    last_fsync_nanos: AtomicU64,
+    fsync_nanos_sum: AtomicU64,
+}
+
+impl SharedStats {
+    fn snapshot(&self) -> WalStats {
+        WalStats {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            segments: self.segments.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            last_fsync_seconds: nanos_to_secs(self.last_fsync_nanos.load(Ordering::Relaxed)),
+            fsync_seconds_sum: nanos_to_secs(self.fsync_nanos_sum.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn add_segment(&self, bytes: u64) {
+        self.segments.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove_segment(&self, bytes: u64) {
+        self.segments.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn record_fsync(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.last_fsync_nanos.store(nanos, Ordering::Relaxed);
+        self.fsync_nanos_sum.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+fn nanos_to_secs(n: u64) -> f64 {
+    n as f64 / 1e9
+}
+
+/// Cloneable, thread-safe view of a WAL's stats, for metrics exporters that
+/// cannot borrow the `Wal` owned by the writer thread.
+#[derive(Clone, Debug)]
+pub struct WalStatsHandle(Arc<SharedStats>);
+
+impl WalStatsHandle {
+    pub fn snapshot(&self) -> WalStats {
+        self.0.snapshot()
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    segment_bytes: u64,
+    /// Older segments, oldest first. Each ends exactly where the next begins.
+    sealed: VecDeque<Segment>,
+    active: Segment,
+    active_file: File,
+    next_seq: u64,
+    buf: Vec<u8>,
+    last_sync: Instant,
+    /// Bytes written to the active segment since its last fsync.
+    dirty: bool,
+    poisoned: bool,
+    stats: Arc<SharedStats>,
+    /// Held for the lifetime of the `Wal`; the OS lock drops with the handle.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("fsync", &self.fsync)
+            .field("next_seq", &self.next_seq)
+            .field("segments", &(self.sealed.len() + 1))
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Opens (creating dir if needed) and replays: returns every intact
+    /// record in seq order. A torn/partial or CRC-bad record at the tail of
+    /// the last segment is truncated away; corruption anywhere else is an
+    /// error naming the file and offset. New appends go to a fresh segment
+    /// starting at `last_seq() + 1`.
+    pub fn open(cfg: WalConfig) -> Result<(Wal, Vec<WalRecord>), WalError> {
+        Self::open_filtered(cfg, |_, _| true)
+    }
+
+    /// Like [`Wal::open`], but only records for which `keep(seq, tenant)`
+    /// returns true are materialised, so records already covered by a flushed
+    /// block's watermark never cost memory. Every record is still verified.
+    pub fn open_filtered(
+        cfg: WalConfig,
+        mut keep: impl FnMut(u64, &str) -> bool,
+    ) -> Result<(Wal, Vec<WalRecord>), WalError> {
+        let dir = cfg.dir.clone();
+        create_dir_durable(&dir)?;
+        let lock = lock_dir(&dir)?;
+        let found = list_segments(&dir)?;
+
+        let stats = Arc::new(SharedStats::default());
+        let mut records = Vec::new();
+        let mut sealed = VecDeque::new();
+        let mut next_seq = 1u64;
+        let mut reuse_last: Option<Segment> = None;
+
+        for (i, (first_seq, path)) in found.iter().enumerate() {
+            let (first_seq, is_last) = (*first_seq, i + 1 == found.len());
+            if i > 0 && first_seq != next_seq {
+                return Err(WalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: format!(
+                        "segment starts at seq {first_seq} but the previous one ends at seq {}; \
+                         segments are missing or misnamed",
+                        next_seq.saturating_sub(1)
+                    ),
+                });
+            }
+            let data = fs::read(path).map_err(io_err("read", path))?;
+            let scan = scan_segment(path, &data, first_seq, is_last, &mut keep, &mut records)?;
+            next_seq = scan.next_seq;
+            let seg = Segment {
+                first_seq,
+                path: path.clone(),
+                bytes: data.len() as u64,
+            };
+            if !is_last {
+                stats.add_segment(seg.bytes);
+                sealed.push_back(seg);
+                continue;
+            }
+            // Newest segment: make its intact prefix durable and exact, so it
+            // can safely become a non-last segment (where damage is fatal).
+            let seg = repair_last_segment(seg, &data, &scan)?;
+            if scan.next_seq == first_seq {
+                reuse_last = Some(seg); // holds no records: append to it directly
+            } else {
+                stats.add_segment(seg.bytes);
+                sealed.push_back(seg);
+            }
+        }
+
+        let (active, active_file) = match reuse_last {
+            Some(seg) => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(io_err("open", &seg.path))?;
+                (seg, file)
+            }
+            None => create_segment(&dir, next_seq)?,
+        };
+        stats.add_segment(active.bytes);
+
+        tracing::info!(
+            dir = %dir.display(),
+            segments = sealed.len() + 1,
+            replayed = records.len(),
+            last_seq = next_seq - 1,
+            "wal opened"
+        );
+
+        let wal = Wal {
+            dir,
+            fsync: cfg.fsync,
+            segment_bytes: cfg.segment_bytes,
+            sealed,
+            active,
+            active_file,
+            next_seq,
+            buf: Vec::new(),
+            last_sync: Instant::now(),
+            dirty: false,
+            poisoned: false,
+            stats,
+            _lock: lock,
+        };
+        Ok((wal, records))
+    }
+
+    /// Appends records (tenant, payload) with consecutive seqs in a single
+    /// write, fsyncs per policy, and returns the seq of the first record.
+    /// An empty batch writes nothing and returns the seq the next record
+    /// will get. On error no record of the batch is acknowledged.
+    pub fn append_batch(&mut self, records: &[(&str, &[u8])]) -> Result<u64, WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let first = self.next_seq;
+        if records.is_empty() {
+            return Ok(first);
+        }
+        // Validate everything first so a bad record never leaves half a batch.
+        let mut batch_len = 0usize;
+        for (tenant, payload) in records {
+            if tenant.len() > MAX_TENANT_LEN {
+                return Err(WalError::TenantTooLong { len: tenant.len() });
+            }
+            if payload.len() > MAX_PAYLOAD_LEN {
+                return Err(WalError::PayloadTooLarge { len: payload.len() });
+            }
+            batch_len += format::encoded_len(tenant.as_bytes(), payload);
+        }
+
+        let active_has_records = self.active.first_seq < self.next_seq;
+        if active_has_records && self.active.bytes + batch_len as u64 > self.segment_bytes {
+            self.roll()?;
+        }
+
+        self.buf.clear();
+        self.buf.reserve(batch_len);
+        for (seq, (tenant, payload)) in (first..).zip(records) {
+            format::encode_record(&mut self.buf, seq, tenant.as_bytes(), payload);
+        }
+
+        if let Err(e) = self.active_file.write_all(&self.buf) {
+            // A partial batch must not stay in front of future appends: later
+            // records would sit behind damage and replay would reject them.
+            self.dirty = true;
+            if let Err(undo) = self.active_file.set_len(self.active.bytes) {
+                tracing::error!(path = %self.active.path.display(), error = %undo,
+                    "wal: cannot roll back partial write; disabling wal");
+                self.poisoned = true;
+            }
+            return Err(WalError::Io {
+                op: "write",
+                path: self.active.path.clone(),
+                source: e,
+            });
+        }
+        self.active.bytes += batch_len as u64;
+        self.stats
+            .bytes
+            .fetch_add(batch_len as u64, Ordering::Relaxed);
+        self.next_seq += records.len() as u64;
+        self.dirty = true;
+
+        let sync_now = match self.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if sync_now {
+            self.sync_active()?;
+        }
+        if self.buf.capacity() > RETAINED_BUF_BYTES {
+            self.buf = Vec::new();
+        }
+        Ok(first)
+    }
+
+    /// Forces an fsync of anything appended but not yet synced. Under
+    /// `Interval` the writer thread should call this when idle so the last
+    /// appends before a quiet period do not stay unsynced indefinitely.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        if self.dirty {
+            self.sync_active()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Deletes every segment all of whose records have seq <= `seq`, oldest
+    /// first. The active segment is only removed when it is fully covered
+    /// too, after rolling to a fresh (empty) one, which keeps the next seq
+    /// recorded on disk in its file name.
+    pub fn truncate_through(&mut self, seq: u64) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let active_has_records = self.active.first_seq < self.next_seq;
+        if active_has_records && self.next_seq - 1 <= seq {
+            self.roll()?;
+        }
+        // Oldest first, with a directory fsync after each removal, so a crash
+        // can only ever leave a suffix of segments (never a gap).
+        while let Some(oldest) = self.sealed.front() {
+            let next_first = self
+                .sealed
+                .get(1)
+                .map_or(self.active.first_seq, |s| s.first_seq);
+            if next_first - 1 > seq {
+                break;
+            }
+            match fs::remove_file(&oldest.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &oldest.path)(e)),
+            }
+            sync_dir(&self.dir)?;
+            self.stats.remove_segment(oldest.bytes);
+            tracing::debug!(path = %oldest.path.display(), "wal segment deleted");
+            self.sealed.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Seq of the newest record ever appended (0 when nothing was ever
+    /// written); survives truncation and reopen.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.stats.snapshot()
+    }
+
+    /// A handle other threads can use to read stats without the `Wal`.
+    pub fn stats_handle(&self) -> WalStatsHandle {
+        WalStatsHandle(Arc::clone(&self.stats))
+    }
+
+    fn sync_active(&mut self) -> Result<(), WalError> {
+        let started = Instant::now();
+        if let Err(e) = self.active_file.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty pages
+            // and a retry can falsely succeed; the only safe state is to stop.
+            self.poisoned = true;
+            return Err(io_err("fsync", &self.active.path)(e));
+        }
+        self.stats.record_fsync(started.elapsed());
+        self.last_sync = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Seals the active segment (durably, whatever the policy, so that only
+    /// the newest segment can ever have a torn tail) and starts a new one at
+    /// `next_seq`.
+    fn roll(&mut self) -> Result<(), WalError> {
+        if self.dirty {
+            self.sync_active()?;
+        }
+        let (seg, file) = create_segment(&self.dir, self.next_seq).inspect_err(|_| {
+            // A half-created segment file may be left behind; appending to
+            // the old one and later creating another would strand it in the
+            // middle of the log.
+            self.poisoned = true;
+        })?;
+        self.stats.add_segment(seg.bytes);
+        let old = std::mem::replace(&mut self.active, seg);
+        self.active_file = file;
+        self.sealed.push_back(old);
+        Ok(())
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // Best effort: a clean shutdown under Interval/Never should not leave
+        // acknowledged data only in the page cache.
+        if self.dirty
+            && !self.poisoned
+            && let Err(e) = self.sync_active()
+        {
+            tracing::warn!(error = %e, "wal: fsync on close failed");
+        }
+    }
+}
+
+struct Scan {
+    /// Length of the intact prefix (header + whole records).
+    valid_len: usize,
+    /// Seq following the last intact record.
+    next_seq: u64,
+    /// The header itself was unreadable (only tolerated in the last segment).
+    bad_header: bool,
+}
+
+/// Verifies one segment and collects its records. Damage is tolerated only
+/// in the last segment, where it is reported via `Scan::valid_len`.
+fn scan_segment(
+    path: &Path,
+    data: &[u8],
+    first_seq: u64,
+    is_last: bool,
+    keep: &mut impl FnMut(u64, &str) -> bool,
+    out: &mut Vec<WalRecord>,
+) -> Result<Scan, WalError> {
+    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    match format::parse_segment_header(data) {
+        Ok(s) if s == first_seq => {}
+        Ok(s) => {
+            return Err(corrupt(
+                0,
+                format!("header says first seq {s}, file name says {first_seq}"),
+            ));
+        }
+        // A segment is created (header written and synced) before any record
+        // goes in, so a bad header with nothing after it is an interrupted
+        // creation. The name alone still records the first seq.
+        Err(_) if is_last && data.len() <= SEGMENT_HEADER_LEN => {
+            return Ok(Scan {
+                valid_len: 0,
+                next_seq: first_seq,
+                bad_header: true,
+            });
+        }
+        Err(reason) => return Err(corrupt(0, reason)),
+    }
+
+    let mut off = SEGMENT_HEADER_LEN;
+    let mut expect = first_seq;
+    loop {
+        match format::decode_record(data, off) {
+            Ok(None) => break,
+            Ok(Some(r)) => {
+                if r.seq != expect {
+                    return Err(corrupt(
+                        off,
+                        format!("record has seq {}, expected {expect}", r.seq),
+                    ));
+                }
+                if keep(r.seq, r.tenant) {
+                    out.push(WalRecord {
+                        seq: r.seq,
+                        tenant: r.tenant.to_owned(),
+                        payload: r.payload.to_vec(),
+                    });
+                }
+                expect += 1;
+                off += r.len;
+            }
+            Err(DecodeError::Invalid(reason)) => return Err(corrupt(off, reason)),
+            Err(DecodeError::Torn(reason)) if is_last => {
+                // An interrupted final write: that batch was never
+                // acknowledged. An intact record further on would mean damage
+                // to data that may have been acknowledged; still cut there
+                // (everything after a hole is unreachable) but say so loudly.
+                if let Some((at, seq)) = format::find_intact_record_after(data, off) {
+                    tracing::error!(path = %path.display(), offset = off, %reason,
+                        intact_record_offset = at, intact_record_seq = seq,
+                        "wal: damaged record in newest segment is followed by intact data; \
+                         discarding everything from the damage on");
+                } else {
+                    tracing::warn!(path = %path.display(), offset = off, %reason,
+                        dropped_bytes = data.len() - off,
+                        "wal: discarding torn tail of newest segment");
+                }
+                break;
+            }
+            Err(DecodeError::Torn(reason)) => return Err(corrupt(off, reason)),
+        }
+    }
+    Ok(Scan {
+        valid_len: off,
+        next_seq: expect,
+        bad_header: false,
+    })
+}
+
+/// Cuts the newest segment back to its intact prefix (rewriting a torn
+/// header) and syncs it, so nothing acknowledged-looking is left only in the
+/// page cache and no damage remains once a newer segment exists.
+fn repair_last_segment(mut seg: Segment, data: &[u8], scan: &Scan) -> Result<Segment, WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&seg.path)
+        .map_err(io_err("open", &seg.path))?;
+    if scan.bad_header {
+        file.set_len(0).map_err(io_err("truncate", &seg.path))?;
+        (&file)
+            .write_all(&format::segment_header(seg.first_seq))
+            .map_err(io_err("write", &seg.path))?;
+        seg.bytes = SEGMENT_HEADER_LEN as u64;
+    } else if scan.valid_len < data.len() {
+        file.set_len(scan.valid_len as u64)
+            .map_err(io_err("truncate", &seg.path))?;
+        seg.bytes = scan.valid_len as u64;
+    }
+    file.sync_all().map_err(io_err("fsync", &seg.path))?;
+    Ok(seg)
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!(
+        "{first_seq:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    ))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&s| s > 0)
+}
+
+/// Segment files sorted by first seq; anything else in the directory is
+/// ignored.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name();
+        match name.to_str().and_then(parse_segment_name) {
+            Some(first) => out.push((first, entry.path())),
+            None if name != LOCK_FILE => {
+                tracing::debug!(file = ?name, "wal: ignoring unrecognised file");
+            }
+            None => {}
+        }
+    }
+    out.sort_unstable_by_key(|(first, _)| *first);
+    Ok(out)
+}
+
+/// Creates, writes the header of and syncs a new segment, then syncs the
+/// directory so the file (and with it the next seq) survives power loss.
+fn create_segment(dir: &Path, first_seq: u64) -> Result<(Segment, File), WalError> {
+    let path = segment_path(dir, first_seq);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err("create", &path))?;
+    file.write_all(&format::segment_header(first_seq))
+        .map_err(io_err("write", &path))?;
+    file.sync_all().map_err(io_err("fsync", &path))?;
+    sync_dir(dir)?;
+    tracing::debug!(path = %path.display(), "wal segment created");
+    let seg = Segment {
+        first_seq,
+        path,
+        bytes: SEGMENT_HEADER_LEN as u64,
+    };
+    Ok((seg, file))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync dir", dir))
+}
+
+fn create_dir_durable(dir: &Path) -> Result<(), WalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
+    // The new directory entry lives in the parent.
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Two writers on one WAL directory would interleave seqs and corrupt it.
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(WalError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+    }
+}
