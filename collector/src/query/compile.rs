@@ -9,7 +9,7 @@
 use arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{BinaryExpr, Operator};
-use datafusion::prelude::{Expr, cast, coalesce, col, lit};
+use datafusion::prelude::{Expr, cast, coalesce, col, ident, lit};
 
 use super::QueryError;
 use super::traceql::{
@@ -177,7 +177,7 @@ fn string_attr(resource: bool, key: &str, layout: &Dedicated) -> Expr {
         layout.span.iter().any(|k| k == key).then(|| Dedicated::span_column(key))
     };
     match dedicated {
-        Some(column) => coalesce(vec![string_col(&column), attr(Slot::Str, resource, key)]),
+        Some(column) => coalesce(vec![cast(ident(&column), DataType::Utf8), attr(Slot::Str, resource, key)]),
         None => attr(Slot::Str, resource, key),
     }
 }

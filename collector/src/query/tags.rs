@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
-use datafusion::prelude::{Expr, cast, col, lit};
+use datafusion::prelude::{Expr, cast, col, ident, lit};
 use serde::Serialize;
 
 use super::compile::filter_expr;
@@ -163,12 +163,12 @@ fn scoped_sources(resource: bool, key: &str, dedicated: &Dedicated) -> Vec<(Expr
         string = cast(col(c::SERVICE), DataType::Utf8);
     } else if resource && dedicated.resource.iter().any(|k| k == key) {
         string = datafusion::prelude::coalesce(vec![
-            cast(col(Dedicated::resource_column(key)), DataType::Utf8),
+            cast(ident(Dedicated::resource_column(key)), DataType::Utf8),
             string,
         ]);
     } else if !resource && dedicated.span.iter().any(|k| k == key) {
         string = datafusion::prelude::coalesce(vec![
-            cast(col(Dedicated::span_column(key)), DataType::Utf8),
+            cast(ident(Dedicated::span_column(key)), DataType::Utf8),
             string,
         ]);
     }

@@ -170,7 +170,7 @@ pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreErro
         while j < n && tid.value(j) == id {
             let s = start.value(j);
             lo = lo.min(s);
-            hi = hi.max(s.saturating_add(dur.value(j)));
+            hi = hi.max(s).max(s.saturating_add(dur.value(j)));
             count += 1;
             if status.value(j) == 2 {
                 errs += 1;

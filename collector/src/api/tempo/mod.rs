@@ -112,7 +112,7 @@ async fn trace_v2(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
         Ok(trace) if wants_protobuf(&headers) => {
             protobuf(TraceByIdResponse { trace: Some(trace), status: 0, message: String::new() }.encode_to_vec())
         }
-        Ok(trace) => json_body(&json!({ "trace": trace })),
+        Ok(trace) => json_body(&json!({ "trace": protojson(&trace) })),
         Err(e) => e.into_response(),
     }
 }
@@ -120,9 +120,56 @@ async fn trace_v2(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
 async fn trace_v1(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, QueryParams(p): Params) -> Response {
     match load_trace(&s, &headers, &id, &p).await {
         Ok(trace) if wants_protobuf(&headers) => protobuf(trace.encode_to_vec()),
-        Ok(trace) => json_body(&json!({ "batches": trace.resource_spans })),
+        Ok(trace) => json_body(&json!({ "batches": protojson(&trace)["resourceSpans"] })),
         Err(e) => e.into_response(),
     }
+}
+
+const ANY_VALUE_KEYS: [&str; 7] =
+    ["stringValue", "boolValue", "intValue", "doubleValue", "arrayValue", "kvlistValue", "bytesValue"];
+
+/// Drops default values the serde encoding of the OTLP types writes (nulls, zeros, empty
+/// strings and lists), as protojson does, except the set member of an `AnyValue` oneof.
+/// Returns true when `v` itself is a default and should be dropped.
+fn prune_defaults(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !*b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                if let Value::Object(_) = x {
+                    prune_defaults(x);
+                }
+            }
+            a.is_empty()
+        }
+        Value::Object(m) => {
+            let any_value = !m.is_empty() && m.keys().all(|k| ANY_VALUE_KEYS.contains(&k.as_str()));
+            if any_value {
+                for x in m.values_mut() {
+                    if x.is_object() {
+                        prune_defaults(x);
+                    }
+                }
+                return false;
+            }
+            m.retain(|_, x| !prune_defaults(x));
+            m.is_empty()
+        }
+    }
+}
+
+/// OTLP JSON of a trace, as protojson.
+fn protojson(trace: &TracesData) -> serde_json::Value {
+    let mut v = serde_json::to_value(trace).unwrap_or_default();
+    prune_defaults(&mut v);
+    if v.is_null() || !v.is_object() {
+        v = json!({});
+    }
+    v
 }
 
 /// Splits logfmt `a=b c="d e"` into pairs.
@@ -341,6 +388,14 @@ mod tests {
         assert_eq!(parse_tag("trace:rootService"), Attribute::Intrinsic(Intrinsic::RootServiceName));
         assert_eq!(parse_tag(".http.method"), Attribute::Scoped { scope: Scope::Any, name: "http.method".into() });
         assert_eq!(parse_tag("service.name"), Attribute::Scoped { scope: Scope::Any, name: "service.name".into() });
+    }
+
+    #[test]
+    fn otlp_json_omits_defaults_but_keeps_set_any_values() {
+        let mut v = json!({"a": 0, "b": "", "c": null, "d": [], "e": {"f": false},
+            "value": {"stringValue": ""}, "g": {"intValue": "0"}, "h": 1});
+        prune_defaults(&mut v);
+        assert_eq!(v, json!({"value": {"stringValue": ""}, "g": {"intValue": "0"}, "h": 1}));
     }
 
     #[test]
