@@ -269,11 +269,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("skein.toml");
         std::fs::write(&path, "http-addr = \"127.0.0.1:9999\"\nretention = \"24h\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            retention: Some("1h".into()),
-            ..Default::default()
-        };
+        let args =
+            ServeArgs { config: Some(path), retention: Some("1h".into()), ..Default::default() };
         let cfg = args.resolve().unwrap();
         assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:9999");
         assert_eq!(cfg.retention, Duration::from_secs(3600));

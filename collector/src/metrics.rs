@@ -22,7 +22,8 @@ pub struct Metrics {
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let c =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
     r.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("{name}: {e}"));
     c
 }
@@ -55,23 +56,60 @@ impl Metrics {
         let fast = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
         let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         Metrics {
-            spans_received: counter_vec(&r, "skein_spans_received_total", "Spans accepted and stored.", &["tenant", "protocol"]),
-            spans_rejected: counter_vec(&r, "skein_spans_rejected_total", "Spans rejected (invalid ids, malformed, too large).", &["tenant", "reason"]),
-            requests_refused: counter_vec(&r, "skein_requests_refused_total", "Export requests refused because the write path was full.", &["protocol"]),
+            spans_received: counter_vec(
+                &r,
+                "skein_spans_received_total",
+                "Spans accepted and stored.",
+                &["tenant", "protocol"],
+            ),
+            spans_rejected: counter_vec(
+                &r,
+                "skein_spans_rejected_total",
+                "Spans rejected (invalid ids, malformed, too large).",
+                &["tenant", "reason"],
+            ),
+            requests_refused: counter_vec(
+                &r,
+                "skein_requests_refused_total",
+                "Export requests refused because the write path was full.",
+                &["protocol"],
+            ),
             wal_bytes: gauge(&r, "skein_wal_bytes", "Bytes in WAL segments on disk."),
             wal_segments: gauge(&r, "skein_wal_segments", "WAL segment files on disk."),
-            wal_fsync_seconds: histogram(&r, "skein_wal_fsync_seconds", "WAL fsync latency.", fast.clone()),
+            wal_fsync_seconds: histogram(
+                &r,
+                "skein_wal_fsync_seconds",
+                "WAL fsync latency.",
+                fast.clone(),
+            ),
             head_spans: gauge(&r, "skein_head_spans", "Spans in the in-memory head, all tenants."),
-            head_bytes: gauge(&r, "skein_head_bytes", "Approximate bytes held by the in-memory head."),
+            head_bytes: gauge(
+                &r,
+                "skein_head_bytes",
+                "Approximate bytes held by the in-memory head.",
+            ),
             blocks: gauge(&r, "skein_blocks", "Committed blocks, all tenants."),
             block_bytes: gauge(&r, "skein_block_bytes", "Bytes of committed blocks."),
-            flush_seconds: histogram(&r, "skein_flush_duration_seconds", "Head-to-block flush duration.", slow),
+            flush_seconds: histogram(
+                &r,
+                "skein_flush_duration_seconds",
+                "Head-to-block flush duration.",
+                slow,
+            ),
             flushes: counter(&r, "skein_flushes_total", "Head flushes committed."),
             compactions: counter(&r, "skein_compactions_total", "Compactions committed."),
-            blocks_deleted_retention: counter(&r, "skein_retention_deleted_blocks_total", "Blocks deleted by retention."),
+            blocks_deleted_retention: counter(
+                &r,
+                "skein_retention_deleted_blocks_total",
+                "Blocks deleted by retention.",
+            ),
             query_seconds: {
                 let h = prometheus::HistogramVec::new(
-                    HistogramOpts::new("skein_query_duration_seconds", "Query duration by endpoint.").buckets(fast),
+                    HistogramOpts::new(
+                        "skein_query_duration_seconds",
+                        "Query duration by endpoint.",
+                    )
+                    .buckets(fast),
                     &["endpoint"],
                 )
                 .unwrap_or_else(|e| panic!("skein_query_duration_seconds: {e}"));

@@ -1,7 +1,6 @@
 //! `skein serve`: opens storage, replays the WAL into the head, starts the writer, the
 //! maintenance loop (flush, WAL truncation, compaction, retention) and the three listeners.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::config::{Config, FsyncMode};
 use crate::head::{Frozen, Head};
-use crate::ingest::writer::Writer;
+use crate::ingest::writer::{Writer, WriterThread};
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
@@ -40,8 +39,13 @@ pub enum ServeError {
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
 pub struct Running {
     pub engine: Arc<QueryEngine>,
+    /// Bound addresses (differ from the configured ones when those use port 0).
+    pub http_addr: std::net::SocketAddr,
+    pub otlp_http_addr: std::net::SocketAddr,
+    pub otlp_grpc_addr: std::net::SocketAddr,
     pub ingestor: Ingestor,
     pub writer: Writer,
+    writer_thread: WriterThread,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
@@ -49,13 +53,16 @@ pub struct Running {
 impl Running {
     pub async fn stop(self) -> Result<(), ServeError> {
         let _ = self.shutdown.send(true);
+        let mut result = Ok(());
         for t in self.tasks {
             match t.await {
-                Ok(r) => r?,
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "task panicked"),
             }
         }
-        Ok(())
+        self.writer_thread.stop();
+        result
     }
 
     /// Resolves when any listener stops (e.g. on an error).
@@ -107,11 +114,21 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         seq > watermarks.get(tenant).copied().unwrap_or(0)
     })?;
     let replayed = replay(&head, records);
-    tracing::info!(records = replayed, ms = replay_started.elapsed().as_millis() as u64, "WAL replayed");
+    tracing::info!(
+        records = replayed,
+        ms = replay_started.elapsed().as_millis() as u64,
+        "WAL replayed"
+    );
 
-    let writer = Writer::start(wal, head.clone(), metrics.clone(), cfg.max_inflight_bytes)?;
+    let (writer, writer_thread) =
+        Writer::start(wal, head.clone(), metrics.clone(), cfg.max_inflight_bytes)?;
     let ingestor = Ingestor::new(writer.clone(), metrics.clone(), cfg.max_body_bytes);
-    let engine = Arc::new(QueryEngine::new(store.clone(), head.clone(), metrics.clone(), cfg.query_memory_bytes)?);
+    let engine = Arc::new(QueryEngine::new(
+        store.clone(),
+        head.clone(),
+        metrics.clone(),
+        cfg.query_memory_bytes,
+    )?);
 
     let (tx, rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -123,6 +140,9 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let otlp_http_listener = bind(cfg.otlp_http_addr).await?;
     // Bind gRPC ourselves too, so a busy port fails start-up instead of a background task.
     let grpc_listener = bind(cfg.otlp_grpc_addr).await?;
+    let http_addr = http_listener.local_addr()?;
+    let otlp_http_addr = otlp_http_listener.local_addr()?;
+    let otlp_grpc_addr = grpc_listener.local_addr()?;
     let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
 
     let app = api::router(AppState { engine: engine.clone() });
@@ -158,13 +178,23 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         Ok(())
     }));
     tracing::info!(
-        otlp_grpc = %cfg.otlp_grpc_addr,
-        otlp_http = %cfg.otlp_http_addr,
-        http = %cfg.http_addr,
+        otlp_grpc = %otlp_grpc_addr,
+        otlp_http = %otlp_http_addr,
+        http = %http_addr,
         storage = cfg.storage,
         "skein ready"
     );
-    Ok(Running { engine, ingestor, writer, shutdown: tx, tasks })
+    Ok(Running {
+        engine,
+        http_addr,
+        otlp_http_addr,
+        otlp_grpc_addr,
+        ingestor,
+        writer,
+        writer_thread,
+        shutdown: tx,
+        tasks,
+    })
 }
 
 fn replay(head: &Head, records: Vec<crate::wal::WalRecord>) -> usize {
@@ -238,9 +268,4 @@ impl Maintenance {
             }
         }
     }
-}
-
-/// Used by tests and benchmarks to see tenants' watermark state.
-pub fn watermarks(store: &Store) -> HashMap<String, u64> {
-    store.watermarks()
 }

@@ -30,10 +30,8 @@ impl IntoResponse for IngestError {
         let retry = matches!(self, IngestError::Overloaded | IngestError::Storage(_));
         let mut resp = text(status, self.to_string());
         if retry {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER.as_secs()),
-            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
         }
         resp
     }
@@ -66,21 +64,29 @@ impl IntoResponse for QueryError {
             QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if !matches!(self, QueryError::BadRequest(_) | QueryError::TraceQl(_) | QueryError::NotFound) {
+        if !matches!(
+            self,
+            QueryError::BadRequest(_) | QueryError::TraceQl(_) | QueryError::NotFound
+        ) {
             tracing::warn!(error = %self, "query failed");
         }
         text(status, self.to_string())
     }
 }
 
-/// tonic reports an uncompressed message above the decode limit as OUT_OF_RANGE; OTLP clients
-/// expect RESOURCE_EXHAUSTED for "too large" (as tonic already says for inflated gzip). The
-/// ingest service itself never answers OUT_OF_RANGE, so the code alone identifies the case.
+/// tonic reports codec failures with codes OTLP clients misread: an uncompressed message above
+/// the decode limit is OUT_OF_RANGE (OTLP: RESOURCE_EXHAUSTED, as tonic already says for
+/// inflated gzip), an undecodable protobuf or corrupt gzip is INTERNAL (OTLP: INVALID_ARGUMENT,
+/// a client error not to be retried). The ingest service itself answers neither code, so the
+/// code alone identifies the case.
 #[derive(Clone, Copy)]
-pub struct GrpcOversizeLayer;
+pub struct GrpcCodecStatusLayer;
 
-impl<S> tower::Layer<S> for GrpcOversizeLayer {
-    type Service = tower::util::MapResponse<S, fn(axum::http::Response<tonic::body::Body>) -> axum::http::Response<tonic::body::Body>>;
+impl<S> tower::Layer<S> for GrpcCodecStatusLayer {
+    type Service = tower::util::MapResponse<
+        S,
+        fn(axum::http::Response<tonic::body::Body>) -> axum::http::Response<tonic::body::Body>,
+    >;
     fn layer(&self, inner: S) -> Self::Service {
         tower::util::MapResponse::new(inner, remap_out_of_range)
     }
@@ -90,8 +96,13 @@ fn remap_out_of_range(
     mut resp: axum::http::Response<tonic::body::Body>,
 ) -> axum::http::Response<tonic::body::Body> {
     let h = resp.headers_mut();
-    if h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
-        h.insert("grpc-status", HeaderValue::from_static("8"));
+    let remapped = match h.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"11") => Some("8"),
+        Some(b"13") => Some("3"),
+        _ => None,
+    };
+    if let Some(code) = remapped {
+        h.insert("grpc-status", HeaderValue::from_static(code));
     }
     resp
 }

@@ -22,8 +22,7 @@ impl TraceService for Service {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let tenant = tenant_from(request.metadata().get("x-scope-orgid").map(|v| v.as_bytes()))?;
-        let resp =
-            self.ingestor.export(tenant, request.into_inner(), None, Protocol::Grpc).await?;
+        let resp = self.ingestor.export(tenant, request.into_inner(), None, Protocol::Grpc).await?;
         Ok(Response::new(resp))
     }
 }
@@ -41,7 +40,7 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
-        .layer(crate::api::error::GrpcOversizeLayer)
+        .layer(crate::api::error::GrpcCodecStatusLayer)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
 
-use super::{IngestError, Ingestor, Protocol, decode_json, decode_protobuf, gunzip_bounded, tenant_from};
+use super::{
+    IngestError, Ingestor, Protocol, decode_json, decode_protobuf, gunzip_bounded, tenant_from,
+};
 
 pub fn router(ingestor: Ingestor) -> Router {
     // The raw (possibly compressed) body may not exceed the limit either; the decompressed
@@ -27,7 +29,12 @@ async fn export(State(ing): State<Ingestor>, headers: HeaderMap, body: Bytes) ->
     };
     let json = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(ct) if ct.starts_with("application/json") => true,
-        Some(ct) if ct.starts_with("application/x-protobuf") || ct.starts_with("application/protobuf") => false,
+        Some(ct)
+            if ct.starts_with("application/x-protobuf")
+                || ct.starts_with("application/protobuf") =>
+        {
+            false
+        }
         None => false,
         Some(other) => return IngestError::UnsupportedMediaType(other.to_string()).into_response(),
     };

@@ -76,7 +76,8 @@ pub fn gunzip_bounded(body: &[u8], limit: usize) -> Result<Vec<u8>, IngestError>
 }
 
 pub fn decode_protobuf(body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {
-    ExportTraceServiceRequest::decode(body).map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))
+    ExportTraceServiceRequest::decode(body)
+        .map_err(|e| IngestError::Malformed(format!("protobuf: {e}")))
 }
 
 pub fn decode_json(body: &[u8]) -> Result<ExportTraceServiceRequest, IngestError> {

@@ -40,6 +40,25 @@ enum Msg {
     /// Delete WAL segments whose records are all in committed blocks. The point is computed
     /// on the writer thread, where every appended record is already applied to the head.
     Truncate(oneshot::Sender<Result<u64, WriteError>>),
+    /// Finish the current group, then close the WAL and exit.
+    Stop,
+}
+
+/// Owner handle of the writer thread; `stop` waits until the WAL is closed.
+pub struct WriterThread {
+    tx: mpsc::Sender<Msg>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterThread {
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(j) = self.join.take()
+            && j.join().is_err()
+        {
+            tracing::error!("WAL writer thread panicked");
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -56,14 +75,14 @@ impl Writer {
         head: Arc<Head>,
         metrics: Arc<Metrics>,
         max_inflight: usize,
-    ) -> std::io::Result<Writer> {
+    ) -> std::io::Result<(Writer, WriterThread)> {
         let (tx, rx) = mpsc::channel();
         let inflight = Arc::new(AtomicUsize::new(0));
-        let counter = inflight.clone();
-        std::thread::Builder::new()
+        let join = std::thread::Builder::new()
             .name("skein-wal-writer".into())
-            .spawn(move || run(wal, head, metrics, rx, counter))?;
-        Ok(Writer { tx, inflight, max_inflight })
+            .spawn(move || run(wal, head, metrics, rx))?;
+        let thread = WriterThread { tx: tx.clone(), join: Some(join) };
+        Ok((Writer { tx, inflight, max_inflight }, thread))
     }
 
     /// Resolves once the export is durable and visible to queries.
@@ -98,13 +117,7 @@ impl Writer {
     }
 }
 
-fn run(
-    mut wal: Wal,
-    head: Arc<Head>,
-    metrics: Arc<Metrics>,
-    rx: mpsc::Receiver<Msg>,
-    _inflight: Arc<AtomicUsize>,
-) {
+fn run(mut wal: Wal, head: Arc<Head>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Msg>) {
     let mut group: Vec<Pending> = Vec::new();
     // Under the interval/never policies appends may sit unsynced; sync them when idle.
     let mut dirty = false;
@@ -124,6 +137,7 @@ fn run(
         };
         let mut next = Some(first);
         let mut bytes = 0usize;
+        let mut stop = false;
         // Drain what is already queued into one group commit.
         while let Some(msg) = next.take() {
             match msg {
@@ -142,16 +156,25 @@ fn run(
                     metrics.wal_segments.set(stats.segments as i64);
                     let _ = done.send(r);
                 }
+                Msg::Stop => stop = true,
             }
-            if bytes < MAX_GROUP_BYTES {
+            if bytes < MAX_GROUP_BYTES && !stop {
                 next = rx.try_recv().ok();
             }
         }
-        if group.is_empty() {
-            continue;
+        if !group.is_empty() {
+            commit(&mut wal, &head, &metrics, &mut group);
+            dirty = true;
         }
-        commit(&mut wal, &head, &metrics, &mut group);
-        dirty = true;
+        if stop {
+            break;
+        }
+    }
+    // Anything still queued is refused; dropping the WAL syncs and unlocks it.
+    while let Ok(m) = rx.try_recv() {
+        if let Msg::Append(p) = m {
+            let _ = p.done.send(Err(WriteError::Closed));
+        }
     }
 }
 

@@ -119,7 +119,11 @@ fn intrinsic(i: Intrinsic, op: CmpOp, v: &Literal) -> Result<Expr, QueryError> {
                 Literal::Status(StatusLit::Ok) => 1,
                 Literal::Status(StatusLit::Error) => 2,
                 Literal::Int(n) => i8::try_from(*n).map_err(|_| bad("status code out of range"))?,
-                other => return Err(bad(format!("status compares with error, ok or unset, not {other:?}"))),
+                other => {
+                    return Err(bad(format!(
+                        "status compares with error, ok or unset, not {other:?}"
+                    )));
+                }
             };
             Ok(binary(col(c::STATUS_CODE), op, lit(code)))
         }
@@ -142,10 +146,15 @@ fn intrinsic(i: Intrinsic, op: CmpOp, v: &Literal) -> Result<Expr, QueryError> {
             match v {
                 Literal::Duration(d) | Literal::Int(d) => Ok(binary(column, op, lit(*d))),
                 Literal::Float(f) => Ok(binary(cast(column, DataType::Float64), op, lit(*f))),
-                other => Err(bad(format!("duration compares with a duration like 100ms, not {other:?}"))),
+                other => {
+                    Err(bad(format!("duration compares with a duration like 100ms, not {other:?}")))
+                }
             }
         }
-        Intrinsic::Name | Intrinsic::StatusMessage | Intrinsic::RootName | Intrinsic::RootServiceName => {
+        Intrinsic::Name
+        | Intrinsic::StatusMessage
+        | Intrinsic::RootName
+        | Intrinsic::RootServiceName => {
             let column = match i {
                 Intrinsic::Name => string_col(c::NAME),
                 Intrinsic::StatusMessage => col(c::STATUS_MESSAGE),
@@ -177,19 +186,31 @@ fn string_attr(resource: bool, key: &str, layout: &Dedicated) -> Expr {
         layout.span.iter().any(|k| k == key).then(|| Dedicated::span_column(key))
     };
     match dedicated {
-        Some(column) => coalesce(vec![cast(ident(&column), DataType::Utf8), attr(Slot::Str, resource, key)]),
+        Some(column) => {
+            coalesce(vec![cast(ident(&column), DataType::Utf8), attr(Slot::Str, resource, key)])
+        }
         None => attr(Slot::Str, resource, key),
     }
 }
 
-fn scoped(resource: bool, key: &str, op: CmpOp, v: &Literal, layout: &Dedicated) -> Result<Expr, QueryError> {
+fn scoped(
+    resource: bool,
+    key: &str,
+    op: CmpOp,
+    v: &Literal,
+    layout: &Dedicated,
+) -> Result<Expr, QueryError> {
     Ok(match v {
         Literal::String(_) => binary(string_attr(resource, key, layout), op, value(op, v)?),
         _ if matches!(op, CmpOp::Match | CmpOp::NotMatch) => {
             return Err(bad("=~ and !~ need a string"));
         }
-        Literal::Int(i) | Literal::Duration(i) => binary(attr(Slot::Int, resource, key), op, lit(*i))
-            .or(binary(attr(Slot::Float, resource, key), op, lit(*i as f64))),
+        Literal::Int(i) | Literal::Duration(i) => binary(
+            attr(Slot::Int, resource, key),
+            op,
+            lit(*i),
+        )
+        .or(binary(attr(Slot::Float, resource, key), op, lit(*i as f64))),
         Literal::Float(f) => binary(attr(Slot::Float, resource, key), op, lit(*f)).or(binary(
             cast(attr(Slot::Int, resource, key), DataType::Float64),
             op,
@@ -221,6 +242,7 @@ pub fn trace_id_eq(id: &[u8; 16]) -> Expr {
 
 /// `trace_id IN (...)`.
 pub fn trace_id_in(ids: &[[u8; 16]]) -> Expr {
-    let list = ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))).collect();
+    let list =
+        ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))).collect();
     col(c::TRACE_ID).in_list(list, false)
 }

@@ -20,7 +20,9 @@ use datafusion::common::DataFusionError;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -131,8 +133,8 @@ impl QueryEngine {
             .iter()
             .map(|f| ListingTableUrl::parse(format!("{BLOCKS_URL}/{f}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet");
+        let opts =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let cfg = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(opts)
             .with_schema(schema);
@@ -192,8 +194,14 @@ impl QueryEngine {
         use datafusion::prelude::*;
         let files: Vec<String> =
             tables.blocks.iter().map(|b| b.meta.file(TRACES_FILE).to_string()).collect();
+        // Unqualified names on both sides of the union keep later references unambiguous.
+        let unqualified = |df: DataFrame| -> Result<DataFrame, QueryError> {
+            let cols: Vec<Expr> =
+                traces_schema().fields().iter().map(|f| ident(f.name()).alias(f.name())).collect();
+            Ok(df.select(cols)?)
+        };
         let mut df = match self.listing(files, traces_schema())? {
-            Some(l) => Some(tables.ctx.read_table(l)?),
+            Some(l) => Some(unqualified(tables.ctx.read_table(l)?)?),
             None => None,
         };
         if with_head {
@@ -202,26 +210,33 @@ impl QueryEngine {
                 let schema = span_schema(self.head.dedicated());
                 let mem = Arc::new(MemTable::try_new(schema, vec![head])?);
                 let is_root = col("parent_span_id").is_null();
-                let h = tables
-                    .ctx
-                    .read_table(mem)?
-                    .aggregate(
-                        vec![col("trace_id")],
-                        vec![
-                            min(col("start_time")).alias("start_time"),
-                            max(col("start_time") + col("duration")).alias("end_time"),
-                            max(when(is_root.clone(), cast(col("service_name"), arrow::datatypes::DataType::Utf8)).end()?)
-                                .alias("root_service"),
-                            max(when(is_root.clone(), cast(col("name"), arrow::datatypes::DataType::Utf8)).end()?)
-                                .alias("root_name"),
-                            cast(count_all(), arrow::datatypes::DataType::UInt32).alias("span_count"),
-                            cast(
-                                sum(when(col("status_code").eq(lit(2i8)), lit(1u32)).otherwise(lit(0u32))?),
-                                arrow::datatypes::DataType::UInt32,
-                            )
-                            .alias("error_count"),
-                        ],
-                    )?;
+                let h = tables.ctx.read_table(mem)?.aggregate(
+                    vec![col("trace_id")],
+                    vec![
+                        min(col("start_time")).alias("start_time"),
+                        max(col("start_time") + col("duration")).alias("end_time"),
+                        max(when(
+                            is_root.clone(),
+                            cast(col("service_name"), arrow::datatypes::DataType::Utf8),
+                        )
+                        .end()?)
+                        .alias("root_service"),
+                        max(when(
+                            is_root.clone(),
+                            cast(col("name"), arrow::datatypes::DataType::Utf8),
+                        )
+                        .end()?)
+                        .alias("root_name"),
+                        cast(count_all(), arrow::datatypes::DataType::UInt32).alias("span_count"),
+                        cast(
+                            sum(when(col("status_code").eq(lit(2i8)), lit(1u32))
+                                .otherwise(lit(0u32))?),
+                            arrow::datatypes::DataType::UInt32,
+                        )
+                        .alias("error_count"),
+                    ],
+                )?;
+                let h = unqualified(h)?;
                 df = Some(match df {
                     Some(d) => d.union(h)?,
                     None => h,
@@ -230,18 +245,31 @@ impl QueryEngine {
         }
         let df = match df {
             Some(d) => d,
-            None => tables.ctx.read_table(Arc::new(MemTable::try_new(traces_schema(), vec![vec![]])?))?,
+            None => tables
+                .ctx
+                .read_table(Arc::new(MemTable::try_new(traces_schema(), vec![vec![]])?))?,
         };
-        Ok(df.aggregate(
-            vec![col("trace_id")],
-            vec![
-                min(col("start_time")).alias("t_start"),
-                max(col("end_time")).alias("t_end"),
-                max(col("root_service")).alias("t_root_service"),
-                max(col("root_name")).alias("t_root_name"),
-                sum(col("span_count")).alias("t_span_count"),
-            ],
-        )?)
+        Ok(df
+            .aggregate(
+                vec![col("trace_id")],
+                vec![
+                    min(col("start_time")).alias("t_start"),
+                    max(col("end_time")).alias("t_end"),
+                    max(col("root_service")).alias("t_root_service"),
+                    max(col("root_name")).alias("t_root_name"),
+                    sum(col("span_count")).alias("t_span_count"),
+                ],
+            )?
+            // Grouping an already grouped input makes DataFusion carry the functionally dependent
+            // input columns along; keep only the summary.
+            .select_columns(&[
+                "trace_id",
+                "t_start",
+                "t_end",
+                "t_root_service",
+                "t_root_name",
+                "t_span_count",
+            ])?)
     }
 
     pub fn observe(&self, endpoint: &str, started: std::time::Instant) {
@@ -264,7 +292,9 @@ pub fn secs_to_nanos(s: i64) -> i64 {
 pub fn parse_trace_id(s: &str) -> Result<[u8; 16], QueryError> {
     let s = s.trim();
     if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(QueryError::BadRequest(format!("invalid trace id {s:?}: expected up to 32 hex digits")));
+        return Err(QueryError::BadRequest(format!(
+            "invalid trace id {s:?}: expected up to 32 hex digits"
+        )));
     }
     // Shorter ids (64-bit B3) are left-padded with zeros, as Tempo does.
     let padded = format!("{s:0>32}");

@@ -11,8 +11,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::common::JoinType;
 use datafusion::dataframe::DataFrame;
-use datafusion::functions_aggregate::expr_fn::{count, max};
-use datafusion::prelude::{cast, col, lit};
+use datafusion::functions_aggregate::expr_fn::{count, max, sum};
+use datafusion::prelude::{cast, col, lit, when};
 use serde::Serialize;
 
 use super::compile::{T_DURATION, filter_expr, needs_trace, trace_id_in};
@@ -34,6 +34,7 @@ pub struct SearchRequest {
 #[derive(Debug, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchResponse {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub traces: Vec<TraceSearchMetadata>,
     pub metrics: SearchMetrics,
 }
@@ -55,6 +56,17 @@ pub struct TraceSearchMetadata {
     pub span_set: Option<SpanSet>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub span_sets: Vec<SpanSet>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_stats: BTreeMap<String, ServiceStats>,
+}
+
+#[derive(Debug, Serialize, Default, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStats {
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub span_count: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub error_count: u32,
 }
 
 #[derive(Debug, Serialize, Default, Clone)]
@@ -122,7 +134,10 @@ fn leaves(q: &Query, out: &mut Vec<Filter>) {
 }
 
 /// Evaluates the spanset combinators over per-filter hit sets (in `leaves` order).
-fn combine(q: &Query, hits: &mut std::slice::Iter<'_, HashMap<[u8; 16], Hit>>) -> HashMap<[u8; 16], Hit> {
+fn combine(
+    q: &Query,
+    hits: &mut std::slice::Iter<'_, HashMap<[u8; 16], Hit>>,
+) -> HashMap<[u8; 16], Hit> {
     match q {
         Query::Filter(_) => hits.next().cloned().unwrap_or_default(),
         Query::And(a, b) => {
@@ -131,7 +146,13 @@ fn combine(q: &Query, hits: &mut std::slice::Iter<'_, HashMap<[u8; 16], Hit>>) -
             l.into_iter()
                 .filter_map(|(k, h)| {
                     r.get(&k).map(|o| {
-                        (k, Hit { last_start: h.last_start.max(o.last_start), matched: h.matched + o.matched })
+                        (
+                            k,
+                            Hit {
+                                last_start: h.last_start.max(o.last_start),
+                                matched: h.matched + o.matched,
+                            },
+                        )
                     })
                 })
                 .collect()
@@ -191,7 +212,10 @@ impl QueryEngine {
         let tables = self.span_tables(tenant, blocks, true)?;
         let mut df = self.filtered(&tables, tenant, f, range)?.aggregate(
             vec![col(c::TRACE_ID)],
-            vec![max(col(c::START)).alias("last"), cast(count(lit(1u8)), DataType::UInt64).alias("n")],
+            vec![
+                max(col(c::START)).alias("last"),
+                cast(count(lit(1u8)), DataType::UInt64).alias("n"),
+            ],
         )?;
         if let Some(l) = limit {
             df = df.sort(vec![col("last").sort(false, false)])?.limit(0, Some(l))?;
@@ -202,13 +226,20 @@ impl QueryEngine {
             let last = b.column(1).as_primitive::<Int64Type>();
             let n = b.column(2).as_primitive::<UInt64Type>();
             for i in 0..b.num_rows() {
-                out.insert(trace_key(ids, i), Hit { last_start: last.value(i), matched: n.value(i) });
+                out.insert(
+                    trace_key(ids, i),
+                    Hit { last_start: last.value(i), matched: n.value(i) },
+                );
             }
         }
         Ok(out)
     }
 
-    pub async fn search(&self, tenant: &str, req: SearchRequest) -> Result<SearchResponse, QueryError> {
+    pub async fn search(
+        &self,
+        tenant: &str,
+        req: SearchRequest,
+    ) -> Result<SearchResponse, QueryError> {
         let started = std::time::Instant::now();
         let mut filters = Vec::new();
         leaves(&req.query, &mut filters);
@@ -232,7 +263,10 @@ impl QueryEngine {
         let mut blocks = Vec::new();
         for id in &ids {
             for b in self.store.blocks_with_trace(tenant, id) {
-                if !blocks.iter().any(|x: &std::sync::Arc<crate::store::Block>| x.meta.id == b.meta.id) {
+                if !blocks
+                    .iter()
+                    .any(|x: &std::sync::Arc<crate::store::Block>| x.meta.id == b.meta.id)
+                {
                     blocks.push(b);
                 }
             }
@@ -246,6 +280,28 @@ impl QueryEngine {
         let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
         for b in &summaries {
             read_summaries(b, &mut meta)?;
+        }
+        let stats = tables
+            .spans
+            .clone()
+            .filter(trace_id_in(&ids))?
+            .aggregate(
+                vec![col(c::TRACE_ID), cast(col(c::SERVICE), DataType::Utf8).alias("svc")],
+                vec![
+                    cast(count(lit(1u8)), DataType::UInt64).alias("n"),
+                    cast(
+                        sum(when(col(c::STATUS_CODE).eq(lit(2i8)), lit(1u64))
+                            .otherwise(lit(0u64))?),
+                        DataType::UInt64,
+                    )
+                    .alias("errors"),
+                ],
+            )?
+            .select_columns(&[c::TRACE_ID, "svc", "n", "errors"])?
+            .collect()
+            .await?;
+        for b in &stats {
+            read_service_stats(b, &mut meta)?;
         }
         let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
         for f in &filters {
@@ -272,7 +328,8 @@ impl QueryEngine {
             resp.traces.push(m);
         }
         resp.metrics.inspected_traces = u32::try_from(resp.traces.len()).unwrap_or(u32::MAX);
-        resp.metrics.total_blocks = u32::try_from(self.store.blocks(tenant).len()).unwrap_or(u32::MAX);
+        resp.metrics.total_blocks =
+            u32::try_from(self.store.blocks(tenant).len()).unwrap_or(u32::MAX);
         resp.metrics.completed_jobs = 1;
         resp.metrics.total_jobs = 1;
         self.observe("search", started);
@@ -280,8 +337,12 @@ impl QueryEngine {
     }
 }
 
-fn read_summaries(b: &RecordBatch, out: &mut HashMap<[u8; 16], TraceSearchMetadata>) -> Result<(), QueryError> {
-    let get = |n: &str| b.column_by_name(n).ok_or_else(|| QueryError::Internal(format!("missing {n}")));
+fn read_summaries(
+    b: &RecordBatch,
+    out: &mut HashMap<[u8; 16], TraceSearchMetadata>,
+) -> Result<(), QueryError> {
+    let get =
+        |n: &str| b.column_by_name(n).ok_or_else(|| QueryError::Internal(format!("missing {n}")));
     let ids = get("trace_id")?.as_fixed_size_binary();
     let start = get("t_start")?.as_primitive::<Int64Type>();
     let end = get("t_end")?.as_primitive::<Int64Type>();
@@ -294,13 +355,38 @@ fn read_summaries(b: &RecordBatch, out: &mut HashMap<[u8; 16], TraceSearchMetada
         out.insert(
             trace_key(ids, i),
             TraceSearchMetadata {
-                root_service_name: if svc.is_valid(i) { svc.value(i).to_string() } else { String::new() },
-                root_trace_name: if name.is_valid(i) { name.value(i).to_string() } else { String::new() },
+                root_service_name: if svc.is_valid(i) {
+                    svc.value(i).to_string()
+                } else {
+                    String::new()
+                },
+                root_trace_name: if name.is_valid(i) {
+                    name.value(i).to_string()
+                } else {
+                    String::new()
+                },
                 start_time_unix_nano: start.value(i).to_string(),
                 duration_ms: u32::try_from(dur_ms).unwrap_or(u32::MAX),
                 ..Default::default()
             },
         );
+    }
+    Ok(())
+}
+
+fn read_service_stats(
+    b: &RecordBatch,
+    out: &mut HashMap<[u8; 16], TraceSearchMetadata>,
+) -> Result<(), QueryError> {
+    let ids = b.column(0).as_fixed_size_binary();
+    let svc = b.column(1).as_string::<i32>();
+    let n = b.column(2).as_primitive::<UInt64Type>();
+    let errors = b.column(3).as_primitive::<UInt64Type>();
+    for i in 0..b.num_rows() {
+        let name = if svc.is_valid(i) { svc.value(i).to_string() } else { String::new() };
+        let e = out.entry(trace_key(ids, i)).or_default().service_stats.entry(name).or_default();
+        e.span_count += u32::try_from(n.value(i)).unwrap_or(u32::MAX);
+        e.error_count += u32::try_from(errors.value(i)).unwrap_or(u32::MAX);
     }
     Ok(())
 }

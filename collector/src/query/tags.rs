@@ -49,7 +49,10 @@ impl QueryEngine {
         let mut out = Vec::new();
         let want = |s: &str| scope.is_none_or(|x| x == s || x == "all" || x.is_empty());
         if want("resource") {
-            out.push(TagScope { name: "resource".into(), tags: tags.resource.into_iter().collect() });
+            out.push(TagScope {
+                name: "resource".into(),
+                tags: tags.resource.into_iter().collect(),
+            });
         }
         if want("span") {
             out.push(TagScope { name: "span".into(), tags: tags.span.into_iter().collect() });
@@ -76,18 +79,34 @@ impl QueryEngine {
             vals.iter().map(|v| TagValue { kind: "keyword", value: v.to_string() }).collect()
         };
         let source: Vec<(Expr, &'static str)> = match tag {
-            Attribute::Intrinsic(Intrinsic::Status) => return Ok(keyword(&["error", "ok", "unset"])),
-            Attribute::Intrinsic(Intrinsic::Kind) => {
-                return Ok(keyword(&["client", "consumer", "internal", "producer", "server", "unspecified"]));
+            Attribute::Intrinsic(Intrinsic::Status) => {
+                return Ok(keyword(&["error", "ok", "unset"]));
             }
-            Attribute::Intrinsic(Intrinsic::Name) => vec![(cast(col(c::NAME), DataType::Utf8), "string")],
-            Attribute::Intrinsic(Intrinsic::StatusMessage) => vec![(col(c::STATUS_MESSAGE), "string")],
-            Attribute::Intrinsic(Intrinsic::RootServiceName) => vec![(
-                cast(col(c::SERVICE), DataType::Utf8),
-                "string",
-            )],
-            Attribute::Intrinsic(Intrinsic::RootName) => vec![(cast(col(c::NAME), DataType::Utf8), "string")],
-            Attribute::Intrinsic(Intrinsic::Duration | Intrinsic::TraceDuration) => return Ok(Vec::new()),
+            Attribute::Intrinsic(Intrinsic::Kind) => {
+                return Ok(keyword(&[
+                    "client",
+                    "consumer",
+                    "internal",
+                    "producer",
+                    "server",
+                    "unspecified",
+                ]));
+            }
+            Attribute::Intrinsic(Intrinsic::Name) => {
+                vec![(cast(col(c::NAME), DataType::Utf8), "string")]
+            }
+            Attribute::Intrinsic(Intrinsic::StatusMessage) => {
+                vec![(col(c::STATUS_MESSAGE), "string")]
+            }
+            Attribute::Intrinsic(Intrinsic::RootServiceName) => {
+                vec![(cast(col(c::SERVICE), DataType::Utf8), "string")]
+            }
+            Attribute::Intrinsic(Intrinsic::RootName) => {
+                vec![(cast(col(c::NAME), DataType::Utf8), "string")]
+            }
+            Attribute::Intrinsic(Intrinsic::Duration | Intrinsic::TraceDuration) => {
+                return Ok(Vec::new());
+            }
             Attribute::Scoped { scope, name } => {
                 let mut v = Vec::new();
                 for resource in [true, false] {
@@ -103,10 +122,8 @@ impl QueryEngine {
                 v
             }
         };
-        let root_only = matches!(
-            tag,
-            Attribute::Intrinsic(Intrinsic::RootServiceName | Intrinsic::RootName)
-        );
+        let root_only =
+            matches!(tag, Attribute::Intrinsic(Intrinsic::RootServiceName | Intrinsic::RootName));
         let blocks = match range {
             Some((s, e)) => self.store.blocks_in_range(tenant, s, e),
             None => self.store.blocks(tenant),
@@ -141,7 +158,10 @@ impl QueryEngine {
                         DataType::Int64 => a.as_primitive::<Int64Type>().value(i).to_string(),
                         DataType::Float64 => a.as_primitive::<Float64Type>().value(i).to_string(),
                         DataType::Boolean => a.as_boolean().value(i).to_string(),
-                        _ => arrow::compute::cast(a, &DataType::Utf8)?.as_string::<i32>().value(i).to_string(),
+                        _ => arrow::compute::cast(a, &DataType::Utf8)?
+                            .as_string::<i32>()
+                            .value(i)
+                            .to_string(),
                     };
                     values.insert(TagValue { kind, value });
                 }
@@ -172,5 +192,10 @@ fn scoped_sources(resource: bool, key: &str, dedicated: &Dedicated) -> Vec<(Expr
             string,
         ]);
     }
-    vec![(string, "string"), (a(Slot::Int), "int"), (a(Slot::Float), "float"), (a(Slot::Bool), "bool")]
+    vec![
+        (string, "string"),
+        (a(Slot::Int), "int"),
+        (a(Slot::Float), "float"),
+        (a(Slot::Bool), "bool"),
+    ]
 }

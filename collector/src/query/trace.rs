@@ -109,10 +109,13 @@ fn str_kv(key: &str, v: String) -> KeyValue {
 }
 
 /// Rebuilds OTLP resource → scope → span nesting from span rows.
-pub fn to_traces_data(batches: &[RecordBatch], layout: &Dedicated) -> Result<TracesData, QueryError> {
+pub fn to_traces_data(
+    batches: &[RecordBatch],
+    layout: &Dedicated,
+) -> Result<TracesData, QueryError> {
     let mut out: Vec<ResourceSpans> = Vec::new();
     let mut by_resource: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut by_scope: HashMap<(usize, Option<String>, Option<String>), usize> = HashMap::new();
+    let mut by_scope: HashMap<(usize, Vec<u8>, Option<String>), usize> = HashMap::new();
     for b in batches {
         let tid = column(b, c::TRACE_ID)?.as_fixed_size_binary();
         let sid = column(b, c::SPAN_ID)?.as_fixed_size_binary();
@@ -128,6 +131,9 @@ pub fn to_traces_data(batches: &[RecordBatch], layout: &Dedicated) -> Result<Tra
         let service = utf8(b, c::SERVICE)?;
         let scope_name = utf8(b, c::SCOPE_NAME)?;
         let scope_version = utf8(b, c::SCOPE_VERSION)?;
+        let scope_attrs = AttrReader::new(column(b, c::SCOPE_ATTRS)?.as_list::<i32>())?;
+        let scope_schema_url = utf8(b, c::SCOPE_SCHEMA_URL)?;
+        let resource_schema_url = utf8(b, c::RESOURCE_SCHEMA_URL)?;
         let res_attrs = AttrReader::new(column(b, c::RESOURCE_ATTRS)?.as_list::<i32>())?;
         let span_attrs = AttrReader::new(column(b, c::SPAN_ATTRS)?.as_list::<i32>())?;
         let events = column(b, c::EVENTS)?.as_list::<i32>();
@@ -176,19 +182,32 @@ pub fn to_traces_data(batches: &[RecordBatch], layout: &Dedicated) -> Result<Tra
                 }
             }
             let resource = Resource { attributes: rattrs, ..Default::default() };
-            let rkey = resource.encode_to_vec();
+            let rs_url = opt_str(&resource_schema_url, i).unwrap_or_default();
+            let mut rkey = resource.encode_to_vec();
+            rkey.extend_from_slice(rs_url.as_bytes());
             let ri = *by_resource.entry(rkey).or_insert_with(|| {
-                out.push(ResourceSpans { resource: Some(resource), ..Default::default() });
+                out.push(ResourceSpans {
+                    resource: Some(resource),
+                    schema_url: rs_url,
+                    ..Default::default()
+                });
                 out.len() - 1
             });
             let (sn, sv) = (opt_str(&scope_name, i), opt_str(&scope_version, i));
-            let si = *by_scope.entry((ri, sn.clone(), sv.clone())).or_insert_with(|| {
-                let scope = (sn.is_some() || sv.is_some()).then(|| InstrumentationScope {
-                    name: sn.unwrap_or_default(),
-                    version: sv.unwrap_or_default(),
+            let scope = (sn.is_some() || sv.is_some()).then(|| InstrumentationScope {
+                name: sn.unwrap_or_default(),
+                version: sv.unwrap_or_default(),
+                attributes: scope_attrs.row(i),
+                ..Default::default()
+            });
+            let ss_url = opt_str(&scope_schema_url, i);
+            let skey = scope.as_ref().map(|s| s.encode_to_vec()).unwrap_or_default();
+            let si = *by_scope.entry((ri, skey, ss_url.clone())).or_insert_with(|| {
+                out[ri].scope_spans.push(ScopeSpans {
+                    scope,
+                    schema_url: ss_url.unwrap_or_default(),
                     ..Default::default()
                 });
-                out[ri].scope_spans.push(ScopeSpans { scope, ..Default::default() });
                 out[ri].scope_spans.len() - 1
             });
 
@@ -225,7 +244,11 @@ pub fn to_traces_data(batches: &[RecordBatch], layout: &Dedicated) -> Result<Tra
                 trace_id: tid.value(i).to_vec(),
                 span_id: sid.value(i).to_vec(),
                 trace_state: opt_str(&trace_state, i).unwrap_or_default(),
-                parent_span_id: if parent.is_valid(i) { parent.value(i).to_vec() } else { Vec::new() },
+                parent_span_id: if parent.is_valid(i) {
+                    parent.value(i).to_vec()
+                } else {
+                    Vec::new()
+                },
                 flags: flags.value(i),
                 name: opt_str(&name, i).unwrap_or_default(),
                 kind: i32::from(kind.value(i)),

@@ -84,7 +84,9 @@ fn matching_rows(list: &ListArray, key: &str) -> Result<Vec<Option<usize>>> {
                 return Ok(out);
             }
             let k = dict.keys().clone();
-            Box::new(move |i| !k.is_null(i) && wanted.get(k.value(i) as usize).copied().unwrap_or(false))
+            Box::new(move |i| {
+                !k.is_null(i) && wanted.get(k.value(i) as usize).copied().unwrap_or(false)
+            })
         }
         DataType::Utf8 => {
             let s = keys.as_string::<i32>().clone();

@@ -11,8 +11,8 @@ use arrow::array::{
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -121,11 +121,15 @@ pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Sto
 
 /// Sorts spans by trace then start time: trace-by-id reads one contiguous range and the
 /// repeated trace ids compress to almost nothing.
-pub fn sort_spans(batches: &[RecordBatch], dedicated: &Dedicated) -> Result<RecordBatch, StoreError> {
+pub fn sort_spans(
+    batches: &[RecordBatch],
+    dedicated: &Dedicated,
+) -> Result<RecordBatch, StoreError> {
     let schema = span_schema(dedicated);
     let aligned = batches.iter().map(|b| align(b, &schema)).collect::<Result<Vec<_>, _>>()?;
     let all = concat_batches(&schema, &aligned)?;
-    let (Some(tid), Some(start)) = (all.column_by_name(col::TRACE_ID), all.column_by_name(col::START))
+    let (Some(tid), Some(start)) =
+        (all.column_by_name(col::TRACE_ID), all.column_by_name(col::START))
     else {
         return Err(StoreError::Corrupt("span batch without trace_id/start_time".into()));
     };
@@ -142,7 +146,9 @@ pub fn sort_spans(batches: &[RecordBatch], dedicated: &Dedicated) -> Result<Reco
 /// Per-trace summaries of a sorted span batch, plus the bloom filter of its trace ids.
 pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreError> {
     let get = |name: &str| {
-        sorted.column_by_name(name).ok_or_else(|| StoreError::Corrupt(format!("missing column {name}")))
+        sorted
+            .column_by_name(name)
+            .ok_or_else(|| StoreError::Corrupt(format!("missing column {name}")))
     };
     let tid = get(col::TRACE_ID)?.as_fixed_size_binary();
     let start = get(col::START)?.as_primitive::<Int64Type>();

@@ -60,7 +60,7 @@ impl Bloom {
     }
 
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        if b.is_empty() || b.len() % 8 != 0 {
+        if b.is_empty() || !b.len().is_multiple_of(8) {
             return None;
         }
         let bits = b

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use arrow::error::ArrowError;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::RwLock;
 
 use crate::head::{Frozen, TagKeys};
@@ -58,9 +58,8 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
             let bucket = parsed.host_str().ok_or_else(|| StoreError::Url(url.to_string()))?;
             // AWS_* variables give credentials, region and (for S3-compatible servers)
             // AWS_ENDPOINT_URL / AWS_ALLOW_HTTP.
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()?;
+            let s3 =
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             let prefix = parsed.path().trim_matches('/');
             if prefix.is_empty() {
                 Ok(Arc::new(s3))
@@ -87,7 +86,8 @@ impl Store {
         dedicated: Dedicated,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
-        let store = Store { object_store, dedicated, catalog: RwLock::new(HashMap::new()), metrics };
+        let store =
+            Store { object_store, dedicated, catalog: RwLock::new(HashMap::new()), metrics };
         store.load().await?;
         Ok(store)
     }
@@ -109,7 +109,12 @@ impl Store {
                 self.delete_files(files).await;
                 continue;
             }
-            let bytes = self.object_store.get(&BlockMeta::dir(tenant, id).join(META_FILE)).await?.bytes().await?;
+            let bytes = self
+                .object_store
+                .get(&BlockMeta::dir(tenant, id).join(META_FILE))
+                .await?
+                .bytes()
+                .await?;
             let meta: BlockMeta = serde_json::from_slice(&bytes)
                 .map_err(|e| StoreError::Corrupt(format!("{tenant}/{id}/meta.json: {e}")))?;
             metas.push(meta);
@@ -122,7 +127,11 @@ impl Store {
         for meta in metas {
             let key = (meta.tenant.clone(), meta.id.clone());
             if superseded.contains(&key) {
-                tracing::info!(tenant = meta.tenant, block = meta.id, "removing compacted-away block");
+                tracing::info!(
+                    tenant = meta.tenant,
+                    block = meta.id,
+                    "removing compacted-away block"
+                );
                 if let Some(files) = dirs.get(&key) {
                     self.delete_files(files).await;
                 }

@@ -38,6 +38,9 @@ pub mod col {
     pub const SERVICE: &str = "service_name";
     pub const SCOPE_NAME: &str = "scope_name";
     pub const SCOPE_VERSION: &str = "scope_version";
+    pub const SCOPE_ATTRS: &str = "scope_attrs";
+    pub const SCOPE_SCHEMA_URL: &str = "scope_schema_url";
+    pub const RESOURCE_SCHEMA_URL: &str = "resource_schema_url";
     pub const RESOURCE_ATTRS: &str = "resource_attrs";
     pub const SPAN_ATTRS: &str = "span_attrs";
     pub const EVENTS: &str = "events";
@@ -136,6 +139,9 @@ pub fn span_schema(dedicated: &Dedicated) -> SchemaRef {
         Field::new(col::SERVICE, dict_utf8(), true),
         Field::new(col::SCOPE_NAME, dict_utf8(), true),
         Field::new(col::SCOPE_VERSION, dict_utf8(), true),
+        Field::new(col::SCOPE_ATTRS, attr_list_type(), false),
+        Field::new(col::SCOPE_SCHEMA_URL, dict_utf8(), true),
+        Field::new(col::RESOURCE_SCHEMA_URL, dict_utf8(), true),
         Field::new(col::RESOURCE_ATTRS, attr_list_type(), false),
         Field::new(col::SPAN_ATTRS, attr_list_type(), false),
         Field::new(
@@ -161,6 +167,16 @@ pub fn span_schema(dedicated: &Dedicated) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The one typed slot an attribute value occupies.
+#[derive(Default)]
+struct Slots<'a> {
+    str: Option<&'a str>,
+    int: Option<i64>,
+    dbl: Option<f64>,
+    bool: Option<bool>,
+    raw: Option<Vec<u8>>,
+}
+
 /// Builds the attribute list column.
 #[derive(Default)]
 struct AttrListBuilder {
@@ -182,18 +198,18 @@ impl AttrListBuilder {
     fn push_attr(&mut self, kv: &KeyValue) {
         self.key.append_value(&kv.key);
         let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
-        let (s, i, d, b, r): (Option<&str>, Option<i64>, Option<f64>, Option<bool>, Option<Vec<u8>>) =
-            match value {
-                Some(Value::StringValue(s)) => (Some(s), None, None, None, None),
-                Some(Value::IntValue(i)) => (None, Some(*i), None, None, None),
-                Some(Value::DoubleValue(d)) => (None, None, Some(*d), None, None),
-                Some(Value::BoolValue(b)) => (None, None, None, Some(*b), None),
-                Some(other) => {
-                    let any = AnyValue { value: Some(other.clone()) };
-                    (None, None, None, None, Some(any.encode_to_vec()))
-                }
-                None => (None, None, None, None, None),
-            };
+        let mut slots = Slots::default();
+        match value {
+            Some(Value::StringValue(s)) => slots.str = Some(s),
+            Some(Value::IntValue(i)) => slots.int = Some(*i),
+            Some(Value::DoubleValue(d)) => slots.dbl = Some(*d),
+            Some(Value::BoolValue(b)) => slots.bool = Some(*b),
+            Some(other) => {
+                slots.raw = Some(AnyValue { value: Some(other.clone()) }.encode_to_vec());
+            }
+            None => {}
+        }
+        let Slots { str: s, int: i, dbl: d, bool: b, raw: r } = slots;
         self.str.append_option(s);
         self.int.append_option(i);
         self.dbl.append_option(d);
@@ -249,7 +265,11 @@ struct LinkListBuilder {
     len: i32,
 }
 
-fn list_of(fields: Fields, arrays: Vec<ArrayRef>, offsets: Vec<i32>) -> Result<ListArray, ArrowError> {
+fn list_of(
+    fields: Fields,
+    arrays: Vec<ArrayRef>,
+    offsets: Vec<i32>,
+) -> Result<ListArray, ArrowError> {
     let values = StructArray::try_new(fields.clone(), arrays, None)?;
     let field = Arc::new(Field::new("item", DataType::Struct(fields), false));
     ListArray::try_new(field, OffsetBuffer::new(offsets.into()), Arc::new(values), None)
@@ -273,6 +293,9 @@ pub struct SpanBatchBuilder {
     service: StringDictionaryBuilder<Int32Type>,
     scope_name: StringDictionaryBuilder<Int32Type>,
     scope_version: StringDictionaryBuilder<Int32Type>,
+    scope_attrs: AttrListBuilder,
+    scope_schema_url: StringDictionaryBuilder<Int32Type>,
+    resource_schema_url: StringDictionaryBuilder<Int32Type>,
     res_attrs: AttrListBuilder,
     span_attrs: AttrListBuilder,
     events: EventListBuilder,
@@ -285,6 +308,15 @@ pub struct SpanBatchBuilder {
     rows: usize,
     /// Rough heap size of appended data, for flush decisions and metrics.
     bytes: usize,
+}
+
+/// Scope-level values repeated on each span row of a scope.
+struct ScopeRef<'a> {
+    name: Option<&'a str>,
+    version: Option<&'a str>,
+    attrs: &'a [KeyValue],
+    schema_url: Option<&'a str>,
+    resource_schema_url: Option<&'a str>,
 }
 
 /// Per-row facts the head keeps beside the Arrow data (trace index, time range).
@@ -313,10 +345,21 @@ impl SpanBatchBuilder {
             service: StringDictionaryBuilder::new(),
             scope_name: StringDictionaryBuilder::new(),
             scope_version: StringDictionaryBuilder::new(),
+            scope_attrs: AttrListBuilder::new(),
+            scope_schema_url: StringDictionaryBuilder::new(),
+            resource_schema_url: StringDictionaryBuilder::new(),
             res_attrs: AttrListBuilder::new(),
             span_attrs: AttrListBuilder::new(),
-            events: EventListBuilder { offsets: vec![0], attrs: Some(AttrListBuilder::new()), ..Default::default() },
-            links: LinkListBuilder { offsets: vec![0], attrs: Some(AttrListBuilder::new()), ..Default::default() },
+            events: EventListBuilder {
+                offsets: vec![0],
+                attrs: Some(AttrListBuilder::new()),
+                ..Default::default()
+            },
+            links: LinkListBuilder {
+                offsets: vec![0],
+                attrs: Some(AttrListBuilder::new()),
+                ..Default::default()
+            },
             dropped_attrs: UInt32Builder::new(),
             dropped_events: UInt32Builder::new(),
             dropped_links: UInt32Builder::new(),
@@ -341,7 +384,8 @@ impl SpanBatchBuilder {
 
     /// Appends every span of `rs`. Ids must already be validated (16 / 8 bytes).
     pub fn append_resource_spans(&mut self, rs: &ResourceSpans, mut on_row: impl FnMut(RowInfo)) {
-        let attrs: &[KeyValue] = rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        let attrs: &[KeyValue] =
+            rs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or(&[]);
         let mut service: Option<&str> = None;
         let mut generic: Vec<&KeyValue> = Vec::with_capacity(attrs.len());
         let mut ded_res: Vec<Option<&str>> = vec![None; self.dedicated.resource.len()];
@@ -351,7 +395,8 @@ impl SpanBatchBuilder {
                 service = s;
                 continue;
             }
-            if let (Some(s), Some(i)) = (s, self.dedicated.resource.iter().position(|k| *k == kv.key))
+            if let (Some(s), Some(i)) =
+                (s, self.dedicated.resource.iter().position(|k| *k == kv.key))
                 && ded_res[i].is_none()
             {
                 ded_res[i] = Some(s);
@@ -359,13 +404,17 @@ impl SpanBatchBuilder {
             }
             generic.push(kv);
         }
+        let resource_schema_url = (!rs.schema_url.is_empty()).then_some(rs.schema_url.as_str());
         for ss in &rs.scope_spans {
-            let (scope_name, scope_version) = match &ss.scope {
-                Some(s) => (Some(s.name.as_str()), Some(s.version.as_str())),
-                None => (None, None),
+            let scope = ScopeRef {
+                name: ss.scope.as_ref().map(|s| s.name.as_str()),
+                version: ss.scope.as_ref().map(|s| s.version.as_str()),
+                attrs: ss.scope.as_ref().map(|s| s.attributes.as_slice()).unwrap_or(&[]),
+                schema_url: (!ss.schema_url.is_empty()).then_some(ss.schema_url.as_str()),
+                resource_schema_url,
             };
             for span in &ss.spans {
-                self.append_span(span, service, &generic, &ded_res, scope_name, scope_version);
+                self.append_span(span, service, &generic, &ded_res, &scope);
                 on_row(RowInfo {
                     trace_id: span.trace_id.as_slice().try_into().unwrap_or([0; 16]),
                     start: clamp_i64(span.start_time_unix_nano),
@@ -381,8 +430,7 @@ impl SpanBatchBuilder {
         service: Option<&str>,
         res_attrs: &[&KeyValue],
         ded_res: &[Option<&str>],
-        scope_name: Option<&str>,
-        scope_version: Option<&str>,
+        scope: &ScopeRef<'_>,
     ) {
         // Ids were validated by ingest; a failure here would only mean a bug, so pad instead of
         // panicking on the request path.
@@ -401,14 +449,22 @@ impl SpanBatchBuilder {
         self.start.append_value(start);
         self.duration.append_value(clamp_i64(span.end_time_unix_nano).wrapping_sub(start));
         let (code, msg) = match &span.status {
-            Some(s) => (s.code.clamp(0, 127) as i8, (!s.message.is_empty()).then_some(s.message.as_str())),
+            Some(s) => {
+                (s.code.clamp(0, 127) as i8, (!s.message.is_empty()).then_some(s.message.as_str()))
+            }
             None => (0, None),
         };
         self.status_code.append_value(code);
         self.status_message.append_option(msg);
         self.service.append_option(service);
-        self.scope_name.append_option(scope_name);
-        self.scope_version.append_option(scope_version);
+        self.scope_name.append_option(scope.name);
+        self.scope_version.append_option(scope.version);
+        for kv in scope.attrs {
+            self.scope_attrs.push_attr(kv);
+        }
+        self.scope_attrs.close_row();
+        self.scope_schema_url.append_option(scope.schema_url);
+        self.resource_schema_url.append_option(scope.resource_schema_url);
         for kv in res_attrs {
             self.res_attrs.push_attr(kv);
         }
@@ -529,6 +585,9 @@ impl SpanBatchBuilder {
             Arc::new(self.service.finish()),
             Arc::new(self.scope_name.finish()),
             Arc::new(self.scope_version.finish()),
+            Arc::new(self.scope_attrs.finish()?),
+            Arc::new(self.scope_schema_url.finish()),
+            Arc::new(self.resource_schema_url.finish()),
             Arc::new(self.res_attrs.finish()?),
             Arc::new(self.span_attrs.finish()?),
             Arc::new(events),

@@ -123,9 +123,7 @@ pub(super) fn decode_record(data: &[u8], off: usize) -> Result<Option<RawRecord<
     }
     let body_len = le_u32(&rest[4..8]) as usize;
     if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
-        return Err(DecodeError::Torn(format!(
-            "record length {body_len} out of range"
-        )));
+        return Err(DecodeError::Torn(format!("record length {body_len} out of range")));
     }
     let total = RECORD_HEADER_LEN + body_len;
     if rest.len() < total {
@@ -154,12 +152,7 @@ pub(super) fn decode_record(data: &[u8], off: usize) -> Result<Option<RawRecord<
     };
     let tenant = std::str::from_utf8(tenant)
         .map_err(|e| DecodeError::Invalid(format!("tenant is not UTF-8: {e}")))?;
-    Ok(Some(RawRecord {
-        seq,
-        tenant,
-        payload: &body[BODY_FIXED_LEN + tenant_len..],
-        len: total,
-    }))
+    Ok(Some(RawRecord { seq, tenant, payload: &body[BODY_FIXED_LEN + tenant_len..], len: total }))
 }
 
 /// After damage at `from`, looks for any later intact record. Finding one

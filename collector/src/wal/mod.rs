@@ -76,11 +76,7 @@ pub enum WalError {
         source: io::Error,
     },
     #[error("wal: corruption in {} at offset {offset}: {reason}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("wal: tenant name is {len} bytes, limit is {MAX_TENANT_LEN}")]
     TenantTooLong { len: usize },
     #[error("wal: payload is {len} bytes, limit is {MAX_PAYLOAD_LEN}")]
@@ -254,11 +250,7 @@ impl Wal {
             let data = fs::read(path).map_err(io_err("read", path))?;
             let scan = scan_segment(path, &data, first_seq, is_last, &mut keep, &mut records)?;
             next_seq = scan.next_seq;
-            let seg = Segment {
-                first_seq,
-                path: path.clone(),
-                bytes: data.len() as u64,
-            };
+            let seg = Segment { first_seq, path: path.clone(), bytes: data.len() as u64 };
             if !is_last {
                 stats.add_segment(seg.bytes);
                 sealed.push_back(seg);
@@ -357,16 +349,10 @@ impl Wal {
                     "wal: cannot roll back partial write; disabling wal");
                 self.poisoned = true;
             }
-            return Err(WalError::Io {
-                op: "write",
-                path: self.active.path.clone(),
-                source: e,
-            });
+            return Err(WalError::Io { op: "write", path: self.active.path.clone(), source: e });
         }
         self.active.bytes += batch_len as u64;
-        self.stats
-            .bytes
-            .fetch_add(batch_len as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(batch_len as u64, Ordering::Relaxed);
         self.next_seq += records.len() as u64;
         self.dirty = true;
 
@@ -391,11 +377,7 @@ impl Wal {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        if self.dirty {
-            self.sync_active()
-        } else {
-            Ok(())
-        }
+        if self.dirty { self.sync_active() } else { Ok(()) }
     }
 
     /// Deletes every segment all of whose records have seq <= `seq`, oldest
@@ -413,10 +395,7 @@ impl Wal {
         // Oldest first, with a directory fsync after each removal, so a crash
         // can only ever leave a suffix of segments (never a gap).
         while let Some(oldest) = self.sealed.front() {
-            let next_first = self
-                .sealed
-                .get(1)
-                .map_or(self.active.first_seq, |s| s.first_seq);
+            let next_first = self.sealed.get(1).map_or(self.active.first_seq, |s| s.first_seq);
             if next_first - 1 > seq {
                 break;
             }
@@ -532,11 +511,7 @@ fn scan_segment(
         // goes in, so a bad header with nothing after it is an interrupted
         // creation. The name alone still records the first seq.
         Err(_) if is_last && data.len() <= SEGMENT_HEADER_LEN => {
-            return Ok(Scan {
-                valid_len: 0,
-                next_seq: first_seq,
-                bad_header: true,
-            });
+            return Ok(Scan { valid_len: 0, next_seq: first_seq, bad_header: true });
         }
         Err(reason) => return Err(corrupt(0, reason)),
     }
@@ -584,21 +559,14 @@ fn scan_segment(
             Err(DecodeError::Torn(reason)) => return Err(corrupt(off, reason)),
         }
     }
-    Ok(Scan {
-        valid_len: off,
-        next_seq: expect,
-        bad_header: false,
-    })
+    Ok(Scan { valid_len: off, next_seq: expect, bad_header: false })
 }
 
 /// Cuts the newest segment back to its intact prefix (rewriting a torn
 /// header) and syncs it, so nothing acknowledged-looking is left only in the
 /// page cache and no damage remains once a newer segment exists.
 fn repair_last_segment(mut seg: Segment, data: &[u8], scan: &Scan) -> Result<Segment, WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(&seg.path)
-        .map_err(io_err("open", &seg.path))?;
+    let file = OpenOptions::new().write(true).open(&seg.path).map_err(io_err("open", &seg.path))?;
     if scan.bad_header {
         file.set_len(0).map_err(io_err("truncate", &seg.path))?;
         (&file)
@@ -606,8 +574,7 @@ fn repair_last_segment(mut seg: Segment, data: &[u8], scan: &Scan) -> Result<Seg
             .map_err(io_err("write", &seg.path))?;
         seg.bytes = SEGMENT_HEADER_LEN as u64;
     } else if scan.valid_len < data.len() {
-        file.set_len(scan.valid_len as u64)
-            .map_err(io_err("truncate", &seg.path))?;
+        file.set_len(scan.valid_len as u64).map_err(io_err("truncate", &seg.path))?;
         seg.bytes = scan.valid_len as u64;
     }
     file.sync_all().map_err(io_err("fsync", &seg.path))?;
@@ -615,10 +582,7 @@ fn repair_last_segment(mut seg: Segment, data: &[u8], scan: &Scan) -> Result<Seg
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!(
-        "{first_seq:0width$}{SEGMENT_SUFFIX}",
-        width = SEGMENT_NAME_DIGITS
-    ))
+    dir.join(format!("{first_seq:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS))
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
@@ -657,23 +621,16 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<(Segment, File), WalErro
         .create_new(true)
         .open(&path)
         .map_err(io_err("create", &path))?;
-    file.write_all(&format::segment_header(first_seq))
-        .map_err(io_err("write", &path))?;
+    file.write_all(&format::segment_header(first_seq)).map_err(io_err("write", &path))?;
     file.sync_all().map_err(io_err("fsync", &path))?;
     sync_dir(dir)?;
     tracing::debug!(path = %path.display(), "wal segment created");
-    let seg = Segment {
-        first_seq,
-        path,
-        bytes: SEGMENT_HEADER_LEN as u64,
-    };
+    let seg = Segment { first_seq, path, bytes: SEGMENT_HEADER_LEN as u64 };
     Ok((seg, file))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync dir", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))
 }
 
 fn create_dir_durable(dir: &Path) -> Result<(), WalError> {
@@ -700,9 +657,7 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         .map_err(io_err("open", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(WalError::Locked {
-            path: dir.to_path_buf(),
-        }),
+        Err(fs::TryLockError::WouldBlock) => Err(WalError::Locked { path: dir.to_path_buf() }),
         Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
     }
 }

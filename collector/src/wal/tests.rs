@@ -2,11 +2,7 @@ use super::*;
 use std::fs;
 
 fn cfg(dir: &Path, segment_bytes: u64) -> WalConfig {
-    WalConfig {
-        dir: dir.to_path_buf(),
-        fsync: FsyncPolicy::Always,
-        segment_bytes,
-    }
+    WalConfig { dir: dir.to_path_buf(), fsync: FsyncPolicy::Always, segment_bytes }
 }
 
 fn payload(seq: u64) -> Vec<u8> {
@@ -23,20 +19,13 @@ fn fill(wal: &mut Wal, batches: usize, per_batch: usize) -> Vec<WalRecord> {
     let mut expected = Vec::new();
     for _ in 0..batches {
         let first = wal.last_seq() + 1;
-        let owned: Vec<(String, Vec<u8>)> = (first..first + per_batch as u64)
-            .map(|s| (tenant(s), payload(s)))
-            .collect();
-        let batch: Vec<(&str, &[u8])> = owned
-            .iter()
-            .map(|(t, p)| (t.as_str(), p.as_slice()))
-            .collect();
+        let owned: Vec<(String, Vec<u8>)> =
+            (first..first + per_batch as u64).map(|s| (tenant(s), payload(s))).collect();
+        let batch: Vec<(&str, &[u8])> =
+            owned.iter().map(|(t, p)| (t.as_str(), p.as_slice())).collect();
         assert_eq!(wal.append_batch(&batch).unwrap(), first);
         for (i, (t, p)) in owned.into_iter().enumerate() {
-            expected.push(WalRecord {
-                seq: first + i as u64,
-                tenant: t,
-                payload: p,
-            });
+            expected.push(WalRecord { seq: first + i as u64, tenant: t, payload: p });
         }
     }
     expected
@@ -64,11 +53,7 @@ fn records_round_trip_across_segment_rolls_and_reopen() {
     assert!(replayed.is_empty());
     assert_eq!(wal.last_seq(), 0);
     let mut expected = fill(&mut wal, 20, 3);
-    assert!(
-        wal.stats().segments >= 4,
-        "expected rolls: {:?}",
-        wal.stats()
-    );
+    assert!(wal.stats().segments >= 4, "expected rolls: {:?}", wal.stats());
     drop(wal);
 
     let (mut wal, replayed) = Wal::open(cfg(&dir, 300)).unwrap();
@@ -91,16 +76,10 @@ fn segments_are_named_by_first_seq_and_respect_size_limit() {
     fill(&mut wal, 20, 3);
     drop(wal);
     let files = segment_files(tmp.path());
-    assert_eq!(
-        files[0].file_name().unwrap().to_str().unwrap(),
-        "00000000000000000001.seg"
-    );
+    assert_eq!(files[0].file_name().unwrap().to_str().unwrap(), "00000000000000000001.seg");
     for f in &files {
         let data = fs::read(f).unwrap();
-        assert_eq!(
-            format::parse_segment_header(&data).unwrap(),
-            first_seq_of(f)
-        );
+        assert_eq!(format::parse_segment_header(&data).unwrap(), first_seq_of(f));
         // Each batch here is < 300 bytes, so no segment may exceed the limit.
         assert!(data.len() <= 300, "{} is {} bytes", f.display(), data.len());
     }
@@ -109,10 +88,7 @@ fn segments_are_named_by_first_seq_and_respect_size_limit() {
 /// The file holds a valid header and whole records, nothing after them.
 fn assert_intact(path: &Path) {
     let data = fs::read(path).unwrap();
-    assert_eq!(
-        format::parse_segment_header(&data).unwrap(),
-        first_seq_of(path)
-    );
+    assert_eq!(format::parse_segment_header(&data).unwrap(), first_seq_of(path));
     let mut off = SEGMENT_HEADER_LEN;
     while let Some(r) = format::decode_record(&data, off).unwrap() {
         off += r.len;
@@ -138,10 +114,7 @@ fn torn_tail_case(damage: impl FnOnce(&Path)) {
     // The damaged segment was cut back to its intact prefix.
     assert_intact(last);
     let more = fill(&mut wal, 2, 2);
-    assert_eq!(
-        more[0].seq, lost.seq,
-        "seq must continue after the last intact record"
-    );
+    assert_eq!(more[0].seq, lost.seq, "seq must continue after the last intact record");
     expected.extend(more);
     drop(wal);
 
@@ -212,10 +185,7 @@ fn corruption_in_non_last_segment_is_an_error() {
     let victim = &files[0];
     let mut data = fs::read(victim).unwrap();
     // Flip a payload byte of the second record.
-    let first_len = format::decode_record(&data, SEGMENT_HEADER_LEN)
-        .unwrap()
-        .unwrap()
-        .len;
+    let first_len = format::decode_record(&data, SEGMENT_HEADER_LEN).unwrap().unwrap().len;
     let second = SEGMENT_HEADER_LEN + first_len;
     data[second + 25] ^= 0x01;
     fs::write(victim, data).unwrap();
@@ -237,17 +207,9 @@ fn truncated_non_last_segment_is_an_error() {
     drop(wal);
     let files = segment_files(tmp.path());
     let len = fs::metadata(&files[1]).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&files[1])
-        .unwrap()
-        .set_len(len - 3)
-        .unwrap();
+    OpenOptions::new().write(true).open(&files[1]).unwrap().set_len(len - 3).unwrap();
     let err = Wal::open(cfg(tmp.path(), 300)).unwrap_err();
-    assert!(
-        matches!(&err, WalError::Corrupt { path, .. } if path == &files[1]),
-        "{err:?}"
-    );
+    assert!(matches!(&err, WalError::Corrupt { path, .. } if path == &files[1]), "{err:?}");
 }
 
 #[test]
@@ -259,10 +221,7 @@ fn missing_middle_segment_is_an_error() {
     let files = segment_files(tmp.path());
     fs::remove_file(&files[1]).unwrap();
     let err = Wal::open(cfg(tmp.path(), 300)).unwrap_err();
-    assert!(
-        matches!(&err, WalError::Corrupt { path, .. } if path == &files[2]),
-        "{err:?}"
-    );
+    assert!(matches!(&err, WalError::Corrupt { path, .. } if path == &files[2]), "{err:?}");
 }
 
 #[test]
@@ -271,31 +230,20 @@ fn truncate_through_removes_only_fully_covered_segments() {
     // One 3-record batch per segment: segments start at 1, 4, 7, ...
     let (mut wal, _) = Wal::open(cfg(tmp.path(), 1)).unwrap();
     let expected = fill(&mut wal, 6, 3);
-    let firsts: Vec<u64> = segment_files(tmp.path())
-        .iter()
-        .map(|p| first_seq_of(p))
-        .collect();
+    let firsts: Vec<u64> = segment_files(tmp.path()).iter().map(|p| first_seq_of(p)).collect();
     assert_eq!(firsts, vec![1, 4, 7, 10, 13, 16]);
 
     // Seq 8 sits in the middle of segment 7..=9: only 1..=3 and 4..=6 go.
     wal.truncate_through(8).unwrap();
-    let firsts: Vec<u64> = segment_files(tmp.path())
-        .iter()
-        .map(|p| first_seq_of(p))
-        .collect();
+    let firsts: Vec<u64> = segment_files(tmp.path()).iter().map(|p| first_seq_of(p)).collect();
     assert_eq!(firsts, vec![7, 10, 13, 16]);
     assert_eq!(wal.stats().segments, 4);
     // Exactly at a segment's last seq: that segment goes too.
     wal.truncate_through(9).unwrap();
-    let firsts: Vec<u64> = segment_files(tmp.path())
-        .iter()
-        .map(|p| first_seq_of(p))
-        .collect();
+    let firsts: Vec<u64> = segment_files(tmp.path()).iter().map(|p| first_seq_of(p)).collect();
     assert_eq!(firsts, vec![10, 13, 16]);
-    let on_disk: u64 = segment_files(tmp.path())
-        .iter()
-        .map(|p| fs::metadata(p).unwrap().len())
-        .sum();
+    let on_disk: u64 =
+        segment_files(tmp.path()).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
     assert_eq!(wal.stats().bytes, on_disk);
     drop(wal);
 
@@ -351,9 +299,7 @@ fn oversize_tenant_and_payload_are_rejected_without_writing() {
     let long_tenant = "t".repeat(MAX_TENANT_LEN + 1);
     let ok_tenant = "t".repeat(MAX_TENANT_LEN);
     let before = wal.stats().bytes;
-    let err = wal
-        .append_batch(&[("ok", b"first"), (&long_tenant, b"p")])
-        .unwrap_err();
+    let err = wal.append_batch(&[("ok", b"first"), (&long_tenant, b"p")]).unwrap_err();
     assert!(matches!(err, WalError::TenantTooLong { len } if len == MAX_TENANT_LEN + 1));
 
     let big = vec![0u8; MAX_PAYLOAD_LEN + 1];
@@ -382,10 +328,7 @@ fn fsync_policy_always_syncs_once_per_batch() {
 
 #[test]
 fn fsync_policy_never_and_long_interval_do_not_sync_appends() {
-    for policy in [
-        FsyncPolicy::Never,
-        FsyncPolicy::Interval(Duration::from_secs(3600)),
-    ] {
+    for policy in [FsyncPolicy::Never, FsyncPolicy::Interval(Duration::from_secs(3600))] {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = cfg(tmp.path(), 1 << 20);
         c.fsync = policy;
@@ -449,10 +392,8 @@ fn open_filtered_skips_records_but_still_verifies_them() {
     drop(wal);
     let (wal, replayed) =
         Wal::open_filtered(cfg(tmp.path(), 300), |seq, t| t == "tenant-1" && seq > 10).unwrap();
-    let want: Vec<WalRecord> = expected
-        .into_iter()
-        .filter(|r| r.tenant == "tenant-1" && r.seq > 10)
-        .collect();
+    let want: Vec<WalRecord> =
+        expected.into_iter().filter(|r| r.tenant == "tenant-1" && r.seq > 10).collect();
     assert!(!want.is_empty());
     assert_eq!(replayed, want);
     assert_eq!(wal.last_seq(), 20);
@@ -462,10 +403,7 @@ fn open_filtered_skips_records_but_still_verifies_them() {
 fn second_open_of_same_dir_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(cfg(tmp.path(), 1 << 20)).unwrap();
-    assert!(matches!(
-        Wal::open(cfg(tmp.path(), 1 << 20)),
-        Err(WalError::Locked { .. })
-    ));
+    assert!(matches!(Wal::open(cfg(tmp.path(), 1 << 20)), Err(WalError::Locked { .. })));
     drop(wal);
     assert!(Wal::open(cfg(tmp.path(), 1 << 20)).is_ok());
 }
@@ -474,9 +412,8 @@ fn second_open_of_same_dir_is_refused() {
 fn large_batch_round_trips() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(cfg(tmp.path(), 4 << 20)).unwrap();
-    let payloads: Vec<Vec<u8>> = (0..64u32)
-        .map(|i| (0..100_000u32).map(|j| (i ^ j) as u8).collect())
-        .collect();
+    let payloads: Vec<Vec<u8>> =
+        (0..64u32).map(|i| (0..100_000u32).map(|j| (i ^ j) as u8).collect()).collect();
     let batch: Vec<(&str, &[u8])> = payloads.iter().map(|p| ("big", p.as_slice())).collect();
     assert_eq!(wal.append_batch(&batch).unwrap(), 1);
     assert_eq!(wal.append_batch(&batch).unwrap(), 65);

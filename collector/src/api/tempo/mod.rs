@@ -15,7 +15,9 @@ use serde_json::json;
 
 use super::{AppState, tenant};
 use crate::query::search::SearchRequest;
-use crate::query::traceql::{self, Attribute, Comparison, CmpOp, FieldExpr, Filter, Intrinsic, Literal, Query, Scope};
+use crate::query::traceql::{
+    self, Attribute, CmpOp, Comparison, FieldExpr, Filter, Intrinsic, Literal, Query, Scope,
+};
 use crate::query::{QueryError, parse_trace_id, secs_to_nanos};
 
 pub fn router() -> Router<AppState> {
@@ -90,7 +92,12 @@ struct TraceByIdResponse {
     message: String,
 }
 
-async fn load_trace(s: &AppState, headers: &HeaderMap, id: &str, p: &HashMap<String, String>) -> Result<TracesData, QueryError> {
+async fn load_trace(
+    s: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    p: &HashMap<String, String>,
+) -> Result<TracesData, QueryError> {
     let tenant = tenant(headers)?;
     let id = parse_trace_id(id)?;
     s.engine.trace_by_id(&tenant, id, range(p)?).await
@@ -107,17 +114,28 @@ fn json_body<T: serde::Serialize>(v: &T) -> Response {
     }
 }
 
-async fn trace_v2(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, QueryParams(p): Params) -> Response {
+async fn trace_v2(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    QueryParams(p): Params,
+) -> Response {
     match load_trace(&s, &headers, &id, &p).await {
-        Ok(trace) if wants_protobuf(&headers) => {
-            protobuf(TraceByIdResponse { trace: Some(trace), status: 0, message: String::new() }.encode_to_vec())
-        }
+        Ok(trace) if wants_protobuf(&headers) => protobuf(
+            TraceByIdResponse { trace: Some(trace), status: 0, message: String::new() }
+                .encode_to_vec(),
+        ),
         Ok(trace) => json_body(&json!({ "trace": protojson(&trace) })),
         Err(e) => e.into_response(),
     }
 }
 
-async fn trace_v1(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>, QueryParams(p): Params) -> Response {
+async fn trace_v1(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    QueryParams(p): Params,
+) -> Response {
     match load_trace(&s, &headers, &id, &p).await {
         Ok(trace) if wants_protobuf(&headers) => protobuf(trace.encode_to_vec()),
         Ok(trace) => json_body(&json!({ "batches": protojson(&trace)["resourceSpans"] })),
@@ -125,8 +143,15 @@ async fn trace_v1(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<
     }
 }
 
-const ANY_VALUE_KEYS: [&str; 7] =
-    ["stringValue", "boolValue", "intValue", "doubleValue", "arrayValue", "kvlistValue", "bytesValue"];
+const ANY_VALUE_KEYS: [&str; 7] = [
+    "stringValue",
+    "boolValue",
+    "intValue",
+    "doubleValue",
+    "arrayValue",
+    "kvlistValue",
+    "bytesValue",
+];
 
 /// Drops default values the serde encoding of the OTLP types writes (nulls, zeros, empty
 /// strings and lists), as protojson does, except the set member of an `AnyValue` oneof.
@@ -183,9 +208,12 @@ fn logfmt(s: &str) -> Result<Vec<(String, String)>, QueryError> {
         if chars.peek().is_none() {
             return Ok(out);
         }
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
         if chars.next() != Some('=') {
-            return Err(QueryError::BadRequest(format!("invalid tags: expected key=value after {key:?}")));
+            return Err(QueryError::BadRequest(format!(
+                "invalid tags: expected key=value after {key:?}"
+            )));
         }
         let value: String = if chars.peek() == Some(&'"') {
             chars.next();
@@ -195,7 +223,11 @@ fn logfmt(s: &str) -> Result<Vec<(String, String)>, QueryError> {
                     Some('"') => break v,
                     Some('\\') => v.extend(chars.next()),
                     Some(c) => v.push(c),
-                    None => return Err(QueryError::BadRequest("invalid tags: unterminated quote".into())),
+                    None => {
+                        return Err(QueryError::BadRequest(
+                            "invalid tags: unterminated quote".into(),
+                        ));
+                    }
                 }
             }
         } else {
@@ -237,16 +269,26 @@ fn legacy_filter(p: &HashMap<String, String>) -> Result<Option<Filter>, QueryErr
         if let Some(v) = p.get(key).filter(|v| !v.is_empty()) {
             let d = traceql::parse_duration(v)
                 .ok_or_else(|| QueryError::BadRequest(format!("invalid {key}: {v:?}")))?;
-            expr = and(expr, cmp(Attribute::Intrinsic(Intrinsic::TraceDuration), op, Literal::Duration(d)));
+            expr = and(
+                expr,
+                cmp(Attribute::Intrinsic(Intrinsic::TraceDuration), op, Literal::Duration(d)),
+            );
         }
     }
     Ok(expr.map(|e| Filter { expr: Some(e) }))
 }
 
-fn usize_param(p: &HashMap<String, String>, key: &str, default: usize, max: usize) -> Result<usize, QueryError> {
+fn usize_param(
+    p: &HashMap<String, String>,
+    key: &str,
+    default: usize,
+    max: usize,
+) -> Result<usize, QueryError> {
     Ok(match int_param(p, key)? {
         None | Some(0) => default,
-        Some(n) if n < 0 => return Err(QueryError::BadRequest(format!("invalid {key}: must be positive"))),
+        Some(n) if n < 0 => {
+            return Err(QueryError::BadRequest(format!("invalid {key}: must be positive")));
+        }
         Some(n) => (n as usize).min(max),
     })
 }
@@ -280,9 +322,15 @@ async fn search(State(s): State<AppState>, headers: HeaderMap, QueryParams(p): P
     }
 }
 
-async fn tags_v2(State(s): State<AppState>, headers: HeaderMap, QueryParams(p): Params) -> Response {
+async fn tags_v2(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(p): Params,
+) -> Response {
     match tenant(&headers) {
-        Ok(t) => json_body(&json!({ "scopes": s.engine.tag_scopes(&t, p.get("scope").map(|x| x.as_str())) })),
+        Ok(t) => json_body(
+            &json!({ "scopes": s.engine.tag_scopes(&t, p.get("scope").map(|x| x.as_str())) }),
+        ),
         Err(e) => e.into_response(),
     }
 }
@@ -331,7 +379,9 @@ pub fn parse_tag(raw: &str) -> Attribute {
     if let Some(i) = intrinsic {
         return Attribute::Intrinsic(i);
     }
-    for (prefix, scope) in [("resource.", Scope::Resource), ("span.", Scope::Span), (".", Scope::Any)] {
+    for (prefix, scope) in
+        [("resource.", Scope::Resource), ("span.", Scope::Span), (".", Scope::Any)]
+    {
         if let Some(name) = decoded.strip_prefix(prefix) {
             return Attribute::Scoped { scope, name: name.to_string() };
         }
@@ -352,21 +402,37 @@ fn values_filter(p: &HashMap<String, String>) -> Option<Filter> {
     }
 }
 
-async fn values(s: &AppState, headers: &HeaderMap, tag: &str, p: &HashMap<String, String>) -> Result<Vec<crate::query::tags::TagValue>, QueryError> {
+async fn values(
+    s: &AppState,
+    headers: &HeaderMap,
+    tag: &str,
+    p: &HashMap<String, String>,
+) -> Result<Vec<crate::query::tags::TagValue>, QueryError> {
     let tenant = tenant(headers)?;
     let attr = parse_tag(tag);
     let filter = values_filter(p);
     s.engine.tag_values(&tenant, &attr, filter.as_ref(), range(p)?).await
 }
 
-async fn tag_values_v2(State(s): State<AppState>, headers: HeaderMap, Path(tag): Path<String>, QueryParams(p): Params) -> Response {
+async fn tag_values_v2(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(tag): Path<String>,
+    QueryParams(p): Params,
+) -> Response {
     match values(&s, &headers, &tag, &p).await {
+        Ok(v) if v.is_empty() => json_body(&json!({})),
         Ok(v) => json_body(&json!({ "tagValues": v })),
         Err(e) => e.into_response(),
     }
 }
 
-async fn tag_values_v1(State(s): State<AppState>, headers: HeaderMap, Path(tag): Path<String>, QueryParams(p): Params) -> Response {
+async fn tag_values_v1(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(tag): Path<String>,
+    QueryParams(p): Params,
+) -> Response {
     match values(&s, &headers, &tag, &p).await {
         Ok(v) => {
             let mut names: Vec<String> = v.into_iter().map(|t| t.value).collect();
@@ -383,11 +449,26 @@ mod tests {
 
     #[test]
     fn tag_names_accept_both_spellings_and_double_encoding() {
-        assert_eq!(parse_tag("resource.service.name"), Attribute::Scoped { scope: Scope::Resource, name: "service.name".into() });
-        assert_eq!(parse_tag("resource%2Eservice%2Ename"), Attribute::Scoped { scope: Scope::Resource, name: "service.name".into() });
-        assert_eq!(parse_tag("trace:rootService"), Attribute::Intrinsic(Intrinsic::RootServiceName));
-        assert_eq!(parse_tag(".http.method"), Attribute::Scoped { scope: Scope::Any, name: "http.method".into() });
-        assert_eq!(parse_tag("service.name"), Attribute::Scoped { scope: Scope::Any, name: "service.name".into() });
+        assert_eq!(
+            parse_tag("resource.service.name"),
+            Attribute::Scoped { scope: Scope::Resource, name: "service.name".into() }
+        );
+        assert_eq!(
+            parse_tag("resource%2Eservice%2Ename"),
+            Attribute::Scoped { scope: Scope::Resource, name: "service.name".into() }
+        );
+        assert_eq!(
+            parse_tag("trace:rootService"),
+            Attribute::Intrinsic(Intrinsic::RootServiceName)
+        );
+        assert_eq!(
+            parse_tag(".http.method"),
+            Attribute::Scoped { scope: Scope::Any, name: "http.method".into() }
+        );
+        assert_eq!(
+            parse_tag("service.name"),
+            Attribute::Scoped { scope: Scope::Any, name: "service.name".into() }
+        );
     }
 
     #[test]
@@ -401,7 +482,14 @@ mod tests {
     #[test]
     fn logfmt_tags_parse_quoted_values() {
         let v = logfmt(r#"service.name=shop http.route="/a b" x=1"#).unwrap();
-        assert_eq!(v, vec![("service.name".into(), "shop".into()), ("http.route".into(), "/a b".into()), ("x".into(), "1".into())]);
+        assert_eq!(
+            v,
+            vec![
+                ("service.name".into(), "shop".into()),
+                ("http.route".into(), "/a b".into()),
+                ("x".into(), "1".into())
+            ]
+        );
         assert!(logfmt("novalue").is_err());
     }
 }
