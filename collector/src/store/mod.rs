@@ -351,3 +351,25 @@ impl Store {
         Ok(expired.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_open_through_the_same_code_path() {
+        // Building the client needs no server: requests are made lazily.
+        assert!(open_object_store("s3://bucket/some/prefix").is_ok());
+        assert!(open_object_store("s3://bucket").is_ok());
+        assert!(matches!(open_object_store("gs://bucket"), Err(StoreError::Url(_))));
+    }
+
+    #[test]
+    fn file_urls_create_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b");
+        let url = format!("file://{}", path.display());
+        assert!(open_object_store(&url).is_ok());
+        assert!(path.is_dir());
+    }
+}
