@@ -1,9 +1,14 @@
-//! The single durable writer: group-commits exports to the WAL, applies them to the head in
-//! sequence order, then acknowledges. Admission is bounded by bytes in flight, so a slow disk
-//! turns into 429 / UNAVAILABLE for clients instead of unbounded memory.
+//! The durable write path, two threads in a pipeline:
+//! - the WAL thread group-commits queued exports (one write, one fsync per group);
+//! - the applier thread applies each durable group to the head in sequence order, then
+//!   acknowledges its exports. While it converts group N to Arrow, group N+1 is being fsynced.
+//!
+//! Admission is bounded by bytes in flight, so a slow disk turns into 429 / UNAVAILABLE for
+//! clients instead of unbounded memory. WAL truncation never passes the last applied sequence:
+//! records not yet in the head are not yet in any block either.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -44,21 +49,28 @@ enum Msg {
     Stop,
 }
 
-/// Owner handle of the writer thread; `stop` waits until the WAL is closed.
+/// Owner handle of the writer threads; `stop` waits until the WAL is closed and every
+/// acknowledged export is in the head.
 pub struct WriterThread {
     tx: mpsc::Sender<Msg>,
-    join: Option<std::thread::JoinHandle<()>>,
+    joins: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl WriterThread {
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         let _ = self.tx.send(Msg::Stop);
-        if let Some(j) = self.join.take()
-            && j.join().is_err()
-        {
-            tracing::error!("WAL writer thread panicked");
+        for j in self.joins {
+            if j.join().is_err() {
+                tracing::error!("WAL writer thread panicked");
+            }
         }
     }
+}
+
+/// A durable group on its way to the head.
+struct Durable {
+    first_seq: u64,
+    group: Vec<Pending>,
 }
 
 #[derive(Clone)]
@@ -77,11 +89,17 @@ impl Writer {
         max_inflight: usize,
     ) -> std::io::Result<(Writer, WriterThread)> {
         let (tx, rx) = mpsc::channel();
+        let (applied_tx, applied_rx) = mpsc::channel::<Durable>();
         let inflight = Arc::new(AtomicUsize::new(0));
-        let join = std::thread::Builder::new()
+        let applied_seq = Arc::new(AtomicU64::new(wal.last_seq()));
+        let (h, a) = (head.clone(), applied_seq.clone());
+        let applier = std::thread::Builder::new()
+            .name("skein-head-applier".into())
+            .spawn(move || apply_loop(&h, &a, applied_rx))?;
+        let writer = std::thread::Builder::new()
             .name("skein-wal-writer".into())
-            .spawn(move || run(wal, head, metrics, rx))?;
-        let thread = WriterThread { tx: tx.clone(), join: Some(join) };
+            .spawn(move || run(wal, head, metrics, rx, applied_tx, applied_seq))?;
+        let thread = WriterThread { tx: tx.clone(), joins: vec![writer, applier] };
         Ok((Writer { tx, inflight, max_inflight }, thread))
     }
 
@@ -117,7 +135,31 @@ impl Writer {
     }
 }
 
-fn run(mut wal: Wal, head: Arc<Head>, metrics: Arc<Metrics>, rx: mpsc::Receiver<Msg>) {
+fn apply_loop(head: &Head, applied_seq: &AtomicU64, rx: mpsc::Receiver<Durable>) {
+    while let Ok(Durable { first_seq, group }) = rx.recv() {
+        let n = group.len() as u64;
+        let mut acks = Vec::with_capacity(group.len());
+        for (i, p) in group.into_iter().enumerate() {
+            let r = head
+                .apply(first_seq + i as u64, &p.tenant, &p.req)
+                .map_err(|e| WriteError::Head(e.to_string()));
+            acks.push((p.done, r));
+        }
+        applied_seq.store(first_seq + n - 1, Ordering::Release);
+        for (done, r) in acks {
+            let _ = done.send(r);
+        }
+    }
+}
+
+fn run(
+    mut wal: Wal,
+    head: Arc<Head>,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Msg>,
+    applier: mpsc::Sender<Durable>,
+    applied_seq: Arc<AtomicU64>,
+) {
     let mut group: Vec<Pending> = Vec::new();
     // Under the interval/never policies appends may sit unsynced; sync them when idle.
     let mut dirty = false;
@@ -146,7 +188,8 @@ fn run(mut wal: Wal, head: Arc<Head>, metrics: Arc<Metrics>, rx: mpsc::Receiver<
                     group.push(p);
                 }
                 Msg::Truncate(done) => {
-                    let through = head.flushed_through(wal.last_seq());
+                    let applied = applied_seq.load(Ordering::Acquire);
+                    let through = head.flushed_through(wal.last_seq()).min(applied);
                     let r = wal
                         .truncate_through(through)
                         .map(|()| through)
@@ -163,7 +206,9 @@ fn run(mut wal: Wal, head: Arc<Head>, metrics: Arc<Metrics>, rx: mpsc::Receiver<
             }
         }
         if !group.is_empty() {
-            commit(&mut wal, &head, &metrics, &mut group);
+            if let Some(durable) = commit(&mut wal, &metrics, &mut group) {
+                let _ = applier.send(durable);
+            }
             dirty = true;
         }
         if stop {
@@ -178,7 +223,8 @@ fn run(mut wal: Wal, head: Arc<Head>, metrics: Arc<Metrics>, rx: mpsc::Receiver<
     }
 }
 
-fn commit(wal: &mut Wal, head: &Head, metrics: &Metrics, group: &mut Vec<Pending>) {
+/// Writes a group to the WAL; returns it for the applier once durable.
+fn commit(wal: &mut Wal, metrics: &Metrics, group: &mut Vec<Pending>) -> Option<Durable> {
     let records: Vec<(&str, &[u8])> =
         group.iter().map(|p| (p.tenant.as_str(), p.payload.as_ref())).collect();
     let fsyncs_before = wal.stats().fsyncs;
@@ -191,20 +237,14 @@ fn commit(wal: &mut Wal, head: &Head, metrics: &Metrics, group: &mut Vec<Pending
     metrics.wal_bytes.set(stats.bytes as i64);
     metrics.wal_segments.set(stats.segments as i64);
     match appended {
-        Ok(first_seq) => {
-            for (i, p) in group.drain(..).enumerate() {
-                let r = head
-                    .apply(first_seq + i as u64, &p.tenant, &p.req)
-                    .map_err(|e| WriteError::Head(e.to_string()));
-                let _ = p.done.send(r);
-            }
-        }
+        Ok(first_seq) => Some(Durable { first_seq, group: std::mem::take(group) }),
         Err(e) => {
             tracing::error!(error = %e, "WAL append failed; refusing the group");
             let err = WriteError::Wal(e.to_string());
             for p in group.drain(..) {
                 let _ = p.done.send(Err(err.clone()));
             }
+            None
         }
     }
 }
