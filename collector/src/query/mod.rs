@@ -109,7 +109,20 @@ impl QueryEngine {
     }
 
     fn context(&self) -> SessionContext {
-        let mut config = SessionConfig::new().with_target_partitions(2).with_batch_size(8192);
+        self.context_with(2)
+    }
+
+    /// A context whose scans keep file row order (one partition, no byte-range splitting):
+    /// needed where rows are decoded relative to each other (parent offsets).
+    fn ordered_context(&self) -> SessionContext {
+        let ctx = self.context_with(1);
+        ctx.state_ref().write().config_mut().options_mut().optimizer.repartition_file_scans = false;
+        ctx
+    }
+
+    fn context_with(&self, partitions: usize) -> SessionContext {
+        let mut config =
+            SessionConfig::new().with_target_partitions(partitions).with_batch_size(8192);
         let opts = config.options_mut();
         // Late materialisation: filter on cheap columns before decoding attribute lists.
         opts.execution.parquet.pushdown_filters = true;
@@ -119,6 +132,21 @@ impl QueryEngine {
             ctx.register_udf(f);
         }
         ctx
+    }
+
+    /// Spans of one block file, in file order, as read by an ordered context.
+    pub async fn block_rows(
+        &self,
+        block: &Block,
+        schema: SchemaRef,
+        filter: datafusion::prelude::Expr,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        let ctx = self.ordered_context();
+        let Some(table) = self.listing(vec![block.meta.file(SPANS_FILE).to_string()], schema)?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(ctx.read_table(table)?.filter(filter)?.collect().await?)
     }
 
     fn listing(

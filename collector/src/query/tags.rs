@@ -134,7 +134,8 @@ impl QueryEngine {
             df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
         }
         if root_only {
-            df = df.filter(col(c::PARENT_SPAN_ID).is_null())?;
+            df =
+                df.filter(col(c::PARENT_SPAN_ID).is_null().and(col(c::PARENT_OFFSET).is_null()))?;
         }
         if let Some(f) = filter
             && let Some(expr) = filter_expr(f, &tables.layout)?

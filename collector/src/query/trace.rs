@@ -16,7 +16,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message;
 
 use super::{QueryEngine, QueryError};
-use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c};
+use crate::store::block::{align, decode_parents};
+use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c, span_schema};
 
 impl QueryEngine {
     /// All spans of one trace, without needing a time range. `range` (unix nanos) only
@@ -34,10 +35,25 @@ impl QueryEngine {
             .into_iter()
             .filter(|b| range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e))
             .collect();
-        let tables = self.span_tables(tenant, blocks, true)?;
-        let id_lit = lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())));
-        let batches = tables.spans.filter(col(c::TRACE_ID).eq(id_lit))?.collect().await?;
-        let data = to_traces_data(&batches, &tables.layout)?;
+        let blocks: Vec<std::sync::Arc<crate::store::Block>> = blocks;
+        let layout = self.store.layout(&blocks);
+        let schema = span_schema(&layout);
+        let id_eq =
+            || col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec()))));
+        // Each block is read on its own, in file order, so parent offsets can be resolved.
+        let per_block = futures::future::try_join_all(
+            blocks.iter().map(|b| self.block_rows(b, schema.clone(), id_eq())),
+        )
+        .await?;
+        let mut batches = Vec::new();
+        for rows in per_block {
+            batches.extend(decode_parents(&rows)?);
+        }
+        let head = self.span_tables(tenant, Vec::new(), true)?;
+        for b in head.spans.filter(id_eq())?.collect().await? {
+            batches.push(align(&b, &schema)?);
+        }
+        let data = to_traces_data(&batches, &layout)?;
         self.observe("trace_by_id", started);
         if data.resource_spans.is_empty() {
             return Err(QueryError::NotFound);

@@ -279,7 +279,8 @@ impl Store {
         let mut batches = Vec::new();
         let mut tags = TagKeys::default();
         for b in &inputs {
-            batches.extend(read_file(&self.object_store, &b.meta.file(SPANS_FILE)).await?);
+            let file = read_file(&self.object_store, &b.meta.file(SPANS_FILE)).await?;
+            batches.extend(block::decode_parents(&file)?);
             tags.extend(&b.meta.tags);
         }
         let layout = self.layout(&inputs);

@@ -27,6 +27,9 @@ pub mod col {
     pub const TRACE_ID: &str = "trace_id";
     pub const SPAN_ID: &str = "span_id";
     pub const PARENT_SPAN_ID: &str = "parent_span_id";
+    /// In blocks: distance (row - parent row) to the parent within the block's sorted rows;
+    /// `parent_span_id` is then NULL. Always NULL in the head.
+    pub const PARENT_OFFSET: &str = "parent_offset";
     pub const TRACE_STATE: &str = "trace_state";
     pub const FLAGS: &str = "flags";
     pub const NAME: &str = "name";
@@ -128,6 +131,7 @@ pub fn span_schema(dedicated: &Dedicated) -> SchemaRef {
         Field::new(col::TRACE_ID, DataType::FixedSizeBinary(16), false),
         Field::new(col::SPAN_ID, DataType::FixedSizeBinary(8), false),
         Field::new(col::PARENT_SPAN_ID, DataType::FixedSizeBinary(8), true),
+        Field::new(col::PARENT_OFFSET, DataType::Int32, true),
         Field::new(col::TRACE_STATE, DataType::Utf8, true),
         Field::new(col::FLAGS, DataType::UInt32, false),
         Field::new(col::NAME, dict_utf8(), false),
@@ -282,6 +286,7 @@ pub struct SpanBatchBuilder {
     trace_id: FixedSizeBinaryBuilder,
     span_id: FixedSizeBinaryBuilder,
     parent: FixedSizeBinaryBuilder,
+    parent_offset: arrow::array::Int32Builder,
     trace_state: StringBuilder,
     flags: UInt32Builder,
     name: StringDictionaryBuilder<Int32Type>,
@@ -334,6 +339,7 @@ impl SpanBatchBuilder {
             trace_id: FixedSizeBinaryBuilder::new(16),
             span_id: FixedSizeBinaryBuilder::new(8),
             parent: FixedSizeBinaryBuilder::new(8),
+            parent_offset: arrow::array::Int32Builder::new(),
             trace_state: StringBuilder::new(),
             flags: UInt32Builder::new(),
             name: StringDictionaryBuilder::new(),
@@ -441,6 +447,7 @@ impl SpanBatchBuilder {
         } else {
             self.parent.append_null();
         }
+        self.parent_offset.append_null();
         self.trace_state.append_option((!span.trace_state.is_empty()).then_some(&span.trace_state));
         self.flags.append_value(span.flags);
         self.name.append_value(&span.name);
@@ -574,6 +581,7 @@ impl SpanBatchBuilder {
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent.finish()),
+            Arc::new(self.parent_offset.finish()),
             Arc::new(self.trace_state.finish()),
             Arc::new(self.flags.finish()),
             Arc::new(self.name.finish()),
