@@ -1,4 +1,5 @@
 //! The `skein` binary's exit codes and messages for bad configuration.
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
