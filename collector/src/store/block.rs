@@ -239,8 +239,8 @@ pub fn sort_spans(
     Ok(take_record_batch(&all, &idx)?)
 }
 
-/// Per-trace summaries of a sorted span batch, plus the bloom filter of its trace ids.
-pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreError> {
+/// Per-trace summaries of a sorted span batch holding whole traces.
+pub fn summarize(sorted: &RecordBatch) -> Result<RecordBatch, StoreError> {
     let get = |name: &str| {
         sorted
             .column_by_name(name)
@@ -261,9 +261,7 @@ pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreErro
     let (mut o_svc, mut o_name) = (StringBuilder::new(), StringBuilder::new());
     let (mut o_count, mut o_err) = (UInt32Builder::new(), UInt32Builder::new());
     let n = sorted.num_rows();
-    let mut traces = 0usize;
     let mut i = 0;
-    let mut ids: Vec<[u8; 16]> = Vec::new();
     while i < n {
         let id = tid.value(i);
         let (mut lo, mut hi, mut count, mut errs) = (i64::MAX, i64::MIN, 0u32, 0u32);
@@ -289,15 +287,7 @@ pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreErro
         o_name.append_option(root.map(|r| names.value(r)));
         o_count.append_value(count);
         o_err.append_value(errs);
-        let mut key = [0u8; 16];
-        key.copy_from_slice(id);
-        ids.push(key);
-        traces += 1;
         i = j;
-    }
-    let mut bloom = Bloom::with_capacity(traces);
-    for id in &ids {
-        bloom.insert(id);
     }
     let batch = RecordBatch::try_new(
         traces_schema(),
@@ -311,12 +301,23 @@ pub fn summarize(sorted: &RecordBatch) -> Result<(RecordBatch, Bloom), StoreErro
             Arc::new(o_err.finish()),
         ],
     )?;
-    Ok((batch, bloom))
+    Ok(batch)
+}
+
+/// Bloom filter over the trace ids of summary batches.
+fn bloom_of(traces: &RecordBatch) -> Bloom {
+    let ids = traces.column(0).as_fixed_size_binary();
+    let mut bloom = Bloom::with_capacity(ids.len());
+    for i in 0..ids.len() {
+        bloom.insert(&trace_key(ids, i));
+    }
+    bloom
 }
 
 /// What a new block is made from.
 pub struct NewBlock<'a> {
     pub tenant: &'a str,
+    /// Rows for `write_block`; unused by `BlockWriter`.
     pub batches: &'a [RecordBatch],
     pub dedicated: &'a Dedicated,
     pub wal_seq: u64,
@@ -330,9 +331,56 @@ pub async fn write_block(
     nb: NewBlock<'_>,
 ) -> Result<(BlockMeta, Bloom), StoreError> {
     let sorted = sort_spans(nb.batches, nb.dedicated)?;
-    let (traces, bloom) = summarize(&sorted)?;
-    let (min_time, max_time) = time_range(&traces);
+    let traces = summarize(&sorted)?;
     let spans_pq = encode_parquet(&encode_parents(&sorted)?, span_props())?;
+    commit_block(store, nb, spans_pq, sorted.num_rows() as u64, traces).await
+}
+
+/// Streams whole-trace chunks, already sorted and in order, into a new block's span file.
+pub struct BlockWriter {
+    writer: ArrowWriter<Vec<u8>>,
+    spans: u64,
+    traces: Vec<RecordBatch>,
+}
+
+impl BlockWriter {
+    pub fn new(dedicated: &Dedicated) -> Result<Self, StoreError> {
+        let writer = ArrowWriter::try_new(
+            Vec::with_capacity(1 << 20),
+            span_schema(dedicated),
+            Some(span_props()),
+        )?;
+        Ok(BlockWriter { writer, spans: 0, traces: Vec::new() })
+    }
+
+    /// `chunk` must hold whole traces, sorted, following the previous chunk's traces.
+    pub fn write(&mut self, chunk: &RecordBatch) -> Result<(), StoreError> {
+        self.traces.push(summarize(chunk)?);
+        self.writer.write(&encode_parents(chunk)?)?;
+        self.spans += chunk.num_rows() as u64;
+        Ok(())
+    }
+
+    pub async fn commit(
+        self,
+        store: &Arc<dyn ObjectStore>,
+        nb: NewBlock<'_>,
+    ) -> Result<(BlockMeta, Bloom), StoreError> {
+        let buf = self.writer.into_inner()?;
+        let traces = concat_batches(&traces_schema(), &self.traces)?;
+        commit_block(store, nb, Bytes::from(buf), self.spans, traces).await
+    }
+}
+
+async fn commit_block(
+    store: &Arc<dyn ObjectStore>,
+    nb: NewBlock<'_>,
+    spans_pq: Bytes,
+    spans: u64,
+    traces: RecordBatch,
+) -> Result<(BlockMeta, Bloom), StoreError> {
+    let (min_time, max_time) = time_range(&traces);
+    let bloom = bloom_of(&traces);
     let traces_pq = encode_parquet(&traces, traces_props())?;
     let meta = BlockMeta {
         format: 1,
@@ -340,7 +388,7 @@ pub async fn write_block(
         tenant: nb.tenant.to_string(),
         min_time,
         max_time,
-        spans: sorted.num_rows() as u64,
+        spans,
         traces: traces.num_rows() as u64,
         spans_bytes: spans_pq.len() as u64,
         traces_bytes: traces_pq.len() as u64,

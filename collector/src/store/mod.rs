@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod bloom;
+pub mod compact;
 pub mod schema;
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +19,7 @@ use parking_lot::RwLock;
 
 use crate::head::{Frozen, TagKeys};
 use crate::metrics::Metrics;
-use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE, read_file, write_block};
+use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE, write_block};
 use bloom::Bloom;
 use schema::Dedicated;
 
@@ -276,27 +277,33 @@ impl Store {
     }
 
     async fn merge(&self, tenant: &str, inputs: Vec<Arc<Block>>) -> Result<usize, StoreError> {
-        let mut batches = Vec::new();
         let mut tags = TagKeys::default();
         for b in &inputs {
-            let file = read_file(&self.object_store, &b.meta.file(SPANS_FILE)).await?;
-            batches.extend(block::decode_parents(&file)?);
             tags.extend(&b.meta.tags);
         }
         let layout = self.layout(&inputs);
-        let (meta, bloom) = write_block(
+        let mut writer = block::BlockWriter::new(&layout)?;
+        compact::merge_into(
             &self.object_store,
-            NewBlock {
-                tenant,
-                batches: &batches,
-                dedicated: &layout,
-                wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
-                tags,
-                compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),
-            },
+            &inputs,
+            schema::span_schema(&layout),
+            &mut writer,
+            compact::CHUNK_ROWS,
         )
         .await?;
-        drop(batches);
+        let (meta, bloom) = writer
+            .commit(
+                &self.object_store,
+                NewBlock {
+                    tenant,
+                    batches: &[],
+                    dedicated: &layout,
+                    wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
+                    tags,
+                    compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),
+                },
+            )
+            .await?;
         let ids: HashSet<&str> = inputs.iter().map(|b| b.meta.id.as_str()).collect();
         {
             let mut cat = self.catalog.write();
