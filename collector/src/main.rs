@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use skein_collector::{bench, config::ServeArgs, serve};
 
 #[derive(Parser)]
-#[command(name = "skein", version, about = "skein: traces, span metrics and span profiles for RPC services")]
+#[command(
+    name = "skein",
+    version,
+    about = "skein: traces, span metrics and span profiles for RPC services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,13 +95,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

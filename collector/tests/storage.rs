@@ -84,6 +84,13 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
 }
 
 async fn offline_store(dir: &std::path::Path) -> (Arc<Store>, Arc<Head>, QueryEngine) {
+    offline_store_with_memory(dir, 64 << 20).await
+}
+
+async fn offline_store_with_memory(
+    dir: &std::path::Path,
+    memory: usize,
+) -> (Arc<Store>, Arc<Head>, QueryEngine) {
     let cfg = config(dir, |_| {});
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
@@ -96,7 +103,7 @@ async fn offline_store(dir: &std::path::Path) -> (Arc<Store>, Arc<Head>, QueryEn
         .unwrap(),
     );
     let head = Arc::new(Head::new(Dedicated::default()));
-    let engine = QueryEngine::new(store.clone(), head.clone(), metrics, 64 << 20).unwrap();
+    let engine = QueryEngine::new(store.clone(), head.clone(), metrics, memory).unwrap();
     (store, head, engine)
 }
 
@@ -165,19 +172,7 @@ async fn retention_deletes_expired_blocks_only() {
 #[tokio::test]
 async fn too_large_query_fails_with_resources_exhausted_and_engine_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), |_| {});
-    let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(
-        Store::open(
-            open_object_store(&cfg.storage).unwrap(),
-            Dedicated::default(),
-            metrics.clone(),
-        )
-        .await
-        .unwrap(),
-    );
-    let head = Arc::new(Head::new(Dedicated::default()));
-    let engine = QueryEngine::new(store, head.clone(), metrics, 32 * 1024).unwrap();
+    let (_store, head, engine) = offline_store_with_memory(dir.path(), 32 * 1024).await;
     let now = now_nanos();
     let traces: Vec<_> = (0..3000).map(|n| trace(n, "a", "GET /", now, 5, 2, false)).collect();
     head.apply(1, T, &request(traces)).unwrap();

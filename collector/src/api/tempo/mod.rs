@@ -436,6 +436,7 @@ async fn tag_values_v1(
     match values(&s, &headers, &tag, &p).await {
         Ok(v) => {
             let mut names: Vec<String> = v.into_iter().map(|t| t.value).collect();
+            names.sort();
             names.dedup();
             json_body(&json!({ "tagValues": names }))
         }
