@@ -15,7 +15,7 @@ use arrow::error::ArrowError;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
-use crate::store::schema::{Dedicated, SpanBatchBuilder};
+use crate::store::schema::{Dedicated, SpanBatchBuilder, tag_keys_of};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
@@ -66,7 +66,6 @@ struct TenantHead {
     min_seq: u64,
     max_seq: u64,
     since: Option<Instant>,
-    tags: TagKeys,
 }
 
 impl TenantHead {
@@ -82,7 +81,6 @@ impl TenantHead {
             min_seq: u64::MAX,
             max_seq: 0,
             since: None,
-            tags: TagKeys::default(),
         }
     }
 
@@ -146,22 +144,6 @@ impl Head {
         let h = &mut *t;
         let (mut min, mut max, mut n) = (h.min_time, h.max_time, 0usize);
         for rs in &req.resource_spans {
-            if let Some(r) = &rs.resource {
-                for kv in &r.attributes {
-                    if !h.tags.resource.contains(&kv.key) {
-                        h.tags.resource.insert(kv.key.clone());
-                    }
-                }
-            }
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    for kv in &span.attributes {
-                        if !h.tags.span.contains(&kv.key) {
-                            h.tags.span.insert(kv.key.clone());
-                        }
-                    }
-                }
-            }
             h.builder.append_resource_spans(rs, |row| {
                 min = min.min(row.start);
                 max = max.max(row.end.max(row.start));
@@ -207,14 +189,8 @@ impl Head {
         (lo <= hi).then_some((lo, hi))
     }
 
-    pub fn tag_keys(&self, tenant: &str) -> TagKeys {
-        let Some(t) = self.existing(tenant) else { return TagKeys::default() };
-        let h = t.lock();
-        let mut tags = h.tags.clone();
-        for f in &h.frozen {
-            tags.extend(&f.tags);
-        }
-        tags
+    pub fn tag_keys(&self, tenant: &str) -> Result<TagKeys, HeadError> {
+        Ok(tag_keys_of(&self.snapshot(tenant)?, &self.dedicated))
     }
 
     /// Freezes the active data of every tenant that is due (or all, with `force`).
@@ -237,6 +213,7 @@ impl Head {
                 continue;
             }
             h.seal()?;
+            let tags = tag_keys_of(&h.sealed, &self.dedicated);
             let frozen = Arc::new(Frozen {
                 id: self.next_frozen.fetch_add(1, Ordering::Relaxed),
                 tenant: name.clone(),
@@ -246,7 +223,7 @@ impl Head {
                 max_time: h.max_time,
                 min_seq: h.min_seq,
                 max_seq: h.max_seq,
-                tags: std::mem::take(&mut h.tags),
+                tags,
             });
             h.spans = 0;
             h.bytes = 0;

@@ -43,9 +43,13 @@ const MAX_VALUES: usize = 1000;
 
 impl QueryEngine {
     /// Attribute keys per scope (`resource`, `span`, `intrinsic`), optionally one scope.
-    pub fn tag_scopes(&self, tenant: &str, scope: Option<&str>) -> Vec<TagScope> {
+    pub fn tag_scopes(
+        &self,
+        tenant: &str,
+        scope: Option<&str>,
+    ) -> Result<Vec<TagScope>, QueryError> {
         let mut tags = self.store.tag_keys(tenant);
-        tags.extend(&self.head.tag_keys(tenant));
+        tags.extend(&self.head.tag_keys(tenant)?);
         let mut out = Vec::new();
         let want = |s: &str| scope.is_none_or(|x| x == s || x == "all" || x.is_empty());
         if want("resource") {
@@ -63,7 +67,7 @@ impl QueryEngine {
                 tags: INTRINSICS.iter().map(|s| s.to_string()).collect(),
             });
         }
-        out
+        Ok(out)
     }
 
     /// Distinct values of `tag` among spans matching `filter` within `range`.

@@ -634,3 +634,45 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
 pub fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+/// Attribute keys present in span batches, read from the key dictionaries (already distinct)
+/// and the dedicated columns, so ingest does no per-span bookkeeping for autocomplete.
+pub fn tag_keys_of(batches: &[RecordBatch], dedicated: &Dedicated) -> crate::head::TagKeys {
+    use arrow::array::{Array, AsArray};
+    let mut tags = crate::head::TagKeys::default();
+    let keys_in = |b: &RecordBatch, column: &str, out: &mut std::collections::BTreeSet<String>| {
+        let Some(list) = b.column_by_name(column).and_then(|c| c.as_list_opt::<i32>()) else {
+            return;
+        };
+        let Some(keys) = list.values().as_struct().column_by_name("key") else { return };
+        if let Some(dict) = keys.as_dictionary_opt::<Int32Type>() {
+            let values = dict.values().as_string::<i32>();
+            // A dictionary may keep values no row uses only after slicing; those are still keys
+            // of this head, so listing them is harmless.
+            for i in 0..values.len() {
+                if !out.contains(values.value(i)) {
+                    out.insert(values.value(i).to_string());
+                }
+            }
+        }
+    };
+    for b in batches {
+        keys_in(b, col::RESOURCE_ATTRS, &mut tags.resource);
+        keys_in(b, col::SPAN_ATTRS, &mut tags.span);
+        let present = |name: &str| b.column_by_name(name).is_some_and(|c| c.null_count() < c.len());
+        if present(col::SERVICE) {
+            tags.resource.insert(SERVICE_NAME_KEY.to_string());
+        }
+        for k in &dedicated.span {
+            if present(&Dedicated::span_column(k)) {
+                tags.span.insert(k.clone());
+            }
+        }
+        for k in &dedicated.resource {
+            if present(&Dedicated::resource_column(k)) {
+                tags.resource.insert(k.clone());
+            }
+        }
+    }
+    tags
+}

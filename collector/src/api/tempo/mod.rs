@@ -327,20 +327,17 @@ async fn tags_v2(
     headers: HeaderMap,
     QueryParams(p): Params,
 ) -> Response {
-    match tenant(&headers) {
-        Ok(t) => json_body(
-            &json!({ "scopes": s.engine.tag_scopes(&t, p.get("scope").map(|x| x.as_str())) }),
-        ),
+    match tenant(&headers).and_then(|t| s.engine.tag_scopes(&t, p.get("scope").map(|x| x.as_str())))
+    {
+        Ok(scopes) => json_body(&json!({ "scopes": scopes })),
         Err(e) => e.into_response(),
     }
 }
 
 async fn tags_v1(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    match tenant(&headers) {
-        Ok(t) => {
-            let mut names: Vec<String> = s
-                .engine
-                .tag_scopes(&t, None)
+    match tenant(&headers).and_then(|t| s.engine.tag_scopes(&t, None)) {
+        Ok(scopes) => {
+            let mut names: Vec<String> = scopes
                 .into_iter()
                 .filter(|sc| sc.name != "intrinsic")
                 .flat_map(|sc| sc.tags)
