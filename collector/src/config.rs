@@ -159,7 +159,7 @@ impl ServeArgs {
             max_body_bytes: positive("max-body-bytes", a.max_body_bytes, 16 << 20)?,
             max_inflight_bytes: positive("max-inflight-bytes", a.max_inflight_bytes, 256 << 20)?,
             fsync: a.fsync.unwrap_or(FsyncMode::Always),
-            head_max_spans: positive("head-max-spans", a.head_max_spans, 250_000)?,
+            head_max_spans: positive("head-max-spans", a.head_max_spans, 100_000)?,
             head_max_age: duration("head-max-age", a.head_max_age.as_deref(), "60s")?,
             block_target_spans: positive("block-target-spans", a.block_target_spans, 2_000_000)?,
             query_memory_bytes: positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?,

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Builder, RecordBatch,
-    StringBuilder, UInt32Builder,
+    Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Builder,
+    RecordBatch, StringBuilder, UInt32Builder,
 };
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices};
 use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path;
@@ -216,27 +216,61 @@ pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Sto
 }
 
 /// Sorts spans by trace then start time: trace-by-id reads one contiguous range and the
-/// repeated trace ids compress to almost nothing.
+/// repeated trace ids compress to almost nothing. Only the two sort keys are concatenated;
+/// rows are gathered straight from the input batches, so the data is copied once.
 pub fn sort_spans(
     batches: &[RecordBatch],
     dedicated: &Dedicated,
 ) -> Result<RecordBatch, StoreError> {
     let schema = span_schema(dedicated);
     let aligned = batches.iter().map(|b| align(b, &schema)).collect::<Result<Vec<_>, _>>()?;
-    let all = concat_batches(&schema, &aligned)?;
-    let (Some(tid), Some(start)) =
-        (all.column_by_name(col::TRACE_ID), all.column_by_name(col::START))
-    else {
-        return Err(StoreError::Corrupt("span batch without trace_id/start_time".into()));
+    let key = |name: &str| -> Result<ArrayRef, StoreError> {
+        let parts = aligned
+            .iter()
+            .map(|b| {
+                b.column_by_name(name)
+                    .map(|c| c.as_ref())
+                    .ok_or_else(|| StoreError::Corrupt(format!("span batch without {name}")))
+            })
+            .collect::<Result<Vec<&dyn Array>, _>>()?;
+        if parts.is_empty() {
+            return Ok(arrow::array::new_empty_array(schema.field_with_name(name)?.data_type()));
+        }
+        Ok(arrow::compute::concat(&parts)?)
     };
     let idx = lexsort_to_indices(
         &[
-            SortColumn { values: tid.clone(), options: None },
-            SortColumn { values: start.clone(), options: None },
+            SortColumn { values: key(col::TRACE_ID)?, options: None },
+            SortColumn { values: key(col::START)?, options: None },
         ],
         None,
     )?;
-    Ok(take_record_batch(&all, &idx)?)
+    // Global row number → (batch, row).
+    let mut starts = Vec::with_capacity(aligned.len());
+    let mut total = 0usize;
+    for b in &aligned {
+        starts.push(total);
+        total += b.num_rows();
+    }
+    let picks: Vec<(usize, usize)> = idx
+        .values()
+        .iter()
+        .map(|&g| {
+            let g = g as usize;
+            let b = starts.partition_point(|&s| s <= g) - 1;
+            (b, g - starts[b])
+        })
+        .collect();
+    if aligned.is_empty() {
+        return Ok(RecordBatch::new_empty(schema));
+    }
+    let columns = (0..schema.fields().len())
+        .map(|c| {
+            let arrays: Vec<&dyn Array> = aligned.iter().map(|b| b.column(c).as_ref()).collect();
+            arrow::compute::interleave(&arrays, &picks)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// Per-trace summaries of a sorted span batch holding whole traces.
