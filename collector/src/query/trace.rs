@@ -17,7 +17,7 @@ use prost::Message;
 
 use super::{QueryEngine, QueryError};
 use crate::store::block::{align, decode_parents};
-use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c, span_schema};
+use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c, decode_resource, span_schema};
 
 impl QueryEngine {
     /// All spans of one trace, without needing a time range. `range` (unix nanos) only
@@ -150,7 +150,12 @@ pub fn to_traces_data(
         let scope_attrs = AttrReader::new(column(b, c::SCOPE_ATTRS)?.as_list::<i32>())?;
         let scope_schema_url = utf8(b, c::SCOPE_SCHEMA_URL)?;
         let resource_schema_url = utf8(b, c::RESOURCE_SCHEMA_URL)?;
-        let res_attrs = AttrReader::new(column(b, c::RESOURCE_ATTRS)?.as_list::<i32>())?;
+        let res_attrs = column(b, c::RESOURCE_ATTRS)?
+            .as_dictionary_opt::<arrow::datatypes::Int32Type>()
+            .ok_or_else(|| QueryError::Internal("resource column is not a dictionary".into()))?;
+        let res_blobs = res_attrs.values().as_binary::<i32>();
+        let res_decoded: Vec<Vec<KeyValue>> =
+            (0..res_blobs.len()).map(|i| decode_resource(res_blobs.value(i))).collect();
         let span_attrs = AttrReader::new(column(b, c::SPAN_ATTRS)?.as_list::<i32>())?;
         let events = column(b, c::EVENTS)?.as_list::<i32>();
         let ev = events.values().as_struct();
@@ -191,7 +196,11 @@ pub fn to_traces_data(
             if let Some(s) = opt_str(&service, i) {
                 rattrs.push(str_kv(SERVICE_NAME_KEY, s));
             }
-            rattrs.extend(res_attrs.row(i));
+            if res_attrs.is_valid(i)
+                && let Some(kvs) = res_decoded.get(res_attrs.keys().value(i) as usize)
+            {
+                rattrs.extend(kvs.iter().cloned());
+            }
             for (k, a) in &ded_res {
                 if let Some(v) = opt_str(a, i) {
                     rattrs.push(str_kv(k, v));

@@ -1,6 +1,10 @@
 //! Scalar functions that read one attribute out of the generic attribute list column:
 //! `attr_str(attrs, 'key')`, `attr_int`, `attr_float`, `attr_bool`. Each returns the value of
 //! the first entry with that key whose value has the function's type, else NULL.
+//!
+//! The first argument is either an attribute list column (span, event, link attributes) or
+//! the dictionary-encoded resource column; for the latter the lookup runs once per distinct
+//! resource and the result is mapped through the dictionary keys.
 
 use std::sync::Arc;
 
@@ -106,6 +110,62 @@ fn matching_rows(list: &ListArray, key: &str) -> Result<Vec<Option<usize>>> {
     Ok(out)
 }
 
+impl AttrLookup {
+    /// The attribute's value for each encoded resource.
+    fn lookup_resources(&self, blobs: &ArrayRef, key: &str) -> Result<ArrayRef> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let blobs = blobs
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| exec_err(format!("{}: resource values must be binary", self.name())))?;
+        let values: Vec<Option<Value>> = (0..blobs.len())
+            .map(|i| {
+                crate::store::schema::decode_resource(blobs.value(i))
+                    .into_iter()
+                    .filter(|kv| kv.key == key)
+                    .find_map(|kv| kv.value.and_then(|v| v.value))
+            })
+            .collect();
+        Ok(match self.slot {
+            Slot::Str => Arc::new(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Some(Value::StringValue(s)) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect::<arrow::array::StringArray>(),
+            ),
+            Slot::Int => Arc::new(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Some(Value::IntValue(i)) => Some(*i),
+                        _ => None,
+                    })
+                    .collect::<arrow::array::Int64Array>(),
+            ),
+            Slot::Float => Arc::new(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Some(Value::DoubleValue(d)) => Some(*d),
+                        _ => None,
+                    })
+                    .collect::<arrow::array::Float64Array>(),
+            ),
+            Slot::Bool => Arc::new(
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Some(Value::BoolValue(b)) => Some(*b),
+                        _ => None,
+                    })
+                    .collect::<arrow::array::BooleanArray>(),
+            ),
+        })
+    }
+}
+
 impl ScalarUDFImpl for AttrLookup {
     fn name(&self) -> &str {
         self.slot.fn_name()
@@ -127,6 +187,14 @@ impl ScalarUDFImpl for AttrLookup {
             _ => return Err(exec_err(format!("{}: key must be a string literal", self.name()))),
         };
         let list = list.to_array(args.number_rows)?;
+        if let Some(dict) = list.as_dictionary_opt::<Int32Type>() {
+            let per_resource = self.lookup_resources(dict.values(), &key)?;
+            return Ok(ColumnarValue::Array(arrow::compute::take(
+                &per_resource,
+                dict.keys(),
+                None,
+            )?));
+        }
         let list = list
             .as_list_opt::<i32>()
             .ok_or_else(|| exec_err(format!("{}: first argument must be a list", self.name())))?;

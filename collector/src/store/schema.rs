@@ -5,8 +5,10 @@
 //! `List<Struct{key, str, int, dbl, bool, raw}>` with exactly one value slot set (`raw` holds
 //! arrays, kvlists and bytes as an encoded OTLP `AnyValue`). A few configurable string
 //! attributes get dedicated columns named `span.<key>` / `resource.<key>`; `service.name` is
-//! always the `service_name` column. Resource attributes stay per row in Arrow, but Parquet's
-//! dictionary + RLE encoding stores each distinct resource once per column chunk.
+//! always the `service_name` column.
+//! Resource attributes (other than `service.name` and dedicated ones) are one encoded OTLP
+//! `Resource` per span in a `Dictionary(Int32, Binary)` column: a batch holds each distinct
+//! resource once, a span only a 4-byte key, and predicates run once per distinct resource.
 
 use std::sync::Arc;
 
@@ -101,6 +103,11 @@ pub fn attr_fields() -> Fields {
     ])
 }
 
+/// Encoded OTLP `Resource` (generic attributes only), dictionary-encoded.
+pub fn resource_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary))
+}
+
 pub fn attr_list_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Struct(attr_fields()), false)))
 }
@@ -146,7 +153,7 @@ pub fn span_schema(dedicated: &Dedicated) -> SchemaRef {
         Field::new(col::SCOPE_ATTRS, attr_list_type(), false),
         Field::new(col::SCOPE_SCHEMA_URL, dict_utf8(), true),
         Field::new(col::RESOURCE_SCHEMA_URL, dict_utf8(), true),
-        Field::new(col::RESOURCE_ATTRS, attr_list_type(), false),
+        Field::new(col::RESOURCE_ATTRS, resource_type(), false),
         Field::new(col::SPAN_ATTRS, attr_list_type(), false),
         Field::new(
             col::EVENTS,
@@ -301,7 +308,7 @@ pub struct SpanBatchBuilder {
     scope_attrs: AttrListBuilder,
     scope_schema_url: StringDictionaryBuilder<Int32Type>,
     resource_schema_url: StringDictionaryBuilder<Int32Type>,
-    res_attrs: AttrListBuilder,
+    res_attrs: arrow::array::BinaryDictionaryBuilder<Int32Type>,
     span_attrs: AttrListBuilder,
     events: EventListBuilder,
     links: LinkListBuilder,
@@ -354,7 +361,7 @@ impl SpanBatchBuilder {
             scope_attrs: AttrListBuilder::new(),
             scope_schema_url: StringDictionaryBuilder::new(),
             resource_schema_url: StringDictionaryBuilder::new(),
-            res_attrs: AttrListBuilder::new(),
+            res_attrs: arrow::array::BinaryDictionaryBuilder::new(),
             span_attrs: AttrListBuilder::new(),
             events: EventListBuilder {
                 offsets: vec![0],
@@ -410,6 +417,15 @@ impl SpanBatchBuilder {
             }
             generic.push(kv);
         }
+        let resource_blob = opentelemetry_proto::tonic::resource::v1::Resource {
+            attributes: generic.iter().map(|kv| (*kv).clone()).collect(),
+            dropped_attributes_count: rs
+                .resource
+                .as_ref()
+                .map_or(0, |r| r.dropped_attributes_count),
+            ..Default::default()
+        }
+        .encode_to_vec();
         let resource_schema_url = (!rs.schema_url.is_empty()).then_some(rs.schema_url.as_str());
         for ss in &rs.scope_spans {
             let scope = ScopeRef {
@@ -420,7 +436,7 @@ impl SpanBatchBuilder {
                 resource_schema_url,
             };
             for span in &ss.spans {
-                self.append_span(span, service, &generic, &ded_res, &scope);
+                self.append_span(span, service, &resource_blob, &ded_res, &scope);
                 on_row(RowInfo {
                     trace_id: span.trace_id.as_slice().try_into().unwrap_or([0; 16]),
                     start: clamp_i64(span.start_time_unix_nano),
@@ -434,7 +450,7 @@ impl SpanBatchBuilder {
         &mut self,
         span: &Span,
         service: Option<&str>,
-        res_attrs: &[&KeyValue],
+        resource_blob: &[u8],
         ded_res: &[Option<&str>],
         scope: &ScopeRef<'_>,
     ) {
@@ -472,10 +488,7 @@ impl SpanBatchBuilder {
         self.scope_attrs.close_row();
         self.scope_schema_url.append_option(scope.schema_url);
         self.resource_schema_url.append_option(scope.resource_schema_url);
-        for kv in res_attrs {
-            self.res_attrs.push_attr(kv);
-        }
-        self.res_attrs.close_row();
+        self.res_attrs.append_value(resource_blob);
         for (b, v) in self.ded_res.iter_mut().zip(ded_res) {
             b.append_option(*v);
         }
@@ -596,7 +609,7 @@ impl SpanBatchBuilder {
             Arc::new(self.scope_attrs.finish()?),
             Arc::new(self.scope_schema_url.finish()),
             Arc::new(self.resource_schema_url.finish()),
-            Arc::new(self.res_attrs.finish()?),
+            Arc::new(self.res_attrs.finish()),
             Arc::new(self.span_attrs.finish()?),
             Arc::new(events),
             Arc::new(links),
@@ -657,7 +670,18 @@ pub fn tag_keys_of(batches: &[RecordBatch], dedicated: &Dedicated) -> crate::hea
         }
     };
     for b in batches {
-        keys_in(b, col::RESOURCE_ATTRS, &mut tags.resource);
+        if let Some(dict) =
+            b.column_by_name(col::RESOURCE_ATTRS).and_then(|c| c.as_dictionary_opt::<Int32Type>())
+        {
+            let blobs = dict.values().as_binary::<i32>();
+            for i in 0..blobs.len() {
+                for kv in decode_resource(blobs.value(i)) {
+                    if !tags.resource.contains(&kv.key) {
+                        tags.resource.insert(kv.key);
+                    }
+                }
+            }
+        }
         keys_in(b, col::SPAN_ATTRS, &mut tags.span);
         let present = |name: &str| b.column_by_name(name).is_some_and(|c| c.null_count() < c.len());
         if present(col::SERVICE) {
@@ -675,4 +699,11 @@ pub fn tag_keys_of(batches: &[RecordBatch], dedicated: &Dedicated) -> crate::hea
         }
     }
     tags
+}
+
+/// Attributes of an encoded resource (see [`resource_type`]); undecodable bytes give none.
+pub fn decode_resource(blob: &[u8]) -> Vec<KeyValue> {
+    opentelemetry_proto::tonic::resource::v1::Resource::decode(blob)
+        .map(|r| r.attributes)
+        .unwrap_or_default()
 }
