@@ -242,8 +242,8 @@ impl Maintenance {
             }
             let flushed = !due.is_empty();
             for f in due {
-                match self.store.flush(&f).await {
-                    Ok(_) => self.head.release(&f),
+                match self.store.flush(&f, || self.head.release(&f)).await {
+                    Ok(_) => {}
                     Err(e) => {
                         // Still visible from the head and still in the WAL; retry next tick.
                         tracing::error!(tenant = f.tenant, error = %e, "flush failed");

@@ -42,8 +42,7 @@ async fn engine(dir: &std::path::Path) -> QueryEngine {
     )
     .unwrap();
     for f in head.freeze_due(1, std::time::Duration::from_secs(1), true).unwrap() {
-        store.flush(&f).await.unwrap();
-        head.release(&f);
+        store.flush(&f, || head.release(&f)).await.unwrap();
     }
     head.apply(
         2,

@@ -69,7 +69,7 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
         let head = Head::new(Dedicated::default());
         head.apply(seq, T, &req).unwrap();
         for f in head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap() {
-            store.flush(&f).await.unwrap();
+            store.flush(&f, || {}).await.unwrap();
         }
         // "Crash": the WAL is never truncated.
     }
@@ -109,8 +109,7 @@ async fn offline_store_with_memory(
 
 async fn flush_all(store: &Store, head: &Head) {
     for f in head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap() {
-        store.flush(&f).await.unwrap();
-        head.release(&f);
+        store.flush(&f, || head.release(&f)).await.unwrap();
     }
 }
 

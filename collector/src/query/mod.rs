@@ -91,6 +91,8 @@ pub struct Tables {
     pub layout: Dedicated,
     pub schema: SchemaRef,
     pub blocks: Vec<Arc<Block>>,
+    /// The head snapshot taken together with `blocks` (not aligned to `schema`).
+    pub head: Vec<RecordBatch>,
 }
 
 impl QueryEngine {
@@ -169,29 +171,34 @@ impl QueryEngine {
         Ok(Some(Arc::new(ListingTable::try_new(cfg)?)))
     }
 
-    /// Spans of `tenant` from `blocks` plus (if `with_head`) the head, as one DataFrame.
+    /// The blocks `select` keeps and the head, taken atomically with respect to flushes.
+    pub fn view(
+        &self,
+        tenant: &str,
+        select: impl Fn(&Block) -> bool,
+    ) -> Result<(Vec<Arc<Block>>, Vec<RecordBatch>), QueryError> {
+        self.store.view(tenant, |blocks| {
+            let chosen: Vec<Arc<Block>> = blocks.iter().filter(|b| select(b)).cloned().collect();
+            Ok((chosen, self.head.snapshot(tenant)?))
+        })
+    }
+
+    /// Spans of `tenant` from the selected blocks plus the head, as one DataFrame.
     pub fn span_tables(
         &self,
         tenant: &str,
-        blocks: Vec<Arc<Block>>,
-        with_head: bool,
+        select: impl Fn(&Block) -> bool,
     ) -> Result<Tables, QueryError> {
+        let (blocks, head) = self.view(tenant, select)?;
         let ctx = self.context();
         let layout = self.store.layout(&blocks);
         let schema = span_schema(&layout);
         let files: Vec<String> =
             blocks.iter().map(|b| b.meta.file(SPANS_FILE).to_string()).collect();
-        let head: Vec<RecordBatch> = if with_head {
-            self.head
-                .snapshot(tenant)?
-                .iter()
-                .map(|b| align(b, &schema))
-                .collect::<Result<_, _>>()?
-        } else {
-            Vec::new()
-        };
-        let spans = self.union(&ctx, files, head, schema.clone())?;
-        Ok(Tables { ctx, spans, layout, schema, blocks })
+        let aligned: Vec<RecordBatch> =
+            head.iter().map(|b| align(b, &schema)).collect::<Result<_, _>>()?;
+        let spans = self.union(&ctx, files, aligned, schema.clone())?;
+        Ok(Tables { ctx, spans, layout, schema, blocks, head })
     }
 
     fn union(
@@ -212,12 +219,7 @@ impl QueryEngine {
 
     /// Per-trace summaries (start, end, root service/name) for traces in `blocks` and the head,
     /// merged across blocks: a trace may be split over several.
-    pub fn trace_summaries(
-        &self,
-        tables: &Tables,
-        tenant: &str,
-        with_head: bool,
-    ) -> Result<DataFrame, QueryError> {
+    pub fn trace_summaries(&self, tables: &Tables) -> Result<DataFrame, QueryError> {
         use datafusion::functions_aggregate::expr_fn::{max, min, sum};
         use datafusion::prelude::*;
         let files: Vec<String> =
@@ -232,8 +234,8 @@ impl QueryEngine {
             Some(l) => Some(unqualified(tables.ctx.read_table(l)?)?),
             None => None,
         };
-        if with_head {
-            let head = self.head.snapshot(tenant)?;
+        {
+            let head = tables.head.clone();
             if !head.is_empty() {
                 let schema = span_schema(self.head.dedicated());
                 let mem = Arc::new(MemTable::try_new(schema, vec![head])?);

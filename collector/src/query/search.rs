@@ -177,7 +177,6 @@ impl QueryEngine {
     fn filtered(
         &self,
         tables: &Tables,
-        tenant: &str,
         f: &Filter,
         range: Option<(i64, i64)>,
     ) -> Result<DataFrame, QueryError> {
@@ -187,7 +186,7 @@ impl QueryEngine {
         }
         if needs_trace(f) {
             let t = self
-                .trace_summaries(tables, tenant, true)?
+                .trace_summaries(tables)?
                 .with_column(T_DURATION, col("t_end") - col("t_start"))?
                 .with_column_renamed("trace_id", "t_trace_id")?;
             df = df.join(t, JoinType::Inner, &[c::TRACE_ID], &["t_trace_id"], None)?;
@@ -205,12 +204,10 @@ impl QueryEngine {
         range: Option<(i64, i64)>,
         limit: Option<usize>,
     ) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
-        let blocks = match range {
-            Some((s, e)) => self.store.blocks_in_range(tenant, s, e),
-            None => self.store.blocks(tenant),
-        };
-        let tables = self.span_tables(tenant, blocks, true)?;
-        let mut df = self.filtered(&tables, tenant, f, range)?.aggregate(
+        let tables = self.span_tables(tenant, |b| {
+            range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
+        })?;
+        let mut df = self.filtered(&tables, f, range)?.aggregate(
             vec![col(c::TRACE_ID)],
             vec![
                 max(col(c::START)).alias("last"),
@@ -260,23 +257,8 @@ impl QueryEngine {
         let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
 
         // Phase 2: only blocks that may hold the chosen traces.
-        let mut blocks = Vec::new();
-        for id in &ids {
-            for b in self.store.blocks_with_trace(tenant, id) {
-                if !blocks
-                    .iter()
-                    .any(|x: &std::sync::Arc<crate::store::Block>| x.meta.id == b.meta.id)
-                {
-                    blocks.push(b);
-                }
-            }
-        }
-        let tables = self.span_tables(tenant, blocks, true)?;
-        let summaries = self
-            .trace_summaries(&tables, tenant, true)?
-            .filter(trace_id_in(&ids))?
-            .collect()
-            .await?;
+        let tables = self.span_tables(tenant, |b| ids.iter().any(|id| b.bloom.contains(id)))?;
+        let summaries = self.trace_summaries(&tables)?.filter(trace_id_in(&ids))?.collect().await?;
         let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
         for b in &summaries {
             read_summaries(b, &mut meta)?;
@@ -306,7 +288,7 @@ impl QueryEngine {
         let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
         for f in &filters {
             let df = self
-                .filtered(&tables, tenant, f, None)?
+                .filtered(&tables, f, None)?
                 .filter(trace_id_in(&ids))?
                 .select_columns(&[c::TRACE_ID, c::SPAN_ID, c::NAME, c::START, c::DURATION])?;
             for b in df.collect().await? {

@@ -128,11 +128,9 @@ impl QueryEngine {
         };
         let root_only =
             matches!(tag, Attribute::Intrinsic(Intrinsic::RootServiceName | Intrinsic::RootName));
-        let blocks = match range {
-            Some((s, e)) => self.store.blocks_in_range(tenant, s, e),
-            None => self.store.blocks(tenant),
-        };
-        let tables = self.span_tables(tenant, blocks, true)?;
+        let tables = self.span_tables(tenant, |b| {
+            range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
+        })?;
         let mut df = tables.spans.clone();
         if let Some((s, e)) = range {
             df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;

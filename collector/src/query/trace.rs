@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use arrow::array::{Array, ArrayRef, AsArray, ListArray, RecordBatch, StructArray};
 use arrow::datatypes::{DataType, Int8Type, Int64Type, UInt32Type};
 use datafusion::common::ScalarValue;
-use datafusion::prelude::{col, lit};
+use std::sync::Arc;
+
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionContext, col, lit};
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, InstrumentationScope, KeyValue, any_value::Value,
 };
@@ -29,13 +32,10 @@ impl QueryEngine {
         range: Option<(i64, i64)>,
     ) -> Result<TracesData, QueryError> {
         let started = std::time::Instant::now();
-        let blocks = self
-            .store
-            .blocks_with_trace(tenant, &id)
-            .into_iter()
-            .filter(|b| range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e))
-            .collect();
-        let blocks: Vec<std::sync::Arc<crate::store::Block>> = blocks;
+        let (blocks, head) = self.view(tenant, |b| {
+            b.bloom.contains(&id)
+                && range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
+        })?;
         let layout = self.store.layout(&blocks);
         let schema = span_schema(&layout);
         let id_eq =
@@ -49,9 +49,12 @@ impl QueryEngine {
         for rows in per_block {
             batches.extend(decode_parents(&rows)?);
         }
-        let head = self.span_tables(tenant, Vec::new(), true)?;
-        for b in head.spans.filter(id_eq())?.collect().await? {
-            batches.push(align(&b, &schema)?);
+        if !head.is_empty() {
+            let ctx = SessionContext::new();
+            let mem = Arc::new(MemTable::try_new(head[0].schema(), vec![head])?);
+            for b in ctx.read_table(mem)?.filter(id_eq())?.collect().await? {
+                batches.push(align(&b, &schema)?);
+            }
         }
         let data = to_traces_data(&batches, &layout)?;
         self.observe("trace_by_id", started);

@@ -179,6 +179,13 @@ impl Store {
         self.catalog.read().get(tenant).cloned().unwrap_or_default()
     }
 
+    /// Runs `f` on the tenant's blocks while no flush can publish a block or release head
+    /// data, so a query that also snapshots the head inside `f` sees every span exactly once.
+    pub fn view<R>(&self, tenant: &str, f: impl FnOnce(&[Arc<Block>]) -> R) -> R {
+        let cat = self.catalog.read();
+        f(cat.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]))
+    }
+
     /// Blocks overlapping [start, end] (unix nanos).
     pub fn blocks_in_range(&self, tenant: &str, start: i64, end: i64) -> Vec<Arc<Block>> {
         self.blocks(tenant)
@@ -214,8 +221,15 @@ impl Store {
         blocks.iter().fold(self.dedicated.clone(), |acc, b| acc.union(&b.meta.dedicated))
     }
 
-    /// Writes a frozen head part as a block and publishes it.
-    pub async fn flush(&self, frozen: &Frozen) -> Result<Arc<Block>, StoreError> {
+    /// Writes a frozen head part as a block and publishes it; `on_publish` (releasing the
+    /// frozen head) runs under the same catalog lock, atomically for queries using [`view`].
+    ///
+    /// [`view`]: Store::view
+    pub async fn flush(
+        &self,
+        frozen: &Frozen,
+        on_publish: impl FnOnce(),
+    ) -> Result<Arc<Block>, StoreError> {
         let timer = std::time::Instant::now();
         let (meta, bloom) = write_block(
             &self.object_store,
@@ -235,6 +249,7 @@ impl Store {
             let v = cat.entry(frozen.tenant.clone()).or_default();
             v.push(block.clone());
             v.sort_by_key(|b| b.meta.min_time);
+            on_publish();
         }
         self.metrics.flush_seconds.observe(timer.elapsed().as_secs_f64());
         self.metrics.flushes.inc();
