@@ -120,8 +120,15 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         "WAL replayed"
     );
 
-    let (writer, writer_thread) =
-        Writer::start(wal, head.clone(), metrics.clone(), cfg.max_inflight_bytes)?;
+    // Back-pressure once unflushed spans reach a few heads' worth (at least 100k spans, ~45 MB):
+    // bounds memory when block writing cannot keep up with ingest.
+    let (writer, writer_thread) = Writer::start(
+        wal,
+        head.clone(),
+        metrics.clone(),
+        cfg.max_inflight_bytes,
+        cfg.head_max_spans.saturating_mul(4).max(100_000),
+    )?;
     let ingestor = Ingestor::new(writer.clone(), metrics.clone(), cfg.max_body_bytes);
     let engine = Arc::new(QueryEngine::new(
         store.clone(),
@@ -212,6 +219,15 @@ fn replay(head: &Head, records: Vec<crate::wal::WalRecord>) -> usize {
     n
 }
 
+/// Aborts a background task when the owner stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Maintenance {
     store: Arc<Store>,
     head: Arc<Head>,
@@ -228,8 +244,20 @@ impl Maintenance {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failed: Vec<Arc<Frozen>> = Vec::new();
-        let mut last_compact = Instant::now();
         let mut last_retention: Option<Instant> = None;
+        // Compaction runs beside flushing so a long merge never delays the next flush.
+        let (store, target) = (self.store.clone(), self.target_spans);
+        let compactor = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.compact(target).await {
+                    tracing::error!(error = %e, "compaction failed");
+                }
+            }
+        });
+        let _abort_compactor = AbortOnDrop(compactor);
         loop {
             tokio::select! {
                 _ = &mut stop => return,
@@ -253,12 +281,6 @@ impl Maintenance {
             }
             if flushed && let Err(e) = self.writer.truncate().await {
                 tracing::error!(error = %e, "WAL truncation failed");
-            }
-            if last_compact.elapsed() >= Duration::from_secs(10) {
-                last_compact = Instant::now();
-                if let Err(e) = self.store.compact(self.target_spans).await {
-                    tracing::error!(error = %e, "compaction failed");
-                }
             }
             if last_retention.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_retention = Some(Instant::now());

@@ -13,7 +13,8 @@ A, B = "compact-a", "compact-b"
 
 @pytest.fixture(scope="module")
 def compacted(skein_module_factory):
-    sk = skein_module_factory("--head-max-spans", "2", "--block-target-spans", "100000")
+    # Target 16: each tenant's small blocks (2-3 spans each, 8-13 in all) add up to half a target.
+    sk = skein_module_factory("--head-max-spans", "2", "--block-target-spans", "16")
     split_tid = otlp.new_trace_id()
     t0 = otlp.now_ns() - 60 * otlp.SEC
     root = otlp.make_span(split_tid, "split-root", kind=otlp.SERVER, start=t0, duration=900 * otlp.MS)

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -106,11 +106,18 @@ pub struct Head {
     dedicated: Dedicated,
     tenants: Mutex<HashMap<String, Arc<Mutex<TenantHead>>>>,
     next_frozen: AtomicU64,
+    /// Spans not yet in a committed block (active + frozen), all tenants.
+    unflushed: AtomicUsize,
 }
 
 impl Head {
     pub fn new(dedicated: Dedicated) -> Self {
-        Head { dedicated, tenants: Mutex::new(HashMap::new()), next_frozen: AtomicU64::new(1) }
+        Head {
+            dedicated,
+            tenants: Mutex::new(HashMap::new()),
+            next_frozen: AtomicU64::new(1),
+            unflushed: AtomicUsize::new(0),
+        }
     }
 
     pub fn dedicated(&self) -> &Dedicated {
@@ -153,6 +160,7 @@ impl Head {
         h.min_time = min;
         h.max_time = max;
         h.spans += n;
+        self.unflushed.fetch_add(n, Ordering::Relaxed);
         h.max_seq = h.max_seq.max(seq);
         h.min_seq = h.min_seq.min(seq);
         if n > 0 && h.since.is_none() {
@@ -240,8 +248,18 @@ impl Head {
     /// Drops frozen data once its block is committed and visible.
     pub fn release(&self, frozen: &Frozen) {
         if let Some(t) = self.existing(&frozen.tenant) {
-            t.lock().frozen.retain(|f| f.id != frozen.id);
+            let mut h = t.lock();
+            let before = h.frozen.len();
+            h.frozen.retain(|f| f.id != frozen.id);
+            if h.frozen.len() < before {
+                self.unflushed.fetch_sub(frozen.spans, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Spans not yet in a committed block; ingest refuses work while this is too high.
+    pub fn unflushed_spans(&self) -> usize {
+        self.unflushed.load(Ordering::Relaxed)
     }
 
     /// The highest WAL sequence at or below which every record is in a committed block.

@@ -78,6 +78,8 @@ pub struct Writer {
     tx: mpsc::Sender<Msg>,
     inflight: Arc<AtomicUsize>,
     max_inflight: usize,
+    head: Arc<Head>,
+    max_unflushed_spans: usize,
 }
 
 impl Writer {
@@ -87,12 +89,14 @@ impl Writer {
         head: Arc<Head>,
         metrics: Arc<Metrics>,
         max_inflight: usize,
+        max_unflushed_spans: usize,
     ) -> std::io::Result<(Writer, WriterThread)> {
         let (tx, rx) = mpsc::channel();
         let (applied_tx, applied_rx) = mpsc::channel::<Durable>();
         let inflight = Arc::new(AtomicUsize::new(0));
         let applied_seq = Arc::new(AtomicU64::new(wal.last_seq()));
         let (h, a) = (head.clone(), applied_seq.clone());
+        let handle = head.clone();
         let applier = std::thread::Builder::new()
             .name("skein-head-applier".into())
             .spawn(move || apply_loop(&h, &a, applied_rx))?;
@@ -100,7 +104,7 @@ impl Writer {
             .name("skein-wal-writer".into())
             .spawn(move || run(wal, head, metrics, rx, applied_tx, applied_seq))?;
         let thread = WriterThread { tx: tx.clone(), joins: vec![writer, applier] };
-        Ok((Writer { tx, inflight, max_inflight }, thread))
+        Ok((Writer { tx, inflight, max_inflight, head: handle, max_unflushed_spans }, thread))
     }
 
     /// Resolves once the export is durable and visible to queries.
@@ -110,6 +114,10 @@ impl Writer {
         req: ExportTraceServiceRequest,
         payload: bytes::Bytes,
     ) -> Result<(), WriteError> {
+        // Flushing fell behind: refuse rather than let the head grow without bound.
+        if self.head.unflushed_spans() >= self.max_unflushed_spans {
+            return Err(WriteError::Overloaded);
+        }
         let size = payload.len();
         let before = self.inflight.fetch_add(size, Ordering::AcqRel);
         // One oversized request may pass alone; otherwise stay under the bound.
@@ -246,5 +254,43 @@ fn commit(wal: &mut Wal, metrics: &Metrics, group: &mut Vec<Pending>) -> Option<
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema::Dedicated;
+    use crate::wal::WalConfig;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn request(n: u8) -> ExportTraceServiceRequest {
+        let spans = (0..n)
+            .map(|i| Span { trace_id: vec![1; 16], span_id: vec![i + 1; 8], ..Default::default() })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_while_unflushed_spans_exceed_the_limit_and_recovers_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let head = Arc::new(Head::new(Dedicated::default()));
+        let (writer, thread) =
+            Writer::start(wal, head.clone(), Arc::new(Metrics::new()), 1 << 20, 5).unwrap();
+        let write = |n| writer.write("t".into(), request(n), bytes::Bytes::from_static(b"x"));
+        write(6).await.unwrap();
+        assert!(matches!(write(1).await, Err(WriteError::Overloaded)));
+        for f in head.freeze_due(1, std::time::Duration::from_secs(60), true).unwrap() {
+            head.release(&f);
+        }
+        assert_eq!(head.unflushed_spans(), 0);
+        write(1).await.unwrap();
+        thread.stop();
     }
 }

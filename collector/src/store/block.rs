@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Builder,
-    RecordBatch, StringBuilder, UInt32Builder,
+    Array, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Int64Builder, RecordBatch,
+    StringBuilder, UInt32Builder,
 };
-use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices};
+use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Int8Type, Int64Type, Schema, SchemaRef};
 use bytes::Bytes;
 use object_store::path::Path;
@@ -224,43 +224,25 @@ pub fn sort_spans(
 ) -> Result<RecordBatch, StoreError> {
     let schema = span_schema(dedicated);
     let aligned = batches.iter().map(|b| align(b, &schema)).collect::<Result<Vec<_>, _>>()?;
-    let key = |name: &str| -> Result<ArrayRef, StoreError> {
-        let parts = aligned
-            .iter()
-            .map(|b| {
-                b.column_by_name(name)
-                    .map(|c| c.as_ref())
-                    .ok_or_else(|| StoreError::Corrupt(format!("span batch without {name}")))
-            })
-            .collect::<Result<Vec<&dyn Array>, _>>()?;
-        if parts.is_empty() {
-            return Ok(arrow::array::new_empty_array(schema.field_with_name(name)?.data_type()));
+    // (trace id as a big-endian u128 — same order as its bytes —, start, batch, row), sorted
+    // with a plain key sort: much cheaper than arrow's dynamic lexsort comparator.
+    let mut keys: Vec<(u128, i64, u32, u32)> =
+        Vec::with_capacity(aligned.iter().map(|b| b.num_rows()).sum());
+    for (bi, b) in aligned.iter().enumerate() {
+        let (Some(tid), Some(start)) =
+            (b.column_by_name(col::TRACE_ID), b.column_by_name(col::START))
+        else {
+            return Err(StoreError::Corrupt("span batch without trace_id/start_time".into()));
+        };
+        let tid = tid.as_fixed_size_binary();
+        let start = start.as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            let id = u128::from_be_bytes(trace_key(tid, r));
+            keys.push((id, start.value(r), bi as u32, r as u32));
         }
-        Ok(arrow::compute::concat(&parts)?)
-    };
-    let idx = lexsort_to_indices(
-        &[
-            SortColumn { values: key(col::TRACE_ID)?, options: None },
-            SortColumn { values: key(col::START)?, options: None },
-        ],
-        None,
-    )?;
-    // Global row number → (batch, row).
-    let mut starts = Vec::with_capacity(aligned.len());
-    let mut total = 0usize;
-    for b in &aligned {
-        starts.push(total);
-        total += b.num_rows();
     }
-    let picks: Vec<(usize, usize)> = idx
-        .values()
-        .iter()
-        .map(|&g| {
-            let g = g as usize;
-            let b = starts.partition_point(|&s| s <= g) - 1;
-            (b, g - starts[b])
-        })
-        .collect();
+    keys.sort_unstable();
+    let picks: Vec<(usize, usize)> = keys.iter().map(|k| (k.2 as usize, k.3 as usize)).collect();
     if aligned.is_empty() {
         return Ok(RecordBatch::new_empty(schema));
     }
@@ -351,7 +333,7 @@ fn bloom_of(traces: &RecordBatch) -> Bloom {
 /// What a new block is made from.
 pub struct NewBlock<'a> {
     pub tenant: &'a str,
-    /// Rows for `write_block`; unused by `BlockWriter`.
+    /// Rows for `write_block`; unused by `commit_block`.
     pub batches: &'a [RecordBatch],
     pub dedicated: &'a Dedicated,
     pub wal_seq: u64,
@@ -359,15 +341,32 @@ pub struct NewBlock<'a> {
     pub compacted_from: Vec<String>,
 }
 
+/// A block's encoded span file and summaries, ready to upload. Producing it is the CPU-heavy
+/// part (sort, encode, compress): callers run it on a blocking thread.
+pub struct Prepared {
+    spans_pq: Bytes,
+    spans: u64,
+    traces: RecordBatch,
+}
+
+/// Sorts and encodes head batches into a block's span file.
+pub fn prepare_block(
+    batches: &[RecordBatch],
+    dedicated: &Dedicated,
+) -> Result<Prepared, StoreError> {
+    let sorted = sort_spans(batches, dedicated)?;
+    let traces = summarize(&sorted)?;
+    let spans_pq = encode_parquet(&encode_parents(&sorted)?, span_props())?;
+    Ok(Prepared { spans_pq, spans: sorted.num_rows() as u64, traces })
+}
+
 /// Writes a block (data files first, meta last) and returns its meta and bloom filter.
 pub async fn write_block(
     store: &Arc<dyn ObjectStore>,
     nb: NewBlock<'_>,
 ) -> Result<(BlockMeta, Bloom), StoreError> {
-    let sorted = sort_spans(nb.batches, nb.dedicated)?;
-    let traces = summarize(&sorted)?;
-    let spans_pq = encode_parquet(&encode_parents(&sorted)?, span_props())?;
-    commit_block(store, nb, spans_pq, sorted.num_rows() as u64, traces).await
+    let prepared = prepare_block(nb.batches, nb.dedicated)?;
+    commit_block(store, nb, prepared).await
 }
 
 /// Streams whole-trace chunks, already sorted and in order, into a new block's span file.
@@ -395,24 +394,20 @@ impl BlockWriter {
         Ok(())
     }
 
-    pub async fn commit(
-        self,
-        store: &Arc<dyn ObjectStore>,
-        nb: NewBlock<'_>,
-    ) -> Result<(BlockMeta, Bloom), StoreError> {
+    pub fn finish(self) -> Result<Prepared, StoreError> {
         let buf = self.writer.into_inner()?;
         let traces = concat_batches(&traces_schema(), &self.traces)?;
-        commit_block(store, nb, Bytes::from(buf), self.spans, traces).await
+        Ok(Prepared { spans_pq: Bytes::from(buf), spans: self.spans, traces })
     }
 }
 
-async fn commit_block(
+/// Uploads a prepared block: data files first, `meta.json` last.
+pub async fn commit_block(
     store: &Arc<dyn ObjectStore>,
     nb: NewBlock<'_>,
-    spans_pq: Bytes,
-    spans: u64,
-    traces: RecordBatch,
+    prepared: Prepared,
 ) -> Result<(BlockMeta, Bloom), StoreError> {
+    let Prepared { spans_pq, spans, traces } = prepared;
     let (min_time, max_time) = time_range(&traces);
     let bloom = bloom_of(&traces);
     let traces_pq = encode_parquet(&traces, traces_props())?;

@@ -1,23 +1,21 @@
 //! Streaming compaction: a k-way merge of blocks already sorted by (trace_id, start_time).
 //!
-//! Each input's compressed file is fetched once and decoded batch by batch, in whole-trace chunks (parent offsets only
+//! Each input's compressed file (fetched by the caller) is decoded batch by batch, in whole-trace chunks (parent offsets only
 //! make sense within a trace's rows of one file); a heap picks the next row; output is cut
 //! into whole-trace chunks for the [`BlockWriter`]. Memory stays at a few batches per input
 //! instead of the merged blocks' size.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{concat_batches, interleave};
 use arrow::datatypes::{Int64Type, SchemaRef};
-use object_store::{ObjectStore, ObjectStoreExt};
+use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::Block;
 use super::StoreError;
-use super::block::{BlockWriter, SPANS_FILE, align, decode_parents, trace_key};
+use super::block::{BlockWriter, align, decode_parents, trace_key};
 use super::schema::col;
 
 /// Rows per output chunk (rounded up to the next trace boundary).
@@ -45,12 +43,7 @@ fn last_trace_start(b: &RecordBatch) -> Result<usize, StoreError> {
 }
 
 impl Cursor {
-    async fn open(
-        store: &Arc<dyn ObjectStore>,
-        block: &Block,
-        schema: SchemaRef,
-    ) -> Result<Self, StoreError> {
-        let bytes = store.get(&block.meta.file(SPANS_FILE)).await?.bytes().await?;
+    fn open(bytes: Bytes, schema: SchemaRef) -> Result<Self, StoreError> {
         let reader =
             ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(8192).build()?;
         Ok(Cursor { reader, pending: None, schema })
@@ -95,17 +88,17 @@ fn key(b: &RecordBatch, row: usize) -> ([u8; 16], i64) {
     (trace_key(tid, row), start.unwrap_or(0))
 }
 
-/// Merges `inputs` (each sorted) into `out`, streaming.
-pub async fn merge_into(
-    store: &Arc<dyn ObjectStore>,
-    inputs: &[Arc<Block>],
+/// Merges the span files `inputs` (each sorted) into `out`, streaming. CPU-bound: run it on a
+/// blocking thread.
+pub fn merge_into(
+    inputs: Vec<Bytes>,
     schema: SchemaRef,
     out: &mut BlockWriter,
     chunk_rows: usize,
 ) -> Result<(), StoreError> {
     let mut cursors = Vec::with_capacity(inputs.len());
-    for b in inputs {
-        cursors.push(Cursor::open(store, b, schema.clone()).await?);
+    for bytes in inputs {
+        cursors.push(Cursor::open(bytes, schema.clone())?);
     }
     let mut sources: Vec<RecordBatch> = Vec::new();
     let mut heads: Vec<Option<Head>> = Vec::with_capacity(cursors.len());
@@ -176,10 +169,13 @@ fn flush(
 mod tests {
     use super::*;
     use crate::head::TagKeys;
-    use crate::store::block::{NewBlock, TRACES_FILE, write_block};
+    use crate::store::Block;
+    use crate::store::block::{NewBlock, SPANS_FILE, TRACES_FILE, commit_block, write_block};
     use crate::store::bloom::Bloom;
     use crate::store::schema::{Dedicated, SpanBatchBuilder, span_schema};
+    use object_store::{ObjectStore, ObjectStoreExt};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use std::sync::Arc;
 
     fn spans(traces: std::ops::Range<u64>, salt: u8) -> ResourceSpans {
         let mut out = Vec::new();
@@ -231,8 +227,12 @@ mod tests {
             let (meta, bloom): (_, Bloom) = write_block(&store, nb).await.unwrap();
             blocks.push(Arc::new(Block { meta, bloom }));
         }
+        let mut files = Vec::new();
+        for b in &blocks {
+            files.push(store.get(&b.meta.file(SPANS_FILE)).await.unwrap().bytes().await.unwrap());
+        }
         let mut w = BlockWriter::new(&ded).unwrap();
-        merge_into(&store, &blocks, span_schema(&ded), &mut w, 7).await.unwrap();
+        merge_into(files, span_schema(&ded), &mut w, 7).unwrap();
         let nb = NewBlock {
             tenant: "t",
             batches: &[],
@@ -241,7 +241,7 @@ mod tests {
             tags: TagKeys::default(),
             compacted_from: vec![],
         };
-        let (meta, _) = w.commit(&store, nb).await.unwrap();
+        let (meta, _) = commit_block(&store, nb, w.finish().unwrap()).await.unwrap();
 
         let read = |path| {
             let store = store.clone();

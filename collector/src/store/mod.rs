@@ -19,7 +19,7 @@ use parking_lot::RwLock;
 
 use crate::head::{Frozen, TagKeys};
 use crate::metrics::Metrics;
-use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE, write_block};
+use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
 use bloom::Bloom;
 use schema::Dedicated;
 
@@ -37,6 +37,18 @@ pub enum StoreError {
     Corrupt(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Small blocks that never add up to half a target block are still merged after this long.
+pub const COMPACT_AFTER: Duration = Duration::from_secs(600);
+
+/// Runs CPU-heavy block work off the async workers, which serve ingest and queries.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// A committed block and its trace-id filter.
@@ -231,16 +243,19 @@ impl Store {
         on_publish: impl FnOnce(),
     ) -> Result<Arc<Block>, StoreError> {
         let timer = std::time::Instant::now();
-        let (meta, bloom) = write_block(
+        let (batches, dedicated) = (frozen.batches.clone(), self.dedicated.clone());
+        let prepared = blocking(move || block::prepare_block(&batches, &dedicated)).await?;
+        let (meta, bloom) = block::commit_block(
             &self.object_store,
             NewBlock {
                 tenant: &frozen.tenant,
-                batches: &frozen.batches,
+                batches: &[],
                 dedicated: &self.dedicated,
                 wal_seq: frozen.max_seq,
                 tags: frozen.tags.clone(),
                 compacted_from: Vec::new(),
             },
+            prepared,
         )
         .await?;
         let block = Arc::new(Block { meta, bloom });
@@ -264,9 +279,15 @@ impl Store {
         Ok(block)
     }
 
-    /// Merges runs of small blocks of one tenant into blocks of up to `target_spans`.
+    /// Merges small blocks of one tenant into blocks of up to `target_spans`. A group is merged
+    /// only once it adds up to half the target (or its oldest block is older than
+    /// `COMPACT_AFTER`), so each span is rewritten about once instead of at every few flushes.
     /// Returns how many blocks were merged away.
     pub async fn compact(&self, target_spans: usize) -> Result<usize, StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         let mut merged = 0;
         for tenant in self.tenants() {
             let small: Vec<Arc<Block>> = self
@@ -284,7 +305,9 @@ impl Store {
                 spans += b.meta.spans as usize;
                 group.push(b);
             }
-            if group.len() >= 4 || (group.len() >= 2 && spans >= target_spans / 2) {
+            let oldest = group.iter().map(|b| b.meta.created_unix).min().unwrap_or(now);
+            let old_enough = now - oldest >= COMPACT_AFTER.as_secs() as i64;
+            if group.len() >= 2 && (spans >= target_spans / 2 || old_enough) {
                 merged += self.merge(&tenant, group).await?;
             }
         }
@@ -297,28 +320,30 @@ impl Store {
             tags.extend(&b.meta.tags);
         }
         let layout = self.layout(&inputs);
-        let mut writer = block::BlockWriter::new(&layout)?;
-        compact::merge_into(
+        let mut files = Vec::with_capacity(inputs.len());
+        for b in &inputs {
+            files.push(self.object_store.get(&b.meta.file(SPANS_FILE)).await?.bytes().await?);
+        }
+        let l = layout.clone();
+        let prepared = blocking(move || {
+            let mut writer = block::BlockWriter::new(&l)?;
+            compact::merge_into(files, schema::span_schema(&l), &mut writer, compact::CHUNK_ROWS)?;
+            writer.finish()
+        })
+        .await?;
+        let (meta, bloom) = block::commit_block(
             &self.object_store,
-            &inputs,
-            schema::span_schema(&layout),
-            &mut writer,
-            compact::CHUNK_ROWS,
+            NewBlock {
+                tenant,
+                batches: &[],
+                dedicated: &layout,
+                wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
+                tags,
+                compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),
+            },
+            prepared,
         )
         .await?;
-        let (meta, bloom) = writer
-            .commit(
-                &self.object_store,
-                NewBlock {
-                    tenant,
-                    batches: &[],
-                    dedicated: &layout,
-                    wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
-                    tags,
-                    compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),
-                },
-            )
-            .await?;
         let ids: HashSet<&str> = inputs.iter().map(|b| b.meta.id.as_str()).collect();
         {
             let mut cat = self.catalog.write();
