@@ -86,8 +86,14 @@ fn value(op: CmpOp, v: &Literal) -> Result<Expr, QueryError> {
     })
 }
 
-fn string_col(name: &str) -> Expr {
-    cast(col(name), DataType::Utf8)
+/// A dictionary-encoded string column, for comparison with `op`. Equality compares the
+/// dictionary directly (DataFusion matches the literal against the dictionary once, then keys);
+/// other operators need plain strings.
+fn string_col(name: &str, op: CmpOp) -> Expr {
+    match op {
+        CmpOp::Eq | CmpOp::Ne => col(name),
+        _ => cast(col(name), DataType::Utf8),
+    }
 }
 
 fn comparison(cmp: &Comparison, layout: &Dedicated) -> Result<Expr, QueryError> {
@@ -156,7 +162,7 @@ fn intrinsic(i: Intrinsic, op: CmpOp, v: &Literal) -> Result<Expr, QueryError> {
         | Intrinsic::RootName
         | Intrinsic::RootServiceName => {
             let column = match i {
-                Intrinsic::Name => string_col(c::NAME),
+                Intrinsic::Name => string_col(c::NAME, op),
                 Intrinsic::StatusMessage => col(c::STATUS_MESSAGE),
                 Intrinsic::RootName => col(T_ROOT_NAME),
                 _ => col(T_ROOT_SERVICE),
@@ -176,9 +182,9 @@ fn attr(slot: Slot, resource: bool, key: &str) -> Expr {
 }
 
 /// The string value of an attribute, looking in its dedicated column first.
-fn string_attr(resource: bool, key: &str, layout: &Dedicated) -> Expr {
+fn string_attr(resource: bool, key: &str, layout: &Dedicated, op: CmpOp) -> Expr {
     if resource && key == SERVICE_NAME_KEY {
-        return string_col(c::SERVICE);
+        return string_col(c::SERVICE, op);
     }
     let dedicated = if resource {
         layout.resource.iter().any(|k| k == key).then(|| Dedicated::resource_column(key))
@@ -201,7 +207,7 @@ fn scoped(
     layout: &Dedicated,
 ) -> Result<Expr, QueryError> {
     Ok(match v {
-        Literal::String(_) => binary(string_attr(resource, key, layout), op, value(op, v)?),
+        Literal::String(_) => binary(string_attr(resource, key, layout, op), op, value(op, v)?),
         _ if matches!(op, CmpOp::Match | CmpOp::NotMatch) => {
             return Err(bad("=~ and !~ need a string"));
         }
@@ -218,7 +224,7 @@ fn scoped(
         )),
         Literal::Bool(b) => binary(attr(Slot::Bool, resource, key), op, lit(*b)),
         Literal::Nil => {
-            let present = string_attr(resource, key, layout)
+            let present = string_attr(resource, key, layout, op)
                 .is_not_null()
                 .or(attr(Slot::Int, resource, key).is_not_null())
                 .or(attr(Slot::Float, resource, key).is_not_null())

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use datafusion::common::JoinType;
 use datafusion::dataframe::DataFrame;
 use datafusion::functions_aggregate::expr_fn::{count, max, sum};
-use datafusion::prelude::{cast, col, lit, when};
+use datafusion::prelude::{Expr, cast, col, lit, when};
 use serde::Serialize;
 
 use super::compile::{T_DURATION, filter_expr, needs_trace, trace_id_in};
@@ -232,41 +232,111 @@ impl QueryEngine {
         Ok(out)
     }
 
-    pub async fn search(
+    /// Summaries, service stats and matching spans of the chosen traces from one scan of their
+    /// spans, each filter evaluated as a boolean column (filters without trace-level fields).
+    async fn details_one_scan(
         &self,
-        tenant: &str,
-        req: SearchRequest,
-    ) -> Result<SearchResponse, QueryError> {
-        let started = std::time::Instant::now();
-        let mut filters = Vec::new();
-        leaves(&req.query, &mut filters);
-        let single = filters.len() == 1;
-        let mut hit_sets = Vec::with_capacity(filters.len());
-        for f in &filters {
-            hit_sets.push(self.phase1(tenant, f, req.range, single.then_some(req.limit)).await?);
+        tables: &Tables,
+        filters: &[Filter],
+        ids: &[[u8; 16]],
+        meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
+        spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+    ) -> Result<(), QueryError> {
+        let mut matched: Option<Expr> = None;
+        for f in filters {
+            let e = filter_expr(f, &tables.layout)?.unwrap_or_else(|| lit(true));
+            // NULL (missing attribute) means "no match".
+            let e = when(e, lit(true)).otherwise(lit(false))?;
+            matched = Some(match matched {
+                Some(m) => m.or(e),
+                None => e,
+            });
         }
-        let hits = combine(&req.query, &mut hit_sets.iter());
-        let mut top: Vec<([u8; 16], Hit)> = hits.into_iter().collect();
-        top.sort_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
-        top.truncate(req.limit);
-        let mut resp = SearchResponse::default();
-        if top.is_empty() {
-            self.observe("search", started);
-            return Ok(resp);
+        let is_root = col(c::PARENT_SPAN_ID).is_null().and(col(c::PARENT_OFFSET).is_null());
+        let batches = tables
+            .spans
+            .clone()
+            .filter(trace_id_in(ids))?
+            .select(vec![
+                col(c::TRACE_ID),
+                col(c::SPAN_ID),
+                cast(col(c::NAME), DataType::Utf8).alias("name"),
+                col(c::START),
+                col(c::DURATION),
+                cast(col(c::SERVICE), DataType::Utf8).alias("svc"),
+                col(c::STATUS_CODE),
+                is_root.alias("is_root"),
+                matched.unwrap_or_else(|| lit(true)).alias("matched"),
+            ])?
+            .collect()
+            .await?;
+        let mut bounds: HashMap<[u8; 16], (i64, i64)> = HashMap::new();
+        for b in &batches {
+            let tid = b.column(0).as_fixed_size_binary();
+            let names = b.column(2).as_string::<i32>();
+            let start = b.column(3).as_primitive::<Int64Type>();
+            let dur = b.column(4).as_primitive::<Int64Type>();
+            let svc = b.column(5).as_string::<i32>();
+            let status = b.column(6).as_primitive::<arrow::datatypes::Int8Type>();
+            let root = b.column(7).as_boolean();
+            let hit = b.column(8).as_boolean();
+            for i in 0..b.num_rows() {
+                let id = trace_key(tid, i);
+                let m = meta.entry(id).or_default();
+                let s = start.value(i);
+                let e = s.saturating_add(dur.value(i)).max(s);
+                let bound = bounds.entry(id).or_insert((s, e));
+                *bound = (bound.0.min(s), bound.1.max(e));
+                let service = if svc.is_valid(i) { svc.value(i) } else { "" };
+                if root.value(i) {
+                    m.root_service_name = service.to_string();
+                    m.root_trace_name = names.value(i).to_string();
+                }
+                let st = m.service_stats.entry(service.to_string()).or_default();
+                st.span_count += 1;
+                if status.value(i) == 2 {
+                    st.error_count += 1;
+                }
+                if hit.value(i) {
+                    let sid = hex::encode(b.column(1).as_fixed_size_binary().value(i));
+                    spans.entry(id).or_default().insert(
+                        (s, sid.clone()),
+                        SearchSpan {
+                            span_id: sid,
+                            name: names.value(i).to_string(),
+                            start_time_unix_nano: s.to_string(),
+                            duration_nanos: dur.value(i).max(0).to_string(),
+                        },
+                    );
+                }
+            }
         }
-        let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
+        for (id, (lo, hi)) in bounds {
+            if let Some(m) = meta.get_mut(&id) {
+                m.start_time_unix_nano = lo.to_string();
+                m.duration_ms = u32::try_from((hi - lo) / 1_000_000).unwrap_or(u32::MAX);
+            }
+        }
+        Ok(())
+    }
 
-        // Phase 2: only blocks that may hold the chosen traces.
-        let tables = self.span_tables(tenant, |b| ids.iter().any(|id| b.bloom.contains(id)))?;
-        let summaries = self.trace_summaries(&tables)?.filter(trace_id_in(&ids))?.collect().await?;
-        let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
+    /// The same details when filters need trace-level fields (joined summaries).
+    async fn details_joined(
+        &self,
+        tables: &Tables,
+        filters: &[Filter],
+        ids: &[[u8; 16]],
+        meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
+        spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+    ) -> Result<(), QueryError> {
+        let summaries = self.trace_summaries(tables)?.filter(trace_id_in(ids))?.collect().await?;
         for b in &summaries {
-            read_summaries(b, &mut meta)?;
+            read_summaries(b, meta)?;
         }
         let stats = tables
             .spans
             .clone()
-            .filter(trace_id_in(&ids))?
+            .filter(trace_id_in(ids))?
             .aggregate(
                 vec![col(c::TRACE_ID), cast(col(c::SERVICE), DataType::Utf8).alias("svc")],
                 vec![
@@ -283,17 +353,53 @@ impl QueryEngine {
             .collect()
             .await?;
         for b in &stats {
-            read_service_stats(b, &mut meta)?;
+            read_service_stats(b, meta)?;
         }
-        let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
-        for f in &filters {
+        for f in filters {
             let df = self
-                .filtered(&tables, f, None)?
-                .filter(trace_id_in(&ids))?
+                .filtered(tables, f, None)?
+                .filter(trace_id_in(ids))?
                 .select_columns(&[c::TRACE_ID, c::SPAN_ID, c::NAME, c::START, c::DURATION])?;
             for b in df.collect().await? {
-                read_spans(&b, &mut spans)?;
+                read_spans(&b, spans)?;
             }
+        }
+        Ok(())
+    }
+
+    pub async fn search(
+        &self,
+        tenant: &str,
+        req: SearchRequest,
+    ) -> Result<SearchResponse, QueryError> {
+        let started = std::time::Instant::now();
+        let mut filters = Vec::new();
+        leaves(&req.query, &mut filters);
+        let single = filters.len() == 1;
+        let mut hit_sets = Vec::with_capacity(filters.len());
+        for f in &filters {
+            hit_sets.push(self.phase1(tenant, f, req.range, single.then_some(req.limit)).await?);
+        }
+        let phase1 = started.elapsed();
+        let hits = combine(&req.query, &mut hit_sets.iter());
+        let mut top: Vec<([u8; 16], Hit)> = hits.into_iter().collect();
+        top.sort_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
+        top.truncate(req.limit);
+        let mut resp = SearchResponse::default();
+        if top.is_empty() {
+            self.observe("search", started);
+            return Ok(resp);
+        }
+        let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
+
+        // Phase 2: only blocks that may hold the chosen traces.
+        let tables = self.span_tables(tenant, |b| ids.iter().any(|id| b.bloom.contains(id)))?;
+        let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
+        let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
+        if filters.iter().any(needs_trace) {
+            self.details_joined(&tables, &filters, &ids, &mut meta, &mut spans).await?;
+        } else {
+            self.details_one_scan(&tables, &filters, &ids, &mut meta, &mut spans).await?;
         }
         for (id, hit) in &top {
             let mut m = meta.remove(id).unwrap_or_default();
@@ -312,6 +418,12 @@ impl QueryEngine {
         resp.metrics.inspected_traces = u32::try_from(resp.traces.len()).unwrap_or(u32::MAX);
         resp.metrics.total_blocks =
             u32::try_from(self.store.blocks(tenant).len()).unwrap_or(u32::MAX);
+        tracing::debug!(
+            phase1_ms = phase1.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            traces = resp.traces.len(),
+            "search"
+        );
         resp.metrics.completed_jobs = 1;
         resp.metrics.total_jobs = 1;
         self.observe("search", started);
