@@ -79,7 +79,7 @@ fn span_props() -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(zstd)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_max_row_group_row_count(Some(64 * 1024))
         .set_data_page_row_count_limit(8 * 1024);
     // Random ids gain nothing from dictionaries. Times and durations are high-entropy in
     // their low bytes: byte-stream-split lets zstd compress the slowly changing high bytes

@@ -41,6 +41,9 @@ pub enum StoreError {
     Task(String),
 }
 
+/// Most blocks merged at once: each open input holds a decoded row group in memory.
+pub const MAX_MERGE_INPUTS: usize = 8;
+
 /// Small blocks that never add up to half a target block are still merged after this long.
 pub const COMPACT_AFTER: Duration = Duration::from_secs(600);
 
@@ -298,7 +301,9 @@ impl Store {
             let mut group: Vec<Arc<Block>> = Vec::new();
             let mut spans = 0usize;
             for b in small {
-                if spans + b.meta.spans as usize > target_spans && group.len() >= 2 {
+                let full =
+                    spans + b.meta.spans as usize > target_spans || group.len() >= MAX_MERGE_INPUTS;
+                if full && group.len() >= 2 {
                     merged += self.merge(&tenant, std::mem::take(&mut group)).await?;
                     spans = 0;
                 }
