@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::net::TcpListener;
@@ -87,6 +88,12 @@ fn fsync_policy(m: FsyncMode) -> FsyncPolicy {
     }
 }
 
+fn nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
@@ -150,18 +157,21 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let http_addr = http_listener.local_addr()?;
     let otlp_http_addr = otlp_http_listener.local_addr()?;
     let otlp_grpc_addr = grpc_listener.local_addr()?;
-    let grpc_incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
+    // Small responses on long-lived connections: Nagle's algorithm would delay acks by tens of
+    // milliseconds against the client's delayed ACK.
+    let grpc_incoming =
+        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
 
     let app = api::router(AppState { engine: engine.clone() });
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
-        axum::serve(http_listener, app).with_graceful_shutdown(s).await?;
+        axum::serve(http_listener.tap_io(nodelay), app).with_graceful_shutdown(s).await?;
         Ok(())
     }));
     let otlp_app = ingest::http::router(ingestor.clone());
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
-        axum::serve(otlp_http_listener, otlp_app).with_graceful_shutdown(s).await?;
+        axum::serve(otlp_http_listener.tap_io(nodelay), otlp_app).with_graceful_shutdown(s).await?;
         Ok(())
     }));
     let ing = ingestor.clone();
