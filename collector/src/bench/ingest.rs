@@ -134,6 +134,8 @@ pub struct LoadResult {
     pub rss_steady: Option<u64>,
     pub cpu_cores: Option<f64>,
     pub generator_cores: Option<f64>,
+    /// CPU used by everything else on the machine during the window (noise indicator).
+    pub other_cores: Option<f64>,
     pub first_error: Option<String>,
 }
 
@@ -157,6 +159,7 @@ impl LoadResult {
             "cpu_cores": self.cpu_cores,
             "cpu_us_per_span": self.cpu_us_per_span(),
             "generator_cpu_cores": self.generator_cores,
+            "other_processes_cpu_cores": self.other_cores,
         })
     }
 
@@ -223,7 +226,12 @@ pub async fn drive(
         let pid = pid.map(|p| p.to_string());
         tokio::spawn(async move {
             tokio::time::sleep_until(warm_at.into()).await;
-            (pid.and_then(|p| procs::cpu_seconds(&p)), procs::cpu_seconds("self"), Instant::now())
+            (
+                pid.and_then(|p| procs::cpu_seconds(&p)),
+                procs::cpu_seconds("self"),
+                procs::machine_busy_seconds(),
+                Instant::now(),
+            )
         })
     };
 
@@ -355,7 +363,8 @@ pub async fn drive(
     };
     let _ = ticker.await;
     bar.finish_and_clear();
-    let (cpu_warm, self_warm, warm_seen) = cpu_at_warm.await.unwrap_or((None, None, warm_at));
+    let (cpu_warm, self_warm, machine_warm, warm_seen) =
+        cpu_at_warm.await.unwrap_or((None, None, None, warm_at));
     let window = end.saturating_duration_since(warm_at);
     let elapsed_cpu = Instant::now().saturating_duration_since(warm_seen).as_secs_f64();
     let cores = |before: Option<f64>, now: Option<f64>| -> Option<f64> {
@@ -364,6 +373,11 @@ pub async fn drive(
     };
     let cpu_cores = cores(cpu_warm, pid.and_then(|p| procs::cpu_seconds(&p.to_string())));
     let generator_cores = cores(self_warm, procs::cpu_seconds("self"));
+    let machine_cores = cores(machine_warm, procs::machine_busy_seconds());
+    let other_cores = match (machine_cores, cpu_cores, generator_cores) {
+        (Some(m), Some(c), Some(g)) => Some((((m - c - g) * 100.0).round() / 100.0).max(0.0)),
+        _ => None,
+    };
     if let Some(t) = sampler_task {
         t.abort();
     }
@@ -394,6 +408,7 @@ pub async fn drive(
         rss_steady,
         cpu_cores,
         generator_cores,
+        other_cores,
         first_error: merged.first_error,
     })
 }
@@ -489,6 +504,10 @@ pub async fn run(args: IngestArgs) -> Result<(), BenchError> {
             let log = serve.log.clone();
             serve.stop().await;
             alive?;
+            // Let the kernel write back what the collector left before the next run starts.
+            let _ = std::fs::remove_dir_all(&data);
+            let _ = tokio::process::Command::new("sync").status().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
             (r?, received.map(|v| (v, log)))
         }
     };
@@ -615,6 +634,13 @@ fn build_report(
     }
     rows.push(row);
 
+    let other = |r: &LoadResult| r.other_cores.map(|c| format!("{c:.2}")).unwrap_or_default();
+    let mut row = Row::new("other processes' CPU (cores busy)", other(skein));
+    if let Some(r) = rotel {
+        row = row.peer(other(r), None);
+    }
+    rows.push(row);
+
     let mode = match (args.rate, args.spans) {
         (Some(r), _) => format!("paced at {} spans/s", fmt_count(r as f64)),
         (None, Some(n)) => format!("{} spans as fast as acknowledged", fmt_count(n as f64)),
@@ -662,6 +688,15 @@ fn build_report(
                 fmt_count(*received),
                 fmt_count(acked),
                 log.display()
+            ));
+        }
+    }
+    for r in std::iter::once(skein).chain(rotel) {
+        if r.other_cores.is_some_and(|c| c > 0.15) {
+            notes.push(format!(
+                "other processes used {:.2} cores during the {} run: its figures are disturbed, re-run on a quiet machine",
+                r.other_cores.unwrap_or(0.0),
+                r.name
             ));
         }
     }

@@ -278,6 +278,17 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Busy CPU seconds of the whole machine so far (all cores; idle and iowait excluded).
+pub fn machine_busy_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0.0);
+    Some((total - idle) / 100.0)
+}
+
 /// Samples a process's RSS in the background.
 #[derive(Clone, Default)]
 pub struct RssSampler {
@@ -347,6 +358,7 @@ mod tests {
         let (rss, hwm) = memory(std::process::id()).unwrap();
         assert!(rss > 0 && hwm >= rss);
         assert!(cpu_seconds("self").is_some());
+        assert!(machine_busy_seconds().is_some_and(|s| s > 0.0));
     }
 
     #[test]

@@ -556,6 +556,12 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
         return Err(BenchError::Failed("spawned collector has no HTTP address".into()));
     };
     let target = HttpTarget { client: http.clone(), base: format!("http://{http_addr}") };
+    let noise_start = Instant::now();
+    let busy_before = (
+        procs::machine_busy_seconds(),
+        procs::cpu_seconds(&serve.pid.to_string()),
+        procs::cpu_seconds("self"),
+    );
     let mut rng = Rng::new(args.seed ^ 0xA5A5);
     let by_id = trace_by_id(
         &target,
@@ -596,6 +602,18 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     )
     .await;
     let rss_query_peak = sampler.max_since(before_queries).unwrap_or(0);
+    let busy_after = (
+        procs::machine_busy_seconds(),
+        procs::cpu_seconds(&serve.pid.to_string()),
+        procs::cpu_seconds("self"),
+    );
+    let other_cores = match (busy_before, busy_after) {
+        ((Some(m0), Some(c0), Some(s0)), (Some(m1), Some(c1), Some(s1))) => {
+            let secs = noise_start.elapsed().as_secs_f64().max(1e-3);
+            Some((((m1 - m0) - (c1 - c0) - (s1 - s0)) / secs).max(0.0))
+        }
+        _ => None,
+    };
     let hwm = procs::memory(serve.pid).map(|m| m.1).unwrap_or(0);
     sampler_task.abort();
     let alive = serve.check_alive();
@@ -615,7 +633,9 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             None => "—".into(),
         }
     };
-    let red_row = if red.latency.is_none() && red.first_failure.as_deref().is_some_and(|f| f.starts_with("HTTP 404")) {
+    let red_row = if red.latency.is_none()
+        && red.first_failure.as_deref().is_some_and(|f| f.starts_with("HTTP 404"))
+    {
         Row::new("RED query_range 1 h / 15 s step, p50 / p99", "n/a (endpoint answers 404)".into())
             .goal("p50 ≤ 20 ms", None)
     } else {
@@ -625,7 +645,11 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     let rows = vec![
         Row::new("data set spans", fmt_count(manifest.spans as f64)),
         Row::new(
-            "load rate (OTLP/gRPC, while loading)",
+            if was_reused {
+                "load rate (OTLP/gRPC, when the reused data set was loaded)"
+            } else {
+                "load rate (OTLP/gRPC, while loading)"
+            },
             format!("{} spans/s", fmt_count(manifest.load_spans_per_sec)),
         ),
         Row::new("bytes/span on disk (Parquet, no WAL)", format!("{bps:.1} B"))
@@ -636,7 +660,10 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             .goal("p50 ≤ 30 ms", p50(&s_slow).map(|v| v <= 30_000_000)),
         Row::new("search service only, 1 h, p50 / p99", lat(&s_svc)),
         red_row,
-        Row::new("collector peak RSS while loading", fmt_mib(rss_load_peak)),
+        Row::new(
+            "collector peak RSS while loading",
+            if was_reused { "— (data set reused)".into() } else { fmt_mib(rss_load_peak) },
+        ),
         Row::new("collector peak RSS during queries", fmt_mib(rss_query_peak)),
     ];
     let mut notes = vec![
@@ -658,6 +685,11 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
         ),
         format!("queries: {}; {}", q_slow, q_svc),
     ];
+    if let Some(c) = other_cores.filter(|c| *c > 0.15) {
+        notes.push(format!(
+            "other processes used {c:.2} cores while the queries ran: latencies are disturbed, re-run on a quiet machine"
+        ));
+    }
     for (label, t) in [
         ("trace by id", &by_id),
         ("search svc+duration", &s_slow),
@@ -729,6 +761,7 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             "query_peak_bytes": rss_query_peak,
             "hwm_bytes": hwm,
         },
+        "other_processes_cpu_cores_during_queries": other_cores,
     });
     let report = Report {
         title: "skein bench query".into(),
