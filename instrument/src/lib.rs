@@ -1,0 +1,6 @@
+//! skein-instrument: trace context in RPC metadata, cheap spans, OTLP export.
+//!
+//! So far: [`propagation`] — W3C Trace Context, W3C Baggage and B3 codecs as pure functions
+//! over header values, independent of any HTTP or gRPC library.
+
+pub mod propagation;
