@@ -5,6 +5,7 @@
 
 pub mod b3;
 pub mod baggage;
+pub mod composite;
 pub mod w3c;
 
 /// A 16-byte trace id; all-zero is invalid and never produced by a decoder.
