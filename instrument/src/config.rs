@@ -1,0 +1,208 @@
+//! Configuration from the OpenTelemetry environment variables, or built in code.
+//!
+//! Reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_PROPAGATORS`, `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG`. Values are parsed from a lookup function so tests (and callers
+//! with their own configuration source) need not touch the process environment.
+
+use crate::propagation::composite::{PropagationError, Propagators};
+use crate::sampler::Sampler;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Propagators(#[from] PropagationError),
+    #[error("invalid {var}: {message}")]
+    Invalid { var: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub service_name: String,
+    pub resource: Vec<(String, String)>,
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub propagators: Propagators,
+    pub sampler: Sampler,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            service_name: "unknown_service".into(),
+            resource: Vec::new(),
+            endpoint: "http://localhost:4317".into(),
+            protocol: Protocol::Grpc,
+            propagators: Propagators::default(),
+            sampler: Sampler::ParentBased(1.0),
+        }
+    }
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, message: message.into() }
+}
+
+/// Percent-decodes a W3C-baggage-style `OTEL_RESOURCE_ATTRIBUTES` value.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let val = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        if let Some(attrs) = val("OTEL_RESOURCE_ATTRIBUTES") {
+            for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    invalid("OTEL_RESOURCE_ATTRIBUTES", format!("{pair:?} is not key=value"))
+                })?;
+                c.resource.push((decode(k.trim()), decode(v.trim())));
+            }
+        }
+        // OTEL_SERVICE_NAME wins over service.name in the resource attributes.
+        if let Some(name) = val("OTEL_SERVICE_NAME") {
+            c.service_name = name;
+        } else if let Some((_, v)) = c.resource.iter().find(|(k, _)| k == "service.name") {
+            c.service_name = v.clone();
+        }
+        c.resource.retain(|(k, _)| k != "service.name");
+        if let Some(p) = val("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            c.protocol = match p.as_str() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                other => {
+                    return Err(invalid(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        format!("{other:?} (use grpc or http/protobuf)"),
+                    ));
+                }
+            };
+            if c.protocol == Protocol::HttpProtobuf {
+                c.endpoint = "http://localhost:4318".into();
+            }
+        }
+        if let Some(e) = val("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("{e:?} must start with http:// or https://"),
+                ));
+            }
+            c.endpoint = e;
+        }
+        if let Some(p) = get("OTEL_PROPAGATORS") {
+            c.propagators = Propagators::parse(&p)?;
+        }
+        let arg = val("OTEL_TRACES_SAMPLER_ARG");
+        let ratio = || -> Result<f64, ConfigError> {
+            match &arg {
+                None => Ok(1.0),
+                Some(a) => {
+                    a.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| {
+                        invalid(
+                            "OTEL_TRACES_SAMPLER_ARG",
+                            format!("{a:?} is not a ratio in [0, 1]"),
+                        )
+                    })
+                }
+            }
+        };
+        if let Some(s) = val("OTEL_TRACES_SAMPLER") {
+            c.sampler = match s.as_str() {
+                "always_on" => Sampler::AlwaysOn,
+                "always_off" => Sampler::AlwaysOff,
+                "traceidratio" => Sampler::Ratio(ratio()?),
+                "parentbased_always_on" => Sampler::ParentBased(1.0),
+                "parentbased_always_off" => Sampler::ParentBased(0.0),
+                "parentbased_traceidratio" => Sampler::ParentBased(ratio()?),
+                other => {
+                    return Err(invalid(
+                        "OTEL_TRACES_SAMPLER",
+                        format!("unsupported sampler {other:?}"),
+                    ));
+                }
+            };
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_without_environment() {
+        assert_eq!(cfg(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = cfg(&[
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=fromres,deployment.environment=prod%20eu"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_PROPAGATORS", "b3multi"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(c.service_name, "fromres");
+        assert_eq!(c.resource, vec![("deployment.environment".into(), "prod eu".into())]);
+        assert_eq!(c.endpoint, "http://localhost:4318");
+        assert_eq!(c.sampler, Sampler::ParentBased(0.25));
+        let c =
+            cfg(&[("OTEL_SERVICE_NAME", "svc"), ("OTEL_RESOURCE_ATTRIBUTES", "service.name=x")])
+                .unwrap();
+        assert_eq!(c.service_name, "svc");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ] {
+            let e = cfg(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{e}");
+        }
+        let e = cfg(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")])
+            .unwrap_err();
+        assert!(e.to_string().contains("OTEL_TRACES_SAMPLER_ARG"));
+    }
+}
