@@ -446,18 +446,6 @@ fn time_range(traces: &RecordBatch) -> (i64, i64) {
     (lo, hi)
 }
 
-/// Reads a whole parquet file of a block.
-pub async fn read_file(
-    store: &Arc<dyn ObjectStore>,
-    path: &Path,
-) -> Result<Vec<RecordBatch>, StoreError> {
-    let bytes = store.get(path).await?.bytes().await?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?
-        .with_batch_size(64 * 1024)
-        .build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
-}
-
 /// Extracts a trace id from a fixed-size binary column value.
 pub fn trace_key(col: &FixedSizeBinaryArray, i: usize) -> [u8; 16] {
     let mut k = [0u8; 16];

@@ -201,19 +201,6 @@ impl Store {
         f(cat.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]))
     }
 
-    /// Blocks overlapping [start, end] (unix nanos).
-    pub fn blocks_in_range(&self, tenant: &str, start: i64, end: i64) -> Vec<Arc<Block>> {
-        self.blocks(tenant)
-            .into_iter()
-            .filter(|b| b.meta.max_time >= start && b.meta.min_time <= end)
-            .collect()
-    }
-
-    /// Blocks that may hold spans of `trace_id`, found without any time range.
-    pub fn blocks_with_trace(&self, tenant: &str, trace_id: &[u8; 16]) -> Vec<Arc<Block>> {
-        self.blocks(tenant).into_iter().filter(|b| b.bloom.contains(trace_id)).collect()
-    }
-
     /// Per tenant, the WAL sequence through which its records are in blocks.
     pub fn watermarks(&self) -> HashMap<String, u64> {
         self.catalog
