@@ -132,6 +132,8 @@ pub struct LoadResult {
     pub rss_peak: u64,
     pub rss_hwm: u64,
     pub rss_steady: Option<u64>,
+    /// (seconds since start, RSS MiB), one point per second.
+    pub rss_timeline: Vec<(f64, u64)>,
     pub cpu_cores: Option<f64>,
     pub generator_cores: Option<f64>,
     /// CPU used by everything else on the machine during the window (noise indicator).
@@ -156,6 +158,7 @@ impl LoadResult {
             "rss_peak_bytes": self.rss_peak,
             "rss_hwm_bytes": self.rss_hwm,
             "rss_steady_bytes": self.rss_steady,
+            "rss_timeline_s_mib": self.rss_timeline,
             "cpu_cores": self.cpu_cores,
             "cpu_us_per_span": self.cpu_us_per_span(),
             "generator_cpu_cores": self.generator_cores,
@@ -406,6 +409,10 @@ pub async fn drive(
         rss_peak,
         rss_hwm,
         rss_steady,
+        rss_timeline: sampler
+            .as_ref()
+            .map(|s| s.timeline_mib(Duration::from_secs(1)))
+            .unwrap_or_default(),
         cpu_cores,
         generator_cores,
         other_cores,

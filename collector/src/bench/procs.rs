@@ -328,6 +328,21 @@ impl RssSampler {
         Some(v[v.len() / 2])
     }
 
+    /// RSS in MiB once per `step` (the last sample of each step), for plotting.
+    pub fn timeline_mib(&self, step: Duration) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = Vec::new();
+        let step = step.as_secs_f64().max(1e-3);
+        for (t, rss) in self.samples.lock().iter() {
+            let slot = (t.as_secs_f64() / step).floor() * step;
+            let mib = rss >> 20;
+            match out.last_mut() {
+                Some(last) if last.0 == slot => last.1 = mib,
+                _ => out.push((slot, mib)),
+            }
+        }
+        out
+    }
+
     pub fn max_since(&self, from: Duration) -> Option<u64> {
         self.samples.lock().iter().filter(|s| s.0 >= from).map(|s| s.1).max()
     }
@@ -348,6 +363,38 @@ pub fn dir_bytes(dir: &Path, suffix: &str) -> u64 {
     total
 }
 
+/// Compressed bytes per column path over every Parquet file under `dir` named `file_name`,
+/// largest first (from the files' footers).
+pub fn parquet_column_bytes(dir: &Path, file_name: &str) -> Vec<(String, u64)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut sums: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.file_name().is_none_or(|n| n != file_name) {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(&p) else { continue };
+            let Ok(reader) = SerializedFileReader::new(f) else { continue };
+            for rg in reader.metadata().row_groups() {
+                for c in rg.columns() {
+                    *sums.entry(c.column_path().string()).or_default() +=
+                        c.compressed_size().max(0) as u64;
+                }
+            }
+        }
+    }
+    let mut out: Vec<(String, u64)> = sums.into_iter().collect();
+    out.sort_by_key(|b| std::cmp::Reverse(b.1));
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -359,6 +406,21 @@ mod tests {
         assert!(rss > 0 && hwm >= rss);
         assert!(cpu_seconds("self").is_some());
         assert!(machine_busy_seconds().is_some_and(|s| s > 0.0));
+    }
+
+    #[test]
+    fn rss_timeline_keeps_the_last_sample_per_step() {
+        let s = RssSampler::default();
+        {
+            let mut v = s.samples.lock();
+            for (ms, mib) in [(100u64, 10u64), (900, 12), (1200, 20), (2500, 30)] {
+                v.push((Duration::from_millis(ms), mib << 20));
+            }
+        }
+        assert_eq!(s.timeline_mib(Duration::from_secs(1)), vec![(0.0, 12), (1.0, 20), (2.0, 30)]);
+        assert_eq!(s.peak(), 30 << 20);
+        assert_eq!(s.median_since(Duration::from_secs(1)), Some(30 << 20));
+        assert_eq!(s.max_since(Duration::from_secs(2)), Some(30 << 20));
     }
 
     #[test]

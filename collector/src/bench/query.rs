@@ -550,6 +550,7 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     let traces_file = procs::dir_bytes(&blocks_dir, "traces.parquet");
     let all_block_files = procs::dir_bytes(&blocks_dir, "");
     let wal = procs::dir_bytes(&data.join("wal"), "");
+    let columns = procs::parquet_column_bytes(&blocks_dir, "spans.parquet");
     let spans = manifest.spans.max(1);
 
     let Some(http_addr) = serve.http else {
@@ -685,6 +686,12 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
         ),
         format!("queries: {}; {}", q_slow, q_svc),
     ];
+    let top: Vec<String> = columns
+        .iter()
+        .take(8)
+        .map(|(c, b)| format!("{c} {:.1}", *b as f64 / spans as f64))
+        .collect();
+    notes.push(format!("largest spans.parquet columns, B/span: {}", top.join(", ")));
     if let Some(c) = other_cores.filter(|c| *c > 0.15) {
         notes.push(format!(
             "other processes used {c:.2} cores while the queries ran: latencies are disturbed, re-run on a quiet machine"
@@ -750,6 +757,10 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             "block_files_bytes": all_block_files,
             "wal_bytes": wal,
             "bytes_per_span_parquet": (bps * 100.0).round() / 100.0,
+            "spans_parquet_column_bytes_per_span": columns
+                .iter()
+                .map(|(c, b)| (c.clone(), json!((*b as f64 / spans as f64 * 100.0).round() / 100.0)))
+                .collect::<serde_json::Map<String, Value>>(),
         },
         "trace_by_id": json_t(&by_id),
         "search_service_duration": json_t(&s_slow),
