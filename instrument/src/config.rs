@@ -1,9 +1,12 @@
 //! Configuration from the OpenTelemetry environment variables, or built in code.
 //!
 //! Reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
-//! `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_PROPAGATORS`, `OTEL_TRACES_SAMPLER` and
-//! `OTEL_TRACES_SAMPLER_ARG`. Values are parsed from a lookup function so tests (and callers
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_PROPAGATORS`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED`. Values are parsed from a lookup function so tests (and callers
 //! with their own configuration source) need not touch the process environment.
+
+use std::time::Duration;
 
 use crate::propagation::composite::{PropagationError, Propagators};
 use crate::sampler::Sampler;
@@ -26,10 +29,39 @@ pub enum Protocol {
 pub struct Config {
     pub service_name: String,
     pub resource: Vec<(String, String)>,
+    /// Base endpoint (`/v1/traces` is appended for HTTP).
     pub endpoint: String,
+    /// Full traces URL, used as given (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub traces_endpoint: Option<String>,
     pub protocol: Protocol,
     pub propagators: Propagators,
     pub sampler: Sampler,
+    pub batch: BatchConfig,
+    /// `OTEL_SDK_DISABLED=true`: spans are neither recorded nor exported.
+    pub disabled: bool,
+}
+
+/// The batch span processor settings (`OTEL_BSP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_queue_size: usize,
+    /// Longest a finished span waits before its batch is sent.
+    pub scheduled_delay: Duration,
+    pub max_export_batch_size: usize,
+    pub export_timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        // OpenTelemetry's defaults, except a 1 s delay (5 s in the spec) so traces appear
+        // promptly in a UI; OTEL_BSP_SCHEDULE_DELAY restores any value.
+        BatchConfig {
+            max_queue_size: 2048,
+            scheduled_delay: Duration::from_secs(1),
+            max_export_batch_size: 512,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Config {
@@ -38,9 +70,12 @@ impl Default for Config {
             service_name: "unknown_service".into(),
             resource: Vec::new(),
             endpoint: "http://localhost:4317".into(),
+            traces_endpoint: None,
             protocol: Protocol::Grpc,
             propagators: Propagators::default(),
             sampler: Sampler::ParentBased(1.0),
+            batch: BatchConfig::default(),
+            disabled: false,
         }
     }
 }
@@ -117,6 +152,46 @@ impl Config {
             }
             c.endpoint = e;
         }
+        if let Some(e) = val("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    format!("{e:?} must start with http:// or https://"),
+                ));
+            }
+            c.traces_endpoint = Some(e);
+        }
+        let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match val(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid(var, format!("{v:?} is not a positive integer"))),
+            }
+        };
+        let millis = |var: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            match val(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| invalid(var, format!("{v:?} is not a number of milliseconds"))),
+            }
+        };
+        let d = BatchConfig::default();
+        let timeout = millis("OTEL_EXPORTER_OTLP_TIMEOUT", d.export_timeout)?;
+        c.batch = BatchConfig {
+            max_queue_size: count("OTEL_BSP_MAX_QUEUE_SIZE", d.max_queue_size)?,
+            scheduled_delay: millis("OTEL_BSP_SCHEDULE_DELAY", d.scheduled_delay)?,
+            max_export_batch_size: count(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                d.max_export_batch_size,
+            )?,
+            export_timeout: millis("OTEL_BSP_EXPORT_TIMEOUT", timeout)?,
+        };
+        c.disabled = val("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         if let Some(p) = get("OTEL_PROPAGATORS") {
             c.propagators = Propagators::parse(&p)?;
         }
@@ -184,6 +259,19 @@ mod tests {
         assert_eq!(c.resource, vec![("deployment.environment".into(), "prod eu".into())]);
         assert_eq!(c.endpoint, "http://localhost:4318");
         assert_eq!(c.sampler, Sampler::ParentBased(0.25));
+        let c = cfg(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://h:1/custom"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ])
+        .unwrap();
+        assert_eq!(c.batch.max_queue_size, 100);
+        assert_eq!(c.batch.scheduled_delay, Duration::from_millis(50));
+        assert_eq!(c.batch.export_timeout, Duration::from_secs(2));
+        assert_eq!(c.traces_endpoint.as_deref(), Some("http://h:1/custom"));
+        assert!(c.disabled);
         let c =
             cfg(&[("OTEL_SERVICE_NAME", "svc"), ("OTEL_RESOURCE_ATTRIBUTES", "service.name=x")])
                 .unwrap();
@@ -197,6 +285,8 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
             ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
         ] {
             let e = cfg(&[(k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");

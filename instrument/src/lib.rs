@@ -1,9 +1,167 @@
-//! skein-instrument: trace context in RPC metadata, cheap spans, OTLP export.
+//! skein-instrument: trace context in RPC metadata, very cheap spans, OTLP export.
 //!
-//! So far: [`propagation`] — W3C Trace Context, W3C Baggage and B3 codecs as pure functions
-//! over header values, the `OTEL_PROPAGATORS` composite, and carriers for `http::HeaderMap`
-//! and tonic `MetadataMap`; [`config`] from the OTel environment variables; [`sampler`].
+//! ```no_run
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! let _guard = skein_instrument::init()?; // OTEL_* environment variables
+//! let app = axum::Router::<()>::new()
+//!     .route("/", axum::routing::get(|| async { "hi" }))
+//!     .layer(skein_instrument::layer::HttpServerLayer::new());
+//! # Ok(()) }
+//! ```
+//!
+//! - [`init`] / [`Builder`]: configuration from `OTEL_*` variables or code, a pipeline that
+//!   exports over OTLP gRPC or HTTP/protobuf, and (by default) a `tracing` subscriber whose
+//!   spans nest under RPC spans and whose log lines carry `trace_id`/`span_id`.
+//! - [`layer`]: tower layers for tonic servers and clients, axum/hyper servers and HTTP
+//!   clients, and [`layer::RequestBuilderExt`] for reqwest.
+//! - [`Span`]: the span API, for code that does not use `tracing`.
+//! - [`propagation`]: W3C Trace Context, W3C Baggage and B3 codecs.
+//!
+//! No OpenTelemetry SDK type appears in this API: they change with every release.
 
 pub mod config;
+pub mod context;
+pub mod export;
+pub mod layer;
 pub mod propagation;
 pub mod sampler;
+pub mod span;
+pub mod subscriber;
+
+pub use config::{BatchConfig, Config, Protocol};
+pub use context::{FutureExt, Instrumented, current_context, with_current_span};
+pub use export::{Stats, flush, stats};
+pub use sampler::Sampler;
+pub use span::{KeyValue, Span, SpanBuilder, SpanKind, Status, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error("cannot install the tracing subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Installs the pipeline configured from the `OTEL_*` environment variables, plus the
+/// `tracing` subscriber (filtered by `RUST_LOG`, default `info`).
+pub fn init() -> Result<Guard, InitError> {
+    Builder::from_env()?.install()
+}
+
+/// Configuration in code; starts from the environment ([`Builder::from_env`]) or defaults.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Builder {
+    config: Config,
+    subscriber: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder { config: Config::default(), subscriber: true }
+    }
+}
+
+impl Builder {
+    pub fn from_env() -> Result<Builder, InitError> {
+        Ok(Builder { config: Config::from_env()?, subscriber: true })
+    }
+
+    pub fn from_config(config: Config) -> Builder {
+        Builder { config, subscriber: true }
+    }
+
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.config.service_name = name.into();
+        self
+    }
+
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.resource.push((key.into(), value.into()));
+        self
+    }
+
+    /// OTLP endpoint, e.g. `http://127.0.0.1:4317` (gRPC) or `http://127.0.0.1:4318` (HTTP).
+    pub fn endpoint(mut self, url: impl Into<String>, protocol: Protocol) -> Self {
+        self.config.endpoint = url.into();
+        self.config.traces_endpoint = None;
+        self.config.protocol = protocol;
+        self
+    }
+
+    /// `tracecontext,baggage,b3,b3multi` as in `OTEL_PROPAGATORS`.
+    pub fn propagators(mut self, value: &str) -> Result<Self, InitError> {
+        self.config.propagators =
+            propagation::composite::Propagators::parse(value).map_err(config::ConfigError::from)?;
+        Ok(self)
+    }
+
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.config.sampler = sampler;
+        self
+    }
+
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        self.config.batch = batch;
+        self
+    }
+
+    /// Whether [`Builder::install`] also installs the global `tracing` subscriber (default
+    /// true). Without it, add [`subscriber::layer`] to your own subscriber.
+    pub fn tracing_subscriber(mut self, install: bool) -> Self {
+        self.subscriber = install;
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn install(self) -> Result<Guard, InitError> {
+        if self.subscriber {
+            install_subscriber()?;
+        }
+        if !self.config.disabled {
+            export::install(&self.config)?;
+        }
+        Ok(Guard { _private: () })
+    }
+}
+
+fn install_subscriber() -> Result<(), InitError> {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    use tracing_subscriber::prelude::*;
+    let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        // `#[tracing::instrument]` spans are INFO by default; DEBUG/TRACE spans (hyper, h2
+        // internals) would only add noise and cost.
+        .with(subscriber::layer().with_filter(LevelFilter::INFO))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(subscriber::LogFormat)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .with_filter(logs),
+        )
+        .try_init()
+        .map_err(|e| InitError::Subscriber(e.to_string()))
+}
+
+/// Flushes and stops the export pipeline when dropped (or on [`Guard::shutdown`]).
+#[must_use = "dropping the guard shuts the pipeline down"]
+#[derive(Debug)]
+pub struct Guard {
+    _private: (),
+}
+
+impl Guard {
+    pub fn shutdown(self) {}
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        export::shutdown();
+    }
+}

@@ -1,0 +1,151 @@
+//! The per-thread context: a stack of active spans (the top is the parent of new spans and the
+//! context injected into outgoing calls) and a small buffer of finished spans.
+//!
+//! Entering a span moves it onto the stack and leaving moves it back, so async tasks that
+//! migrate between threads carry their span with them ([`Instrumented`] enters on every poll).
+//! Finished spans are buffered per thread and handed to the export queue in batches: when the
+//! thread has no active span left (the end of a request), when the buffer is full, or when its
+//! oldest span is half a second old — so nothing waits behind a long-lived span.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::export;
+use crate::propagation::SpanContext;
+use crate::span::{Ctx, Record, Span};
+
+const LOCAL_BATCH: usize = 64;
+const LOCAL_MAX_AGE: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct Local {
+    stack: Vec<Span>,
+    buf: Vec<Record>,
+    oldest: Option<quanta::Instant>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        export::enqueue(&mut self.buf);
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::default();
+}
+
+pub(crate) fn push(span: Span) {
+    let mut slot = Some(span);
+    let _ = LOCAL.try_with(|l| {
+        if let (Ok(mut l), Some(span)) = (l.try_borrow_mut(), slot.take()) {
+            l.stack.push(span);
+        }
+    });
+    // Only on thread teardown or re-entrant use from inside `with_current_span`: the span
+    // ends here rather than being lost.
+    drop(slot);
+}
+
+pub(crate) fn pop() -> Span {
+    LOCAL
+        .try_with(|l| l.try_borrow_mut().ok().and_then(|mut l| l.stack.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A copy of the active span's context, if any.
+pub(crate) fn current_ctx() -> Option<Ctx> {
+    LOCAL
+        .try_with(|l| {
+            l.try_borrow().ok().and_then(|l| l.stack.last().and_then(|s| s.ctx().cloned()))
+        })
+        .ok()
+        .flatten()
+}
+
+/// The active span's context, for propagation and log correlation.
+pub fn current_context() -> Option<SpanContext> {
+    current_ctx().map(|c| c.to_span_context())
+}
+
+/// Runs `f` on the active span (attributes, events, status). Spans started inside `f` do not
+/// see it as their parent.
+pub fn with_current_span<R>(f: impl FnOnce(&mut Span) -> R) -> Option<R> {
+    LOCAL
+        .try_with(|l| l.try_borrow_mut().ok().and_then(|mut l| l.stack.last_mut().map(f)))
+        .ok()
+        .flatten()
+}
+
+/// Buffers a finished span; hands the buffer to the export queue when due.
+pub(crate) fn finish(mut r: Record) {
+    r.end = quanta::Instant::now();
+    let mut slot = Some(r);
+    let _ = LOCAL.try_with(|l| {
+        let Ok(mut l) = l.try_borrow_mut() else { return };
+        let Some(r) = slot.take() else { return };
+        let end = r.end;
+        let oldest = *l.oldest.get_or_insert(end);
+        l.buf.push(r);
+        if l.stack.is_empty()
+            || l.buf.len() >= LOCAL_BATCH
+            || end.saturating_duration_since(oldest) >= LOCAL_MAX_AGE
+        {
+            l.oldest = None;
+            export::enqueue(&mut l.buf);
+        }
+    });
+    // Thread teardown or re-entrancy: straight to the queue.
+    if let Some(r) = slot {
+        export::enqueue(&mut vec![r]);
+    }
+}
+
+/// Hands this thread's buffered spans to the export queue now.
+pub(crate) fn flush_local() {
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.oldest = None;
+            export::enqueue(&mut l.buf);
+        }
+    });
+}
+
+pin_project_lite::pin_project! {
+    /// A future that runs with its span active on every poll; the span ends when the future
+    /// completes (or is dropped).
+    pub struct Instrumented<F> {
+        #[pin]
+        fut: F,
+        span: Span,
+    }
+}
+
+impl<F: Future> Future for Instrumented<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = {
+            let _entered = this.span.enter();
+            this.fut.poll(cx)
+        };
+        if out.is_ready() {
+            drop(std::mem::take(this.span));
+        }
+        out
+    }
+}
+
+pub trait FutureExt: Future + Sized {
+    /// Runs this future inside `span`.
+    fn in_span(self, span: Span) -> Instrumented<Self> {
+        Instrumented { fut: self, span }
+    }
+}
+
+impl<F: Future> FutureExt for F {}

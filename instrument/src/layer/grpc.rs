@@ -1,0 +1,145 @@
+//! tonic server and client layers (they work on the HTTP/2 requests under tonic).
+
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+
+use super::{ResponseFuture, Side};
+use crate::export;
+use crate::propagation::composite::http_headers;
+use crate::span::{Span, SpanBuilder, SpanKind};
+
+/// Splits `/package.Service/Method`.
+fn rpc_parts(path: &str) -> (&str, &str) {
+    let p = path.trim_start_matches('/');
+    p.rsplit_once('/').unwrap_or((p, ""))
+}
+
+fn rpc_span(path: &str, kind: SpanKind) -> SpanBuilder {
+    let (service, method) = rpc_parts(path);
+    let name = if method.is_empty() { service.to_string() } else { format!("{service}/{method}") };
+    Span::builder(name)
+        .kind(kind)
+        .attribute("rpc.system", "grpc")
+        .attribute("rpc.service", service.to_string())
+        .attribute("rpc.method", method.to_string())
+}
+
+fn host_port(authority: Option<&str>) -> Option<(String, Option<u16>)> {
+    let a = authority?;
+    let uri_auth: http::uri::Authority = a.parse().ok()?;
+    Some((uri_auth.host().trim_matches(['[', ']']).to_string(), uri_auth.port_u16()))
+}
+
+fn with_server_address(mut b: SpanBuilder, authority: Option<&str>) -> SpanBuilder {
+    if let Some((host, port)) = host_port(authority) {
+        b = b.attribute("server.address", host);
+        if let Some(p) = port {
+            b = b.attribute("server.port", p);
+        }
+    }
+    b
+}
+
+/// SERVER spans for a tonic server: continues the caller's trace from the request metadata.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcServerLayer;
+
+impl GrpcServerLayer {
+    pub fn new() -> Self {
+        GrpcServerLayer
+    }
+}
+
+impl<S> Layer<S> for GrpcServerLayer {
+    type Service = GrpcServer<S>;
+    fn layer(&self, inner: S) -> GrpcServer<S> {
+        GrpcServer { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcServer<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for GrpcServer<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: std::fmt::Display,
+{
+    type Response = http::Response<super::TracedBody<RB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let extracted = http_headers::extract(export::propagators(), req.headers());
+        let authority = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+        });
+        let b = rpc_span(req.uri().path(), SpanKind::Server).remote_parent(extracted);
+        let mut span = with_server_address(b, authority.as_deref()).start();
+        let fut = span.in_scope(|| self.inner.call(req));
+        ResponseFuture::new(fut, span, Side::GrpcServer)
+    }
+}
+
+/// CLIENT spans for a tonic channel; injects the active context into the request metadata.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrpcClientLayer;
+
+impl GrpcClientLayer {
+    pub fn new() -> Self {
+        GrpcClientLayer
+    }
+}
+
+impl<S> Layer<S> for GrpcClientLayer {
+    type Service = GrpcClient<S>;
+    fn layer(&self, inner: S) -> GrpcClient<S> {
+        GrpcClient { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrpcClient<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for GrpcClient<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Error: std::fmt::Display,
+{
+    type Response = http::Response<super::TracedBody<RB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let b = rpc_span(req.uri().path(), SpanKind::Client);
+        let span = with_server_address(b, req.uri().authority().map(|a| a.as_str())).start();
+        super::inject(&span, req.headers_mut());
+        let fut = self.inner.call(req);
+        ResponseFuture::new(fut, span, Side::GrpcClient)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(rpc_parts("/shop.v1.Orders/PlaceOrder"), ("shop.v1.Orders", "PlaceOrder"));
+        assert_eq!(rpc_parts("/odd"), ("odd", ""));
+        assert_eq!(host_port(Some("[::1]:50051")), Some(("::1".into(), Some(50051))));
+    }
+}

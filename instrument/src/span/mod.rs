@@ -1,0 +1,429 @@
+//! Spans: one handle per operation, recorded in place (nothing is allocated unless the span
+//! gets attributes or events) and moved into the thread's context stack while it is active.
+//!
+//! A [`Span`] is either recording (sampled, its record is exported when it ends), a bare
+//! context (not sampled: children and outgoing requests still carry the trace) or disabled
+//! (no pipeline installed: everything is a no-op).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::context;
+use crate::export;
+use crate::propagation::baggage::Member;
+use crate::propagation::composite::Extracted;
+use crate::propagation::{SpanContext, SpanId, TraceId};
+
+pub(crate) mod ids;
+
+/// Most attributes and events kept per span (OpenTelemetry's default limits); the rest are
+/// counted as dropped.
+pub const MAX_ATTRIBUTES: usize = 128;
+pub const MAX_EVENTS: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SpanKind {
+    #[default]
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Str(Cow<'static, str>),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+macro_rules! value_from {
+    ($($t:ty => $v:ident($conv:expr)),* $(,)?) => {
+        $(impl From<$t> for Value {
+            fn from(x: $t) -> Value {
+                Value::$v($conv(x))
+            }
+        })*
+    };
+}
+value_from!(
+    &'static str => Str(Cow::Borrowed),
+    String => Str(Cow::Owned),
+    Cow<'static, str> => Str(std::convert::identity),
+    i64 => I64(std::convert::identity),
+    i32 => I64(i64::from),
+    u32 => I64(i64::from),
+    u16 => I64(i64::from),
+    f64 => F64(std::convert::identity),
+    bool => Bool(std::convert::identity),
+);
+
+impl From<usize> for Value {
+    fn from(x: usize) -> Value {
+        Value::I64(i64::try_from(x).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<u64> for Value {
+    fn from(x: u64) -> Value {
+        Value::I64(i64::try_from(x).unwrap_or(i64::MAX))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: Cow<'static, str>,
+    pub value: Value,
+}
+
+impl KeyValue {
+    pub fn new(key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> KeyValue {
+        KeyValue { key: key.into(), value: value.into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Status {
+    #[default]
+    Unset,
+    Ok,
+    Error(Cow<'static, str>),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Event {
+    pub name: Cow<'static, str>,
+    pub time: quanta::Instant,
+    pub attributes: Vec<KeyValue>,
+}
+
+/// What a span shares with its local children and injects into outgoing requests.
+#[derive(Clone, Debug)]
+pub(crate) struct Ctx {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub sampled: bool,
+    pub trace_state: Option<Arc<Vec<(String, String)>>>,
+    pub baggage: Option<Arc<Vec<Member>>>,
+}
+
+impl Ctx {
+    pub fn to_span_context(&self) -> SpanContext {
+        SpanContext {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            sampled: self.sampled,
+            debug: false,
+            trace_state: self.trace_state.as_deref().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// A finished or running span's data, as exported.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub ctx: Ctx,
+    pub parent: Option<SpanId>,
+    pub remote_parent: bool,
+    pub name: Cow<'static, str>,
+    pub kind: SpanKind,
+    pub start: quanta::Instant,
+    pub end: quanta::Instant,
+    pub attributes: Vec<KeyValue>,
+    pub events: Vec<Event>,
+    pub status: Status,
+    pub dropped_attributes: u32,
+    pub dropped_events: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) enum Inner {
+    #[default]
+    Disabled,
+    Context(Ctx),
+    Recording(Record),
+}
+
+/// One operation. Ends (and is queued for export) when dropped or on [`Span::end`].
+#[derive(Debug, Default)]
+#[must_use = "a span measures until it is dropped; bind it to a variable"]
+pub struct Span(pub(crate) Inner);
+
+/// Where a new span's parent comes from.
+#[derive(Debug)]
+enum Parent {
+    /// The span active on this thread, if any.
+    Current,
+    Root,
+    /// A span of this process (a `tracing` span's explicit parent).
+    Local(Ctx),
+    /// What an incoming request carried (parent and/or baggage).
+    Remote(Extracted),
+}
+
+/// Configures a span before it starts.
+#[derive(Debug)]
+#[must_use]
+pub struct SpanBuilder {
+    name: Cow<'static, str>,
+    kind: SpanKind,
+    parent: Parent,
+    attributes: Vec<KeyValue>,
+}
+
+impl SpanBuilder {
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Starts a new trace even when a span is active.
+    pub fn root(mut self) -> Self {
+        self.parent = Parent::Root;
+        self
+    }
+
+    pub(crate) fn local_parent(mut self, parent: Ctx) -> Self {
+        self.parent = Parent::Local(parent);
+        self
+    }
+
+    /// Continues the trace an incoming request carried (a new trace when it carried none).
+    pub fn remote_parent(mut self, extracted: Extracted) -> Self {
+        self.parent = Parent::Remote(extracted);
+        self
+    }
+
+    pub fn attribute(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> Self {
+        self.attributes.push(KeyValue::new(key, value));
+        self
+    }
+
+    pub fn start(self) -> Span {
+        let Some(p) = export::pipeline() else { return Span(Inner::Disabled) };
+        let (ctx, parent, remote_parent) = match self.parent {
+            Parent::Current => match context::current_ctx() {
+                Some(c) => {
+                    let parent = c.span_id;
+                    (Ctx { span_id: ids::span_id(), ..c }, Some(parent), false)
+                }
+                None => (new_root(p, None), None, false),
+            },
+            Parent::Root => (new_root(p, None), None, false),
+            Parent::Local(c) => {
+                let parent = c.span_id;
+                (Ctx { span_id: ids::span_id(), ..c }, Some(parent), false)
+            }
+            Parent::Remote(Extracted { parent: Some(rp), baggage }) => {
+                let sampled = p.sampler.should_sample(&rp.trace_id, Some(&rp));
+                let ctx = Ctx {
+                    trace_id: rp.trace_id,
+                    span_id: ids::span_id(),
+                    sampled,
+                    trace_state: (!rp.trace_state.is_empty()).then(|| Arc::new(rp.trace_state)),
+                    baggage: (!baggage.is_empty()).then(|| Arc::new(baggage)),
+                };
+                (ctx, Some(rp.span_id), true)
+            }
+            Parent::Remote(Extracted { parent: None, baggage }) => {
+                (new_root(p, (!baggage.is_empty()).then(|| Arc::new(baggage))), None, false)
+            }
+        };
+        if !ctx.sampled {
+            return Span(Inner::Context(ctx));
+        }
+        let mut attributes = self.attributes;
+        let dropped_attributes = attributes.len().saturating_sub(MAX_ATTRIBUTES) as u32;
+        attributes.truncate(MAX_ATTRIBUTES);
+        let now = quanta::Instant::now();
+        Span(Inner::Recording(Record {
+            ctx,
+            parent,
+            remote_parent,
+            name: self.name,
+            kind: self.kind,
+            start: now,
+            end: now,
+            attributes,
+            events: Vec::new(),
+            status: Status::Unset,
+            dropped_attributes,
+            dropped_events: 0,
+        }))
+    }
+}
+
+fn new_root(p: &export::Pipeline, baggage: Option<Arc<Vec<Member>>>) -> Ctx {
+    let trace_id = ids::trace_id();
+    Ctx {
+        trace_id,
+        span_id: ids::span_id(),
+        sampled: p.sampler.should_sample(&trace_id, None),
+        trace_state: None,
+        baggage,
+    }
+}
+
+impl Span {
+    /// An internal span, child of the span active on this thread (or a new trace).
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Span {
+        Span::builder(name).start()
+    }
+
+    pub fn builder(name: impl Into<Cow<'static, str>>) -> SpanBuilder {
+        SpanBuilder {
+            name: name.into(),
+            kind: SpanKind::Internal,
+            parent: Parent::Current,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// A span that records nothing and carries no context.
+    pub fn disabled() -> Span {
+        Span(Inner::Disabled)
+    }
+
+    /// Whether this span's data will be exported.
+    pub fn is_recording(&self) -> bool {
+        matches!(self.0, Inner::Recording(_))
+    }
+
+    pub(crate) fn ctx(&self) -> Option<&Ctx> {
+        match &self.0 {
+            Inner::Disabled => None,
+            Inner::Context(c) => Some(c),
+            Inner::Recording(r) => Some(&r.ctx),
+        }
+    }
+
+    /// The context to propagate to callees.
+    pub fn context(&self) -> Option<SpanContext> {
+        self.ctx().map(Ctx::to_span_context)
+    }
+
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.ctx().map(|c| c.trace_id)
+    }
+
+    pub fn span_id(&self) -> Option<SpanId> {
+        self.ctx().map(|c| c.span_id)
+    }
+
+    /// Baggage entries this span carries (from the incoming request).
+    pub fn baggage(&self) -> &[Member] {
+        self.ctx().and_then(|c| c.baggage.as_deref()).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn set_attribute(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
+        if let Inner::Recording(r) = &mut self.0 {
+            if r.attributes.len() < MAX_ATTRIBUTES {
+                r.attributes.push(KeyValue::new(key, value));
+            } else {
+                r.dropped_attributes += 1;
+            }
+        }
+    }
+
+    pub fn update_name(&mut self, name: impl Into<Cow<'static, str>>) {
+        if let Inner::Recording(r) = &mut self.0 {
+            r.name = name.into();
+        }
+    }
+
+    pub fn add_event(&mut self, name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
+        if let Inner::Recording(r) = &mut self.0 {
+            if r.events.len() < MAX_EVENTS {
+                r.events.push(Event {
+                    name: name.into(),
+                    time: quanta::Instant::now(),
+                    attributes,
+                });
+            } else {
+                r.dropped_events += 1;
+            }
+        }
+    }
+
+    pub fn set_status(&mut self, status: Status) {
+        if let Inner::Recording(r) = &mut self.0 {
+            // Ok is final (OpenTelemetry: once Ok, later Error is ignored).
+            if r.status != Status::Ok {
+                r.status = status;
+            }
+        }
+    }
+
+    pub fn status(&self) -> Option<&Status> {
+        match &self.0 {
+            Inner::Recording(r) => Some(&r.status),
+            _ => None,
+        }
+    }
+
+    /// Error status plus an `exception` event, as the OpenTelemetry conventions ask.
+    pub fn record_error(&mut self, error: &dyn std::error::Error) {
+        let message = error.to_string();
+        self.add_event("exception", vec![KeyValue::new("exception.message", message.clone())]);
+        self.set_status(Status::Error(message.into()));
+    }
+
+    /// Ends the span now (dropping it does the same).
+    pub fn end(self) {}
+
+    /// Makes this span the active one on this thread until the guard drops.
+    pub fn enter(&mut self) -> Entered<'_> {
+        context::push(std::mem::take(self));
+        Entered { slot: self }
+    }
+
+    pub fn in_scope<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.enter();
+        f()
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Inner::Recording(r) = std::mem::take(&mut self.0) {
+            context::finish(r);
+        }
+    }
+}
+
+/// While alive, its span is the active one on this thread.
+#[must_use = "the span is active only while the guard lives"]
+pub struct Entered<'a> {
+    slot: &'a mut Span,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        *self.slot = context::pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_convert_from_rust_types() {
+        assert_eq!(Value::from("a"), Value::Str("a".into()));
+        assert_eq!(Value::from(3u16), Value::I64(3));
+        assert_eq!(Value::from(u64::MAX), Value::I64(i64::MAX));
+        assert_eq!(Value::from(true), Value::Bool(true));
+    }
+
+    #[test]
+    fn without_a_pipeline_spans_are_disabled_and_free() {
+        // The unit-test binary never installs a pipeline.
+        let mut s = Span::new("x");
+        s.set_attribute("k", 1i64);
+        assert!(!s.is_recording());
+        assert!(s.context().is_none());
+        assert_eq!(std::mem::size_of::<Span>(), std::mem::size_of::<Inner>());
+    }
+}
