@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use skein_collector::{bench, config::ServeArgs, serve};
 
+mod demo;
+
 // Ingest allocates many small, short-lived objects (decoded OTLP) next to large Arrow buffers;
 // glibc's allocator fragments badly under that mix (RSS stayed >1 GiB with an empty head).
 #[global_allocator]
@@ -25,6 +27,11 @@ struct Cli {
 enum Command {
     /// Run the collector.
     Serve(ServeArgs),
+    /// Run the collector and the demo shop with generated traffic, then print where to look.
+    Demo(demo::DemoArgs),
+    /// Run one demo shop service (used by `skein demo`).
+    #[command(hide = true)]
+    Shop(demo::ShopArgs),
     /// Reproducible benchmarks.
     Bench(bench::BenchArgs),
 }
@@ -39,7 +46,10 @@ fn init_logs() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    // Shop services log through skein-instrument's subscriber (trace ids on every line).
+    if !matches!(cli.command, Command::Shop(_)) {
+        init_logs();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -82,6 +92,8 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Demo(args) => rt.block_on(demo::demo(args)),
+        Command::Shop(args) => rt.block_on(demo::shop(args)),
         Command::Bench(args) => match rt.block_on(bench::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(bench::BenchError::Usage(m)) => {

@@ -351,3 +351,33 @@ async fn spans_follow_async_tasks_across_threads_and_nest() {
     assert!(spans.iter().all(|s| s.end_time_unix_nano >= s.start_time_unix_nano));
     assert!(job.start_time_unix_nano > 1_700_000_000_000_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_finished_in_a_poll_are_exported_although_that_thread_then_idles() {
+    use std::task::{Context, Waker};
+    setup();
+    let root = Span::builder("migrating").root().start();
+    let trace_id = root.trace_id().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut fut = Box::pin(
+        async move {
+            drop(Span::new("before-migration"));
+            let _ = rx.await;
+        }
+        .in_span(root),
+    );
+    let (back_tx, back_rx) = std::sync::mpsc::channel();
+    let (idle_tx, idle_rx) = std::sync::mpsc::channel::<()>();
+    // First poll on a thread that then does nothing at all; the rest runs elsewhere.
+    std::thread::spawn(move || {
+        assert!(fut.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending());
+        back_tx.send(fut).unwrap();
+        let _ = idle_rx.recv();
+    });
+    let fut = back_rx.recv().unwrap();
+    tx.send(()).unwrap();
+    fut.await;
+    let spans = trace_spans(&trace_id.0, 2).await;
+    assert!(spans.iter().any(|s| s.name == "before-migration"));
+    drop(idle_tx);
+}

@@ -4,8 +4,8 @@
 //! Entering a span moves it onto the stack and leaving moves it back, so async tasks that
 //! migrate between threads carry their span with them ([`Instrumented`] enters on every poll).
 //! Finished spans are buffered per thread and handed to the export queue in batches: when the
-//! thread has no active span left (the end of a request), when the buffer is full, or when its
-//! oldest span is half a second old — so nothing waits behind a long-lived span.
+//! thread has no active span left (the end of a poll or a request), when the buffer is full, or
+//! when its oldest span is half a second old — so nothing waits behind a long-lived span.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -49,9 +49,20 @@ pub(crate) fn push(span: Span) {
     drop(slot);
 }
 
+/// Leaves the active span. When that empties the stack (the end of a poll, a request or a
+/// scope), spans finished meanwhile are handed to the export queue: the thread may not finish
+/// another span for a long time, and they must not wait for it.
 pub(crate) fn pop() -> Span {
     LOCAL
-        .try_with(|l| l.try_borrow_mut().ok().and_then(|mut l| l.stack.pop()))
+        .try_with(|l| {
+            let mut l = l.try_borrow_mut().ok()?;
+            let span = l.stack.pop();
+            if l.stack.is_empty() && !l.buf.is_empty() {
+                l.oldest = None;
+                export::enqueue(&mut l.buf);
+            }
+            span
+        })
         .ok()
         .flatten()
         .unwrap_or_default()
