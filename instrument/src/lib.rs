@@ -23,6 +23,7 @@ pub mod config;
 pub mod context;
 pub mod export;
 pub mod layer;
+pub mod profiling;
 pub mod propagation;
 pub mod sampler;
 pub mod span;

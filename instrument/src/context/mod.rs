@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::export;
+use crate::profiling;
 use crate::propagation::SpanContext;
 use crate::span::{Ctx, Record, Span};
 
@@ -42,6 +43,9 @@ pub(crate) fn push(span: Span) {
     let _ = LOCAL.try_with(|l| {
         if let (Ok(mut l), Some(span)) = (l.try_borrow_mut(), slot.take()) {
             l.stack.push(span);
+            if profiling::enabled() {
+                profiling::publish(l.stack.last());
+            }
         }
     });
     // Only on thread teardown or re-entrant use from inside `with_current_span`: the span
@@ -57,6 +61,9 @@ pub(crate) fn pop() -> Span {
         .try_with(|l| {
             let mut l = l.try_borrow_mut().ok()?;
             let span = l.stack.pop();
+            if profiling::enabled() {
+                profiling::publish(l.stack.last());
+            }
             if l.stack.is_empty() && !l.buf.is_empty() {
                 l.oldest = None;
                 export::enqueue(&mut l.buf);
@@ -95,6 +102,9 @@ pub fn with_current_span<R>(f: impl FnOnce(&mut Span) -> R) -> Option<R> {
 /// Buffers a finished span; hands the buffer to the export queue when due.
 pub(crate) fn finish(mut r: Record) {
     r.end = quanta::Instant::now();
+    if profiling::enabled() {
+        profiling::on_end(&mut r);
+    }
     let mut slot = Some(r);
     let _ = LOCAL.try_with(|l| {
         let Ok(mut l) = l.try_borrow_mut() else { return };

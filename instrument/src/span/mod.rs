@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::context;
 use crate::export;
+use crate::profiling;
 use crate::propagation::baggage::Member;
 use crate::propagation::composite::Extracted;
 use crate::propagation::{SpanContext, SpanId, TraceId};
@@ -107,6 +108,9 @@ pub(crate) struct Ctx {
     pub sampled: bool,
     pub trace_state: Option<Arc<Vec<(String, String)>>>,
     pub baggage: Option<Arc<Vec<Member>>>,
+    /// With profiling on: the nearest ancestor-or-self span that carries
+    /// `pyroscope.profile.id`, whose id labels this span's CPU samples.
+    pub profile_scope: Option<SpanId>,
 }
 
 impl Ctx {
@@ -224,6 +228,7 @@ impl SpanBuilder {
                     sampled,
                     trace_state: (!rp.trace_state.is_empty()).then(|| Arc::new(rp.trace_state)),
                     baggage: (!baggage.is_empty()).then(|| Arc::new(baggage)),
+                    profile_scope: None,
                 };
                 (ctx, Some(rp.span_id), true)
             }
@@ -238,7 +243,7 @@ impl SpanBuilder {
         let dropped_attributes = attributes.len().saturating_sub(MAX_ATTRIBUTES) as u32;
         attributes.truncate(MAX_ATTRIBUTES);
         let now = quanta::Instant::now();
-        Span(Inner::Recording(Record {
+        let mut record = Record {
             ctx,
             parent,
             remote_parent,
@@ -251,7 +256,11 @@ impl SpanBuilder {
             status: Status::Unset,
             dropped_attributes,
             dropped_events: 0,
-        }))
+        };
+        if profiling::enabled() {
+            profiling::on_start(&mut record);
+        }
+        Span(Inner::Recording(record))
     }
 }
 
@@ -263,6 +272,7 @@ fn new_root(p: &export::Pipeline, baggage: Option<Arc<Vec<Member>>>) -> Ctx {
         sampled: p.sampler.should_sample(&trace_id, None),
         trace_state: None,
         baggage,
+        profile_scope: None,
     }
 }
 
