@@ -198,3 +198,32 @@ async fn tenants_never_see_each_others_spans() {
         .collect();
     assert_eq!(v, ["secret"]);
 }
+
+#[tokio::test]
+async fn operation_spans_are_selected_by_service_name_and_duration_over_head_and_blocks() {
+    use skein_collector::query::operation::OperationQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    let q = |min: Option<i64>, below: Option<i64>| OperationQuery {
+        service: "shop".into(),
+        span_name: "GET /".into(),
+        start_ns: BASE as i64,
+        end_ns: (BASE + 10_000_000_000) as i64,
+        min_duration_ns: min,
+        below_duration_ns: below,
+        limit: 10,
+    };
+    // "GET /" of shop: trace 1 (20 ms, in a block) and trace 5 (30 ms, in the head); the
+    // other tenant's "GET /" is invisible.
+    let all = e.operation_spans(T, &q(None, None)).await.unwrap();
+    let ms: Vec<i64> = all.iter().map(|s| s.duration_ns / 1_000_000).collect();
+    assert_eq!(ms, vec![30, 20], "slowest first");
+    assert_eq!(all[1].span_id.to_vec(), span_id(1, 0));
+    let slow = e.operation_spans(T, &q(Some(25_000_000), None)).await.unwrap();
+    assert_eq!(slow.len(), 1);
+    assert_eq!(slow[0].trace_id.to_vec(), trace_id(5));
+    let normal = e.operation_spans(T, &q(None, Some(25_000_000))).await.unwrap();
+    assert_eq!(normal.iter().map(|s| s.trace_id.to_vec()).collect::<Vec<_>>(), vec![trace_id(1)]);
+    let other = OperationQuery { service: "payments".into(), ..q(None, None) };
+    assert!(e.operation_spans(T, &other).await.unwrap().is_empty(), "name must match too");
+}

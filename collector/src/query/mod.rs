@@ -6,6 +6,7 @@
 //! `ResourcesExhausted` instead of taking the process down.
 
 pub mod compile;
+pub mod operation;
 pub mod search;
 pub mod tags;
 pub mod trace;
