@@ -3,11 +3,14 @@
 //! Reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
 //! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_PROPAGATORS`, `OTEL_TRACES_SAMPLER`,
-//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED`. Values are parsed from a lookup function so tests (and callers
-//! with their own configuration source) need not touch the process environment.
+//! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED`, and skein's own
+//! `SKEIN_PROFILING*` variables (the span-aware CPU profiler). Values are parsed from a lookup
+//! function so tests (and callers with their own configuration source) need not touch the
+//! process environment.
 
 use std::time::Duration;
 
+use crate::profiling::ProfilingConfig;
 use crate::propagation::composite::{PropagationError, Propagators};
 use crate::sampler::Sampler;
 
@@ -39,6 +42,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// `OTEL_SDK_DISABLED=true`: spans are neither recorded nor exported.
     pub disabled: bool,
+    /// The span-aware CPU profiler, when enabled (`SKEIN_PROFILING=true`).
+    pub profiling: Option<ProfilingConfig>,
 }
 
 /// The batch span processor settings (`OTEL_BSP_*`).
@@ -76,6 +81,7 @@ impl Default for Config {
             sampler: Sampler::ParentBased(1.0),
             batch: BatchConfig::default(),
             disabled: false,
+            profiling: None,
         }
     }
 }
@@ -225,8 +231,59 @@ impl Config {
                 }
             };
         }
+        c.profiling = profiling_from_lookup(&val)?;
         Ok(c)
     }
+}
+
+/// `SKEIN_PROFILING=true` and its settings; the other variables only count when it is set.
+fn profiling_from_lookup(
+    val: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ProfilingConfig>, ConfigError> {
+    if !val("SKEIN_PROFILING").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let duration = |var: &'static str| -> Result<Option<Duration>, ConfigError> {
+        val(var)
+            .map(|v| {
+                humantime::parse_duration(&v)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| invalid(var, format!("{v:?} is not a duration like 100ms")))
+            })
+            .transpose()
+    };
+    let d = ProfilingConfig::default();
+    let frequency_hz = match val("SKEIN_PROFILING_HZ") {
+        None => d.frequency_hz,
+        Some(v) => {
+            v.parse::<u32>().ok().filter(|hz| (1..=10_000).contains(hz)).ok_or_else(|| {
+                invalid("SKEIN_PROFILING_HZ", format!("{v:?} is not a frequency in 1..=10000"))
+            })?
+        }
+    };
+    let endpoint = match val("SKEIN_PROFILING_ENDPOINT") {
+        None => d.endpoint,
+        Some(e) if e.starts_with("http://") || e.starts_with("https://") => e,
+        Some(e) => {
+            return Err(invalid(
+                "SKEIN_PROFILING_ENDPOINT",
+                format!("{e:?} must start with http:// or https://"),
+            ));
+        }
+    };
+    Ok(Some(ProfilingConfig {
+        frequency_hz,
+        endpoint,
+        spans: val("SKEIN_PROFILING_SPANS")
+            .map(|v| {
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+            })
+            .unwrap_or_default(),
+        slower_than: duration("SKEIN_PROFILING_SLOWER_THAN")?,
+        push_interval: duration("SKEIN_PROFILING_PUSH_INTERVAL")?.unwrap_or(d.push_interval),
+        tenant: val("SKEIN_PROFILING_TENANT"),
+    }))
 }
 
 #[cfg(test)]
@@ -276,6 +333,44 @@ mod tests {
             cfg(&[("OTEL_SERVICE_NAME", "svc"), ("OTEL_RESOURCE_ATTRIBUTES", "service.name=x")])
                 .unwrap();
         assert_eq!(c.service_name, "svc");
+    }
+
+    #[test]
+    fn profiling_is_off_unless_enabled_and_reads_its_variables() {
+        assert_eq!(cfg(&[("SKEIN_PROFILING_HZ", "999")]).unwrap().profiling, None);
+        let p = cfg(&[("SKEIN_PROFILING", "true")]).unwrap().profiling.unwrap();
+        assert_eq!(p, ProfilingConfig::default());
+        assert_eq!(p.frequency_hz, 99);
+        assert_eq!(p.endpoint, "http://localhost:3200");
+        assert_eq!(p.push_interval, Duration::from_secs(10));
+        let p = cfg(&[
+            ("SKEIN_PROFILING", "TRUE"),
+            ("SKEIN_PROFILING_HZ", "999"),
+            ("SKEIN_PROFILING_ENDPOINT", "http://collector:3200/"),
+            ("SKEIN_PROFILING_SPANS", "checkout, GET /cart,,"),
+            ("SKEIN_PROFILING_SLOWER_THAN", "100ms"),
+            ("SKEIN_PROFILING_PUSH_INTERVAL", "15s"),
+            ("SKEIN_PROFILING_TENANT", "team-a"),
+        ])
+        .unwrap()
+        .profiling
+        .unwrap();
+        assert_eq!(p.frequency_hz, 999);
+        assert_eq!(p.endpoint, "http://collector:3200/");
+        assert_eq!(p.spans, vec!["checkout".to_string(), "GET /cart".to_string()]);
+        assert_eq!(p.slower_than, Some(Duration::from_millis(100)));
+        assert_eq!(p.push_interval, Duration::from_secs(15));
+        assert_eq!(p.tenant.as_deref(), Some("team-a"));
+        for (k, v) in [
+            ("SKEIN_PROFILING_HZ", "0"),
+            ("SKEIN_PROFILING_HZ", "fast"),
+            ("SKEIN_PROFILING_ENDPOINT", "collector:3200"),
+            ("SKEIN_PROFILING_SLOWER_THAN", "slow"),
+            ("SKEIN_PROFILING_PUSH_INTERVAL", "0s"),
+        ] {
+            let e = cfg(&[("SKEIN_PROFILING", "true"), (k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   clients, and [`layer::RequestBuilderExt`] for reqwest.
 //! - [`Span`]: the span API, for code that does not use `tracing`.
 //! - [`propagation`]: W3C Trace Context, W3C Baggage and B3 codecs.
+//! - [`profiling`]: a span-aware sampling CPU profiler (off unless `SKEIN_PROFILING=true` or
+//!   [`Builder::profiling`]) that pushes pprof profiles labelled with span ids to `/ingest`.
 //!
 //! No OpenTelemetry SDK type appears in this API: they change with every release.
 
@@ -32,6 +34,7 @@ pub mod subscriber;
 pub use config::{BatchConfig, Config, Protocol};
 pub use context::{FutureExt, Instrumented, current_context, with_current_span};
 pub use export::{Stats, flush, stats};
+pub use profiling::{ProfilingConfig, ProfilingStats};
 pub use sampler::Sampler;
 pub use span::{KeyValue, Span, SpanBuilder, SpanKind, Status, Value};
 
@@ -41,6 +44,8 @@ pub enum InitError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Export(#[from] export::ExportError),
+    #[error(transparent)]
+    Profiling(#[from] profiling::ProfilingError),
     #[error("cannot install the tracing subscriber: {0}")]
     Subscriber(String),
 }
@@ -109,6 +114,13 @@ impl Builder {
         self
     }
 
+    /// Turns on the span-aware CPU profiler (as `SKEIN_PROFILING=true` does): profiles are
+    /// pushed to `<endpoint>/ingest`, and root spans carry `pyroscope.profile.id`.
+    pub fn profiling(mut self, profiling: ProfilingConfig) -> Self {
+        self.config.profiling = Some(profiling);
+        self
+    }
+
     /// Whether [`Builder::install`] also installs the global `tracing` subscriber (default
     /// true). Without it, add [`subscriber::layer`] to your own subscriber.
     pub fn tracing_subscriber(mut self, install: bool) -> Self {
@@ -126,6 +138,13 @@ impl Builder {
         }
         if !self.config.disabled {
             export::install(&self.config)?;
+            if let Some(p) = &self.config.profiling
+                && let Err(e) = profiling::install(&self.config.service_name, p)
+            {
+                // No guard is returned, so nothing would ever stop the span pipeline.
+                export::shutdown();
+                return Err(e.into());
+            }
         }
         Ok(Guard { _private: () })
     }
@@ -150,7 +169,8 @@ fn install_subscriber() -> Result<(), InitError> {
         .map_err(|e| InitError::Subscriber(e.to_string()))
 }
 
-/// Flushes and stops the export pipeline when dropped (or on [`Guard::shutdown`]).
+/// Flushes and stops the export pipeline (and the profiler, pushing a last profile) when
+/// dropped (or on [`Guard::shutdown`]).
 #[must_use = "dropping the guard shuts the pipeline down"]
 #[derive(Debug)]
 pub struct Guard {
@@ -163,6 +183,8 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The last profile first: its push may take a while, spans are already queued.
+        profiling::shutdown();
         export::shutdown();
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn push(span: Span) {
         if let (Ok(mut l), Some(span)) = (l.try_borrow_mut(), slot.take()) {
             l.stack.push(span);
             if profiling::enabled() {
-                profiling::publish(l.stack.last());
+                profiling::publish(&l.stack);
             }
         }
     });
@@ -62,7 +62,7 @@ pub(crate) fn pop() -> Span {
             let mut l = l.try_borrow_mut().ok()?;
             let span = l.stack.pop();
             if profiling::enabled() {
-                profiling::publish(l.stack.last());
+                profiling::publish(&l.stack);
             }
             if l.stack.is_empty() && !l.buf.is_empty() {
                 l.oldest = None;

@@ -110,7 +110,7 @@ pub(crate) struct Ctx {
     pub baggage: Option<Arc<Vec<Member>>>,
     /// With profiling on: the nearest ancestor-or-self span that carries
     /// `pyroscope.profile.id`, whose id labels this span's CPU samples.
-    pub profile_scope: Option<SpanId>,
+    pub profile_scope: Option<profiling::Scope>,
 }
 
 impl Ctx {
