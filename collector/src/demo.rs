@@ -188,21 +188,24 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
 async fn run(running: &mut Running, shop: &mut Shop, args: &DemoArgs) -> Result<(), String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the skein executable: {e}"))?;
-    let otlp = format!("http://{}", connectable(running.otlp_grpc_addr));
+    let endpoints = Endpoints {
+        otlp: format!("http://{}", connectable(running.otlp_grpc_addr)),
+        http: format!("http://{}", connectable(running.http_addr)),
+    };
     let any_port = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
-    let inventory = shop.spawn(&exe, Service::Inventory, any_port, &[], &otlp).await?;
-    let payment = shop.spawn(&exe, Service::Payment, any_port, &[], &otlp).await?;
+    let inventory = shop.spawn(&exe, Service::Inventory, any_port, &[], &endpoints).await?;
+    let payment = shop.spawn(&exe, Service::Payment, any_port, &[], &endpoints).await?;
     let orders = shop
         .spawn(
             &exe,
             Service::Orders,
             any_port,
             &[("--inventory", inventory), ("--payment", payment)],
-            &otlp,
+            &endpoints,
         )
         .await?;
     let gateway = shop
-        .spawn(&exe, Service::Gateway, args.gateway_addr, &[("--orders", orders)], &otlp)
+        .spawn(&exe, Service::Gateway, args.gateway_addr, &[("--orders", orders)], &endpoints)
         .await?;
     let gateway = format!("http://{}", connectable(gateway));
     print_welcome(running, &gateway, args.rps);
@@ -309,6 +312,12 @@ impl ShopProcess {
     }
 }
 
+/// Where the shop's services send traces (OTLP/gRPC) and profiles (HTTP `/ingest`).
+struct Endpoints {
+    otlp: String,
+    http: String,
+}
+
 impl Shop {
     /// Starts `skein shop SERVICE` and returns the address it listens on.
     async fn spawn(
@@ -317,14 +326,17 @@ impl Shop {
         service: Service,
         listen: SocketAddr,
         downstream: &[(&str, SocketAddr)],
-        otlp_endpoint: &str,
+        collector: &Endpoints,
     ) -> Result<SocketAddr, String> {
         let mut cmd = Command::new(exe);
         cmd.arg("shop").arg(service.name()).arg("--listen").arg(listen.to_string());
         for (flag, addr) in downstream {
             cmd.arg(flag).arg(addr.to_string());
         }
-        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.otlp)
+            // Span profiling on: CPU samples per span, pushed to the collector's /ingest.
+            .env("SKEIN_PROFILING", "true")
+            .env("SKEIN_PROFILING_ENDPOINT", &collector.http)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_SERVICE_NAME", service.name())
             .env("OTEL_RESOURCE_ATTRIBUTES", RESOURCE_ATTRIBUTES)

@@ -1,6 +1,8 @@
-//! skein collector: durable OTLP ingest → columnar span store → Tempo-compatible queries.
+//! skein collector: durable OTLP ingest → columnar span store → Tempo-compatible queries, and
+//! profile push → columnar profile store → Pyroscope-compatible queries.
 //!
-//! Data flows one way: `ingest` → `wal` → `head` → `store` (blocks) → `query` → `api`.
+//! Data flows one way: `ingest` → `wal` → `head` → `store` (blocks) → `query` → `api`; profiles
+//! take the same path inside `profile` (its own WAL and head, blocks beside the span blocks).
 
 pub mod api;
 pub mod bench;
@@ -8,6 +10,7 @@ pub mod config;
 pub mod head;
 pub mod ingest;
 pub mod metrics;
+pub mod profile;
 pub mod query;
 pub mod serve;
 pub mod store;

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub compactions: IntCounter,
     pub blocks_deleted_retention: IntCounter,
     pub query_seconds: prometheus::HistogramVec,
+    pub profile_samples_received: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -116,6 +117,12 @@ impl Metrics {
                 r.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("query: {e}"));
                 h
             },
+            profile_samples_received: counter_vec(
+                &r,
+                "skein_profile_samples_received_total",
+                "Profile samples (one per stack and profile type) accepted and stored.",
+                &["tenant"],
+            ),
             registry: r,
         }
     }

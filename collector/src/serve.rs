@@ -16,6 +16,7 @@ use crate::head::{Frozen, Head};
 use crate::ingest::writer::{Writer, WriterThread};
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
+use crate::profile::{ProfileConfig, Profiles};
 use crate::query::QueryEngine;
 use crate::store::schema::Dedicated;
 use crate::store::{Store, open_object_store};
@@ -35,11 +36,14 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("OTLP/gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("profiles: {0}")]
+    Profiles(#[from] crate::profile::ProfileError),
 }
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
 pub struct Running {
     pub engine: Arc<QueryEngine>,
+    pub profiles: Arc<Profiles>,
     /// Bound addresses (differ from the configured ones when those use port 0).
     pub http_addr: std::net::SocketAddr,
     pub otlp_http_addr: std::net::SocketAddr,
@@ -137,6 +141,20 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         cfg.head_max_spans.saturating_mul(4).max(100_000),
     )?;
     let ingestor = Ingestor::new(writer.clone(), metrics.clone(), cfg.max_body_bytes);
+    let profiles = Profiles::open(
+        store.object_store.clone(),
+        ProfileConfig {
+            wal_dir: cfg.data_dir.join("profiles-wal"),
+            fsync: fsync_policy(cfg.fsync),
+            max_body_bytes: cfg.max_body_bytes,
+            query_memory_bytes: cfg.query_memory_bytes,
+            head_max_age: cfg.head_max_age,
+            head_max_samples: cfg.head_max_spans,
+            retention: cfg.retention,
+        },
+        metrics.clone(),
+    )
+    .await?;
     let engine = Arc::new(QueryEngine::new(
         store.clone(),
         head.clone(),
@@ -162,7 +180,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let grpc_incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
 
-    let app = api::router(AppState { engine: engine.clone() });
+    let app = api::router(AppState { engine: engine.clone(), profiles: profiles.clone() });
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         axum::serve(http_listener.tap_io(nodelay), app).with_graceful_shutdown(s).await?;
@@ -194,6 +212,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         maint.run(s).await;
         Ok(())
     }));
+    let (p, s) = (profiles.clone(), stopped(rx.clone()));
+    tasks.push(tokio::spawn(async move {
+        p.run(s).await;
+        Ok(())
+    }));
     tracing::info!(
         otlp_grpc = %otlp_grpc_addr,
         otlp_http = %otlp_http_addr,
@@ -203,6 +226,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     );
     Ok(Running {
         engine,
+        profiles,
         http_addr,
         otlp_http_addr,
         otlp_grpc_addr,

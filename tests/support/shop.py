@@ -86,14 +86,15 @@ class ShopService:
 class Shop:
     """inventory, payment, orders and a gateway, wired together and exporting to `collector`."""
 
-    def __init__(self, log_dir: pathlib.Path, collector, faults: bool = False):
+    def __init__(self, log_dir: pathlib.Path, collector, faults: bool = False, env: dict | None = None):
         self.log_dir = pathlib.Path(log_dir)
         self.collector = collector
+        self.env = env or {}
         self.extra = [] if faults else ["--no-faults"]
         self.services: list[ShopService] = []
 
     def _start(self, name, args=(), env=None) -> ShopService:
-        s = ShopService(name, self.log_dir, self.collector, [*args, *self.extra], env).start()
+        s = ShopService(name, self.log_dir, self.collector, [*args, *self.extra], {**self.env, **(env or {})}).start()
         self.services.append(s)
         return s
 

@@ -6,7 +6,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::native::NativeError;
+use crate::api::pyroscope::connect::ConnectError;
 use crate::ingest::IngestError;
+use crate::profile::ProfileError;
 use crate::query::QueryError;
 
 /// Clients are told to come back after this long when the write path is full.
@@ -28,12 +31,8 @@ impl IntoResponse for IngestError {
             IngestError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let retry = matches!(self, IngestError::Overloaded | IngestError::Storage(_));
-        let mut resp = text(status, self.to_string());
-        if retry {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
-        }
-        resp
+        let resp = text(status, self.to_string());
+        if retry { retry_later(resp) } else { resp }
     }
 }
 
@@ -71,6 +70,87 @@ impl IntoResponse for QueryError {
             tracing::warn!(error = %self, "query failed");
         }
         text(status, self.to_string())
+    }
+}
+
+fn retry_later(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    resp
+}
+
+/// `/ingest` answers in plain text, as Pyroscope does.
+impl IntoResponse for NativeError {
+    fn into_response(self) -> Response {
+        match self {
+            NativeError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
+            NativeError::Query(e) => e.into_response(),
+            NativeError::Profile(e) => e.into_response(),
+            NativeError::Render(m) => text(StatusCode::INTERNAL_SERVER_ERROR, m),
+        }
+    }
+}
+
+impl IntoResponse for ProfileError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ProfileError::BadRequest(_)
+            | ProfileError::Malformed(_)
+            | ProfileError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
+            ProfileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProfileError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ProfileError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ProfileError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProfileError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "profile request failed");
+        }
+        let retry = matches!(self, ProfileError::Overloaded | ProfileError::Storage(_));
+        let resp = text(status, self.to_string());
+        if retry { retry_later(resp) } else { resp }
+    }
+}
+
+/// Connect error codes and the HTTP statuses the Connect protocol assigns them.
+fn connect_code(e: &ConnectError) -> (&'static str, StatusCode) {
+    match e {
+        ConnectError::Profile(p) => match p {
+            ProfileError::BadRequest(_)
+            | ProfileError::Malformed(_)
+            | ProfileError::InvalidTenant(_) => ("invalid_argument", StatusCode::BAD_REQUEST),
+            ProfileError::TooLarge { .. } | ProfileError::ResourcesExhausted(_) => {
+                ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS)
+            }
+            ProfileError::Overloaded | ProfileError::Storage(_) => {
+                ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ProfileError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        },
+        ConnectError::Decode(_) => ("invalid_argument", StatusCode::BAD_REQUEST),
+        // Connect servers answer an unsupported codec with a bare 415.
+        ConnectError::UnsupportedMediaType(_) => {
+            ("invalid_argument", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        }
+        ConnectError::UnknownMethod(_) => ("unimplemented", StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
+/// Connect errors: `{"code": "...", "message": "..."}` with the code's HTTP status.
+impl IntoResponse for ConnectError {
+    fn into_response(self) -> Response {
+        let (code, status) = connect_code(&self);
+        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+            tracing::warn!(error = %self, "Pyroscope API request failed");
+        }
+        let body = serde_json::json!({ "code": code, "message": self.to_string() }).to_string();
+        let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            resp.headers_mut().insert(
+                header::HeaderName::from_static("accept-post"),
+                HeaderValue::from_static("application/proto, application/json"),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE { retry_later(resp) } else { resp }
     }
 }
 

@@ -1,7 +1,10 @@
-//! HTTP surfaces on `--http-addr`: Tempo-compatible query API and operations endpoints.
+//! HTTP surfaces on `--http-addr`: Tempo- and Pyroscope-compatible APIs and operations
+//! endpoints.
 
 pub mod error;
+pub mod native;
 pub mod ops;
+pub mod pyroscope;
 pub mod tempo;
 
 use std::sync::Arc;
@@ -10,15 +13,22 @@ use axum::Router;
 use axum::http::HeaderMap;
 
 use crate::ingest::tenant_from;
+use crate::profile::Profiles;
 use crate::query::{QueryEngine, QueryError};
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<QueryEngine>,
+    pub profiles: Arc<Profiles>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(tempo::router()).merge(ops::router()).with_state(state)
+    Router::new()
+        .merge(tempo::router())
+        .merge(pyroscope::router())
+        .merge(native::router())
+        .merge(ops::router())
+        .with_state(state)
 }
 
 /// The tenant of a read request (`X-Scope-OrgID`).

@@ -5,9 +5,10 @@
 //! queries) until its block is committed; then the frozen part is released and the WAL can be
 //! truncated up to its sequence.
 
-use std::collections::{BTreeSet, HashMap};
+pub mod tenants;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -16,6 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
 use crate::store::schema::{Dedicated, SpanBatchBuilder, tag_keys_of};
+use tenants::{TenantPart, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
@@ -94,6 +96,21 @@ impl TenantHead {
     }
 }
 
+impl TenantPart for TenantHead {
+    fn first_unflushed_seq(&self) -> u64 {
+        self.frozen.iter().map(|f| f.min_seq).fold(self.min_seq, u64::min)
+    }
+
+    fn release(&mut self, id: u64) -> Option<usize> {
+        let i = self.frozen.iter().position(|f| f.id == id)?;
+        Some(self.frozen.remove(i).spans)
+    }
+
+    fn active(&self) -> (usize, Option<Instant>) {
+        (self.spans, self.since)
+    }
+}
+
 /// Head statistics for /metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HeadStats {
@@ -104,20 +121,13 @@ pub struct HeadStats {
 
 pub struct Head {
     dedicated: Dedicated,
-    tenants: Mutex<HashMap<String, Arc<Mutex<TenantHead>>>>,
-    next_frozen: AtomicU64,
-    /// Spans not yet in a committed block (active + frozen), all tenants.
-    unflushed: AtomicUsize,
+    /// Counts spans as the rows not yet in a committed block.
+    tenants: Tenants<TenantHead>,
 }
 
 impl Head {
     pub fn new(dedicated: Dedicated) -> Self {
-        Head {
-            dedicated,
-            tenants: Mutex::new(HashMap::new()),
-            next_frozen: AtomicU64::new(1),
-            unflushed: AtomicUsize::new(0),
-        }
+        Head { dedicated, tenants: Tenants::default() }
     }
 
     pub fn dedicated(&self) -> &Dedicated {
@@ -125,18 +135,15 @@ impl Head {
     }
 
     fn tenant(&self, tenant: &str) -> Arc<Mutex<TenantHead>> {
-        let mut map = self.tenants.lock();
-        map.entry(tenant.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(TenantHead::new(&self.dedicated))))
-            .clone()
+        self.tenants.get_or_insert_with(tenant, || TenantHead::new(&self.dedicated))
     }
 
     fn existing(&self, tenant: &str) -> Option<Arc<Mutex<TenantHead>>> {
-        self.tenants.lock().get(tenant).cloned()
+        self.tenants.get(tenant)
     }
 
     pub fn tenants(&self) -> Vec<String> {
-        self.tenants.lock().keys().cloned().collect()
+        self.tenants.names()
     }
 
     /// Adds a durable export. Called in WAL sequence order.
@@ -160,7 +167,7 @@ impl Head {
         h.min_time = min;
         h.max_time = max;
         h.spans += n;
-        self.unflushed.fetch_add(n, Ordering::Relaxed);
+        self.tenants.add_unflushed(n);
         h.max_seq = h.max_seq.max(seq);
         h.min_seq = h.min_seq.min(seq);
         if n > 0 && h.since.is_none() {
@@ -208,23 +215,12 @@ impl Head {
         max_age: Duration,
         force: bool,
     ) -> Result<Vec<Arc<Frozen>>, HeadError> {
-        let tenants: Vec<(String, Arc<Mutex<TenantHead>>)> =
-            self.tenants.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut out = Vec::new();
-        for (name, t) in tenants {
-            let mut h = t.lock();
-            let due = h.spans > 0
-                && (force
-                    || h.spans >= max_spans
-                    || h.since.is_some_and(|s| s.elapsed() >= max_age));
-            if !due {
-                continue;
-            }
+        self.tenants.freeze_due(max_spans, max_age, force, |name, h| {
             h.seal()?;
             let tags = tag_keys_of(&h.sealed, &self.dedicated);
             let frozen = Arc::new(Frozen {
-                id: self.next_frozen.fetch_add(1, Ordering::Relaxed),
-                tenant: name.clone(),
+                id: self.tenants.next_frozen_id(),
+                tenant: name.to_string(),
                 batches: std::mem::take(&mut h.sealed),
                 spans: h.spans,
                 min_time: h.min_time,
@@ -240,46 +236,29 @@ impl Head {
             h.since = None;
             h.min_seq = u64::MAX;
             h.frozen.push(frozen.clone());
-            out.push(frozen);
-        }
-        Ok(out)
+            Ok(frozen)
+        })
     }
 
     /// Drops frozen data once its block is committed and visible.
     pub fn release(&self, frozen: &Frozen) {
-        if let Some(t) = self.existing(&frozen.tenant) {
-            let mut h = t.lock();
-            let before = h.frozen.len();
-            h.frozen.retain(|f| f.id != frozen.id);
-            if h.frozen.len() < before {
-                self.unflushed.fetch_sub(frozen.spans, Ordering::Relaxed);
-            }
-        }
+        self.tenants.release(&frozen.tenant, frozen.id);
     }
 
     /// Spans not yet in a committed block; ingest refuses work while this is too high.
     pub fn unflushed_spans(&self) -> usize {
-        self.unflushed.load(Ordering::Relaxed)
+        self.tenants.unflushed()
     }
 
     /// The highest WAL sequence at or below which every record is in a committed block.
     pub fn flushed_through(&self, last_seq: u64) -> u64 {
-        let tenants: Vec<Arc<Mutex<TenantHead>>> = self.tenants.lock().values().cloned().collect();
-        let mut first_unflushed = u64::MAX;
-        for t in tenants {
-            let h = t.lock();
-            first_unflushed = first_unflushed.min(h.min_seq);
-            for f in &h.frozen {
-                first_unflushed = first_unflushed.min(f.min_seq);
-            }
-        }
-        last_seq.min(first_unflushed.saturating_sub(1))
+        self.tenants.flushed_through(last_seq)
     }
 
     pub fn stats(&self) -> HeadStats {
-        let tenants: Vec<Arc<Mutex<TenantHead>>> = self.tenants.lock().values().cloned().collect();
+        let tenants = self.tenants.all();
         let mut s = HeadStats { tenants: tenants.len() as u64, ..Default::default() };
-        for t in tenants {
+        for (_, t) in tenants {
             let h = t.lock();
             s.spans += h.spans as u64 + h.frozen.iter().map(|f| f.spans as u64).sum::<u64>();
             s.bytes += (h.bytes + h.builder.bytes()) as u64;

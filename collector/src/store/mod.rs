@@ -4,10 +4,11 @@
 
 pub mod block;
 pub mod bloom;
+pub mod catalog;
 pub mod compact;
 pub mod schema;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,12 @@ use arrow::error::ArrowError;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parking_lot::RwLock;
 
 use crate::head::{Frozen, TagKeys};
 use crate::metrics::Metrics;
 use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
 use bloom::Bloom;
+use catalog::{Catalog, CatalogEntry};
 use schema::Dedicated;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,21 @@ pub struct Block {
     pub bloom: Bloom,
 }
 
+impl CatalogEntry for Block {
+    fn id(&self) -> &str {
+        &self.meta.id
+    }
+    fn min_time(&self) -> i64 {
+        self.meta.min_time
+    }
+    fn max_time(&self) -> i64 {
+        self.meta.max_time
+    }
+    fn wal_seq(&self) -> u64 {
+        self.meta.wal_seq
+    }
+}
+
 /// Opens the object store for a `file://` or `s3://` URL, rooted at the URL's path.
 pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let parsed = url::Url::parse(url).map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
@@ -90,7 +106,7 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
 pub struct Store {
     pub object_store: Arc<dyn ObjectStore>,
     dedicated: Dedicated,
-    catalog: RwLock<HashMap<String, Vec<Arc<Block>>>>,
+    catalog: Catalog<Block>,
     metrics: Arc<Metrics>,
 }
 
@@ -102,8 +118,7 @@ impl Store {
         dedicated: Dedicated,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
-        let store =
-            Store { object_store, dedicated, catalog: RwLock::new(HashMap::new()), metrics };
+        let store = Store { object_store, dedicated, catalog: Catalog::default(), metrics };
         store.load().await?;
         Ok(store)
     }
@@ -135,11 +150,10 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(format!("{tenant}/{id}/meta.json: {e}")))?;
             metas.push(meta);
         }
-        let superseded: HashSet<(String, String)> = metas
-            .iter()
-            .flat_map(|m| m.compacted_from.iter().map(|id| (m.tenant.clone(), id.clone())))
-            .collect();
-        let mut catalog: HashMap<String, Vec<Arc<Block>>> = HashMap::new();
+        let superseded = catalog::superseded(
+            metas.iter().map(|m| (m.tenant.as_str(), m.compacted_from.as_slice())),
+        );
+        let mut catalog = Vec::new();
         for meta in metas {
             let key = (meta.tenant.clone(), meta.id.clone());
             if superseded.contains(&key) {
@@ -156,12 +170,9 @@ impl Store {
             let bloom_bytes = self.object_store.get(&meta.file(BLOOM_FILE)).await?.bytes().await?;
             let bloom = Bloom::from_bytes(&bloom_bytes)
                 .ok_or_else(|| StoreError::Corrupt(format!("{}/{} bloom", meta.tenant, meta.id)))?;
-            catalog.entry(meta.tenant.clone()).or_default().push(Arc::new(Block { meta, bloom }));
+            catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom })));
         }
-        for blocks in catalog.values_mut() {
-            blocks.sort_by_key(|b| b.meta.min_time);
-        }
-        *self.catalog.write() = catalog;
+        self.catalog.replace(catalog);
         self.update_metrics();
         Ok(())
     }
@@ -175,10 +186,9 @@ impl Store {
     }
 
     fn update_metrics(&self) {
-        let cat = self.catalog.read();
-        let blocks: usize = cat.values().map(|v| v.len()).sum();
-        let bytes: u64 = cat.values().flatten().map(|b| b.meta.bytes()).sum();
-        self.metrics.blocks.set(blocks as i64);
+        let all = self.catalog.all();
+        let bytes: u64 = all.iter().map(|b| b.meta.bytes()).sum();
+        self.metrics.blocks.set(all.len() as i64);
         self.metrics.block_bytes.set(bytes as i64);
     }
 
@@ -187,27 +197,22 @@ impl Store {
     }
 
     pub fn tenants(&self) -> Vec<String> {
-        self.catalog.read().keys().cloned().collect()
+        self.catalog.tenants()
     }
 
     pub fn blocks(&self, tenant: &str) -> Vec<Arc<Block>> {
-        self.catalog.read().get(tenant).cloned().unwrap_or_default()
+        self.catalog.blocks(tenant)
     }
 
     /// Runs `f` on the tenant's blocks while no flush can publish a block or release head
     /// data, so a query that also snapshots the head inside `f` sees every span exactly once.
     pub fn view<R>(&self, tenant: &str, f: impl FnOnce(&[Arc<Block>]) -> R) -> R {
-        let cat = self.catalog.read();
-        f(cat.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]))
+        self.catalog.view(tenant, f)
     }
 
     /// Per tenant, the WAL sequence through which its records are in blocks.
     pub fn watermarks(&self) -> HashMap<String, u64> {
-        self.catalog
-            .read()
-            .iter()
-            .map(|(t, bs)| (t.clone(), bs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0)))
-            .collect()
+        self.catalog.watermarks()
     }
 
     pub fn tag_keys(&self, tenant: &str) -> TagKeys {
@@ -249,13 +254,7 @@ impl Store {
         )
         .await?;
         let block = Arc::new(Block { meta, bloom });
-        {
-            let mut cat = self.catalog.write();
-            let v = cat.entry(frozen.tenant.clone()).or_default();
-            v.push(block.clone());
-            v.sort_by_key(|b| b.meta.min_time);
-            on_publish();
-        }
+        self.catalog.publish(&frozen.tenant, block.clone(), on_publish);
         self.metrics.flush_seconds.observe(timer.elapsed().as_secs_f64());
         self.metrics.flushes.inc();
         self.update_metrics();
@@ -336,14 +335,7 @@ impl Store {
             prepared,
         )
         .await?;
-        let ids: HashSet<&str> = inputs.iter().map(|b| b.meta.id.as_str()).collect();
-        {
-            let mut cat = self.catalog.write();
-            let v = cat.entry(tenant.to_string()).or_default();
-            v.retain(|b| !ids.contains(b.meta.id.as_str()));
-            v.push(Arc::new(Block { meta, bloom }));
-            v.sort_by_key(|b| b.meta.min_time);
-        }
+        self.catalog.swap(tenant, &inputs, Arc::new(Block { meta, bloom }));
         for b in &inputs {
             self.delete_block(&b.meta).await;
         }
@@ -369,17 +361,7 @@ impl Store {
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         let cutoff = now.saturating_sub(retention.as_nanos() as i64);
-        let expired: Vec<Arc<Block>> = {
-            let mut cat = self.catalog.write();
-            let mut out = Vec::new();
-            for v in cat.values_mut() {
-                let (old, keep): (Vec<_>, Vec<_>) =
-                    v.drain(..).partition(|b| b.meta.max_time < cutoff);
-                *v = keep;
-                out.extend(old);
-            }
-            out
-        };
+        let expired = self.catalog.expire(cutoff);
         for b in &expired {
             self.delete_block(&b.meta).await;
             self.metrics.blocks_deleted_retention.inc();
