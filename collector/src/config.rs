@@ -83,6 +83,19 @@ pub struct ServeArgs {
     /// Resource attributes stored in their own column (comma separated).
     #[arg(long, env = "SKEIN_DEDICATED_RESOURCE_ATTRIBUTES", value_delimiter = ',')]
     pub dedicated_resource_attributes: Option<Vec<String>>,
+    /// Span-metrics latency histogram bounds in seconds (comma separated; Tempo's defaults,
+    /// 0.002 doubling to 16.384).
+    #[arg(long, env = "SKEIN_SPANMETRICS_BUCKETS", value_delimiter = ',')]
+    pub spanmetrics_buckets: Option<Vec<f64>>,
+    /// Extra span-metrics labels from these attributes (comma separated, e.g. http.route).
+    #[arg(long, env = "SKEIN_SPANMETRICS_DIMENSIONS", value_delimiter = ',')]
+    pub spanmetrics_dimensions: Option<Vec<String>>,
+    /// How long a client or server span waits for its partner in the service graph, e.g. 10s.
+    #[arg(long, env = "SKEIN_SERVICEGRAPH_WAIT")]
+    pub servicegraph_wait: Option<String>,
+    /// How often span metrics and service-graph series are sampled into history, e.g. 15s.
+    #[arg(long, env = "SKEIN_METRICS_SCRAPE_INTERVAL")]
+    pub metrics_scrape_interval: Option<String>,
 }
 
 /// Resolved configuration.
@@ -105,6 +118,10 @@ pub struct Config {
     pub query_memory_bytes: usize,
     pub dedicated_span_attributes: Vec<String>,
     pub dedicated_resource_attributes: Vec<String>,
+    pub spanmetrics_buckets: Vec<f64>,
+    pub spanmetrics_dimensions: Vec<String>,
+    pub servicegraph_wait: Duration,
+    pub metrics_scrape_interval: Duration,
 }
 
 /// At most this many dedicated columns per scope: each one widens every block.
@@ -147,6 +164,26 @@ impl ServeArgs {
                 return Err(ConfigError::Invalid { key, message: "empty attribute name".into() });
             }
         }
+        let spanmetrics_buckets = a
+            .spanmetrics_buckets
+            .unwrap_or_else(|| crate::metrics_gen::spanmetrics::DEFAULT_BUCKETS.to_vec());
+        let ascending = spanmetrics_buckets.windows(2).all(|w| w[0] < w[1]);
+        if spanmetrics_buckets.is_empty()
+            || !ascending
+            || spanmetrics_buckets.iter().any(|b| !b.is_finite())
+        {
+            return Err(ConfigError::Invalid {
+                key: "spanmetrics-buckets",
+                message: "need finite bounds in ascending order".into(),
+            });
+        }
+        let spanmetrics_dimensions = a.spanmetrics_dimensions.unwrap_or_default();
+        if spanmetrics_dimensions.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "spanmetrics-dimensions",
+                message: "empty attribute name".into(),
+            });
+        }
         let cfg = Config {
             data_dir,
             storage,
@@ -165,6 +202,14 @@ impl ServeArgs {
             query_memory_bytes: positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?,
             dedicated_span_attributes,
             dedicated_resource_attributes,
+            spanmetrics_buckets,
+            spanmetrics_dimensions,
+            servicegraph_wait: duration("servicegraph-wait", a.servicegraph_wait.as_deref(), "10s")?,
+            metrics_scrape_interval: duration(
+                "metrics-scrape-interval",
+                a.metrics_scrape_interval.as_deref(),
+                "15s",
+            )?,
         };
         Ok(cfg)
     }
@@ -193,6 +238,10 @@ impl ServeArgs {
             dedicated_resource_attributes: self
                 .dedicated_resource_attributes
                 .or(file.dedicated_resource_attributes),
+            spanmetrics_buckets: self.spanmetrics_buckets.or(file.spanmetrics_buckets),
+            spanmetrics_dimensions: self.spanmetrics_dimensions.or(file.spanmetrics_dimensions),
+            servicegraph_wait: self.servicegraph_wait.or(file.servicegraph_wait),
+            metrics_scrape_interval: self.metrics_scrape_interval.or(file.metrics_scrape_interval),
         }
     }
 }
@@ -290,6 +339,19 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(err.to_string().contains("storage"), "{err}");
+        let err = ServeArgs { spanmetrics_buckets: Some(vec![0.5, 0.1]), ..Default::default() }
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("spanmetrics-buckets"), "{err}");
+    }
+
+    #[test]
+    fn span_metrics_defaults_follow_tempo() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        assert_eq!(cfg.spanmetrics_buckets.first(), Some(&0.002));
+        assert_eq!(cfg.spanmetrics_buckets.last(), Some(&16.384));
+        assert_eq!(cfg.servicegraph_wait, Duration::from_secs(10));
+        assert_eq!(cfg.metrics_scrape_interval, Duration::from_secs(15));
     }
 
     #[test]

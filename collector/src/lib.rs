@@ -3,6 +3,8 @@
 //!
 //! Data flows one way: `ingest` → `wal` → `head` → `store` (blocks) → `query` → `api`; profiles
 //! take the same path inside `profile` (its own WAL and head, blocks beside the span blocks).
+//! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
+//! `promql` evaluates Prometheus queries over them.
 
 pub mod api;
 pub mod bench;
@@ -10,7 +12,9 @@ pub mod config;
 pub mod head;
 pub mod ingest;
 pub mod metrics;
+pub mod metrics_gen;
 pub mod profile;
+pub mod promql;
 pub mod query;
 pub mod serve;
 pub mod store;

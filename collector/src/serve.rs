@@ -16,6 +16,7 @@ use crate::head::{Frozen, Head};
 use crate::ingest::writer::{Writer, WriterThread};
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
+use crate::metrics_gen::{Generator, GeneratorConfig};
 use crate::profile::{ProfileConfig, Profiles};
 use crate::query::QueryEngine;
 use crate::store::schema::Dedicated;
@@ -38,12 +39,15 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("profiles: {0}")]
     Profiles(#[from] crate::profile::ProfileError),
+    #[error("span metrics: {0}")]
+    MetricsGen(#[from] crate::metrics_gen::MetricsGenError),
 }
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
 pub struct Running {
     pub engine: Arc<QueryEngine>,
     pub profiles: Arc<Profiles>,
+    pub metrics_gen: Arc<Generator>,
     /// Bound addresses (differ from the configured ones when those use port 0).
     pub http_addr: std::net::SocketAddr,
     pub otlp_http_addr: std::net::SocketAddr,
@@ -131,6 +135,15 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         "WAL replayed"
     );
 
+    let metrics_gen = Arc::new(Generator::open(GeneratorConfig {
+        buckets: cfg.spanmetrics_buckets.clone(),
+        dimensions: cfg.spanmetrics_dimensions.clone(),
+        wait: cfg.servicegraph_wait,
+        interval: cfg.metrics_scrape_interval,
+        retention: cfg.retention,
+        dir: cfg.data_dir.join("spanmetrics"),
+    })?);
+
     // Back-pressure once unflushed spans reach a few heads' worth (at least 100k spans, ~45 MB):
     // bounds memory when block writing cannot keep up with ingest.
     let (writer, writer_thread) = Writer::start(
@@ -139,6 +152,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         metrics.clone(),
         cfg.max_inflight_bytes,
         cfg.head_max_spans.saturating_mul(4).max(100_000),
+        Some(metrics_gen.clone()),
     )?;
     let ingestor = Ingestor::new(writer.clone(), metrics.clone(), cfg.max_body_bytes);
     let profiles = Profiles::open(
@@ -180,7 +194,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let grpc_incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
 
-    let app = api::router(AppState { engine: engine.clone(), profiles: profiles.clone() });
+    let app = api::router(AppState {
+        engine: engine.clone(),
+        profiles: profiles.clone(),
+        metrics_gen: metrics_gen.clone(),
+    });
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         axum::serve(http_listener.tap_io(nodelay), app).with_graceful_shutdown(s).await?;
@@ -217,6 +235,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         p.run(s).await;
         Ok(())
     }));
+    let (g, s) = (metrics_gen.clone(), stopped(rx.clone()));
+    tasks.push(tokio::spawn(async move {
+        g.run(s).await;
+        Ok(())
+    }));
     tracing::info!(
         otlp_grpc = %otlp_grpc_addr,
         otlp_http = %otlp_http_addr,
@@ -227,6 +250,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     Ok(Running {
         engine,
         profiles,
+        metrics_gen,
         http_addr,
         otlp_http_addr,
         otlp_grpc_addr,

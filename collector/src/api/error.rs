@@ -10,6 +10,7 @@ use super::native::NativeError;
 use crate::api::pyroscope::connect::ConnectError;
 use crate::ingest::IngestError;
 use crate::profile::ProfileError;
+use crate::promql::PromqlError;
 use crate::query::QueryError;
 
 /// Clients are told to come back after this long when the write path is full.
@@ -70,6 +71,25 @@ impl IntoResponse for QueryError {
             tracing::warn!(error = %self, "query failed");
         }
         text(status, self.to_string())
+    }
+}
+
+/// Prometheus API errors: `{"status":"error","errorType":…,"error":…}` with Prometheus'
+/// statuses. Unsupported PromQL is `bad_data` (400), so clients never mistake it for data.
+impl IntoResponse for PromqlError {
+    fn into_response(self) -> Response {
+        let (status, kind) = match &self {
+            PromqlError::BadData(_) | PromqlError::Unsupported(_) => {
+                (StatusCode::BAD_REQUEST, "bad_data")
+            }
+            PromqlError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
+            PromqlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "PromQL request failed");
+        }
+        let body = serde_json::json!({"status": "error", "errorType": kind, "error": self.to_string()});
+        (status, axum::Json(body)).into_response()
     }
 }
 

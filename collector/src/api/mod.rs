@@ -1,9 +1,10 @@
-//! HTTP surfaces on `--http-addr`: Tempo- and Pyroscope-compatible APIs and operations
+//! HTTP surfaces on `--http-addr`: Tempo-, Pyroscope- and Prometheus-compatible APIs and operations
 //! endpoints.
 
 pub mod error;
 pub mod native;
 pub mod ops;
+pub mod prometheus;
 pub mod pyroscope;
 pub mod tempo;
 
@@ -13,6 +14,7 @@ use axum::Router;
 use axum::http::HeaderMap;
 
 use crate::ingest::tenant_from;
+use crate::metrics_gen::Generator;
 use crate::profile::Profiles;
 use crate::query::{QueryEngine, QueryError};
 
@@ -20,12 +22,14 @@ use crate::query::{QueryEngine, QueryError};
 pub struct AppState {
     pub engine: Arc<QueryEngine>,
     pub profiles: Arc<Profiles>,
+    pub metrics_gen: Arc<Generator>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(tempo::router())
         .merge(pyroscope::router())
+        .merge(prometheus::router())
         .merge(native::router())
         .merge(ops::router())
         .with_state(state)

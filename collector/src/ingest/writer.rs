@@ -30,6 +30,12 @@ pub enum WriteError {
     Closed,
 }
 
+/// Sees every export once, right after it is applied to the head. WAL replay on start does not
+/// call it, so a restart never counts a span twice.
+pub trait ApplyObserver: Send + Sync {
+    fn applied(&self, tenant: &str, req: &ExportTraceServiceRequest);
+}
+
 /// Most bytes group-committed by one WAL write.
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
@@ -90,6 +96,7 @@ impl Writer {
         metrics: Arc<Metrics>,
         max_inflight: usize,
         max_unflushed_spans: usize,
+        observer: Option<Arc<dyn ApplyObserver>>,
     ) -> std::io::Result<(Writer, WriterThread)> {
         let (tx, rx) = mpsc::channel();
         let (applied_tx, applied_rx) = mpsc::channel::<Durable>();
@@ -99,7 +106,7 @@ impl Writer {
         let handle = head.clone();
         let applier = std::thread::Builder::new()
             .name("skein-head-applier".into())
-            .spawn(move || apply_loop(&h, &a, applied_rx))?;
+            .spawn(move || apply_loop(&h, &a, observer.as_deref(), applied_rx))?;
         let writer = std::thread::Builder::new()
             .name("skein-wal-writer".into())
             .spawn(move || run(wal, head, metrics, rx, applied_tx, applied_seq))?;
@@ -143,7 +150,12 @@ impl Writer {
     }
 }
 
-fn apply_loop(head: &Head, applied_seq: &AtomicU64, rx: mpsc::Receiver<Durable>) {
+fn apply_loop(
+    head: &Head,
+    applied_seq: &AtomicU64,
+    observer: Option<&dyn ApplyObserver>,
+    rx: mpsc::Receiver<Durable>,
+) {
     while let Ok(Durable { first_seq, group }) = rx.recv() {
         let n = group.len() as u64;
         let mut acks = Vec::with_capacity(group.len());
@@ -151,6 +163,10 @@ fn apply_loop(head: &Head, applied_seq: &AtomicU64, rx: mpsc::Receiver<Durable>)
             let r = head
                 .apply(first_seq + i as u64, &p.tenant, &p.req)
                 .map_err(|e| WriteError::Head(e.to_string()));
+            // Aggregated before the ack, so an acknowledged span is already counted.
+            if let (Some(o), Ok(())) = (observer, &r) {
+                o.applied(&p.tenant, &p.req);
+            }
             acks.push((p.done, r));
         }
         applied_seq.store(first_seq + n - 1, Ordering::Release);
@@ -282,7 +298,7 @@ mod tests {
         let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
         let head = Arc::new(Head::new(Dedicated::default()));
         let (writer, thread) =
-            Writer::start(wal, head.clone(), Arc::new(Metrics::new()), 1 << 20, 5).unwrap();
+            Writer::start(wal, head.clone(), Arc::new(Metrics::new()), 1 << 20, 5, None).unwrap();
         let write = |n| writer.write("t".into(), request(n), bytes::Bytes::from_static(b"x"));
         write(6).await.unwrap();
         assert!(matches!(write(1).await, Err(WriteError::Overloaded)));

@@ -176,13 +176,13 @@ fn intrinsic(i: Intrinsic, op: CmpOp, v: &Literal) -> Result<Expr, QueryError> {
     }
 }
 
-fn attr(slot: Slot, resource: bool, key: &str) -> Expr {
+pub(super) fn attr(slot: Slot, resource: bool, key: &str) -> Expr {
     let list = if resource { c::RESOURCE_ATTRS } else { c::SPAN_ATTRS };
     attr_udf(slot).call(vec![col(list), lit(key.to_string())])
 }
 
 /// The string value of an attribute, looking in its dedicated column first.
-fn string_attr(resource: bool, key: &str, layout: &Dedicated, op: CmpOp) -> Expr {
+pub(super) fn string_attr(resource: bool, key: &str, layout: &Dedicated, op: CmpOp) -> Expr {
     if resource && key == SERVICE_NAME_KEY {
         return string_col(c::SERVICE, op);
     }

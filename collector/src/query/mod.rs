@@ -1,4 +1,5 @@
-//! Queries over head + blocks with DataFusion: trace by id, TraceQL search, tag names/values.
+//! Queries over head + blocks with DataFusion: trace by id, TraceQL search and metrics, tag
+//! names/values.
 //!
 //! Every query first prunes blocks (by time range, or by the trace-id bloom filters), then
 //! builds a DataFusion plan over exactly those Parquet files plus a snapshot of the head. All
@@ -11,6 +12,7 @@ pub mod search;
 pub mod tags;
 pub mod trace;
 pub mod traceql;
+pub mod traceql_metrics;
 pub mod udf;
 
 use std::sync::Arc;

@@ -180,11 +180,23 @@ impl QueryEngine {
         f: &Filter,
         range: Option<(i64, i64)>,
     ) -> Result<DataFrame, QueryError> {
+        self.filtered_with(tables, f, range, false)
+    }
+
+    /// As [`Self::filtered`]; `with_trace` joins the trace summaries (`t_root_name`,
+    /// `t_root_service`, `t_duration`) even when the filter itself does not need them.
+    pub(super) fn filtered_with(
+        &self,
+        tables: &Tables,
+        f: &Filter,
+        range: Option<(i64, i64)>,
+        with_trace: bool,
+    ) -> Result<DataFrame, QueryError> {
         let mut df = tables.spans.clone();
         if let Some((s, e)) = range {
             df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
         }
-        if needs_trace(f) {
+        if with_trace || needs_trace(f) {
             let t = self
                 .trace_summaries(tables)?
                 .with_column(T_DURATION, col("t_end") - col("t_start"))?

@@ -49,9 +49,15 @@ struct Counters {
     dropped_export_failed: AtomicU64,
 }
 
+/// Per-thread buffers are handed over whole (no per-span copy) and come back empty from the
+/// export thread for reuse, so steady state allocates nothing.
 #[derive(Default)]
 struct QueueState {
-    spans: Vec<Record>,
+    batches: Vec<Vec<Record>>,
+    /// Spans in `batches`.
+    queued: usize,
+    /// Emptied buffers, handed back to threads that flush.
+    spare: Vec<Vec<Record>>,
     shutdown: bool,
     flush_requested: u64,
     flush_done: u64,
@@ -74,6 +80,9 @@ pub(crate) struct Pipeline {
 }
 
 static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
+
+const MAX_SPARE: usize = 1024;
+const MAX_SPARE_CAPACITY: usize = 4096;
 
 /// The installed, running pipeline.
 pub(crate) fn pipeline() -> Option<&'static Pipeline> {
@@ -110,13 +119,21 @@ pub(crate) fn enqueue(buf: &mut Vec<Record>) {
     {
         let mut q = p.lock();
         if !q.shutdown {
-            let before = q.spans.len();
+            let before = q.queued;
             let room = p.capacity.saturating_sub(before);
             let take = room.min(buf.len());
-            q.spans.extend(buf.drain(..take));
+            if take == buf.len() {
+                let spare = q.spare.pop().unwrap_or_else(|| Vec::with_capacity(buf.capacity()));
+                q.batches.push(std::mem::replace(buf, spare));
+            } else if take > 0 {
+                let mut part = q.spare.pop().unwrap_or_default();
+                part.extend(buf.drain(..take));
+                q.batches.push(part);
+            }
+            q.queued += take;
             dropped -= take;
             // Wake only on crossing the threshold: notify is a syscall.
-            if before < p.batch && q.spans.len() >= p.batch {
+            if before < p.batch && q.queued >= p.batch {
                 p.wake.notify_one();
             }
         }
@@ -302,7 +319,7 @@ fn run(
                 let now = Instant::now();
                 if q.shutdown
                     || q.flush_requested > q.flush_done
-                    || q.spans.len() >= p.batch
+                    || q.queued >= p.batch
                     || now >= next
                 {
                     break;
@@ -313,17 +330,18 @@ fn run(
                     .map(|r| r.0)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            (std::mem::take(&mut q.spans), q.flush_requested, q.shutdown)
+            q.queued = 0;
+            (std::mem::take(&mut q.batches), q.flush_requested, q.shutdown)
         };
         if Instant::now() >= next {
             next = Instant::now() + delay;
         }
-        let mut spans = spans;
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(p.batch));
-            let n = spans.len() as u64;
-            let req =
-                otlp::request(resource, std::mem::replace(&mut spans, rest), &otlp::Anchor::now());
+        let mut batches = spans;
+        let mut records = batches.iter_mut().flat_map(|b| b.drain(..)).peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<Record> = records.by_ref().take(p.batch).collect();
+            let n = chunk.len() as u64;
+            let req = otlp::request(resource, chunk, &otlp::Anchor::now());
             let sent = rt.block_on(async {
                 tokio::time::timeout(timeout, transport.send(req))
                     .await
@@ -336,6 +354,17 @@ fn run(
                     p.counters.dropped_export_failed.fetch_add(n, Ordering::Relaxed)
                 }
             };
+        }
+        drop(records);
+        {
+            let mut q = p.lock();
+            for mut b in batches {
+                // Bounded: enough buffers for the threads that flush, none oversized.
+                if q.spare.len() < MAX_SPARE && b.capacity() <= MAX_SPARE_CAPACITY {
+                    b.clear();
+                    q.spare.push(b);
+                }
+            }
         }
         reporter.maybe_report(&stats(), stop);
         {

@@ -63,7 +63,8 @@ fn kind(k: SpanKind) -> i32 {
 }
 
 fn to_span(r: Record, anchor: &Anchor) -> OtlpSpan {
-    let status = match r.status {
+    let extra = r.extra.map(|b| *b).unwrap_or_default();
+    let status = match extra.status {
         span::Status::Unset => None,
         span::Status::Ok => {
             Some(Status { code: status::StatusCode::Ok as i32, ..Default::default() })
@@ -92,8 +93,8 @@ fn to_span(r: Record, anchor: &Anchor) -> OtlpSpan {
         start_time_unix_nano: anchor.unix_nanos(r.start),
         end_time_unix_nano: anchor.unix_nanos(r.end),
         attributes: r.attributes.into_iter().map(key_value).collect(),
-        dropped_attributes_count: r.dropped_attributes,
-        events: r
+        dropped_attributes_count: extra.dropped_attributes,
+        events: extra
             .events
             .into_iter()
             .map(|e| otlp_span::Event {
@@ -103,7 +104,7 @@ fn to_span(r: Record, anchor: &Anchor) -> OtlpSpan {
                 dropped_attributes_count: 0,
             })
             .collect(),
-        dropped_events_count: r.dropped_events,
+        dropped_events_count: extra.dropped_events,
         links: Vec::new(),
         dropped_links_count: 0,
         status,

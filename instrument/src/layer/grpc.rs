@@ -18,7 +18,8 @@ fn rpc_parts(path: &str) -> (&str, &str) {
 fn rpc_span(path: &str, kind: SpanKind) -> SpanBuilder {
     let (service, method) = rpc_parts(path);
     let name = if method.is_empty() { service.to_string() } else { format!("{service}/{method}") };
-    Span::builder(name)
+    // rpc.* (3), server.address/port (2), rpc.grpc.status_code, pyroscope.profile.id, spare.
+    Span::builder_with_capacity(name, 8)
         .kind(kind)
         .attribute("rpc.system", "grpc")
         .attribute("rpc.service", service.to_string())
@@ -31,14 +32,25 @@ fn host_port(authority: Option<&str>) -> Option<(String, Option<u16>)> {
     Some((uri_auth.host().trim_matches(['[', ']']).to_string(), uri_auth.port_u16()))
 }
 
-fn with_server_address(mut b: SpanBuilder, authority: Option<&str>) -> SpanBuilder {
-    if let Some((host, port)) = host_port(authority) {
-        b = b.attribute("server.address", host);
-        if let Some(p) = port {
-            b = b.attribute("server.port", p);
-        }
+fn add_address(mut b: SpanBuilder, host: &str, port: Option<u16>) -> SpanBuilder {
+    b = b.attribute("server.address", host.trim_matches(['[', ']']).to_string());
+    if let Some(p) = port {
+        b = b.attribute("server.port", p);
     }
     b
+}
+
+/// `server.address`/`server.port` from the request URI (HTTP/2 `:authority`, already parsed),
+/// else from a `Host` header.
+fn with_server_address<B>(b: SpanBuilder, req: &http::Request<B>) -> SpanBuilder {
+    if let Some(host) = req.uri().host() {
+        return add_address(b, host, req.uri().port_u16());
+    }
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+    match host_port(host) {
+        Some((host, port)) => add_address(b, &host, port),
+        None => b,
+    }
 }
 
 /// SERVER spans for a tonic server: continues the caller's trace from the request metadata.
@@ -78,11 +90,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let extracted = http_headers::extract(export::propagators(), req.headers());
-        let authority = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
-            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
-        });
         let b = rpc_span(req.uri().path(), SpanKind::Server).remote_parent(extracted);
-        let mut span = with_server_address(b, authority.as_deref()).start();
+        let mut span = with_server_address(b, &req).start();
         let fut = span.in_scope(|| self.inner.call(req));
         ResponseFuture::new(fut, span, Side::GrpcServer)
     }
@@ -125,7 +134,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let b = rpc_span(req.uri().path(), SpanKind::Client);
-        let span = with_server_address(b, req.uri().authority().map(|a| a.as_str())).start();
+        let span = with_server_address(b, &req).start();
         super::inject(&span, req.headers_mut());
         let fut = self.inner.call(req);
         ResponseFuture::new(fut, span, Side::GrpcClient)

@@ -303,7 +303,7 @@ fn add_profile_id(r: &mut Record) {
     if r.attributes.len() < MAX_ATTRIBUTES {
         r.attributes.push(KeyValue::new(PROFILE_ID_ATTRIBUTE, r.ctx.span_id.to_hex()));
     } else {
-        r.dropped_attributes += 1;
+        r.extra().dropped_attributes += 1;
     }
 }
 

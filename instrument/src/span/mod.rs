@@ -136,10 +136,28 @@ pub(crate) struct Record {
     pub start: quanta::Instant,
     pub end: quanta::Instant,
     pub attributes: Vec<KeyValue>,
+    /// What most spans never have, out of line so records stay small: a record is moved on
+    /// every enter, exit and finish.
+    pub extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
     pub events: Vec<Event>,
     pub status: Status,
     pub dropped_attributes: u32,
     pub dropped_events: u32,
+}
+
+impl Record {
+    pub fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    pub fn status(&self) -> &Status {
+        static UNSET: Status = Status::Unset;
+        self.extra.as_ref().map_or(&UNSET, |e| &e.status)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -252,10 +270,8 @@ impl SpanBuilder {
             start: now,
             end: now,
             attributes,
-            events: Vec::new(),
-            status: Status::Unset,
-            dropped_attributes,
-            dropped_events: 0,
+            extra: (dropped_attributes > 0)
+                .then(|| Box::new(Extra { dropped_attributes, ..Extra::default() })),
         };
         if profiling::enabled() {
             profiling::on_start(&mut record);
@@ -283,11 +299,19 @@ impl Span {
     }
 
     pub fn builder(name: impl Into<Cow<'static, str>>) -> SpanBuilder {
+        Span::builder_with_capacity(name, 0)
+    }
+
+    /// For callers that know how many attributes they will add (the RPC layers).
+    pub(crate) fn builder_with_capacity(
+        name: impl Into<Cow<'static, str>>,
+        attributes: usize,
+    ) -> SpanBuilder {
         SpanBuilder {
             name: name.into(),
             kind: SpanKind::Internal,
             parent: Parent::Current,
-            attributes: Vec::new(),
+            attributes: Vec::with_capacity(attributes),
         }
     }
 
@@ -332,7 +356,7 @@ impl Span {
             if r.attributes.len() < MAX_ATTRIBUTES {
                 r.attributes.push(KeyValue::new(key, value));
             } else {
-                r.dropped_attributes += 1;
+                r.extra().dropped_attributes += 1;
             }
         }
     }
@@ -345,14 +369,15 @@ impl Span {
 
     pub fn add_event(&mut self, name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
         if let Inner::Recording(r) = &mut self.0 {
-            if r.events.len() < MAX_EVENTS {
-                r.events.push(Event {
+            let x = r.extra();
+            if x.events.len() < MAX_EVENTS {
+                x.events.push(Event {
                     name: name.into(),
                     time: quanta::Instant::now(),
                     attributes,
                 });
             } else {
-                r.dropped_events += 1;
+                x.dropped_events += 1;
             }
         }
     }
@@ -360,15 +385,15 @@ impl Span {
     pub fn set_status(&mut self, status: Status) {
         if let Inner::Recording(r) = &mut self.0 {
             // Ok is final (OpenTelemetry: once Ok, later Error is ignored).
-            if r.status != Status::Ok {
-                r.status = status;
+            if *r.status() != Status::Ok {
+                r.extra().status = status;
             }
         }
     }
 
     pub fn status(&self) -> Option<&Status> {
         match &self.0 {
-            Inner::Recording(r) => Some(&r.status),
+            Inner::Recording(r) => Some(r.status()),
             _ => None,
         }
     }
@@ -435,5 +460,7 @@ mod tests {
         assert!(!s.is_recording());
         assert!(s.context().is_none());
         assert_eq!(std::mem::size_of::<Span>(), std::mem::size_of::<Inner>());
+        // Records move on every enter, exit and finish: keep them small.
+        assert!(std::mem::size_of::<Span>() <= 160, "{}", std::mem::size_of::<Span>());
     }
 }

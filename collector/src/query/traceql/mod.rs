@@ -18,6 +18,7 @@
 mod ast;
 mod duration;
 mod lexer;
+mod metrics;
 mod parser;
 
 #[cfg(test)]
@@ -29,6 +30,13 @@ pub use ast::{
     StatusLit,
 };
 pub use duration::parse_duration;
+pub use metrics::{MetricsFunction, MetricsQuery};
+
+/// Parses a TraceQL metrics query: a spanset query followed by a metrics pipeline such as
+/// `| rate() by(resource.service.name)` (see [`metrics`] for the supported functions).
+pub fn parse_metrics(input: &str) -> Result<MetricsQuery, ParseError> {
+    metrics::parse_metrics_query(input)
+}
 
 /// Parses a TraceQL query (see the module docs for the supported subset).
 pub fn parse(input: &str) -> Result<Query, ParseError> {

@@ -35,7 +35,7 @@ pub(crate) fn parse_query(src: &str) -> Result<Query, ParseError> {
             "empty query: expected a spanset filter such as '{ }' or '{ resource.service.name = \"api\" }'",
         ));
     }
-    let mut p = Parser { src, lexer: Lexer::new(src), peeked: None, nesting: 0 };
+    let mut p = Parser::new(src);
     let (query, _) = p.spanset_or()?;
     let tok = p.bump()?;
     match tok.kind {
@@ -45,12 +45,12 @@ pub(crate) fn parse_query(src: &str) -> Result<Query, ParseError> {
     }
 }
 
-enum Operand {
+pub(super) enum Operand {
     Attr(Attribute),
     Lit(Literal),
 }
 
-struct Parser<'a> {
+pub(super) struct Parser<'a> {
     src: &'a str,
     lexer: Lexer<'a>,
     peeked: Option<Token>,
@@ -78,11 +78,15 @@ fn supported_intrinsics() -> String {
 }
 
 impl<'a> Parser<'a> {
-    fn err(&self, offset: usize, message: impl Into<String>) -> ParseError {
+    pub(super) fn new(src: &'a str) -> Self {
+        Parser { src, lexer: Lexer::new(src), peeked: None, nesting: 0 }
+    }
+
+    pub(super) fn err(&self, offset: usize, message: impl Into<String>) -> ParseError {
         ParseError::new(self.src, offset, message)
     }
 
-    fn peek(&mut self) -> Result<&Token, ParseError> {
+    pub(super) fn peek(&mut self) -> Result<&Token, ParseError> {
         if self.peeked.is_none() {
             self.peeked = Some(self.lexer.next_token()?);
         }
@@ -96,14 +100,23 @@ impl<'a> Parser<'a> {
         Ok(&self.peek()?.kind == kind)
     }
 
-    fn bump(&mut self) -> Result<Token, ParseError> {
+    pub(super) fn bump(&mut self) -> Result<Token, ParseError> {
         match self.peeked.take() {
             Some(tok) => Ok(tok),
             None => self.lexer.next_token(),
         }
     }
 
-    fn expected(&self, what: &str, found: &Token) -> ParseError {
+    /// Consumes the next token if it is `kind`.
+    pub(super) fn bump_if(&mut self, kind: &Tok) -> Result<bool, ParseError> {
+        if self.peek_kind_is(kind)? {
+            self.bump()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub(super) fn expected(&self, what: &str, found: &Token) -> ParseError {
         let hint = match found.kind {
             Tok::Amp => " (did you mean '&&'?)",
             Tok::Pipe => " (did you mean '||'?)",
@@ -140,7 +153,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Error for a token that cannot follow a complete spanset expression.
-    fn after_spanset_error(&self, tok: &Token, expected: &str) -> ParseError {
+    pub(super) fn after_spanset_error(&self, tok: &Token, expected: &str) -> ParseError {
         match tok.kind {
             Tok::Pipe => self.err(
                 tok.start,
@@ -166,7 +179,7 @@ impl<'a> Parser<'a> {
     // spanset level
     // ---------------------------------------------------------------
 
-    fn spanset_or(&mut self) -> Result<(Query, usize), ParseError> {
+    pub(super) fn spanset_or(&mut self) -> Result<(Query, usize), ParseError> {
         let (mut lhs, mut depth) = self.spanset_and()?;
         while self.peek_kind_is(&Tok::OrOr)? {
             let op = self.bump()?;
@@ -305,7 +318,11 @@ impl<'a> Parser<'a> {
 
     /// Turns a token into an attribute or a literal; `Ok(None)` if the token
     /// can be neither.
-    fn operand(&self, tok: &Token, is_value: bool) -> Result<Option<Operand>, ParseError> {
+    pub(super) fn operand(
+        &self,
+        tok: &Token,
+        is_value: bool,
+    ) -> Result<Option<Operand>, ParseError> {
         let operand = match &tok.kind {
             Tok::Attr { scope, name } => {
                 Operand::Attr(Attribute::Scoped { scope: *scope, name: name.clone() })

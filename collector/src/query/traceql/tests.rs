@@ -937,3 +937,77 @@ fn random_syntax_trees_print_and_parse_back_unchanged() {
         assert_eq!(parse(&printed), Ok(query), "{printed}");
     }
 }
+
+// ------------------------------------------------------------------
+// metrics pipelines
+// ------------------------------------------------------------------
+
+fn m(s: &str) -> MetricsQuery {
+    parse_metrics(s).unwrap_or_else(|e| panic!("{s:?} should parse, got: {e}"))
+}
+
+#[track_caller]
+fn assert_metrics_err(s: &str, needle: &str) {
+    match parse_metrics(s) {
+        Ok(q) => panic!("{s:?} should fail, parsed as {q:?}"),
+        Err(e) => assert!(e.message.contains(needle), "{s:?}: {e}"),
+    }
+}
+
+#[test]
+fn metrics_functions_parse_with_their_arguments() {
+    assert_eq!(m("{ } | rate()").function, MetricsFunction::Rate);
+    assert_eq!(m("{} | count_over_time()").function, MetricsFunction::CountOverTime);
+    assert_eq!(
+        m("{ } | quantile_over_time(duration, 0.5, 0.9, 0.99)").function,
+        MetricsFunction::QuantileOverTime(vec![0.5, 0.9, 0.99])
+    );
+    assert_eq!(
+        m("{ } | quantile_over_time(span:duration, 1)").function,
+        MetricsFunction::QuantileOverTime(vec![1.0])
+    );
+    assert_eq!(
+        m("{ } | histogram_over_time(duration)").function,
+        MetricsFunction::HistogramOverTime
+    );
+}
+
+#[test]
+fn metrics_by_keeps_attribute_order_and_drops_duplicates() {
+    let q = m(
+        r#"{ status = error } | rate() by (resource.service.name, span.http.route, name, status, name)"#,
+    );
+    assert_eq!(
+        q.by,
+        vec![
+            res("service.name"),
+            span("http.route"),
+            Attribute::Intrinsic(Intrinsic::Name),
+            Attribute::Intrinsic(Intrinsic::Status),
+        ]
+    );
+    assert_eq!(q.spans, parse("{ status = error }").unwrap());
+}
+
+#[test]
+fn metrics_hints_are_accepted_and_ignored() {
+    // Traces Drilldown appends `with(sample=true)`.
+    let q = m("{ } | rate()  with(sample=true)");
+    assert_eq!(q.function, MetricsFunction::Rate);
+    let q = m("{ } | histogram_over_time(duration) by(name) with(sample=true, exemplars=5)");
+    assert_eq!(q.by.len(), 1);
+}
+
+#[test]
+fn unsupported_metrics_pipelines_say_what_is_supported() {
+    assert_metrics_err("{ }", "needs a pipeline");
+    assert_metrics_err("{ } | avg_over_time(duration)", "unsupported: 'avg_over_time'");
+    assert_metrics_err("{ } | compare({status=error})", "unsupported: 'compare'");
+    assert_metrics_err("{ } | frobnicate()", "unknown metrics function");
+    assert_metrics_err("{ } | rate() | topk(5)", "second-stage");
+    assert_metrics_err("{ } | quantile_over_time(duration)", "at least one quantile");
+    assert_metrics_err("{ } | quantile_over_time(duration, 1.5)", "not between 0 and 1");
+    assert_metrics_err("{ } | quantile_over_time(span.size, 0.5)", "only span duration");
+    assert_metrics_err("{ } | rate() by()", "an attribute in by()");
+    assert_metrics_err("{ } | rate(duration)", "')' to close 'rate('");
+}
