@@ -204,7 +204,11 @@ impl ServeArgs {
             dedicated_resource_attributes,
             spanmetrics_buckets,
             spanmetrics_dimensions,
-            servicegraph_wait: duration("servicegraph-wait", a.servicegraph_wait.as_deref(), "10s")?,
+            servicegraph_wait: duration(
+                "servicegraph-wait",
+                a.servicegraph_wait.as_deref(),
+                "10s",
+            )?,
             metrics_scrape_interval: duration(
                 "metrics-scrape-interval",
                 a.metrics_scrape_interval.as_deref(),

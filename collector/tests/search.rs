@@ -3,16 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use skein_collector::head::Head;
-use skein_collector::metrics::Metrics;
 use skein_collector::query::search::SearchRequest;
 use skein_collector::query::traceql::{self, Attribute, Scope};
 use skein_collector::query::{QueryEngine, QueryError};
-use skein_collector::store::schema::Dedicated;
-use skein_collector::store::{Store, open_object_store};
 
 const T: &str = "single-tenant";
 /// A fixed clock so snapshots are stable.
@@ -20,15 +14,7 @@ const BASE: u64 = 1_800_000_000_000_000_000;
 
 /// Five traces: half in a block, half in the head.
 async fn engine(dir: &std::path::Path) -> QueryEngine {
-    let cfg = config(dir, |_| {});
-    let metrics = Arc::new(Metrics::new());
-    let dedicated = Dedicated { span: vec!["http.route".into()], resource: vec![] };
-    let store = Arc::new(
-        Store::open(open_object_store(&cfg.storage).unwrap(), dedicated.clone(), metrics.clone())
-            .await
-            .unwrap(),
-    );
-    let head = Arc::new(Head::new(dedicated));
+    let (store, head, metrics) = store_and_head(dir).await;
     let sec = 1_000_000_000;
     let mut checkout = trace(3, "shop", "POST /checkout", BASE + 2 * sec, 900, 2, true);
     checkout.scope_spans[0].spans[1].attributes.push(s("db.system", "postgres"));

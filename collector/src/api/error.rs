@@ -88,7 +88,8 @@ impl IntoResponse for PromqlError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "PromQL request failed");
         }
-        let body = serde_json::json!({"status": "error", "errorType": kind, "error": self.to_string()});
+        let body =
+            serde_json::json!({"status": "error", "errorType": kind, "error": self.to_string()});
         (status, axum::Json(body)).into_response()
     }
 }

@@ -180,3 +180,25 @@ pub fn span_ids(data: &opentelemetry_proto::tonic::trace::v1::TracesData) -> Vec
 pub fn id16(v: &[u8]) -> [u8; 16] {
     v.try_into().unwrap()
 }
+
+/// An empty store in `dir` and an empty head, both with `http.route` as a dedicated span
+/// column: the parts of a query-engine fixture.
+pub async fn store_and_head(
+    dir: &std::path::Path,
+) -> (
+    std::sync::Arc<skein_collector::store::Store>,
+    std::sync::Arc<skein_collector::head::Head>,
+    std::sync::Arc<skein_collector::metrics::Metrics>,
+) {
+    use skein_collector::store::{Store, open_object_store, schema::Dedicated};
+    use std::sync::Arc;
+    let cfg = config(dir, |_| {});
+    let metrics = Arc::new(skein_collector::metrics::Metrics::new());
+    let dedicated = Dedicated { span: vec!["http.route".into()], resource: vec![] };
+    let store = Arc::new(
+        Store::open(open_object_store(&cfg.storage).unwrap(), dedicated.clone(), metrics.clone())
+            .await
+            .unwrap(),
+    );
+    (store, Arc::new(skein_collector::head::Head::new(dedicated)), metrics)
+}

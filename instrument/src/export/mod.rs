@@ -82,6 +82,9 @@ pub(crate) struct Pipeline {
 static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
 
 const MAX_SPARE: usize = 1024;
+/// Buffers with at least this many spans are handed over whole; fewer are copied.
+const HANDOVER_MIN: usize = 16;
+const TAIL_BATCH: usize = 256;
 const MAX_SPARE_CAPACITY: usize = 4096;
 
 /// The installed, running pipeline.
@@ -122,13 +125,19 @@ pub(crate) fn enqueue(buf: &mut Vec<Record>) {
             let before = q.queued;
             let room = p.capacity.saturating_sub(before);
             let take = room.min(buf.len());
-            if take == buf.len() {
+            if take == buf.len() && take >= HANDOVER_MIN {
                 let spare = q.spare.pop().unwrap_or_else(|| Vec::with_capacity(buf.capacity()));
                 q.batches.push(std::mem::replace(buf, spare));
             } else if take > 0 {
-                let mut part = q.spare.pop().unwrap_or_default();
-                part.extend(buf.drain(..take));
-                q.batches.push(part);
+                // A few spans (a lone root span): copying them beats a buffer per flush.
+                let fits = q.batches.last().is_some_and(|b| b.capacity() - b.len() >= take);
+                if !fits {
+                    let fresh = q.spare.pop().unwrap_or_else(|| Vec::with_capacity(TAIL_BATCH));
+                    q.batches.push(fresh);
+                }
+                if let Some(tail) = q.batches.last_mut() {
+                    tail.extend(buf.drain(..take));
+                }
             }
             q.queued += take;
             dropped -= take;

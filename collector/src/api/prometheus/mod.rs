@@ -1,0 +1,258 @@
+//! Prometheus-compatible HTTP API under `/prometheus` (shared/reference/grafana-apis.md §2)
+//! over the span metrics and service-graph series, and their text exposition at
+//! `/prometheus/metrics` for a real Prometheus to scrape. `X-Scope-OrgID` selects the tenant
+//! (the exposition also takes `?tenant=`, since Prometheus 2.x scrape configs cannot set
+//! headers).
+
+pub mod params;
+
+use std::collections::BTreeSet;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use promql_parser::parser::{Expr, VectorSelector};
+use serde_json::{Value as Json, json};
+
+use super::AppState;
+use crate::ingest::tenant_from;
+use crate::metrics_gen::exposition::FAMILIES;
+use crate::promql::value::{format_time, format_value, to_json};
+use crate::promql::{self, PromqlError, now_ms, selector_matches};
+use params::{Params, parse_step};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/prometheus/metrics", get(exposition))
+        .route("/prometheus/api/v1/query", get(query).post(query))
+        .route("/prometheus/api/v1/query_range", get(query_range).post(query_range))
+        .route("/prometheus/api/v1/labels", get(labels).post(labels))
+        .route("/prometheus/api/v1/label/{name}/values", get(label_values))
+        .route("/prometheus/api/v1/series", get(series).post(series))
+        .route("/prometheus/api/v1/metadata", get(metadata))
+        .route("/prometheus/api/v1/status/buildinfo", get(buildinfo))
+        .route("/prometheus/api/v1/query_exemplars", get(exemplars).post(exemplars))
+        .route("/prometheus/api/v1/rules", get(|| async { success(json!({"groups": []})) }))
+        .route("/prometheus/api/v1/alerts", get(|| async { success(json!({"alerts": []})) }))
+}
+
+type Answer = Result<Response, PromqlError>;
+
+fn success(data: Json) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+fn tenant(headers: &HeaderMap) -> Result<String, PromqlError> {
+    tenant_from(headers.get("x-scope-orgid").map(|v| v.as_bytes()))
+        .map_err(|e| PromqlError::BadData(e.to_string()))
+}
+
+/// Runs CPU-bound evaluation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PromqlError> + Send + 'static,
+) -> Result<T, PromqlError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| PromqlError::Internal(e.to_string()))?
+}
+
+async fn query(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &body);
+    let storage = s.metrics_gen.storage(&tenant(&headers)?);
+    let expr = promql::parse(p.required("query")?)?;
+    let t = p.time("time", now_ms())?;
+    let v = blocking(move || promql::instant(storage.as_ref(), &expr, t)).await?;
+    Ok(success(to_json(&v, t)))
+}
+
+async fn query_range(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &body);
+    let storage = s.metrics_gen.storage(&tenant(&headers)?);
+    let expr = promql::parse(p.required("query")?)?;
+    let start = p.required("start").and_then(|_| p.time("start", 0))?;
+    let end = p.required("end").and_then(|_| p.time("end", 0))?;
+    let step = parse_step(p.required("step")?)?;
+    let v = blocking(move || promql::range(storage.as_ref(), &expr, start, end, step)).await?;
+    Ok(success(to_json(&v, end)))
+}
+
+/// `match[]` selectors; each must be a plain series selector.
+fn selectors(p: &Params) -> Result<Vec<VectorSelector>, PromqlError> {
+    p.all("match[]")
+        .into_iter()
+        .map(|m| match promql::parse(m)? {
+            Expr::VectorSelector(vs) => Ok(vs),
+            _ => Err(PromqlError::BadData(format!(
+                "invalid parameter \"match[]\": {m:?} is not a series selector"
+            ))),
+        })
+        .collect()
+}
+
+/// Label sets of the series matching any of `match[]` (all series without it) in the range.
+fn matching_series(
+    s: &AppState,
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<Vec<promql::labels::Labels>, PromqlError> {
+    let storage = s.metrics_gen.storage(&tenant(headers)?);
+    let sel = selectors(p)?;
+    let start = p.time("start", i64::MIN / 2)?;
+    let end = p.time("end", i64::MAX / 2)?;
+    let matches =
+        |l: &promql::labels::Labels| sel.is_empty() || sel.iter().any(|vs| selector_matches(vs, l));
+    Ok(storage.select(&matches, start, end)?.into_iter().map(|s| s.labels).collect())
+}
+
+fn limited(mut v: Vec<Json>, limit: Option<usize>) -> Vec<Json> {
+    if let Some(n) = limit {
+        v.truncate(n);
+    }
+    v
+}
+
+async fn labels(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &body);
+    let names: BTreeSet<String> = matching_series(&s, &headers, &p)?
+        .iter()
+        .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
+        .collect();
+    Ok(success(Json::Array(limited(names.into_iter().map(Json::from).collect(), p.limit()?))))
+}
+
+async fn label_values(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &[]);
+    let values: BTreeSet<String> = matching_series(&s, &headers, &p)?
+        .iter()
+        .filter_map(|l| l.get(&name).map(String::from))
+        .collect();
+    Ok(success(Json::Array(limited(values.into_iter().map(Json::from).collect(), p.limit()?))))
+}
+
+async fn series(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &body);
+    if p.all("match[]").is_empty() {
+        return Err(PromqlError::BadData("no match[] parameter provided".into()));
+    }
+    let mut found = matching_series(&s, &headers, &p)?;
+    found.sort();
+    Ok(success(Json::Array(limited(found.iter().map(|l| l.to_json()).collect(), p.limit()?))))
+}
+
+async fn metadata(headers: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &[]);
+    let metric = p.get("metric");
+    let families: serde_json::Map<String, Json> = FAMILIES
+        .iter()
+        .filter(|f| metric.is_none_or(|m| m == f.name))
+        .map(|f| (f.name.to_string(), json!([{"type": f.kind, "help": f.help, "unit": ""}])))
+        .collect();
+    let limit = p.limit()?.unwrap_or(usize::MAX);
+    Ok(success(Json::Object(families.into_iter().take(limit).collect())))
+}
+
+async fn buildinfo() -> Response {
+    // No `features`: a non-empty one makes Grafana treat the server as Mimir (reference §2).
+    success(json!({
+        "version": "2.42.0",
+        "revision": env!("CARGO_PKG_VERSION"),
+        "branch": "skein",
+        "buildUser": "skein",
+        "buildDate": "",
+        "goVersion": "none (skein is written in Rust)",
+    }))
+}
+
+fn collect_selectors<'e>(e: &'e Expr, out: &mut Vec<&'e VectorSelector>) {
+    match e {
+        Expr::VectorSelector(vs) => out.push(vs),
+        Expr::MatrixSelector(ms) => out.push(&ms.vs),
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Subquery(s) => collect_selectors(&s.expr, out),
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Aggregate(a) => collect_selectors(&a.expr, out),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+async fn exemplars(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &body);
+    let tenant = tenant(&headers)?;
+    let expr = promql::parse(p.required("query")?)?;
+    let start = p.time("start", i64::MIN / 2)?;
+    let end = p.time("end", i64::MAX / 2)?;
+    let mut sel = Vec::new();
+    collect_selectors(&expr, &mut sel);
+    let matches = |l: &promql::labels::Labels| sel.iter().any(|vs| selector_matches(vs, l));
+    let data: Vec<Json> = s
+        .metrics_gen
+        .exemplars(&tenant, &matches, start, end)
+        .into_iter()
+        .map(|(labels, ex)| {
+            json!({
+                "seriesLabels": labels.to_json(),
+                "exemplars": ex.iter().map(|e| json!({
+                    "labels": {"trace_id": hex::encode(e.trace_id), "span_id": hex::encode(e.span_id)},
+                    "value": format_value(e.value),
+                    "timestamp": format_time(e.t_ms),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(success(Json::Array(data)))
+}
+
+async fn exposition(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &[]);
+    let tenant = match p.get("tenant") {
+        Some(t) => {
+            tenant_from(Some(t.as_bytes())).map_err(|e| PromqlError::BadData(e.to_string()))?
+        }
+        None => tenant(&headers)?,
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics_gen.exposition(&tenant),
+    )
+        .into_response())
+}

@@ -1,0 +1,312 @@
+//! PromQL over skein's own time series (span metrics and service-graph edges): parsing by
+//! promql-parser, evaluation here. Whatever is not implemented is refused with an error naming
+//! it, never approximated.
+
+pub mod aggregate;
+pub mod binary;
+pub mod eval;
+pub mod functions;
+pub mod labels;
+pub mod value;
+
+use promql_parser::parser::Expr;
+use promql_parser::parser::value::ValueType;
+
+use eval::Evaluator;
+pub use eval::{now_ms, selector_matches};
+use labels::Labels;
+use value::{Series, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromqlError {
+    /// The query or a parameter is malformed (Prometheus `bad_data`).
+    #[error("{0}")]
+    BadData(String),
+    /// Valid PromQL that skein does not evaluate (answered as `bad_data` too).
+    #[error("unsupported in skein's PromQL: {0}")]
+    Unsupported(String),
+    /// Evaluation failed on the data (Prometheus `execution`).
+    #[error("{0}")]
+    Execution(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Staleness lookback of instant selectors, as Prometheus' default.
+pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// Prometheus refuses range queries with more points than this per series.
+pub const MAX_POINTS: i64 = 11_000;
+
+/// Where selectors read series from.
+pub trait Storage: Send + Sync {
+    /// Series matching `matches` with their points in `[start, end]` (ms), in time order.
+    /// Series without a point in the range are left out.
+    fn select(
+        &self,
+        matches: &dyn Fn(&Labels) -> bool,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Series>, PromqlError>;
+}
+
+pub fn parse(query: &str) -> Result<Expr, PromqlError> {
+    promql_parser::parser::parse(query).map_err(PromqlError::BadData)
+}
+
+/// Evaluates at one time (ms); a range selector at the top yields its raw points.
+pub fn instant(storage: &dyn Storage, expr: &Expr, t: i64) -> Result<Value, PromqlError> {
+    let ev = Evaluator::new(storage, expr, t, t, LOOKBACK_MS)?;
+    let v = ev.eval(expr, t)?;
+    if let Value::Vector(samples) = &v {
+        check_unique(samples.iter().map(|s| &s.labels))?;
+    }
+    Ok(v)
+}
+
+/// Evaluates at every step from `start` to `end` (ms) into a matrix.
+pub fn range(
+    storage: &dyn Storage,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<Value, PromqlError> {
+    if step <= 0 {
+        return Err(PromqlError::BadData(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+        ));
+    }
+    if end < start {
+        return Err(PromqlError::BadData("end timestamp must not be before start time".into()));
+    }
+    if (end - start) / step >= MAX_POINTS {
+        return Err(PromqlError::BadData(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
+        ));
+    }
+    match expr.value_type() {
+        ValueType::Vector | ValueType::Scalar => {}
+        other => {
+            return Err(PromqlError::BadData(format!(
+                "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+                match other {
+                    ValueType::Matrix => "range vector",
+                    _ => "string",
+                }
+            )));
+        }
+    }
+    let ev = Evaluator::new(storage, expr, start, end, LOOKBACK_MS)?;
+    let mut order: Vec<Labels> = Vec::new();
+    let mut series: std::collections::HashMap<Labels, Vec<(i64, f64)>> = Default::default();
+    let mut t = start;
+    while t <= end {
+        let samples = match ev.eval(expr, t)? {
+            Value::Scalar(v) => vec![value::Sample { labels: Labels::default(), v }],
+            Value::Vector(v) => v,
+            other => {
+                return Err(PromqlError::BadData(format!(
+                    "range query step yielded a {}",
+                    other.type_name()
+                )));
+            }
+        };
+        check_unique(samples.iter().map(|s| &s.labels))?;
+        for s in samples {
+            series
+                .entry(s.labels)
+                .or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Vec::new()
+                })
+                .push((t, s.v));
+        }
+        t += step;
+    }
+    let mut out: Vec<Series> = order
+        .into_iter()
+        .filter_map(|labels| series.remove(&labels).map(|points| Series { labels, points }))
+        .collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(Value::Matrix(out))
+}
+
+/// Two results with one label set would be indistinguishable: Prometheus refuses them.
+fn check_unique<'l>(labels: impl Iterator<Item = &'l Labels>) -> Result<(), PromqlError> {
+    let mut seen = std::collections::HashSet::new();
+    for l in labels {
+        if !seen.insert(l) {
+            return Err(PromqlError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use value::Sample;
+
+    /// Series in memory, for evaluator tests.
+    struct Mem(Vec<Series>);
+
+    impl Storage for Mem {
+        fn select(
+            &self,
+            matches: &dyn Fn(&Labels) -> bool,
+            start: i64,
+            end: i64,
+        ) -> Result<Vec<Series>, PromqlError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|s| matches(&s.labels))
+                .map(|s| Series {
+                    labels: s.labels.clone(),
+                    points: s
+                        .points
+                        .iter()
+                        .copied()
+                        .filter(|p| p.0 >= start && p.0 <= end)
+                        .collect(),
+                })
+                .filter(|s| !s.points.is_empty())
+                .collect())
+        }
+    }
+
+    /// Counters growing by `per_step` every 15 s from t=0 to 10 min.
+    fn counter(labels: &[(&str, &str)], per_step: f64) -> Series {
+        Series {
+            labels: Labels::new(labels.iter().copied()),
+            points: (0..=40).map(|i| (i * 15_000, per_step * i as f64)).collect(),
+        }
+    }
+
+    fn store() -> Mem {
+        let calls = |svc, status, n| {
+            counter(
+                &[
+                    ("__name__", "traces_spanmetrics_calls_total"),
+                    ("service", svc),
+                    ("span_kind", "SPAN_KIND_SERVER"),
+                    ("status_code", status),
+                ],
+                n,
+            )
+        };
+        let bucket = |le, n| {
+            counter(
+                &[("__name__", "traces_spanmetrics_latency_bucket"), ("service", "a"), ("le", le)],
+                n,
+            )
+        };
+        Mem(vec![
+            calls("a", "STATUS_CODE_UNSET", 30.0),
+            calls("a", "STATUS_CODE_ERROR", 15.0),
+            calls("b", "STATUS_CODE_UNSET", 15.0),
+            bucket("0.1", 15.0),
+            bucket("0.2", 30.0),
+            bucket("+Inf", 45.0),
+        ])
+    }
+
+    fn vector(q: &str, t: i64) -> Vec<Sample> {
+        match instant(&store(), &parse(q).unwrap(), t).unwrap() {
+            Value::Vector(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_plus_one_is_a_scalar() {
+        assert_eq!(instant(&store(), &parse("1+1").unwrap(), 4000).unwrap(), Value::Scalar(2.0));
+    }
+
+    #[test]
+    fn red_queries_over_steady_counters() {
+        let t = 600_000;
+        let v = vector("sum by (service) (rate(traces_spanmetrics_calls_total[1m0s]))", t);
+        let a = v.iter().find(|s| s.labels.get("service") == Some("a")).unwrap();
+        assert!((a.v - 3.0).abs() < 1e-9, "{a:?}");
+        let v = vector(
+            "sum(rate(traces_spanmetrics_calls_total{status_code=\"STATUS_CODE_ERROR\"}[5m])) by (service) / sum(rate(traces_spanmetrics_calls_total[5m])) by (service)",
+            t,
+        );
+        // Service b has no error series, so no ratio (as in Prometheus).
+        assert_eq!(v.len(), 1);
+        let a = v.iter().find(|s| s.labels.get("service") == Some("a")).unwrap();
+        assert!((a.v - 1.0 / 3.0).abs() < 1e-9, "{a:?}");
+        let v = vector(
+            "histogram_quantile(0.5, sum by (le) (rate(traces_spanmetrics_latency_bucket[5m])))",
+            t,
+        );
+        // rank 1.5 of 3 per second: in (0.1, 0.2], halfway.
+        assert!((v[0].v - 0.15).abs() < 1e-9, "{v:?}");
+        let v = vector("topk(1, sum by (service) (rate(traces_spanmetrics_calls_total[5m])))", t);
+        assert_eq!(v[0].labels.get("service"), Some("a"));
+    }
+
+    #[test]
+    fn lookback_and_offset() {
+        // Last sample at 600 s: visible for 5 minutes, then gone.
+        assert_eq!(vector("traces_spanmetrics_calls_total{service=\"b\"}", 899_000).len(), 1);
+        assert!(vector("traces_spanmetrics_calls_total{service=\"b\"}", 900_001).is_empty());
+        let v = vector("traces_spanmetrics_calls_total{service=\"b\"} offset 1m", 600_000);
+        assert_eq!(v[0].v, 15.0 * 36.0);
+    }
+
+    #[test]
+    fn regex_and_negative_matchers() {
+        assert_eq!(vector("traces_spanmetrics_calls_total{service=~\"a|b\"}", 600_000).len(), 3);
+        assert_eq!(vector("traces_spanmetrics_calls_total{service!~\"a\"}", 600_000).len(), 1);
+        assert_eq!(vector("{__name__=~\"traces_.*\", service!=\"a\"}", 600_000).len(), 1);
+    }
+
+    #[test]
+    fn range_query_evaluates_every_step() {
+        let e = parse("sum(rate(traces_spanmetrics_calls_total[1m]))").unwrap();
+        let Value::Matrix(m) = range(&store(), &e, 300_000, 600_000, 60_000).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].points.len(), 6);
+        assert!(m[0].points.iter().all(|p| (p.1 - 4.0).abs() < 1e-9), "{m:?}");
+        let Value::Matrix(m) = range(&store(), &parse("1+1").unwrap(), 0, 60_000, 15_000).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            m[0].points,
+            vec![(0, 2.0), (15_000, 2.0), (30_000, 2.0), (45_000, 2.0), (60_000, 2.0)]
+        );
+    }
+
+    #[test]
+    fn unsupported_constructs_are_refused_not_guessed() {
+        for q in [
+            "rate(traces_spanmetrics_calls_total[5m])[10m:1m]",
+            "count_values(\"x\", traces_spanmetrics_calls_total)",
+            "predict_linear(traces_spanmetrics_calls_total[5m], 60)",
+        ] {
+            let r = parse(q).and_then(|e| instant(&store(), &e, 600_000));
+            assert!(matches!(r, Err(PromqlError::Unsupported(_))), "{q}: {r:?}");
+        }
+        assert!(matches!(parse("sum("), Err(PromqlError::BadData(_))));
+        let e = parse("traces_spanmetrics_calls_total[5m]").unwrap();
+        assert!(matches!(range(&store(), &e, 0, 60_000, 15_000), Err(PromqlError::BadData(_))));
+    }
+
+    #[test]
+    fn series_that_collide_after_dropping_the_name_are_an_error() {
+        let e = parse("rate({__name__=~\"traces_spanmetrics_calls_total|other\"}[5m])").unwrap();
+        let mut s = store();
+        let mut other = s.0[0].clone();
+        other.labels.set("__name__", "other");
+        s.0.push(other);
+        assert!(matches!(instant(&s, &e, 600_000), Err(PromqlError::Execution(_))));
+    }
+}
