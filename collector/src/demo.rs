@@ -39,6 +39,9 @@ pub struct DemoArgs {
     /// Requests per second sent to the gateway (0: no generated traffic).
     #[arg(long, default_value_t = 5)]
     rps: u32,
+    /// Span profiling rate of the shop's services in Hz (0: profiling off).
+    #[arg(long, default_value_t = 99)]
+    profiling_hz: u32,
 }
 
 #[derive(Debug, Args)]
@@ -188,9 +191,10 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
 async fn run(running: &mut Running, shop: &mut Shop, args: &DemoArgs) -> Result<(), String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the skein executable: {e}"))?;
-    let endpoints = Endpoints {
+    let endpoints = ShopEnv {
         otlp: format!("http://{}", connectable(running.otlp_grpc_addr)),
         http: format!("http://{}", connectable(running.http_addr)),
+        profiling_hz: args.profiling_hz,
     };
     let any_port = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
     let inventory = shop.spawn(&exe, Service::Inventory, any_port, &[], &endpoints).await?;
@@ -312,10 +316,12 @@ impl ShopProcess {
     }
 }
 
-/// Where the shop's services send traces (OTLP/gRPC) and profiles (HTTP `/ingest`).
-struct Endpoints {
+/// What the shop's services are told: where to send traces (OTLP/gRPC) and profiles (HTTP
+/// `/ingest`), and how often to sample CPU.
+struct ShopEnv {
     otlp: String,
     http: String,
+    profiling_hz: u32,
 }
 
 impl Shop {
@@ -326,7 +332,7 @@ impl Shop {
         service: Service,
         listen: SocketAddr,
         downstream: &[(&str, SocketAddr)],
-        collector: &Endpoints,
+        collector: &ShopEnv,
     ) -> Result<SocketAddr, String> {
         let mut cmd = Command::new(exe);
         cmd.arg("shop").arg(service.name()).arg("--listen").arg(listen.to_string());
@@ -335,7 +341,8 @@ impl Shop {
         }
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.otlp)
             // Span profiling on: CPU samples per span, pushed to the collector's /ingest.
-            .env("SKEIN_PROFILING", "true")
+            .env("SKEIN_PROFILING", if collector.profiling_hz > 0 { "true" } else { "false" })
+            .env("SKEIN_PROFILING_HZ", collector.profiling_hz.max(1).to_string())
             .env("SKEIN_PROFILING_ENDPOINT", &collector.http)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_SERVICE_NAME", service.name())
