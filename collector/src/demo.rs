@@ -15,8 +15,8 @@ use std::time::Duration;
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use parking_lot::Mutex;
-use skein_collector::config::ServeArgs;
-use skein_collector::serve::{self, Running};
+use crate::config::ServeArgs;
+use crate::serve::{self, Running};
 use skein_demo::loadgen::{self, LoadgenOptions};
 use skein_demo::{Service, ServiceOptions};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -118,7 +118,7 @@ pub async fn shop(args: ShopArgs) -> ExitCode {
     let watch_stdin = !args.ignore_stdin;
     let stop = async move {
         tokio::select! {
-            () = crate::shutdown_signal() => {}
+            () = serve::shutdown_signal() => {}
             () = stdin_closed(), if watch_stdin => tracing::info!("stdin closed"),
         }
     };
@@ -220,7 +220,7 @@ async fn run(running: &mut Running, shop: &mut Shop, args: &DemoArgs) -> Result<
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {
-        () = crate::shutdown_signal() => {
+        () = serve::shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
         }

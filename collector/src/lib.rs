@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod demo;
 pub mod head;
 pub mod ingest;
 pub mod metrics;

@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use skein_collector::{bench, config::ServeArgs, serve};
-
-mod demo;
+use skein_collector::serve::shutdown_signal;
+use skein_collector::{bench, config::ServeArgs, demo, serve};
 
 // Ingest allocates many small, short-lived objects (decoded OTLP) next to large Arrow buffers;
 // glibc's allocator fragments badly under that mix (RSS stayed >1 GiB with an empty head).
@@ -106,25 +105,4 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -1,11 +1,9 @@
 //! TraceQL metrics over head + blocks, checked against a direct computation over the same spans.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use skein_collector::query::traceql::{self, MetricsQuery};
 use skein_collector::query::traceql_metrics::{

@@ -1,9 +1,7 @@
 //! TraceQL search, tags and tenant isolation over head and blocks, through the query engine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use skein_collector::query::search::SearchRequest;
 use skein_collector::query::traceql::{self, Attribute, Scope};
 use skein_collector::query::{QueryEngine, QueryError};

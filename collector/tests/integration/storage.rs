@@ -2,11 +2,9 @@
 //! retention, bounded query memory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use prost::Message;
 use skein_collector::head::Head;
 use skein_collector::metrics::Metrics;

@@ -3,12 +3,10 @@
 //! tenant isolation, and the errors clients get for bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use prost::Message;
 use serde_json::{Value, json};
 use skein_collector::api::pyroscope::proto::push::v1 as push;

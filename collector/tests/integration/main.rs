@@ -1,0 +1,14 @@
+//! The collector's integration tests, linked into one test binary: each binary links the whole
+//! DataFusion/Arrow stack (~0.5 GB in a debug build), and CI disks are not endless.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod cli;
+mod demo;
+mod ingest;
+mod profiles;
+mod promql;
+mod search;
+mod storage;
+mod traceql_metrics;
