@@ -3,7 +3,8 @@
 //!
 //! About 5% of bank calls are slow (300–900 ms, "bank gateway slow"); charges scoring at or
 //! above [`DECLINE_THRESHOLD`] and cards with the token [`DECLINED_CARD`] are declined with
-//! `PERMISSION_DENIED`.
+//! `PERMISSION_DENIED`. Cards with the token [`SLOW_BANK_CARD`] always meet a very slow bank,
+//! so anyone (a test, a person trying the alerts) can turn payment latency up at will.
 
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use crate::rng::{self, splitmix64};
 pub const DECLINE_THRESHOLD: f64 = 0.85;
 /// A card token the issuer always declines (like a payment provider's test cards).
 pub const DECLINED_CARD: &str = "tok_declined";
+/// A card token whose bank calls always take [`SLOW_BANK_CARD_MS`] (faults on or off).
+pub const SLOW_BANK_CARD: &str = "tok_slow_bank";
+const SLOW_BANK_CARD_MS: std::ops::RangeInclusive<u64> = 1500..=2500;
 /// Share of bank calls that take 300–900 ms.
 const SLOW_BANK_RATE: f64 = 0.05;
 
@@ -91,8 +95,13 @@ impl payment_server::Payment for Payment {
             return Err(Status::invalid_argument("card token is required"));
         }
         let score = fraud_score(&req);
-        let slow = rng::with(|r| r.chance(SLOW_BANK_RATE).then(|| r.between(300, 900)));
-        if let Some(delay_ms) = slow.filter(|_| self.faults) {
+        let slow = if req.card_token == SLOW_BANK_CARD {
+            Some(rng::with(|r| r.between(*SLOW_BANK_CARD_MS.start(), *SLOW_BANK_CARD_MS.end())))
+        } else {
+            rng::with(|r| r.chance(SLOW_BANK_RATE).then(|| r.between(300, 900)))
+                .filter(|_| self.faults)
+        };
+        if let Some(delay_ms) = slow {
             tracing::warn!(order_id = req.order_id, delay_ms, "bank gateway slow");
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
@@ -152,5 +161,16 @@ mod tests {
             fraud_rounds(&charge(1_000, 1)),
             fraud_rounds(&charge(MAX_SCORED_UNITS as u32, 1))
         );
+    }
+
+    #[tokio::test]
+    async fn the_slow_bank_card_is_slow_even_without_faults() {
+        use payment_server::Payment as _;
+        let payment = Payment { faults: false };
+        let req = ChargeRequest { card_token: SLOW_BANK_CARD.into(), ..charge(1, 3_450) };
+        let started = std::time::Instant::now();
+        let res = payment.charge(Request::new(req)).await;
+        assert!(res.is_ok(), "{res:?}");
+        assert!(started.elapsed() >= Duration::from_millis(*SLOW_BANK_CARD_MS.start()));
     }
 }
