@@ -20,6 +20,8 @@ pub struct Metrics {
     pub blocks_deleted_retention: IntCounter,
     pub query_seconds: prometheus::HistogramVec,
     pub profile_samples_received: IntCounterVec,
+    /// Resident set size, refreshed on every render (Linux; stays 0 elsewhere).
+    pub resident_memory_bytes: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -123,15 +125,31 @@ impl Metrics {
                 "Profile samples (one per stack and profile type) accepted and stored.",
                 &["tenant"],
             ),
+            resident_memory_bytes: gauge(
+                &r,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
             registry: r,
         }
     }
 
     pub fn render(&self) -> String {
+        if let Some(rss) = resident_bytes() {
+            self.resident_memory_bytes.set(rss);
+        }
         let families = self.registry.gather();
         let mut out = String::new();
         // TextEncoder only fails on invalid families, which `new` cannot register.
         let _ = prometheus::TextEncoder::new().encode_utf8(&families, &mut out);
         out
     }
+}
+
+/// Resident set size from the `VmRSS` line of `/proc/self/status` (Linux only).
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: i64 = kib.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
