@@ -3,6 +3,7 @@
 //! Precedence (highest first): command-line flag, environment variable, config file, default.
 //! clap resolves flag-vs-env; values it did not see fall back to the file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,10 +51,24 @@ pub struct ServeArgs {
     /// Query APIs, web UI and /metrics.
     #[arg(long, env = "SKEIN_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// Prometheus rule file, or a directory of *.yml / *.yaml rule files.
     #[arg(long, env = "SKEIN_RULES")]
     pub rules: Option<PathBuf>,
+    /// Alertmanager base URL(s), comma separated; alerts go to {url}/api/v2/alerts.
     #[arg(long, env = "SKEIN_ALERTMANAGER_URL")]
     pub alertmanager_url: Option<String>,
+    /// Also POST every alert notification (the same JSON array) to this URL.
+    #[arg(long, env = "SKEIN_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+    /// Re-send firing alerts this often, e.g. 1m.
+    #[arg(long, env = "SKEIN_ALERT_RESEND_DELAY")]
+    pub alert_resend_delay: Option<String>,
+    /// URL under which users reach skein (links in alerts); default http://<http-addr>.
+    #[arg(long, env = "SKEIN_EXTERNAL_URL")]
+    pub external_url: Option<String>,
+    /// Labels added to every alert sent, e.g. cluster=eu1,env=prod ($externalLabels).
+    #[arg(long, env = "SKEIN_EXTERNAL_LABELS", value_delimiter = ',')]
+    pub external_labels: Option<Vec<String>>,
     /// How long blocks are kept, e.g. 336h.
     #[arg(long, env = "SKEIN_RETENTION")]
     pub retention: Option<String>,
@@ -107,7 +122,12 @@ pub struct Config {
     pub otlp_http_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub rules: Option<PathBuf>,
-    pub alertmanager_url: Option<String>,
+    pub alertmanager_urls: Vec<String>,
+    pub alert_webhook_url: Option<String>,
+    pub alert_resend_delay: Duration,
+    /// None: derived from the bound HTTP address at start.
+    pub external_url: Option<String>,
+    pub external_labels: BTreeMap<String, String>,
     pub retention: Duration,
     pub max_body_bytes: usize,
     pub max_inflight_bytes: usize,
@@ -184,6 +204,49 @@ impl ServeArgs {
                 message: "empty attribute name".into(),
             });
         }
+        if let Some(rules) = &a.rules
+            && let Err(errors) = crate::alert::rules::load(rules)
+        {
+            let more = match errors.len() {
+                1 => String::new(),
+                n => format!(" (and {} more; see skein rules check)", n - 1),
+            };
+            let first =
+                errors.first().map(|e| e.to_string().replace('\n', " ")).unwrap_or_default();
+            return Err(ConfigError::Invalid { key: "rules", message: format!("{first}{more}") });
+        }
+        let alertmanager_urls: Vec<String> = a
+            .alertmanager_url
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        for u in &alertmanager_urls {
+            http_url("alertmanager-url", u)?;
+        }
+        if let Some(u) = &a.alert_webhook_url {
+            http_url("alert-webhook-url", u)?;
+        }
+        if let Some(u) = &a.external_url {
+            http_url("external-url", u)?;
+        }
+        let mut external_labels = BTreeMap::new();
+        for kv in a.external_labels.unwrap_or_default() {
+            match kv.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    external_labels.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "external-labels",
+                        message: format!("{kv:?} is not name=value"),
+                    });
+                }
+            }
+        }
         let cfg = Config {
             data_dir,
             storage,
@@ -191,7 +254,15 @@ impl ServeArgs {
             otlp_http_addr: addr("otlp-http-addr", a.otlp_http_addr, "127.0.0.1:4318")?,
             http_addr: addr("http-addr", a.http_addr, "127.0.0.1:3200")?,
             rules: a.rules,
-            alertmanager_url: a.alertmanager_url,
+            alertmanager_urls,
+            alert_webhook_url: a.alert_webhook_url,
+            alert_resend_delay: duration(
+                "alert-resend-delay",
+                a.alert_resend_delay.as_deref(),
+                "1m",
+            )?,
+            external_url: a.external_url.map(|u| u.trim_end_matches('/').to_string()),
+            external_labels,
             retention: duration("retention", a.retention.as_deref(), "336h")?,
             max_body_bytes: positive("max-body-bytes", a.max_body_bytes, 16 << 20)?,
             max_inflight_bytes: positive("max-inflight-bytes", a.max_inflight_bytes, 256 << 20)?,
@@ -228,6 +299,10 @@ impl ServeArgs {
             http_addr: self.http_addr.or(file.http_addr),
             rules: self.rules.or(file.rules),
             alertmanager_url: self.alertmanager_url.or(file.alertmanager_url),
+            alert_webhook_url: self.alert_webhook_url.or(file.alert_webhook_url),
+            alert_resend_delay: self.alert_resend_delay.or(file.alert_resend_delay),
+            external_url: self.external_url.or(file.external_url),
+            external_labels: self.external_labels.or(file.external_labels),
             retention: self.retention.or(file.retention),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             max_inflight_bytes: self.max_inflight_bytes.or(file.max_inflight_bytes),
@@ -273,6 +348,16 @@ fn validate_storage(url: &str) -> Result<(), ConfigError> {
             key: "storage",
             message: format!("unsupported scheme {other:?} (use file:// or s3://)"),
         }),
+    }
+}
+
+fn http_url(key: &'static str, u: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(u) {
+        Ok(p) if matches!(p.scheme(), "http" | "https") => Ok(()),
+        Ok(_) => {
+            Err(ConfigError::Invalid { key, message: format!("{u:?}: use http:// or https://") })
+        }
+        Err(e) => Err(ConfigError::Invalid { key, message: format!("{u:?}: {e}") }),
     }
 }
 
@@ -356,6 +441,41 @@ mod tests {
         assert_eq!(cfg.spanmetrics_buckets.last(), Some(&16.384));
         assert_eq!(cfg.servicegraph_wait, Duration::from_secs(10));
         assert_eq!(cfg.metrics_scrape_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn alerting_flags() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        assert_eq!(cfg.alert_resend_delay, Duration::from_secs(60));
+        assert!(cfg.alertmanager_urls.is_empty() && cfg.external_url.is_none());
+        let cfg = ServeArgs {
+            alertmanager_url: Some("http://a:9093, http://b:9093/".into()),
+            external_labels: Some(vec!["cluster=eu1".into()]),
+            external_url: Some("https://skein.example/".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.alertmanager_urls, vec!["http://a:9093", "http://b:9093/"]);
+        assert_eq!(cfg.external_labels.get("cluster").map(String::as_str), Some("eu1"));
+        assert_eq!(cfg.external_url.as_deref(), Some("https://skein.example"));
+        for (args, key) in [
+            (
+                ServeArgs { alertmanager_url: Some("nope".into()), ..Default::default() },
+                "alertmanager-url",
+            ),
+            (
+                ServeArgs { external_labels: Some(vec!["x".into()]), ..Default::default() },
+                "external-labels",
+            ),
+            (
+                ServeArgs { rules: Some("/nonexistent/rules.yml".into()), ..Default::default() },
+                "rules",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

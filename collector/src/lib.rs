@@ -6,6 +6,7 @@
 //! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
 
+pub mod alert;
 pub mod api;
 pub mod bench;
 pub mod config;

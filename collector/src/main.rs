@@ -33,6 +33,8 @@ enum Command {
     Shop(demo::ShopArgs),
     /// Reproducible benchmarks.
     Bench(bench::BenchArgs),
+    /// Prometheus rule files: `skein rules check FILE...`.
+    Rules(skein_collector::alert::cli::RulesArgs),
 }
 
 fn init_logs() {
@@ -45,6 +47,9 @@ fn init_logs() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Rules(args) = cli.command {
+        return skein_collector::alert::cli::run(args);
+    }
     // Shop services log through skein-instrument's subscriber (trace ids on every line).
     if !matches!(cli.command, Command::Shop(_)) {
         init_logs();
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => rt.block_on(demo::demo(args)),
         Command::Shop(args) => rt.block_on(demo::shop(args)),
+        Command::Rules(args) => skein_collector::alert::cli::run(args),
         Command::Bench(args) => match rt.block_on(bench::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(bench::BenchError::Usage(m)) => {

@@ -10,6 +10,8 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::alert::notify::Targets;
+use crate::alert::{Alerting, AlertingConfig};
 use crate::api::{self, AppState};
 use crate::config::{Config, FsyncMode};
 use crate::head::{Frozen, Head};
@@ -41,6 +43,8 @@ pub enum ServeError {
     Profiles(#[from] crate::profile::ProfileError),
     #[error("span metrics: {0}")]
     MetricsGen(#[from] crate::metrics_gen::MetricsGenError),
+    #[error("rules: {0}")]
+    Rules(String),
 }
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
@@ -48,6 +52,7 @@ pub struct Running {
     pub engine: Arc<QueryEngine>,
     pub profiles: Arc<Profiles>,
     pub metrics_gen: Arc<Generator>,
+    pub alerting: Arc<Alerting>,
     /// Bound addresses (differ from the configured ones when those use port 0).
     pub http_addr: std::net::SocketAddr,
     pub otlp_http_addr: std::net::SocketAddr,
@@ -194,11 +199,31 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let grpc_incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
 
+    let alerting = Alerting::new(
+        AlertingConfig {
+            rules: cfg.rules.clone(),
+            tenant: crate::ingest::DEFAULT_TENANT.to_string(),
+            external_url: cfg.external_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
+            external_labels: cfg.external_labels.clone(),
+            resend_delay: cfg.alert_resend_delay,
+            targets: Targets {
+                alertmanagers: cfg.alertmanager_urls.clone(),
+                webhooks: cfg.alert_webhook_url.iter().cloned().collect(),
+            },
+        },
+        metrics_gen.clone(),
+    )
+    .map_err(|errors| {
+        ServeError::Rules(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    })?;
+    // The Prometheus API finds the rules' state (and recorded series) as an extension, so the
+    // shared AppState stays as it is.
     let app = api::router(AppState {
         engine: engine.clone(),
         profiles: profiles.clone(),
         metrics_gen: metrics_gen.clone(),
-    });
+    })
+    .layer(axum::Extension(alerting.clone()));
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         axum::serve(http_listener.tap_io(nodelay), app).with_graceful_shutdown(s).await?;
@@ -240,6 +265,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         g.run(s).await;
         Ok(())
     }));
+    let (a, s) = (alerting.clone(), stopped(rx.clone()));
+    tasks.push(tokio::spawn(async move {
+        a.run(s).await;
+        Ok(())
+    }));
     tracing::info!(
         otlp_grpc = %otlp_grpc_addr,
         otlp_http = %otlp_http_addr,
@@ -251,6 +281,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         engine,
         profiles,
         metrics_gen,
+        alerting,
         http_addr,
         otlp_http_addr,
         otlp_grpc_addr,

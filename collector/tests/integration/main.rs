@@ -4,6 +4,7 @@
 
 mod common;
 
+mod alert;
 mod cli;
 mod demo;
 mod ingest;

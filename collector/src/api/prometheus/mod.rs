@@ -7,17 +7,20 @@
 pub mod params;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use promql_parser::parser::{Expr, VectorSelector};
 use serde_json::{Value as Json, json};
 
 use super::AppState;
+use crate::alert::Alerting;
+use crate::alert::api::RuleFilter;
 use crate::ingest::tenant_from;
 use crate::metrics_gen::exposition::FAMILIES;
 use crate::promql::value::{format_time, format_value, to_json};
@@ -35,8 +38,48 @@ pub fn router() -> Router<AppState> {
         .route("/prometheus/api/v1/metadata", get(metadata))
         .route("/prometheus/api/v1/status/buildinfo", get(buildinfo))
         .route("/prometheus/api/v1/query_exemplars", get(exemplars).post(exemplars))
-        .route("/prometheus/api/v1/rules", get(|| async { success(json!({"groups": []})) }))
-        .route("/prometheus/api/v1/alerts", get(|| async { success(json!({"alerts": []})) }))
+        .route("/prometheus/api/v1/rules", get(rules))
+        .route("/prometheus/api/v1/alerts", get(alerts))
+}
+
+/// Rule state and recorded series, when the server runs rules (an extension set by `serve`).
+type Rules = Option<Extension<Arc<Alerting>>>;
+
+/// What PromQL reads for a tenant: span metrics, plus rule output where rules run.
+fn storage(s: &AppState, rules: &Rules, tenant: &str) -> Arc<dyn promql::Storage> {
+    match rules {
+        Some(Extension(a)) => a.storage(tenant),
+        None => s.metrics_gen.storage(tenant),
+    }
+}
+
+async fn rules(rules: Rules, headers: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+    let p = Params::new(q.as_deref(), &headers, &[]);
+    let filter = RuleFilter {
+        kind: match p.get("type") {
+            None | Some("") => None,
+            Some(t @ ("alert" | "record")) => Some(t.to_string()),
+            Some(other) => {
+                return Err(PromqlError::BadData(format!(
+                    "invalid parameter \"type\": {other:?} is not alert or record"
+                )));
+            }
+        },
+        names: p.all("rule_name[]").into_iter().map(String::from).collect(),
+        groups: p.all("rule_group[]").into_iter().map(String::from).collect(),
+        files: p.all("file[]").into_iter().map(String::from).collect(),
+    };
+    Ok(success(match rules {
+        Some(Extension(a)) => a.rules_json(&filter),
+        None => json!({"groups": []}),
+    }))
+}
+
+async fn alerts(rules: Rules) -> Response {
+    success(match rules {
+        Some(Extension(a)) => a.alerts_json(),
+        None => json!({"alerts": []}),
+    })
 }
 
 type Answer = Result<Response, PromqlError>;
@@ -59,12 +102,13 @@ async fn blocking<T: Send + 'static>(
 
 async fn query(
     State(s): State<AppState>,
+    rules: Rules,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let storage = s.metrics_gen.storage(&tenant(&headers)?);
+    let storage = storage(&s, &rules, &tenant(&headers)?);
     let expr = promql::parse(p.required("query")?)?;
     let t = p.time("time", now_ms())?;
     let v = blocking(move || promql::instant(storage.as_ref(), &expr, t)).await?;
@@ -73,12 +117,13 @@ async fn query(
 
 async fn query_range(
     State(s): State<AppState>,
+    rules: Rules,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let storage = s.metrics_gen.storage(&tenant(&headers)?);
+    let storage = storage(&s, &rules, &tenant(&headers)?);
     let expr = promql::parse(p.required("query")?)?;
     let start = p.required("start").and_then(|_| p.time("start", 0))?;
     let end = p.required("end").and_then(|_| p.time("end", 0))?;
@@ -103,10 +148,11 @@ fn selectors(p: &Params) -> Result<Vec<VectorSelector>, PromqlError> {
 /// Label sets of the series matching any of `match[]` (all series without it) in the range.
 fn matching_series(
     s: &AppState,
+    rules: &Rules,
     headers: &HeaderMap,
     p: &Params,
 ) -> Result<Vec<promql::labels::Labels>, PromqlError> {
-    let storage = s.metrics_gen.storage(&tenant(headers)?);
+    let storage = storage(s, rules, &tenant(headers)?);
     let sel = selectors(p)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
@@ -124,12 +170,13 @@ fn limited(mut v: Vec<Json>, limit: Option<usize>) -> Vec<Json> {
 
 async fn labels(
     State(s): State<AppState>,
+    rules: Rules,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let names: BTreeSet<String> = matching_series(&s, &headers, &p)?
+    let names: BTreeSet<String> = matching_series(&s, &rules, &headers, &p)?
         .iter()
         .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
         .collect();
@@ -138,12 +185,13 @@ async fn labels(
 
 async fn label_values(
     State(s): State<AppState>,
+    rules: Rules,
     headers: HeaderMap,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &[]);
-    let values: BTreeSet<String> = matching_series(&s, &headers, &p)?
+    let values: BTreeSet<String> = matching_series(&s, &rules, &headers, &p)?
         .iter()
         .filter_map(|l| l.get(&name).map(String::from))
         .collect();
@@ -152,6 +200,7 @@ async fn label_values(
 
 async fn series(
     State(s): State<AppState>,
+    rules: Rules,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
@@ -160,7 +209,7 @@ async fn series(
     if p.all("match[]").is_empty() {
         return Err(PromqlError::BadData("no match[] parameter provided".into()));
     }
-    let mut found = matching_series(&s, &headers, &p)?;
+    let mut found = matching_series(&s, &rules, &headers, &p)?;
     found.sort();
     Ok(success(Json::Array(limited(found.iter().map(|l| l.to_json()).collect(), p.limit()?))))
 }
