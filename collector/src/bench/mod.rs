@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod ingest;
 pub mod procs;
 pub mod query;
+pub mod red;
 pub mod report;
 pub mod rpc;
 
@@ -32,12 +33,16 @@ pub enum Which {
     Ingest(ingest::IngestArgs),
     /// Bytes per span on disk, trace-by-id and TraceQL search latency over a loaded data set.
     Query(query::QueryArgs),
+    /// RED panel `query_range` latency over an hour of demo-shaped span metrics, against
+    /// Prometheus holding the same samples.
+    Red(red::RedArgs),
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
     match args.which {
         Which::Ingest(a) => ingest::run(a).await,
         Which::Query(a) => query::run(a).await,
+        Which::Red(a) => red::run(a).await,
     }
 }
 
