@@ -1,0 +1,202 @@
+"""skein's alerting against a real Alertmanager 0.25 (Debian package, tests/setup-apt.sh):
+
+- a latency rule with a short `for` goes pending → firing in /prometheus/api/v1/alerts while
+  payment's calls are slow; Alertmanager's /api/v2/alerts shows it with the slow trace ids
+  (which resolve in /api/v2/traces/{id}) and the flamegraph links; Alertmanager's webhook and
+  skein's own webhook get it; when latency recovers, the resolution arrives;
+- the shipped rules (deploy/rules/) pass `promtool check rules`, `promtool test rules` and
+  `skein rules check`; a bad file fails `skein rules check` with one line per problem.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from support import otlp
+from support.alertmanager import Alertmanager, Receiver, binary
+from support.collector import REPO, skein_bin
+from support.poll import wait_until
+
+RULES_DIR = REPO / "deploy" / "rules"
+
+# Short windows and intervals so a run takes seconds: rate over 5 s, evaluated every second.
+RULE = """
+groups:
+  - name: e2e-latency
+    interval: 1s
+    rules:
+      - alert: PaymentP99High
+        expr: >-
+          histogram_quantile(0.99, sum by (le, service)
+          (rate(traces_spanmetrics_latency_bucket{service="payment", span_kind="SPAN_KIND_SERVER"}[5s]))) > 0.5
+        for: 3s
+        labels:
+          severity: page
+        annotations:
+          summary: "p99 of {{ $labels.service }} is {{ $value | humanizeDuration }}"
+"""
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path, receiver):
+    if binary() is None:
+        pytest.skip("prometheus-alertmanager is not installed (tests/setup-apt.sh installs it)")
+    am = Alertmanager(tmp_path / "alertmanager", f"{receiver.url}/am").start()
+    yield am
+    am.stop()
+
+
+def send(collector, ms: float, n: int = 10) -> list[str]:
+    """`n` payment SERVER calls of `ms` milliseconds (one trace each); returns their trace ids."""
+    spans, ids = [], []
+    end = otlp.now_ns()
+    for _ in range(n):
+        tid = otlp.new_trace_id()
+        ids.append(tid.hex())
+        spans.append(otlp.make_span(tid, "charge", kind=otlp.SERVER, start=end - int(ms * 1e6),
+                                    duration=int(ms * 1e6)))
+    req = otlp.export_request(otlp.resource_spans({"service.name": "payment"}, spans))
+    r = requests.post(f"{collector.otlp_http_url}/v1/traces", data=req.SerializeToString(),
+                      headers={"content-type": "application/x-protobuf"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return ids
+
+
+def skein_alerts(collector) -> list[dict]:
+    r = requests.get(f"{collector.http_url}/prometheus/api/v1/alerts", timeout=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "success", body
+    return [a for a in body["data"]["alerts"] if a["labels"].get("alertname") == "PaymentP99High"]
+
+
+def am_notifications(receiver, status: str) -> list[dict]:
+    """Alerts in Alertmanager's webhook notifications with the given group status."""
+    return [a for b in receiver.bodies("/am") if isinstance(b, dict) and b.get("status") == status
+            for a in b.get("alerts", []) if a["labels"].get("alertname") == "PaymentP99High"]
+
+
+def test_latency_alert_reaches_alertmanager_and_resolves(skein_factory, alertmanager, receiver, tmp_path):
+    rules = tmp_path / "e2e.rules.yml"
+    rules.write_text(RULE)
+    collector = skein_factory("--rules", str(rules), "--alertmanager-url", alertmanager.url,
+                              "--alert-webhook-url", f"{receiver.url}/skein", "--alert-resend-delay", "2s",
+                              "--metrics-scrape-interval", "1s")
+    slow_ids: set[str] = set()
+    seen_states: list[str] = []
+
+    def feed_until(check, what: str, ms: float, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while True:
+            ids = send(collector, ms)
+            if ms > 500:
+                slow_ids.update(ids)
+            got = check()
+            if got:
+                return got
+            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{alertmanager.log()[-3000:]}"
+            time.sleep(0.2)
+
+    def firing():
+        alerts = skein_alerts(collector)
+        for a in alerts:
+            if not seen_states or seen_states[-1] != a["state"]:
+                seen_states.append(a["state"])
+        return [a for a in alerts if a["state"] == "firing"]
+
+    # Slow payment calls (800 ms against a 500 ms threshold): pending for 3 s, then firing.
+    a = feed_until(firing, "the alert to fire", ms=800)[0]
+    assert seen_states[:2] == ["pending", "firing"], seen_states
+    assert a["labels"]["service"] == "payment" and a["labels"]["severity"] == "page", a
+    assert a["annotations"]["summary"].startswith("p99 of payment is "), a
+    assert float(a["value"]) > 0.5, a
+
+    # Alertmanager has it, with the exemplar trace ids and the flamegraph links.
+    def in_alertmanager():
+        return [x for x in alertmanager.alerts(filter='alertname="PaymentP99High"')
+                if x["status"]["state"] == "active"]
+
+    am = feed_until(in_alertmanager, "the alert in Alertmanager", ms=800)[0]
+    ann = am["annotations"]
+    ids = ann["skein_slow_trace_ids"].split(",")
+    assert 1 <= len(ids) <= 5, ann
+    assert set(ids) <= slow_ids, (ids, "are not trace ids of the slow calls")
+    assert ann["skein_flamegraph_url"].startswith(
+        f"{collector.http_url}/skein/api/flamegraph?service=payment&span_name=charge&min_duration="), ann
+    assert ann["skein_flamegraph_ui_url"].startswith(f"{collector.http_url}/flamegraph?service=payment"), ann
+    assert am["generatorURL"].startswith(f"{collector.http_url}/prometheus/api/v1/query?query="), am
+    for tid in ids:
+        r = requests.get(f"{collector.http_url}/api/v2/traces/{tid}", timeout=10)
+        assert r.status_code == 200, (tid, r.status_code, r.text[:200])
+    fg = requests.get(ann["skein_flamegraph_url"], timeout=30)
+    assert fg.status_code == 200, fg.text[:300]
+
+    # Alertmanager's webhook notification, and skein's own webhook (the v2 alert array).
+    wait_until(lambda: am_notifications(receiver, "firing"), timeout=30, what="Alertmanager's firing notification")
+    direct = [x for b in receiver.bodies("/skein") for x in b if x["labels"]["alertname"] == "PaymentP99High"]
+    assert direct and direct[0]["annotations"]["skein_slow_trace_ids"], direct
+    assert {"labels", "annotations", "startsAt", "endsAt", "generatorURL"} <= set(direct[0]), direct[0]
+
+    # Rules API: the rule and its firing alert.
+    rules_api = requests.get(f"{collector.http_url}/prometheus/api/v1/rules", timeout=5).json()
+    rule = rules_api["data"]["groups"][0]["rules"][0]
+    assert (rule["type"], rule["name"], rule["state"], rule["health"]) == \
+        ("alerting", "PaymentP99High", "firing", "ok"), rule
+    assert rule["duration"] == 3 and rule["alerts"][0]["state"] == "firing", rule
+
+    # Latency recovers: the 5 s window empties of slow calls, skein resolves the alert and
+    # Alertmanager sends the resolution.
+    feed_until(lambda: am_notifications(receiver, "resolved"), "the resolved notification", ms=10)
+    assert skein_alerts(collector) == []
+    resolved = am_notifications(receiver, "resolved")[0]
+    assert resolved["status"] == "resolved" and resolved["labels"]["service"] == "payment", resolved
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_shipped_rules_pass_promtool_check_and_unit_tests():
+    out = subprocess.run(["promtool", "check", "rules", "skein-latency.rules.yml"], cwd=RULES_DIR,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+    out = subprocess.run(["promtool", "test", "rules", "skein-latency.test.yml"], cwd=RULES_DIR,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_skein_rules_check_on_good_and_bad_files(tmp_path):
+    exe = str(skein_bin())
+    out = subprocess.run([exe, "rules", "check", str(RULES_DIR / "skein-latency.rules.yml"), str(RULES_DIR)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("SUCCESS: 5 rules found") == 2, out.stdout
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "groups:\n"
+        "  - name: g\n"
+        "    rules:\n"
+        "      - alert: Broken\n"
+        "        expr: 'rate(traces_spanmetrics_calls_total[5m]'\n"
+        "      - alert: NoDuration\n"
+        "        expr: up\n"
+        "        for: soon\n"
+    )
+    out = subprocess.run([exe, "rules", "check", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2, out.stderr
+    assert 'bad.yml: group "g", rule 1 (Broken): could not parse expression' in lines[0], lines
+    assert 'rule 2 (NoDuration): field \'for\'' in lines[1], lines
