@@ -20,6 +20,8 @@ pub struct Metrics {
     pub blocks_deleted_retention: IntCounter,
     pub query_seconds: prometheus::HistogramVec,
     pub profile_samples_received: IntCounterVec,
+    /// Push request bodies as received (compressed), per pushing application.
+    pub profile_push_bytes: IntCounterVec,
     /// Resident set size, refreshed on every render (Linux; stays 0 elsewhere).
     pub resident_memory_bytes: IntGauge,
 }
@@ -124,6 +126,12 @@ impl Metrics {
                 "skein_profile_samples_received_total",
                 "Profile samples (one per stack and profile type) accepted and stored.",
                 &["tenant"],
+            ),
+            profile_push_bytes: counter_vec(
+                &r,
+                "skein_profile_push_bytes_total",
+                "Bytes of accepted profile push bodies (as sent, before decompression).",
+                &["tenant", "app"],
             ),
             resident_memory_bytes: gauge(
                 &r,

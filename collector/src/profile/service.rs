@@ -100,6 +100,10 @@ impl Profiles {
         }))
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn max_body_bytes(&self) -> usize {
         self.cfg.max_body_bytes
     }

@@ -228,15 +228,25 @@ async fn ingest(
         let tenant = tenant(&headers)?;
         let limit = s.profiles.max_body_bytes();
         let params = IngestParams::parse(&params, now_ns())?;
+        let body_len = content_length(&headers);
         let body = read_body(body, &headers, limit).await?;
+        let sent = body_len.unwrap_or(body.len() as u64);
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let batch = push::ingest(&params, ct, &body, limit)?;
-        s.profiles.ingest(tenant, batch).await
+        s.profiles.ingest(tenant.clone(), batch).await?;
+        let pushed = &s.profiles.metrics().profile_push_bytes;
+        pushed.with_label_values(&[tenant.as_str(), params.app.as_str()]).inc_by(sent);
+        Ok::<(), ProfileError>(())
     };
     match run.await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The body's size on the wire, when the client declared it.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// `push.v1.PusherService/Push` (binary protobuf only: its profiles are bytes).
