@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the end-to-end tests run (a real Prometheus to cross-check
 # skein's PromQL; Alertmanager, which receives skein's alerts, and promtool, which checks the
-# shipped rules), only when missing: a second run does nothing.
+# shipped rules; headless Chromium and its WebDriver for the web UI tests), only when missing:
+# a second run does nothing.
 set -euo pipefail
 
-if command -v prometheus >/dev/null 2>&1 && [ -x /usr/bin/prometheus-alertmanager ]; then
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-    echo "prometheus or prometheus-alertmanager is missing and installing them needs root: apt-get install -y prometheus prometheus-alertmanager" >&2
+    echo "missing ${missing[*]}; installing needs root: apt-get install -y ${missing[*]}" >&2
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v prometheus >/dev/null
+command -v chromium >/dev/null
+command -v chromedriver >/dev/null
 test -x /usr/bin/prometheus-alertmanager

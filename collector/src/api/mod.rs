@@ -7,6 +7,7 @@ pub mod ops;
 pub mod prometheus;
 pub mod pyroscope;
 pub mod tempo;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(prometheus::router())
         .merge(native::router())
         .merge(ops::router())
+        .merge(ui::router())
         .with_state(state)
 }
 

@@ -1,0 +1,363 @@
+"""The built-in web UI in headless Chromium (Debian's chromium + chromedriver, via Selenium)
+against `skein demo`: search → a slow trace → a span → its flamegraph → the slow-vs-normal
+comparison; the service map; the tenant setting; a 12k-span trace. Every page is screenshotted
+to tests/artifacts/ui/, and the browser console must stay free of errors.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import pytest
+
+from support import otlp
+from support.browser import Browser, missing
+from support.client import post_proto, wait_trace
+from support.collector import Skein
+from support.poll import wait_until
+
+why = missing()
+pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+
+DEMO_SERVICES = {"gateway", "orders", "inventory", "payment"}
+CHARGE = "shop.v1.Payment/Charge"
+SLOW = "300ms"
+
+
+class Demo(Skein):
+    """`skein demo` (collector + shop + traffic + span profiling) on free loopback ports."""
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        argv[1] = "demo"
+        return [*argv, "--gateway-addr", "127.0.0.1:0", "--rps", "12"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ui-demo")
+    d = Demo(base / "data", base / "logs")
+    d.start()
+    yield d
+    d.terminate_quietly()
+
+
+def get_json(demo, path, **params):
+    r = demo.session.get(demo.http_url + path, params=params, timeout=30)
+    return r.json() if r.status_code == 200 else None
+
+
+@pytest.fixture(scope="module")
+def data(demo):
+    """Waits until the demo has slow checkouts and CPU samples of payment's Charge spans."""
+    q = '{ resource.service.name = "payment" && name = "%s" && duration >= %s }' % (CHARGE, SLOW)
+
+    def slow_traces():
+        r = get_json(demo, "/api/search", q=q, limit=5)
+        return r and len(r.get("traces", [])) >= 1
+
+    wait_until(slow_traces, timeout=60, interval=0.5, what="a slow Charge span")
+
+    def samples():
+        r = get_json(demo, "/skein/api/flamegraph", service="payment", span_name=CHARGE, format="json")
+        return r and r["tree"]["root"]["total"] > 0
+
+    wait_until(samples, timeout=60, interval=0.5, what="CPU samples of Charge spans")
+    return demo
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = Browser()
+    yield b
+    b.quit()
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors(browser):
+    browser.logs()  # drop what earlier tests left
+    yield
+    severe = browser.severe()
+    assert not severe, "browser console errors:\n" + "\n".join(e["message"] for e in severe)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def wait_for(browser, css, timeout=20.0, what=None, count=1):
+    from selenium.webdriver.common.by import By
+
+    def find():
+        els = browser.driver.find_elements(By.CSS_SELECTOR, css)
+        return els if len(els) >= count else None
+
+    return wait_until(find, timeout=timeout, interval=0.1, what=what or css)
+
+
+def one(browser, css, timeout=20.0):
+    return wait_for(browser, css, timeout)[0]
+
+
+def no_error_box(browser):
+    from selenium.webdriver.common.by import By
+
+    errs = [e.text for e in browser.driver.find_elements(By.CSS_SELECTOR, ".notice.error")]
+    assert not errs, f"the page shows an error: {errs}"
+
+
+def path_and_query(browser):
+    u = urllib.parse.urlsplit(browser.driver.current_url)
+    return u.path, urllib.parse.parse_qs(u.query)
+
+
+def select_option(browser, css, value, timeout=20.0):
+    from selenium.webdriver.support.ui import Select
+
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def choose():
+        try:  # the options are replaced when their values arrive
+            sel = Select(one(browser, css))
+            if value in [o.get_attribute("value") for o in sel.options]:
+                sel.select_by_value(value)
+                return sel.first_selected_option.get_attribute("value") == value
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    wait_until(choose, timeout=timeout, interval=0.2, what=f"option {value} in {css}")
+
+
+# ---- the investigation flow ------------------------------------------------------------------
+def test_search_trace_span_flamegraph_compare(data, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser.driver
+    d.get(data.http_url + "/")
+    select_option(browser, "select[name=service]", "payment")
+    select_option(browser, "select[name=operation]", CHARGE)
+    min_box = one(browser, "input[name=min]")
+    min_box.send_keys(SLOW)
+    min_box.send_keys(Keys.ENTER)  # Enter submits the form
+    wait_until(lambda: "service=payment" in d.current_url and "min=300ms" in d.current_url,
+               timeout=5, what="the URL to reflect the form")
+    wait_for(browser, "table.traces tbody tr", what="search results")
+    assert "duration >= 300ms" in one(browser, ".result-count").text
+    # Sort by duration (descending), then open the slowest trace.
+    one(browser, "th.sortable:nth-of-type(4) button").click()
+    wait_until(lambda: "sort=duration" in d.current_url, timeout=5, what="sort in the URL")
+    durations = [r.find_element(By.CSS_SELECTOR, ".dur-val").text for r in d.find_elements(By.CSS_SELECTOR, "table.traces tbody tr")]
+    assert durations and all(x.endswith("ms") or x.endswith(" s") for x in durations), durations
+    no_error_box(browser)
+    browser.screenshot("01-search")
+    search_url = d.current_url
+    one(browser, "table.traces tbody tr a.trace-link").click()
+
+    # Trace view: the whole call chain, services in the legend, the slow Charge span.
+    wait_for(browser, ".wf-row", what="waterfall rows")
+    path, _ = path_and_query(browser)
+    assert path.startswith("/trace/")
+    legend = {e.text for e in d.find_elements(By.CSS_SELECTOR, ".legend .chip")}
+    assert {"gateway", "orders", "payment"} <= legend, legend
+    wait_until(lambda: "loading" not in one(browser, ".cp-note").text, timeout=10, what="the critical path")
+    assert "unavailable" not in one(browser, ".cp-note").text, one(browser, ".cp-note").text
+    assert d.find_elements(By.CSS_SELECTOR, ".wf-row.on-cp"), "critical path highlighted"
+    charge = [r for r in d.find_elements(By.CSS_SELECTOR, ".wf-row")
+              if r.find_element(By.CSS_SELECTOR, ".op").text == CHARGE and r.find_element(By.CSS_SELECTOR, ".svc").text == "payment"]
+    assert charge, "payment's Charge span in the waterfall"
+    charge[0].click()
+    detail = one(browser, "aside.detail")
+    assert CHARGE in detail.text and "Attributes" in detail.text and "Resource" in detail.text
+    _, q = path_and_query(browser)
+    assert "span" in q, "the selected span is in the URL"
+    no_error_box(browser)
+    browser.screenshot("02-trace")
+
+    # Its flamegraph (the span's own samples, or a clear note that it had none).
+    one(browser, "#span-flamegraph").click()
+    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice.empty")
+               or d.find_elements(By.CSS_SELECTOR, ".notice.error"), timeout=20, what="the span's flamegraph")
+    no_error_box(browser)
+    path, q = path_and_query(browser)
+    assert path == "/flamegraph" and q.get("span_id") and q.get("service") == ["payment"]
+    browser.screenshot("03-flamegraph-span")
+
+    # Back to the span (the URL kept it), then the comparison for its operation.
+    d.back()
+    one(browser, "aside.detail")
+    one(browser, "#span-compare").click()
+    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, "#cmp-attributes") or d.find_elements(By.CSS_SELECTOR, ".notice"),
+               timeout=30, what="the comparison")
+    no_error_box(browser)
+    path, q = path_and_query(browser)
+    assert path == "/compare" and q["service"] == ["payment"] and q["span_name"] == [CHARGE] and q.get("threshold")
+    summary = one(browser, ".compare-summary").text
+    assert "Slow calls" in summary and "Normal calls" in summary
+    browser.screenshot("04-compare")
+
+    # The diff flamegraph of slow vs normal calls.
+    one(browser, "#to-diff").click()
+    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice"),
+               timeout=30, what="the diff flamegraph")
+    no_error_box(browser)
+    assert path_and_query(browser)[1].get("mode") == ["diff"]
+    browser.screenshot("05-flamegraph-diff")
+
+    # Back/forward through history restores the search.
+    d.get(search_url)
+    wait_for(browser, "table.traces tbody tr")
+    assert one(browser, "select[name=service]").get_attribute("value") == "payment"
+    assert one(browser, "select[name=operation]").get_attribute("value") == CHARGE
+    assert one(browser, "input[name=min]").get_attribute("value") == SLOW
+
+
+def test_operation_flamegraph_zoom_and_search(data, browser):
+    from selenium.webdriver.common.by import By
+
+    d = browser.driver
+    d.get(data.http_url + "/flamegraph?" + urllib.parse.urlencode({"service": "payment", "span_name": CHARGE}))
+    frames = wait_for(browser, ".fg-frame", count=3, what="flamegraph frames")
+    no_error_box(browser)
+    total = int(one(browser, ".fg-frames").get_attribute("data-frames"))
+    assert total >= 3
+    # Hover shows totals; click zooms; search highlights; reset restores.
+    from selenium.webdriver import ActionChains
+
+    frames = d.find_elements(By.CSS_SELECTOR, ".fg-frame:not(.trunk)")
+    target = max([f for f in frames[1:] if f.text and f.size["width"] > 80] or frames[1:], key=lambda f: f.location["y"])
+    name = target.text
+    ActionChains(d).move_to_element(target).perform()
+    tip = one(browser, ".fg-tip")
+    wait_until(lambda: not tip.get_attribute("hidden"), timeout=5, what="tooltip")
+    assert "total:" in tip.text and "self:" in tip.text, tip.text
+    target.click()
+    reset = one(browser, ".flame-card .toolbar button")
+    wait_until(lambda: reset.get_attribute("disabled") is None, timeout=5, what="zoom")
+    assert "zoomed" in one(browser, ".crumb").text
+    search = one(browser, ".flame-card input[type=search]")
+    search.send_keys(name.split("::")[-1][:10])
+    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame.hit"), timeout=5, what="search highlight")
+    assert "matches" in one(browser, ".flame-card .toolbar .muted").text
+    browser.screenshot("06-flamegraph-operation")
+    reset.click()
+    wait_until(lambda: reset.get_attribute("disabled") is not None, timeout=5, what="zoom reset")
+    assert int(one(browser, ".fg-frames").get_attribute("data-frames")) == total
+
+
+def test_service_map(data, browser):
+    from selenium.webdriver.common.by import By
+
+    d = browser.driver
+
+    def map_complete():
+        d.get(data.http_url + "/services")
+        try:
+            wait_for(browser, ".svc-node", count=4, timeout=5)
+        except TimeoutError:
+            return False
+        return DEMO_SERVICES <= {g.get_attribute("data-service") for g in d.find_elements(By.CSS_SELECTOR, ".svc-node")}
+
+    wait_until(map_complete, timeout=40, interval=1, what="the four demo services on the map")
+    edges = d.find_elements(By.CSS_SELECTOR, ".service-map path.edge")
+    assert len(edges) >= 3, "gateway→orders, orders→inventory, orders→payment"
+    labels = " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".edge-label"))
+    assert "p90" in labels and "err" in labels, labels
+    no_error_box(browser)
+    browser.screenshot("07-services")
+    [g for g in d.find_elements(By.CSS_SELECTOR, ".svc-node") if g.get_attribute("data-service") == "orders"][0].click()
+    wait_until(lambda: "service=orders" in d.current_url, timeout=5, what="the service in the URL")
+    wait_for(browser, "table.ops tbody tr", what="operations of orders")
+    wait_for(browser, ".chart", count=3, what="RED charts")
+    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".chart-svg path") or d.find_elements(By.CSS_SELECTOR, ".notice.error"),
+               timeout=10, what="chart lines")
+    no_error_box(browser)
+    browser.screenshot("08-service-orders")
+
+
+def test_tenant_setting_is_sent_and_empty_states_explain(data, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser.driver
+    d.get(data.http_url + "/")
+    wait_for(browser, "table.traces tbody tr", what="default tenant results")
+    one(browser, "#tenant-button").click()
+    box = one(browser, "#tenant-input")
+    box.clear()
+    box.send_keys("ui-nobody")
+    box.send_keys(Keys.ENTER)
+    wait_until(lambda: "ui-nobody" in one(browser, "#tenant-button").text, timeout=5, what="tenant saved")
+    empty = one(browser, ".notice.empty")
+    assert "No traces in this window" in empty.text and "4317" in empty.text
+    browser.screenshot("09-empty-tenant")
+    # "/" focuses the query box; reset the tenant.
+    d.find_element("tag name", "body").send_keys("/")
+    assert d.switch_to.active_element.get_attribute("name") == "q"
+    d.execute_script("localStorage.removeItem('skein.tenant')")
+
+
+# ---- a big trace -------------------------------------------------------------------------------
+def big_trace(n_batches=40, per_batch=300):
+    """A gateway root → n_batches orders spans → per_batch inventory spans each (+1 skewed)."""
+    tid = otlp.new_trace_id()
+    t0 = otlp.now_ns() - 30 * otlp.SEC
+    root = otlp.make_span(tid, "POST /bulk-import", kind=otlp.SERVER, start=t0, duration=20 * otlp.SEC)
+    gw, orders, inv = [root], [], []
+    for b in range(n_batches):
+        bs = t0 + b * 480 * otlp.MS
+        batch = otlp.make_span(tid, f"import batch {b}", parent=root.span_id, kind=otlp.SERVER, start=bs,
+                               duration=470 * otlp.MS, attrs={"batch": b})
+        orders.append(batch)
+        for i in range(per_batch):
+            err = i % 97 == 0
+            inv.append(otlp.make_span(
+                tid, "shop.v1.Inventory/Reserve", parent=batch.span_id, kind=otlp.SERVER,
+                start=bs + i * 1_500_000, duration=1_200_000, attrs={"sku": f"sku-{i}"},
+                status=otlp.STATUS_ERROR if err else otlp.STATUS_UNSET, status_message="out of stock" if err else ""))
+    # A child whose clock runs 2 s behind its parent's.
+    orders.append(otlp.make_span(tid, "skewed child", parent=root.span_id, kind=otlp.SERVER, start=t0 - 2 * otlp.SEC,
+                                 duration=50 * otlp.MS))
+    return tid, [("gateway", gw), ("orders", orders), ("inventory", inv)]
+
+
+def test_a_trace_of_12k_spans_renders_quickly_and_scrolls(data, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    tid, parts = big_trace()
+    total = sum(len(s) for _, s in parts)
+    assert total > 12_000
+    for service, spans in parts:
+        for i in range(0, len(spans), 2500):
+            r = post_proto(data, otlp.export_request(otlp.resource_spans({"service.name": service}, spans[i:i + 2500])))
+            assert r.status_code == 200, r.text
+    wait_trace(data, tid, min_spans=total, timeout=60)
+    d = browser.driver
+    t = time.monotonic()
+    d.get(f"{data.http_url}/trace/{tid.hex()}")
+    wait_for(browser, ".wf-row", timeout=15, what="the first rows")
+    wait_until(lambda: str(total) in one(browser, ".trace-header .stats").text, timeout=15, what="the span count")
+    took = time.monotonic() - t
+    assert took < 5.0, f"the trace page took {took:.1f}s"
+    rendered = len(d.find_elements(By.CSS_SELECTOR, ".wf-row"))
+    assert 10 < rendered < 300, f"{rendered} rows in the DOM: not virtualised"
+    browser.screenshot("10-big-trace")
+    # Scroll to the middle and to the end: rows there are drawn, the DOM stays small.
+    for frac in (0.5, 1.0):
+        d.execute_script("const s = document.querySelector('.wf-scroll'); s.scrollTop = s.scrollHeight * arguments[0];", frac)
+        want = int((total - 1) * frac * 0.9)
+        wait_until(lambda: any(int(r.get_attribute("data-i")) >= want for r in d.find_elements(By.CSS_SELECTOR, ".wf-row")),
+                   timeout=5, what=f"rows near {frac:.0%}")
+        assert len(d.find_elements(By.CSS_SELECTOR, ".wf-row")) < 300
+    assert d.find_elements(By.CSS_SELECTOR, ".wf-row.error .err-mark"), "error spans marked"
+    browser.screenshot("11-big-trace-end")
+    # Keyboard: select the first row, walk down, collapse a subtree.
+    d.execute_script("document.querySelector('.wf-scroll').scrollTop = 0")
+    one(browser, ".wf-row .op").click()
+    scroller = one(browser, ".wf-scroll")
+    scroller.send_keys(Keys.ARROW_DOWN, Keys.ARROW_DOWN)  # the skewed child sorts first
+    wait_until(lambda: "import batch 0" in one(browser, "aside.detail h2").text, timeout=5, what="arrow-down selection")
+    scroller.send_keys(Keys.ARROW_LEFT)  # collapses batch 0's 300 children
+    wait_until(lambda: "+300" in one(browser, ".wf-row.selected").text, timeout=5, what="collapsed subtree")
+    # The skewed child is drawn inside its parent and says so.
+    one(browser, ".trace-header input[type=search]").send_keys("skewed child", Keys.ENTER)
+    wait_until(lambda: "Clock skew" in one(browser, "aside.detail").text, timeout=5, what="skew note")
