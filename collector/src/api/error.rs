@@ -56,35 +56,40 @@ impl From<IngestError> for tonic::Status {
     }
 }
 
+fn query_status(e: &QueryError) -> StatusCode {
+    let status = match e {
+        QueryError::BadRequest(_) | QueryError::TraceQl(_) => StatusCode::BAD_REQUEST,
+        QueryError::NotFound => StatusCode::NOT_FOUND,
+        QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if !matches!(e, QueryError::BadRequest(_) | QueryError::TraceQl(_) | QueryError::NotFound) {
+        tracing::warn!(error = %e, "query failed");
+    }
+    status
+}
+
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            QueryError::BadRequest(_) | QueryError::TraceQl(_) => StatusCode::BAD_REQUEST,
-            QueryError::NotFound => StatusCode::NOT_FOUND,
-            QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if !matches!(
-            self,
-            QueryError::BadRequest(_) | QueryError::TraceQl(_) | QueryError::NotFound
-        ) {
-            tracing::warn!(error = %self, "query failed");
-        }
-        text(status, self.to_string())
+        text(query_status(&self), self.to_string())
     }
 }
 
 /// Prometheus API errors: `{"status":"error","errorType":…,"error":…}` with Prometheus'
 /// statuses. Unsupported PromQL is `bad_data` (400), so clients never mistake it for data.
+fn promql_status(e: &PromqlError) -> (StatusCode, &'static str) {
+    match e {
+        PromqlError::BadData(_) | PromqlError::Unsupported(_) => {
+            (StatusCode::BAD_REQUEST, "bad_data")
+        }
+        PromqlError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
+        PromqlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl IntoResponse for PromqlError {
     fn into_response(self) -> Response {
-        let (status, kind) = match &self {
-            PromqlError::BadData(_) | PromqlError::Unsupported(_) => {
-                (StatusCode::BAD_REQUEST, "bad_data")
-            }
-            PromqlError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
-            PromqlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let (status, kind) = promql_status(&self);
         if status.is_server_error() {
             tracing::warn!(error = %self, "PromQL request failed");
         }
@@ -99,21 +104,27 @@ fn retry_later(mut resp: Response) -> Response {
     resp
 }
 
-/// `/ingest` answers in plain text, as Pyroscope does.
+/// skein's own API answers `{"error": "..."}`, with the status of the underlying error.
 impl IntoResponse for NativeError {
     fn into_response(self) -> Response {
-        match self {
-            NativeError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
-            NativeError::Query(e) => e.into_response(),
-            NativeError::Profile(e) => e.into_response(),
-            NativeError::Render(m) => text(StatusCode::INTERNAL_SERVER_ERROR, m),
+        let status = match &self {
+            NativeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NativeError::Query(e) => query_status(e),
+            NativeError::Profile(e) => e.status(),
+            NativeError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NativeError::Series(e) => promql_status(e).0,
+        };
+        if status.is_server_error() && !matches!(self, NativeError::Query(_)) {
+            tracing::warn!(error = %self, "native API request failed");
         }
+        let body = serde_json::json!({ "error": self.to_string() });
+        (status, axum::Json(body)).into_response()
     }
 }
 
-impl IntoResponse for ProfileError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl ProfileError {
+    fn status(&self) -> StatusCode {
+        match self {
             ProfileError::BadRequest(_)
             | ProfileError::Malformed(_)
             | ProfileError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
@@ -122,7 +133,14 @@ impl IntoResponse for ProfileError {
             ProfileError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ProfileError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProfileError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        }
+    }
+}
+
+/// `/ingest` answers in plain text, as Pyroscope does.
+impl IntoResponse for ProfileError {
+    fn into_response(self) -> Response {
+        let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "profile request failed");
         }

@@ -6,7 +6,9 @@
 //! queries share one bounded memory pool: a query that needs more fails with
 //! `ResourcesExhausted` instead of taking the process down.
 
+pub mod compare;
 pub mod compile;
+pub mod critical_path;
 pub mod operation;
 pub mod search;
 pub mod tags;

@@ -8,6 +8,7 @@ mod alert;
 mod cli;
 mod demo;
 mod ingest;
+mod native;
 mod profiles;
 mod promql;
 mod search;

@@ -1,15 +1,27 @@
-//! skein's own API under `/skein/api/`: flame graphs of one span, of an operation, of an
-//! operation's spans slower than a threshold, and slow-vs-normal differential flame graphs.
+//! skein's own API under `/skein/api/`, the one the web UI uses: flame graphs of one span, of
+//! an operation, of an operation's spans slower than a threshold, and slow-vs-normal
+//! differential flame graphs; the slow-vs-normal comparison of an operation (`compare`), a
+//! trace's critical path, services and edges, a service's operations and RED series.
+//!
+//! Every endpoint takes the tenant from `X-Scope-OrgID`, windows as Unix seconds `start`/`end`
+//! (default: the last hour), answers durations as integer nanoseconds (`*_ns`) and ids as
+//! lowercase hex. Errors are `{"error": "..."}` with a 4xx/5xx status.
 //!
 //! Samples are selected by span: the instrumentation labels each CPU sample with the profile
 //! scope span (`span_id`, the local root or a chosen span, the id Grafana's traces-to-profiles
 //! asks for) and the innermost active span (`skein_span_id`); a span's flame graph is the
 //! samples carrying its id in either label, each sample counted once.
 
+pub mod compare;
+pub mod critical_path;
 pub mod flamegraph;
+pub mod red;
+pub mod series;
+pub mod services;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +32,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::profile::ProfileError;
 use crate::profile::tree::Tree;
+use crate::promql::PromqlError;
 use crate::query::QueryError;
 use crate::query::operation::OperationQuery;
 
@@ -41,12 +54,56 @@ pub enum NativeError {
     Profile(#[from] ProfileError),
     #[error("cannot render the flame graph: {0}")]
     Render(String),
+    #[error(transparent)]
+    Series(#[from] PromqlError),
 }
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/skein/api/flamegraph", get(flamegraph_handler))
         .route("/skein/api/flamegraph/diff", get(diff_handler))
+        .route("/skein/api/compare", get(compare::handler))
+        .route("/skein/api/critical-path/{trace_id}", get(critical_path::handler))
+        .route("/skein/api/services", get(services::services_handler))
+        .route("/skein/api/operations", get(services::operations_handler))
+        .route("/skein/api/red", get(red::handler))
+}
+
+/// The tenant of a request.
+fn tenant(headers: &HeaderMap) -> Result<String, NativeError> {
+    Ok(super::tenant(headers)?)
+}
+
+/// Query parameters, or a 400 naming what is wrong with them.
+fn params<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, NativeError> {
+    q.map(|Query(p)| p).map_err(|e| NativeError::BadRequest(e.body_text()))
+}
+
+/// A parameter that must be given and not be empty.
+fn required<'a>(name: &str, v: Option<&'a str>) -> Result<&'a str, NativeError> {
+    v.filter(|s| !s.is_empty())
+        .ok_or_else(|| NativeError::BadRequest(format!("{name} is required")))
+}
+
+/// `start`/`end` Unix seconds (default: the hour up to now) as (start, end) unix nanoseconds.
+fn range_ns(
+    start: Option<f64>,
+    end: Option<f64>,
+    default_span: Duration,
+) -> Result<(i64, i64), NativeError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64();
+    let end = end.unwrap_or(now);
+    let start = start.unwrap_or(end - default_span.as_secs_f64());
+    if !(start.is_finite() && end.is_finite()) || start > end || start < 0.0 {
+        return Err(NativeError::BadRequest(format!("bad time range start={start} end={end}")));
+    }
+    Ok(((start * 1e9) as i64, (end * 1e9) as i64))
+}
+
+/// As [`range_ns`] with the default hour, in milliseconds.
+fn range_ms(start: Option<f64>, end: Option<f64>) -> Result<(i64, i64), NativeError> {
+    let (s, e) = range_ns(start, end, Duration::from_secs(3600))?;
+    Ok((s / 1_000_000, e / 1_000_000))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,13 +146,7 @@ fn duration(name: &str, v: &str) -> Result<i64, NativeError> {
 
 /// (start, end) in unix nanoseconds.
 fn window(p: &Params, default_span: Duration) -> Result<(i64, i64), NativeError> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64();
-    let end = p.end.unwrap_or(now);
-    let start = p.start.unwrap_or(end - default_span.as_secs_f64());
-    if !(start.is_finite() && end.is_finite()) || start > end || start < 0.0 {
-        return Err(NativeError::BadRequest(format!("bad time range start={start} end={end}")));
-    }
-    Ok(((start * 1e9) as i64, (end * 1e9) as i64))
+    range_ns(p.start, p.end, default_span)
 }
 
 fn span_id(v: &str) -> Result<String, NativeError> {
