@@ -12,11 +12,11 @@ use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::ServeArgs;
+use crate::serve::{self, Running};
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use parking_lot::Mutex;
-use crate::config::ServeArgs;
-use crate::serve::{self, Running};
 use skein_demo::loadgen::{self, LoadgenOptions};
 use skein_demo::{Service, ServiceOptions};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
