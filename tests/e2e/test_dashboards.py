@@ -447,6 +447,26 @@ def skein_links(texts: list[str], ctx: gf.Context, demo, what: str) -> int:
 @pytest.mark.parametrize("uid", ["skein-services-overview", "skein-service-detail", "skein-slow-spans", "skein-collector"])
 def test_every_panel_query_runs(uid, demo, endpoints, warm):
     d = DASHBOARDS[uid]
+    if uid == "skein-collector":
+        # The query-latency panels show queries made in the minute before each 15 s-aligned step:
+        # make some, then wait until a step point after them has been scraped.
+        prom = endpoints.hosts["http://prometheus:9090"]
+
+        def scraped_searches() -> float:
+            r = requests.get(f"{prom}/api/v1/query", timeout=5,
+                             params={"query": 'sum(skein_query_duration_seconds_count{endpoint="search"})'}).json()
+            return float(r["data"]["result"][0]["value"][1]) if r["data"]["result"] else 0.0
+
+        requests.get(f"{demo.http_url}/api/search", params={"q": "{}", "limit": 5}, timeout=10)
+        wait_until(scraped_searches, timeout=20, interval=0.5, what="Prometheus scraping the search counter")
+        before = scraped_searches()
+        for _ in range(3):
+            requests.get(f"{demo.http_url}/api/search", params={"q": "{}", "limit": 5}, timeout=10)
+        wait_until(lambda: scraped_searches() > before, timeout=20, interval=0.5, what="the searches scraped")
+        wait_until(lambda: requests.get(f"{prom}/api/v1/query", timeout=5, params={
+            "query": "sum(increase(skein_query_duration_seconds_count[1m])) > 0",
+            "time": str(int(time.time()) // 15 * 15)}).json()["data"]["result"],
+            timeout=40, interval=0.5, what="queries counted at a 15 s step point")
     ctx = context_for(d, endpoints)
     ran, exemplars, links = 0, [], 0
     for panel in gf.panels(d):
