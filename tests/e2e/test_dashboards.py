@@ -567,3 +567,52 @@ def test_traces_to_metrics_queries_run(demo, endpoints, warm):
         if "STATUS_CODE_ERROR" in expr and not data["result"]:
             continue  # a service without errors has no error series
         gf.assert_prom_result(data, instant=True, what=f"traces-to-metrics {q['name']}: {expr}")
+
+
+def tenant_datasources(tenant: str) -> tuple[dict[str, dict], str]:
+    """The recipe of grafana/provisioning/datasources/skein.yaml for another tenant: copies of the
+    skein-* datasources with uids skein-<tenant>-*, cross-links moved along, X-Scope-OrgID header.
+    Returns (datasources, the tenant variable's value)."""
+    prefix = f"skein-{tenant}"
+    text = json.dumps({u: d for u, d in DATASOURCES.items() if u in ("skein-tempo", "skein-prometheus", "skein-pyroscope")})
+    out = json.loads(text.replace('"skein-', f'"{prefix}-'))
+    for d in out.values():
+        d.setdefault("jsonData", {})["httpHeaderName1"] = "X-Scope-OrgID"
+        d.setdefault("secureJsonData", {})["httpHeaderValue1"] = tenant
+    return out, prefix
+
+
+def test_tenant_variable_selects_a_tenants_datasources(demo, endpoints, warm):
+    """A second tenant set up as the provisioning file describes: with `tenant` pointing at it,
+    the overview's queries go out with its X-Scope-OrgID and see only its services."""
+    from support import otlp
+
+    extra, value = tenant_datasources("acme")
+    for _ in range(3):
+        spans = []
+        for _ in range(10):
+            tid = otlp.new_trace_id()
+            spans.append(otlp.make_span(tid, "GET /acme", kind=otlp.SERVER, start=otlp.now_ns() - 20_000_000, duration=10_000_000))
+        req = otlp.export_request(otlp.resource_spans({"service.name": "acme-web"}, spans))
+        r = requests.post(f"{demo.otlp_http_url}/v1/traces", data=req.SerializeToString(),
+                          headers={"content-type": "application/x-protobuf", "X-Scope-OrgID": "acme"}, timeout=10)
+        assert r.status_code == 200, r.text
+        time.sleep(2.5)  # two span-metric samples (--metrics-scrape-interval 2s) apart
+    d = copy.deepcopy(DASHBOARDS["skein-services-overview"])
+    tenant = d["templating"]["list"][0]
+    tenant["options"].append({"selected": False, "text": "acme", "value": value})
+    all_ds = {**DATASOURCES, **extra}
+    (panel,) = [p for p in d["panels"] if p["title"] == "Request rate"]
+    frm, to = gf.relative_range({"from": "now-5m", "to": "now"})
+
+    def services(tenant_value: str) -> set[str]:
+        ctx = gf.Context(d, {"tenant": tenant_value, "service": "$__all"}, frm, int(time.time() * 1000))
+        ds = gf.resolve_ds(panel["datasource"], ctx, all_ds)
+        q = gf.prom_build(panel["targets"][0]["expr"], ctx, ds, instant=True, max_data_points=500)
+        data = gf.prom_call(endpoints.url(ds), "/api/v1/query", q.form, ds, gf.Endpoints.headers(ds))
+        return {s["metric"]["service"] for s in data["result"]}
+
+    acme = wait_until(lambda: services(value), timeout=30, interval=1, what="acme's span metrics")
+    assert acme == {"acme-web"}, acme
+    default = services("skein")
+    assert SHOP <= default and "acme-web" not in default, default
