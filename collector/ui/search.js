@@ -175,6 +175,7 @@ export function render(main, params) {
   };
 
   const draw = (query) => {
+    const filtered = query.replace(/\s/g, "") !== "{}";
     if (!traces.length) {
       results.replaceChildren(emptyBox(
         h("strong", {}, "No traces in this window"),
@@ -189,9 +190,10 @@ export function render(main, params) {
     const head = h("tr", {},
       h("th", { scope: "col" }, "Trace"),
       h("th", { scope: "col" }, "Services"),
+      filtered ? h("th", { scope: "col" }, "Matched spans") : null,
       Object.entries(SORTS).map(([k, label]) => {
         const active = k === key;
-        return h("th", { scope: "col", class: `sortable ${k === "start" ? "" : "num"}`, "aria-sort": active ? (dir === "asc" ? "ascending" : "descending") : "none" },
+        return h("th", { scope: "col", class: `sortable ${k === "start" ? "" : "num"}`, dataset: { sort: k }, "aria-sort": active ? (dir === "asc" ? "ascending" : "descending") : "none" },
           h("button", { type: "button", class: "linklike", onclick: () => setSort(k, active && dir === "desc" ? "asc" : "desc") },
             label, active ? (dir === "asc" ? " ▲" : " ▼") : ""));
       }));
@@ -202,6 +204,10 @@ export function render(main, params) {
           h("strong", {}, t.rootService), " ", t.rootName),
         h("div", { class: "muted small mono" }, t.id)),
       h("td", { class: "svc-list" }, t.services.map((s) => h("span", { class: "chip", style: { borderColor: colorFor(s) } }, s))),
+      filtered ? h("td", { class: "matched" }, t.matched.slice(0, 2).map((m) =>
+        h("div", {}, h("a", { href: `/trace/${t.id}${qs({ span: m.spanID })}`, class: "span-link", title: `open the trace at span ${m.spanID}` },
+          m.name || m.spanID), " ", h("span", { class: "muted" }, fmtDur(Number(m.durationNanos || 0))))),
+        t.matchedCount > 2 ? h("div", { class: "muted small" }, `+${t.matchedCount - 2} more`) : null) : null,
       h("td", { title: new Date(t.start).toISOString() }, fmtTime(t.start), h("div", { class: "muted small" }, fmtAgo(t.start))),
       h("td", { class: "num dur-cell" },
         h("div", { class: "dur" },
@@ -240,7 +246,10 @@ function row(t) {
     errors += s.errorCount || 0;
   }
   if (t.rootServiceName && !services.includes(t.rootServiceName)) services.unshift(t.rootServiceName);
+  const set = t.spanSet || (t.spanSets || [])[0] || {};
   return {
+    matched: [...(set.spans || [])].sort((x, y) => Number(y.durationNanos || 0) - Number(x.durationNanos || 0)),
+    matchedCount: set.matched || (set.spans || []).length,
     id: t.traceID,
     rootService: t.rootServiceName || "<root span not yet received>",
     rootName: t.rootTraceName || "",

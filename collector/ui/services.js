@@ -8,7 +8,7 @@ import {
 
 const NODE_W = 210;
 const NODE_H = 56;
-const COL_GAP = 230;
+const COL_GAP = 200;
 const ROW_GAP = 34;
 const PAD = 24;
 
@@ -161,6 +161,7 @@ function drawMap(svcs, edges, selected, onSelect) {
       const y2 = b.y + NODE_H / 2;
       const mx = (x1 + x2) / 2;
       d = `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`;
+      // The curve's midpoint; a caller's fan-out labels are apart by half the callees' distance.
       lx = mx;
       ly = (y1 + y2) / 2 - 6;
     } else {
@@ -228,7 +229,7 @@ async function showService(box, service, op, start, end, signal, select) {
     charts), h("div", { class: "card" }, h("h2", {}, "Operations"), ops));
   const step = Math.max(15, Math.round((end - start) / 60));
   api("/skein/api/red", { service, span_name: op, start, end, step: `${step}s` }, { signal })
-    .then((r) => charts.replaceChildren(...redCharts(r)))
+    .then((r) => charts.replaceChildren(...redCharts(r, [start * 1000, end * 1000])))
     .catch((e) => { if (e.name !== "AbortError") charts.replaceChildren(errorBox(e, "RED charts")); });
   try {
     const r = await api("/skein/api/operations", { service, start, end }, { signal });
@@ -258,17 +259,18 @@ async function showService(box, service, op, start, end, signal, select) {
   }
 }
 
-function redCharts(r) {
+function redCharts(r, win) {
   const s = r.series || {};
   return [
-    chart("Rate", [["requests", s.rate, "#3b6fd4"]], fmtRate),
-    chart("Error ratio", [["errors", s.error_ratio, "#d64545"]], (v) => fmtPct(v)),
-    chart("Duration", [["p50", s.p50_ns, "#7aa6e8"], ["p90", s.p90_ns, "#3b6fd4"], ["p99", s.p99_ns, "#1d3a78"]], fmtDur),
+    chart("Rate", [["requests", s.rate, "#3b6fd4"]], fmtRate, win),
+    chart("Error ratio", [["errors", s.error_ratio, "#d64545"]], (v) => fmtPct(v), win),
+    chart("Duration", [["p50", s.p50_ns, "#7aa6e8"], ["p90", s.p90_ns, "#3b6fd4"], ["p99", s.p99_ns, "#1d3a78"]], fmtDur, win),
   ];
 }
 
-/** A small SVG line chart; null/NaN values break the line. Hover shows the values. */
-function chart(title, series, fmt) {
+/** A small SVG line chart over the window; null/NaN values break the line (a lone point is a
+ * dot). Hover shows the values. */
+function chart(title, series, fmt, [w0, w1]) {
   const W = 360;
   const H = 130;
   const L = 8;
@@ -281,8 +283,8 @@ function chart(title, series, fmt) {
     series.length > 1 ? series.map(([name, , color]) => h("span", { class: "legend-item" }, h("span", { class: "swatch", style: { background: color } }), name)) : null,
     readout);
   if (!valid.length) return h("div", { class: "chart" }, head, h("div", { class: "chart-empty muted small" }, "no data in this window"));
-  const t0 = Math.min(...pts.map(([t]) => t));
-  const t1 = Math.max(...pts.map(([t]) => t), t0 + 1);
+  const t0 = Math.min(w0, ...pts.map(([t]) => t));
+  const t1 = Math.max(w1, ...pts.map(([t]) => t), t0 + 1);
   const vmax = Math.max(...valid.map(([, v]) => v)) || 1;
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L * 2);
   const y = (v) => T + (1 - v / vmax) * (H - T - B);
@@ -293,12 +295,16 @@ function chart(title, series, fmt) {
     h("text", { x: L, y: H - 4, class: "tick" }, fmtClock(t0)),
     h("text", { x: W - L, y: H - 4, class: "tick", "text-anchor": "end" }, fmtClock(t1)));
   for (const [, data, color] of series) {
+    const p = (data || []).map(([a, b]) => [Number(a), Number(b)]);
     let d = "";
-    let pen = false;
-    for (const [t, v] of (data || []).map(([a, b]) => [Number(a), Number(b)])) {
-      if (!Number.isFinite(v)) { pen = false; continue; }
-      d += `${pen ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
-      pen = true;
+    for (let i = 0; i < p.length; i++) {
+      const [t, v] = p[i];
+      if (!Number.isFinite(v)) continue;
+      const joined = i > 0 && Number.isFinite(p[i - 1][1]);
+      d += `${joined ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
+      if (!joined && !(i + 1 < p.length && Number.isFinite(p[i + 1][1]))) {
+        svg.append(h("circle", { cx: x(t), cy: y(v), r: 2.5, fill: color }));
+      }
     }
     svg.append(h("path", { d, fill: "none", stroke: color, "stroke-width": 1.8, "stroke-linejoin": "round" }));
   }

@@ -196,6 +196,7 @@ export function buildTrace(body) {
   for (const r of roots) visit(r);
   for (const s of spans) {
     if (!seen[s.i]) {
+      if (s.parent) s.parent.children = s.parent.children.filter((c) => c !== s);
       s.parent = null;
       s.cycle = true;
       roots.push(s);
@@ -277,7 +278,7 @@ class TraceView {
       h("div", { class: "row toolbar" },
         this.findInput, this.findCount,
         h("button", { type: "button", class: "ghost", onclick: () => this.expandAll() }, "Expand all"),
-        h("button", { type: "button", class: "ghost", onclick: () => this.collapseTo(1) }, "Collapse to services' entry"),
+        h("button", { type: "button", class: "ghost", onclick: () => this.collapseTo(1) }, "Collapse per service"),
         h("label", { class: "inline" }, this.cpToggle, " highlight critical path"), this.cpNote));
 
     this.axis = h("div", { class: "wf-axis" });

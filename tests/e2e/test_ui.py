@@ -83,6 +83,19 @@ def no_console_errors(browser):
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def until(fn, timeout=10.0, what="condition"):
+    """wait_until, where an element re-rendered under the check (stale) means "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def check():
+        try:
+            return fn()
+        except StaleElementReferenceException:
+            return False
+
+    return wait_until(check, timeout=timeout, interval=0.1, what=what)
+
+
 def wait_for(browser, css, timeout=20.0, what=None, count=1):
     from selenium.webdriver.common.by import By
 
@@ -139,15 +152,17 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     min_box = one(browser, "input[name=min]")
     min_box.send_keys(SLOW)
     min_box.send_keys(Keys.ENTER)  # Enter submits the form
-    wait_until(lambda: "service=payment" in d.current_url and "min=300ms" in d.current_url,
+    until(lambda: "service=payment" in d.current_url and "min=300ms" in d.current_url,
                timeout=5, what="the URL to reflect the form")
     wait_for(browser, "table.traces tbody tr", what="search results")
     assert "duration >= 300ms" in one(browser, ".result-count").text
     # Sort by duration (descending), then open the slowest trace.
-    one(browser, "th.sortable:nth-of-type(4) button").click()
-    wait_until(lambda: "sort=duration" in d.current_url, timeout=5, what="sort in the URL")
+    one(browser, "th[data-sort=duration] button").click()
+    until(lambda: "sort=duration" in d.current_url, timeout=5, what="sort in the URL")
     durations = [r.find_element(By.CSS_SELECTOR, ".dur-val").text for r in d.find_elements(By.CSS_SELECTOR, "table.traces tbody tr")]
     assert durations and all(x.endswith("ms") or x.endswith(" s") for x in durations), durations
+    matched = [e.text for e in d.find_elements(By.CSS_SELECTOR, "td.matched a.span-link")]
+    assert matched and all(m == CHARGE for m in matched), matched
     no_error_box(browser)
     browser.screenshot("01-search")
     search_url = d.current_url
@@ -159,7 +174,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     assert path.startswith("/trace/")
     legend = {e.text for e in d.find_elements(By.CSS_SELECTOR, ".legend .chip")}
     assert {"gateway", "orders", "payment"} <= legend, legend
-    wait_until(lambda: "loading" not in one(browser, ".cp-note").text, timeout=10, what="the critical path")
+    until(lambda: "loading" not in one(browser, ".cp-note").text, timeout=10, what="the critical path")
     assert "unavailable" not in one(browser, ".cp-note").text, one(browser, ".cp-note").text
     assert d.find_elements(By.CSS_SELECTOR, ".wf-row.on-cp"), "critical path highlighted"
     charge = [r for r in d.find_elements(By.CSS_SELECTOR, ".wf-row")
@@ -175,7 +190,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
 
     # Its flamegraph (the span's own samples, or a clear note that it had none).
     one(browser, "#span-flamegraph").click()
-    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice.empty")
+    until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice.empty")
                or d.find_elements(By.CSS_SELECTOR, ".notice.error"), timeout=20, what="the span's flamegraph")
     no_error_box(browser)
     path, q = path_and_query(browser)
@@ -186,7 +201,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     d.back()
     one(browser, "aside.detail")
     one(browser, "#span-compare").click()
-    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, "#cmp-attributes") or d.find_elements(By.CSS_SELECTOR, ".notice"),
+    until(lambda: d.find_elements(By.CSS_SELECTOR, "#cmp-attributes") or d.find_elements(By.CSS_SELECTOR, ".notice"),
                timeout=30, what="the comparison")
     no_error_box(browser)
     path, q = path_and_query(browser)
@@ -197,7 +212,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
 
     # The diff flamegraph of slow vs normal calls.
     one(browser, "#to-diff").click()
-    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice"),
+    until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice"),
                timeout=30, what="the diff flamegraph")
     no_error_box(browser)
     assert path_and_query(browser)[1].get("mode") == ["diff"]
@@ -228,19 +243,19 @@ def test_operation_flamegraph_zoom_and_search(data, browser):
     name = target.text
     ActionChains(d).move_to_element(target).perform()
     tip = one(browser, ".fg-tip")
-    wait_until(lambda: not tip.get_attribute("hidden"), timeout=5, what="tooltip")
+    until(lambda: not tip.get_attribute("hidden"), timeout=5, what="tooltip")
     assert "total:" in tip.text and "self:" in tip.text, tip.text
     target.click()
     reset = one(browser, ".flame-card .toolbar button")
-    wait_until(lambda: reset.get_attribute("disabled") is None, timeout=5, what="zoom")
+    until(lambda: reset.get_attribute("disabled") is None, timeout=5, what="zoom")
     assert "zoomed" in one(browser, ".crumb").text
     search = one(browser, ".flame-card input[type=search]")
     search.send_keys(name.split("::")[-1][:10])
-    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame.hit"), timeout=5, what="search highlight")
+    until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame.hit"), timeout=5, what="search highlight")
     assert "matches" in one(browser, ".flame-card .toolbar .muted").text
     browser.screenshot("06-flamegraph-operation")
     reset.click()
-    wait_until(lambda: reset.get_attribute("disabled") is not None, timeout=5, what="zoom reset")
+    until(lambda: reset.get_attribute("disabled") is not None, timeout=5, what="zoom reset")
     assert int(one(browser, ".fg-frames").get_attribute("data-frames")) == total
 
 
@@ -257,7 +272,7 @@ def test_service_map(data, browser):
             return False
         return DEMO_SERVICES <= {g.get_attribute("data-service") for g in d.find_elements(By.CSS_SELECTOR, ".svc-node")}
 
-    wait_until(map_complete, timeout=40, interval=1, what="the four demo services on the map")
+    until(map_complete, timeout=40, what="the four demo services on the map")
     edges = d.find_elements(By.CSS_SELECTOR, ".service-map path.edge")
     assert len(edges) >= 3, "gateway→orders, orders→inventory, orders→payment"
     labels = " ".join(e.text for e in d.find_elements(By.CSS_SELECTOR, ".edge-label"))
@@ -265,10 +280,10 @@ def test_service_map(data, browser):
     no_error_box(browser)
     browser.screenshot("07-services")
     [g for g in d.find_elements(By.CSS_SELECTOR, ".svc-node") if g.get_attribute("data-service") == "orders"][0].click()
-    wait_until(lambda: "service=orders" in d.current_url, timeout=5, what="the service in the URL")
+    until(lambda: "service=orders" in d.current_url, timeout=5, what="the service in the URL")
     wait_for(browser, "table.ops tbody tr", what="operations of orders")
     wait_for(browser, ".chart", count=3, what="RED charts")
-    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, ".chart-svg path") or d.find_elements(By.CSS_SELECTOR, ".notice.error"),
+    until(lambda: d.find_elements(By.CSS_SELECTOR, ".chart-svg path") or d.find_elements(By.CSS_SELECTOR, ".notice.error"),
                timeout=10, what="chart lines")
     no_error_box(browser)
     browser.screenshot("08-service-orders")
@@ -285,7 +300,7 @@ def test_tenant_setting_is_sent_and_empty_states_explain(data, browser):
     box.clear()
     box.send_keys("ui-nobody")
     box.send_keys(Keys.ENTER)
-    wait_until(lambda: "ui-nobody" in one(browser, "#tenant-button").text, timeout=5, what="tenant saved")
+    until(lambda: "ui-nobody" in one(browser, "#tenant-button").text, timeout=5, what="tenant saved")
     empty = one(browser, ".notice.empty")
     assert "No traces in this window" in empty.text and "4317" in empty.text
     browser.screenshot("09-empty-tenant")
@@ -335,7 +350,7 @@ def test_a_trace_of_12k_spans_renders_quickly_and_scrolls(data, browser):
     t = time.monotonic()
     d.get(f"{data.http_url}/trace/{tid.hex()}")
     wait_for(browser, ".wf-row", timeout=15, what="the first rows")
-    wait_until(lambda: str(total) in one(browser, ".trace-header .stats").text, timeout=15, what="the span count")
+    until(lambda: str(total) in one(browser, ".trace-header .stats").text, timeout=15, what="the span count")
     took = time.monotonic() - t
     assert took < 5.0, f"the trace page took {took:.1f}s"
     rendered = len(d.find_elements(By.CSS_SELECTOR, ".wf-row"))
@@ -345,8 +360,9 @@ def test_a_trace_of_12k_spans_renders_quickly_and_scrolls(data, browser):
     for frac in (0.5, 1.0):
         d.execute_script("const s = document.querySelector('.wf-scroll'); s.scrollTop = s.scrollHeight * arguments[0];", frac)
         want = int((total - 1) * frac * 0.9)
-        wait_until(lambda: any(int(r.get_attribute("data-i")) >= want for r in d.find_elements(By.CSS_SELECTOR, ".wf-row")),
-                   timeout=5, what=f"rows near {frac:.0%}")
+        until(lambda: d.execute_script(
+            "return Math.max(...[...document.querySelectorAll('.wf-row')].map((r) => +r.dataset.i))") >= want,
+              timeout=5, what=f"rows near {frac:.0%}")
         assert len(d.find_elements(By.CSS_SELECTOR, ".wf-row")) < 300
     assert d.find_elements(By.CSS_SELECTOR, ".wf-row.error .err-mark"), "error spans marked"
     browser.screenshot("11-big-trace-end")
@@ -355,9 +371,69 @@ def test_a_trace_of_12k_spans_renders_quickly_and_scrolls(data, browser):
     one(browser, ".wf-row .op").click()
     scroller = one(browser, ".wf-scroll")
     scroller.send_keys(Keys.ARROW_DOWN, Keys.ARROW_DOWN)  # the skewed child sorts first
-    wait_until(lambda: "import batch 0" in one(browser, "aside.detail h2").text, timeout=5, what="arrow-down selection")
+    until(lambda: "import batch 0" in one(browser, "aside.detail h2").text, timeout=5, what="arrow-down selection")
     scroller.send_keys(Keys.ARROW_LEFT)  # collapses batch 0's 300 children
-    wait_until(lambda: "+300" in one(browser, ".wf-row.selected").text, timeout=5, what="collapsed subtree")
+    until(lambda: "+300" in one(browser, ".wf-row.selected").text, timeout=5, what="collapsed subtree")
     # The skewed child is drawn inside its parent and says so.
     one(browser, ".trace-header input[type=search]").send_keys("skewed child", Keys.ENTER)
-    wait_until(lambda: "Clock skew" in one(browser, "aside.detail").text, timeout=5, what="skew note")
+    until(lambda: "Clock skew" in one(browser, "aside.detail").text, timeout=5, what="skew note")
+
+
+# ---- the pages' pure functions, run in the browser -------------------------------------------
+UNIT_JS = r"""
+const done = arguments[arguments.length - 1];
+(async () => {
+  const search = await import("/ui/assets/search.js");
+  const trace = await import("/ui/assets/trace.js");
+  const services = await import("/ui/assets/services.js");
+  const out = {};
+  out.query = search.buildQuery({
+    service: "shop", op: "GET /a", status: "error", min: "100ms", max: "2s",
+    attrs: [{ key: "http.status_code", op: ">=", value: "500" }, { key: "span.peer", op: "=", value: 'say "hi"' },
+            { key: "db.statement", op: "=~", value: "SELECT.*" }],
+  });
+  out.empty = search.buildQuery({ attrs: [] });
+  const span = (id, parent, svc, s, e, extra) => ({ spanId: id, parentSpanId: parent, name: id,
+    startTimeUnixNano: String(1700000000000000000n + BigInt(s)), endTimeUnixNano: String(1700000000000000000n + BigInt(e)), ...extra });
+  const batch = (svc, spans) => ({ resource: { attributes: [{ key: "service.name", value: { stringValue: svc } }] },
+    scopeSpans: [{ scope: { name: "t" }, spans }] });
+  const t = trace.buildTrace({ batches: [
+    batch("a", [span("00000000000000a1", "", "a", 1000, 9000), span("00000000000000a2", "00000000000000a1", "a", 2000, 3000)]),
+    // b's clock is 5000 ns behind: its span starts before its parent a1 and is moved inside it
+    batch("b", [span("00000000000000b1", "00000000000000a1", "b", 0, 2000, { status: { code: 2, message: "boom" } })]),
+    // a parent cycle: both become roots instead of vanishing
+    batch("c", [span("00000000000000c1", "00000000000000c2", "c", 100, 200), span("00000000000000c2", "00000000000000c1", "c", 150, 180)]),
+  ] });
+  const b1 = t.byId.get("00000000000000b1");
+  out.trace = {
+    spans: t.spans.length, roots: t.roots.length, depthB1: b1.depth, b1: [b1.ds, b1.de], skew: b1.skew,
+    errorsBelowA1: t.byId.get("00000000000000a1").errorsBelow, services: t.services,
+    order: t.order.map((s) => s.id.slice(-2)),
+  };
+  const l = services.layout(["gw", "orders", "inv", "pay", "loop"], [
+    { client: "gw", server: "orders" }, { client: "orders", server: "inv" }, { client: "orders", server: "pay" },
+    { client: "pay", server: "loop" }, { client: "loop", server: "orders" },
+  ]);
+  out.layout = Object.fromEntries([...l.pos].map(([k, v]) => [k, v.col]));
+  return out;
+})().then(done, (e) => done({ error: String(e && e.stack || e) }));
+"""
+
+
+def test_query_building_trace_layout_and_service_layers(data, browser):
+    d = browser.driver
+    d.get(data.http_url + "/services")
+    d.set_script_timeout(20)
+    r = d.execute_async_script(UNIT_JS)
+    assert "error" not in r, r.get("error")
+    assert r["query"] == ('{ resource.service.name = "shop" && name = "GET /a" && .http.status_code >= 500'
+                          ' && span.peer = "say \\"hi\\"" && .db.statement =~ "SELECT.*"'
+                          ' && duration >= 100ms && duration <= 2s && status = error }')
+    assert r["empty"] == "{}"
+    t = r["trace"]
+    assert t["spans"] == 5 and t["roots"] == 2, t  # a1, and c1 where the cycle was cut
+    assert t["depthB1"] == 1 and t["b1"] == [1000, 3000] and t["skew"] == 1000, t  # moved to start with a1
+    assert t["errorsBelowA1"] == 1
+    assert t["order"][:3] == ["a1", "b1", "a2"], t["order"]  # children by start
+    assert set(t["services"]) == {"a", "b", "c"}
+    assert r["layout"] == {"gw": 0, "orders": 1, "inv": 2, "pay": 2, "loop": 3}, r["layout"]
