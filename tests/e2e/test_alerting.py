@@ -200,3 +200,102 @@ def test_skein_rules_check_on_good_and_bad_files(tmp_path):
     assert len(lines) == 2, out.stderr
     assert 'bad.yml: group "g", rule 1 (Broken): could not parse expression' in lines[0], lines
     assert 'rule 2 (NoDuration): field \'for\'' in lines[1], lines
+
+
+DEMO_RULE = """
+groups:
+  - name: e2e-demo
+    interval: 1s
+    rules:
+      - alert: PaymentLatencyHigh
+        expr: >-
+          histogram_quantile(0.99, sum by (le, service)
+          (rate(traces_spanmetrics_latency_bucket{service="payment", span_kind="SPAN_KIND_SERVER"}[10s]))) > 1.2
+        for: 2s
+        annotations:
+          summary: "p99 of {{ $labels.service }} is {{ $value | humanizeDuration }}"
+"""
+
+ORDER = {"customer": "ada", "items": [{"sku": "moka-pot", "quantity": 1}]}
+
+
+def test_demo_shop_payment_slowness_fires_and_resolves_in_alertmanager(
+        skein_factory, alertmanager, receiver, tmp_path):
+    """The real shop (faults on: its usual 5 % of 0.3–0.9 s bank calls stay under the 1.2 s
+    threshold); checkouts paying with the `tok_slow_bank` card turn payment's latency up (1.5–2.5 s
+    bank calls) and stopping them turns it down."""
+    import threading
+
+    from support.shop import Shop
+
+    rules = tmp_path / "demo.rules.yml"
+    rules.write_text(DEMO_RULE)
+    collector = skein_factory("--rules", str(rules), "--alertmanager-url", alertmanager.url,
+                              "--alert-resend-delay", "2s", "--metrics-scrape-interval", "1s")
+    shop = Shop(tmp_path / "shop", collector, faults=True).start()
+    stop_normal, stop_slow = threading.Event(), threading.Event()
+
+    def traffic(stop: threading.Event, card: str | None, pause: float):
+        s = requests.Session()
+        while not stop.is_set():
+            body = dict(ORDER, card=card) if card else ORDER
+            try:
+                s.post(f"{shop.gateway.url}/checkout", json=body, timeout=10)
+            except requests.RequestException:
+                pass
+            stop.wait(pause)
+
+    def alerts_named(state: str) -> list[dict]:
+        return [a for a in skein_alerts_all(collector) if a["labels"].get("alertname") == "PaymentLatencyHigh"
+                and a["state"] == state]
+
+    normal = threading.Thread(target=traffic, args=(stop_normal, None, 0.1), daemon=True)
+    slow = [threading.Thread(target=traffic, args=(stop_slow, "tok_slow_bank", 0.0), daemon=True)
+            for _ in range(3)]
+    try:
+        normal.start()
+        # Normal traffic for longer than the rule's window and `for`: no alert.
+        time.sleep(14)
+        assert alerts_named("pending") + alerts_named("firing") == [], skein_alerts_all(collector)
+
+        for t in slow:
+            t.start()
+        wait_until(lambda: alerts_named("firing"), timeout=60, what="the payment latency alert to fire")
+        active = wait_until(
+            lambda: [x for x in alertmanager.alerts(filter='alertname="PaymentLatencyHigh"')
+                     if x["status"]["state"] == "active"],
+            timeout=30, what="the alert in Alertmanager")
+        ids = active[0]["annotations"]["skein_slow_trace_ids"].split(",")
+        assert 1 <= len(ids) <= 5, active[0]
+        # The exemplar traces are the slow checkouts: each has a payment span of at least 1.5 s.
+        for tid in ids:
+            r = requests.get(f"{collector.http_url}/api/traces/{tid}",
+                             headers={"accept": "application/json"}, timeout=10)
+            assert r.status_code == 200, (tid, r.status_code, r.text[:200])
+            # v1 JSON: {"batches": [OTLP ResourceSpans...]}
+            spans = [(rs, sp) for rs in r.json()["batches"]
+                     for ss in rs.get("scopeSpans", []) for sp in ss.get("spans", [])]
+            payment = [int(sp["endTimeUnixNano"]) - int(sp["startTimeUnixNano"]) for rs, sp in spans
+                       if any(a["key"] == "service.name" and a["value"].get("stringValue") == "payment"
+                              for a in rs["resource"]["attributes"])]
+            assert payment and max(payment) >= 1.5e9, (tid, payment)
+
+        stop_slow.set()
+        wait_until(lambda: [a for b in receiver.bodies("/am") if isinstance(b, dict)
+                            and b.get("status") == "resolved"
+                            for a in b.get("alerts", []) if a["labels"].get("alertname") == "PaymentLatencyHigh"],
+                   timeout=60, what="Alertmanager's resolved notification")
+        assert alerts_named("firing") == []
+    finally:
+        stop_slow.set()
+        stop_normal.set()
+        for t in [normal, *slow]:
+            if t.is_alive():
+                t.join(timeout=15)
+        shop.stop()
+
+
+def skein_alerts_all(collector) -> list[dict]:
+    r = requests.get(f"{collector.http_url}/prometheus/api/v1/alerts", timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]["alerts"]
