@@ -71,6 +71,7 @@ export function render(main, params) {
       mode: m,
       service: service.value, span_name: op.value,
       span_id: m === "span" ? spanId.value.trim() : "",
+      trace: m === "span" && spanId.value.trim() === g("span_id") ? g("trace") : "",
       min_duration: m === "slow" ? minDur.value.trim() : "",
       threshold: m === "diff" ? threshold.value.trim() : "",
       range: r.range, start: r.start, end: r.end,
@@ -113,6 +114,9 @@ export function render(main, params) {
     }
     const svgUrl = (mode === "diff" ? "/skein/api/flamegraph/diff" : "/skein/api/flamegraph") + qs({ ...base, format: "svg" });
     const links = [h("a", { class: "button ghost", href: svgUrl, target: "_blank", rel: "noopener" }, "SVG")];
+    if (g("trace")) {
+      links.unshift(h("a", { class: "button ghost", id: "to-trace", href: `/trace/${encodeURIComponent(g("trace"))}${qs({ span: g("span_id") })}` }, "Back to the trace"));
+    }
     if (svc && name && mode !== "diff") {
       const th = g("min_duration") || "";
       links.unshift(h("a", { class: "button ghost", id: "to-compare", href: `/compare${qs({ service: svc, span_name: name, threshold: th })}` }, "Compare slow vs normal"));
@@ -218,7 +222,10 @@ class Flame {
     // The common trunk: frames every sample passes through (thread start, runtime, …) fold
     // into one row so the interesting part is in view.
     let k = 0;
-    for (let n = root; n.children.length === 1 && n.children[0].value === n.value; n = n.children[0]) k++;
+    let end = root;
+    for (; end.children.length === 1 && end.children[0].value === end.value; end = end.children[0]) k++;
+    // A single chain (one stack) keeps its last frames in view.
+    if (!end.children.length) k -= 8;
     this.trunk = k >= 3 ? k : 0;
     this.folded = this.trunk > 0;
     this.canvas = h("div", { class: "fg-frames" });

@@ -258,6 +258,7 @@ class TraceView {
         this.nextMatch(ev.shiftKey ? -1 : 1);
       }
     });
+    document.title = `${root.service}: ${root.name} · skein`;
     const header = h("div", { class: "trace-header card" },
       h("div", { class: "row between" },
         h("h1", {},
@@ -553,7 +554,7 @@ class TraceView {
         h("h2", {}, h("span", { class: "svc-dot", style: { background: colorFor(s.service) } }), s.name),
         h("button", { type: "button", class: "ghost icon", "aria-label": "close details", title: "close (Esc)", onclick: () => this.select(null, { url: true }) }, "×")),
       h("div", { class: "actions" },
-        h("a", { class: "button", id: "span-flamegraph", href: `/flamegraph${qs({ span_id: s.id, ...op, ...win })}` }, "Flamegraph of this span"),
+        h("a", { class: "button", id: "span-flamegraph", href: `/flamegraph${qs({ span_id: s.id, ...op, ...win, trace: this.traceId })}` }, "Flamegraph of this span"),
         h("a", { class: "button ghost", id: "op-flamegraph", href: `/flamegraph${qs(op)}` }, "Flamegraph of this operation"),
         h("a", { class: "button ghost", id: "span-compare", href: `/compare${qs({ ...op, threshold: durParam(s.dur) })}` }, "Compare slow vs normal"),
         h("a", { class: "button ghost", href: `/${qs({ service: s.service, operation: s.name })}` }, "Search this operation")),

@@ -195,6 +195,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     no_error_box(browser)
     path, q = path_and_query(browser)
     assert path == "/flamegraph" and q.get("span_id") and q.get("service") == ["payment"]
+    assert d.find_elements(By.CSS_SELECTOR, "#to-trace") or d.find_elements(By.CSS_SELECTOR, ".notice.empty")
     browser.screenshot("03-flamegraph-span")
 
     # Back to the span (the URL kept it), then the comparison for its operation.

@@ -14,7 +14,7 @@ CHROMIUM = os.environ.get("SKEIN_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SKEIN_CHROMEDRIVER", "/usr/bin/chromedriver")
 ARTIFACTS = REPO / "tests" / "artifacts" / "ui"
 FLAGS = [
-    "--headless=new",
+    "--headless",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
