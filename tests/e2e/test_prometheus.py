@@ -160,12 +160,14 @@ def test_promql_answers_agree_with_a_real_prometheus_scraping_skein(collector, p
 
 # ---- Grafana's Prometheus datasource, replayed ----------------------------------------------
 
+ORDER = {"customer": "ada", "items": [{"sku": "moka-pot", "quantity": 1}]}
+
+
 @pytest.fixture(scope="module")
 def shop(collector, tmp_path_factory):
     s = Shop(tmp_path_factory.mktemp("shop"), collector).start()
-    order = {"customer": "ada", "items": [{"sku": "moka-pot", "quantity": 1}]}
     for _ in range(20):
-        assert requests.post(f"{s.gateway.url}/checkout", json=order, timeout=30).status_code == 200
+        assert requests.post(f"{s.gateway.url}/checkout", json=ORDER, timeout=30).status_code == 200
     yield s
     s.stop()
 
@@ -212,11 +214,17 @@ def test_service_graph_queries_return_the_shops_edges(collector, shop):
                                                        "limit": "1", "start": str(int(time.time()) - 3600),
                                                        "end": str(int(time.time()))})
     assert data == [], "classic histograms only"
-    link = grafana_post(collector, "/api/v1/query", {
-        "query": 'histogram_quantile(0.9, sum(rate(traces_service_graph_request_server_seconds_bucket'
-                 '{client="gateway",server="orders"}[1m0s])) by (le, client, server))',
-        "time": f"{time.time():.3f}"})
-    assert len(link["result"]) == 1 and float(link["result"][0]["value"][1]) > 0
+    def edge_p90():
+        # The fixture's checkouts may all predate the series' first sample (then every rate is
+        # 0 and the quantile NaN); a checkout per poll makes the counters move.
+        requests.post(f"{shop.gateway.url}/checkout", json=ORDER, timeout=30)
+        link = grafana_post(collector, "/api/v1/query", {
+            "query": 'histogram_quantile(0.9, sum(rate(traces_service_graph_request_server_seconds_bucket'
+                     '{client="gateway",server="orders"}[1m0s])) by (le, client, server))',
+            "time": f"{time.time():.3f}"})
+        return len(link["result"]) == 1 and float(link["result"][0]["value"][1]) > 0
+
+    wait_until(edge_p90, timeout=20, interval=0.5, what="a positive p90 on the gateway→orders edge")
 
 
 def test_apm_table_queries(collector, shop):
@@ -232,10 +240,14 @@ def test_apm_table_queries(collector, shop):
         "query": 'topk(5, sum(rate(traces_spanmetrics_calls_total{span_kind="SPAN_KIND_SERVER",'
                  'status_code="STATUS_CODE_ERROR"}[3600s])) by (span_name))', "time": f"{time.time():.3f}"})
     assert errors["resultType"] == "vector"
-    p90 = grafana_post(collector, "/api/v1/query", {
-        "query": 'histogram_quantile(.9, sum(rate(traces_spanmetrics_latency_bucket{span_kind="SPAN_KIND_SERVER",'
-                 f'span_name=~"{ops[0]}"}}[3600s])) by (le))', "time": f"{time.time():.3f}"})
-    assert len(p90["result"]) == 1 and float(p90["result"][0]["value"][1]) > 0
+    def p90_positive():
+        requests.post(f"{shop.gateway.url}/checkout", json=ORDER, timeout=30)  # see edge_p90
+        p90 = grafana_post(collector, "/api/v1/query", {
+            "query": 'histogram_quantile(.9, sum(rate(traces_spanmetrics_latency_bucket{span_kind="SPAN_KIND_SERVER",'
+                     f'span_name=~"{ops[0]}"}}[3600s])) by (le))', "time": f"{time.time():.3f}"})
+        return len(p90["result"]) == 1 and float(p90["result"][0]["value"][1]) > 0
+
+    wait_until(p90_positive, timeout=20, interval=0.5, what="a positive p90 of the top operation")
 
 
 def test_grafana_health_check_and_datasource_init(collector):
