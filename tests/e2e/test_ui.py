@@ -76,9 +76,12 @@ def browser():
 
 @pytest.fixture(autouse=True)
 def no_console_errors(browser):
+    """Fails a test whose pages logged console errors; a test may list the failed requests
+    it provokes on purpose (substrings of the message) in the yielded list."""
     browser.logs()  # drop what earlier tests left
-    yield
-    severe = browser.severe()
+    expected: list[str] = []
+    yield expected
+    severe = [e for e in browser.severe() if not any(x in e["message"] for x in expected)]
     assert not severe, "browser console errors:\n" + "\n".join(e["message"] for e in severe)
 
 
@@ -311,6 +314,20 @@ def test_tenant_setting_is_sent_and_empty_states_explain(data, browser):
     d.execute_script("localStorage.removeItem('skein.tenant')")
 
 
+def test_errors_from_the_apis_are_shown(data, browser, no_console_errors):
+    d = browser.driver
+    missing = "0123456789abcdef0123456789abcdef"
+    no_console_errors += [f"/api/traces/{missing}", "/skein/api/compare", "/skein/api/critical-path/" + missing]
+    d.get(f"{data.http_url}/trace/{missing}")
+    assert "Trace not found" in one(browser, ".notice.empty").text
+    d.get(data.http_url + "/compare?" + urllib.parse.urlencode({"service": "payment", "span_name": CHARGE, "threshold": "soon"}))
+    err = one(browser, ".notice.error").text
+    assert "HTTP 400" in err and "threshold" in err and "soon" in err, err
+    browser.screenshot("12-api-error")
+    d.get(data.http_url + "/flamegraph?mode=diff&service=payment&span_name=x")
+    assert "Choose a threshold" in one(browser, ".notice.empty").text
+
+
 # ---- a big trace -------------------------------------------------------------------------------
 def big_trace(n_batches=40, per_batch=300):
     """A gateway root → n_batches orders spans → per_batch inventory spans each (+1 skewed)."""
@@ -369,7 +386,8 @@ def test_a_trace_of_12k_spans_renders_quickly_and_scrolls(data, browser):
     browser.screenshot("11-big-trace-end")
     # Keyboard: select the first row, walk down, collapse a subtree.
     d.execute_script("document.querySelector('.wf-scroll').scrollTop = 0")
-    one(browser, ".wf-row .op").click()
+    until(lambda: d.execute_script("return !!document.querySelector('.wf-row[data-i=\"0\"]')"), timeout=5, what="the first row")
+    until(lambda: one(browser, '.wf-row[data-i="0"] .op').click() or True, timeout=5, what="a click on the first row")
     scroller = one(browser, ".wf-scroll")
     scroller.send_keys(Keys.ARROW_DOWN, Keys.ARROW_DOWN)  # the skewed child sorts first
     until(lambda: "import batch 0" in one(browser, "aside.detail h2").text, timeout=5, what="arrow-down selection")
