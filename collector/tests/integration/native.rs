@@ -1,6 +1,6 @@
 //! skein's own API under `/skein/api/` (the web UI's): slow-vs-normal comparison on a data set
-//! whose answer is known, critical path, services and edges, operations and RED series, each
-//! over HTTP against an in-process collector.
+//! whose answer is known, critical path, services and edges, operations, RED series and
+//! read-only SQL, each over HTTP against an in-process collector.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,17 @@ async fn get(c: &Collector, path: &str, tenant: Option<&str>) -> (u16, Value) {
         r = r.header("x-scope-orgid", t);
     }
     let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+async fn post(c: &Collector, path: &str, body: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", c.http()))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
 }
@@ -374,5 +385,48 @@ async fn critical_path_of_a_skewed_trace_with_overlapping_children() {
     let (status, _) = get(&c, "/skein/api/critical-path/not-hex", None).await;
     assert_eq!(status, 400);
 
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn sql_is_read_only_and_answers_selects() {
+    let c = Collector::start(|_| {}).await;
+    let t0 = now_nanos() - 10_000 * MS;
+    let n = 8;
+    let mut tagged = span(n, 1, Some(0), "b", 3, t0, 10, 90);
+    tagged.attributes = vec![s("k", "v")];
+    export(
+        &c,
+        DEFAULT_TENANT,
+        vec![
+            resource("gateway", vec![span(n, 0, None, "POST /checkout", 2, t0, 0, 100), tagged]),
+            resource("orders", vec![span(n, 2, Some(1), "orders/Place", 2, t0, 20, 95)]),
+        ],
+    )
+    .await;
+    // One read-only query; anything else is refused before it is planned.; anything else is refused before it is planned.
+    for bad in [
+        "DELETE FROM spans",
+        "CREATE TABLE t (a INT)",
+        "SELECT 1; SELECT 2",
+        "DROP TABLE spans",
+        "SELEC 1",
+    ] {
+        let (status, body) = post(&c, "/skein/api/sql", bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, body) = post(
+        &c,
+        "/skein/api/sql",
+        "SELECT service_name, count(*) AS spans, max(duration) AS longest FROM spans GROUP BY service_name ORDER BY service_name",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    insta::assert_json_snapshot!("sql_select", body);
+    let q = serde_json::json!({"query": "SELECT span_id, attr_str(span_attrs, 'k') AS k FROM spans WHERE attr_str(span_attrs, 'k') IS NOT NULL"});
+    let (status, body) = post(&c, "/skein/api/sql", &q.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], serde_json::json!([[hex::encode(span_id(n, 1)), "v"]]));
     c.stop().await;
 }

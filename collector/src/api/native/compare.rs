@@ -35,8 +35,13 @@ pub struct CompareParams {
 pub fn request(p: &CompareParams) -> Result<CompareRequest, NativeError> {
     let service = required("service", p.service.as_deref())?;
     let span_name = required("span_name", p.span_name.as_deref())?;
-    let threshold_ns =
-        p.threshold.as_deref().map(|t| super::duration("threshold", t)).transpose()?;
+    // An empty threshold (a cleared form field) means the default.
+    let threshold_ns = p
+        .threshold
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| super::duration("threshold", t))
+        .transpose()?;
     let (start_ns, end_ns) = range_ns(p.start, p.end, Duration::from_secs(3600))?;
     Ok(CompareRequest {
         service: service.to_string(),
@@ -85,5 +90,7 @@ mod tests {
             ..Default::default()
         };
         assert!(request(&bad).is_err());
+        let empty = CompareParams { threshold: Some(" ".into()), ..bad };
+        assert_eq!(request(&empty).unwrap().threshold_ns, None);
     }
 }

@@ -1,7 +1,8 @@
 //! skein's own API under `/skein/api/`, the one the web UI uses: flame graphs of one span, of
 //! an operation, of an operation's spans slower than a threshold, and slow-vs-normal
 //! differential flame graphs; the slow-vs-normal comparison of an operation (`compare`), a
-//! trace's critical path, services and edges, a service's operations and RED series.
+//! trace's critical path, services and edges, a service's operations, RED series and
+//! read-only SQL over the spans.
 //!
 //! Every endpoint takes the tenant from `X-Scope-OrgID`, windows as Unix seconds `start`/`end`
 //! (default: the last hour), answers durations as integer nanoseconds (`*_ns`) and ids as
@@ -18,6 +19,7 @@ pub mod flamegraph;
 pub mod red;
 pub mod series;
 pub mod services;
+pub mod sql;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +27,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -67,6 +69,7 @@ pub fn router() -> Router<AppState> {
         .route("/skein/api/services", get(services::services_handler))
         .route("/skein/api/operations", get(services::operations_handler))
         .route("/skein/api/red", get(red::handler))
+        .route("/skein/api/sql", post(sql::handler))
 }
 
 /// The tenant of a request.
