@@ -86,10 +86,18 @@ export function render(main, params) {
       form.requestSubmit();
     }
   });
-  const attrRows = h("div", { class: "attr-rows" });
+  // Attribute names for the filter rows' suggestions.
+  const names = h("datalist", { id: "attr-names" });
+  api("/api/v2/search/tags", {}, { signal: ctl.signal }).then((r) => {
+    for (const sc of r.scopes || []) {
+      if (sc.name !== "span" && sc.name !== "resource") continue;
+      for (const t of sc.tags || []) names.append(h("option", { value: `${sc.name}.${t}` }));
+    }
+  }).catch(() => { /* suggestions only */ });
+  const attrRows = h("div", { class: "attr-rows" }, names);
   const addAttr = (a = { key: "", op: "=", value: "" }) => {
     const row = h("div", { class: "attr-row" },
-      h("input", { name: "attr-key", placeholder: "attribute, e.g. http.route", value: a.key, "aria-label": "attribute name", spellcheck: "false" }),
+      h("input", { name: "attr-key", placeholder: "attribute, e.g. http.route", value: a.key, "aria-label": "attribute name", spellcheck: "false", list: "attr-names" }),
       h("select", { name: "attr-op", "aria-label": "operator" }, OPS.map((o) => h("option", { value: o, selected: o === a.op }, o))),
       h("input", { name: "attr-value", placeholder: "value", value: a.value, "aria-label": "attribute value", spellcheck: "false" }),
       h("button", { type: "button", class: "ghost icon", title: "remove this filter", "aria-label": "remove filter", onclick: () => row.remove() }, "×"));
