@@ -8,7 +8,7 @@ import {
 
 const NODE_W = 210;
 const NODE_H = 56;
-const COL_GAP = 200;
+const COL_GAP = 170;
 const ROW_GAP = 34;
 const PAD = 24;
 
@@ -177,11 +177,11 @@ function drawMap(svcs, edges, selected, onSelect) {
     }
     const title = `${e.client} → ${e.server}${e.connection_type ? ` (${e.connection_type})` : ""}: ${fmtRate(e.rate)}, ${fmtPct(e.error_ratio)} errors, p90 ${fmtDur(e.p90_ns)}`;
     svg.append(h("path", { class: `edge ${err ? "err" : ""}`, d, "marker-end": `url(#${err ? "arrow-err" : "arrow"})` }, h("title", {}, title)));
-    labels.push(h("text", { class: `edge-label ${err ? "err" : ""}`, x: lx, y: ly, "text-anchor": "middle" },
+    labels.push(h("text", { class: `edge-label ${err ? "err" : ""}`, x: lx, y: ly - 12, "text-anchor": "middle" },
       h("title", {}, title),
       h("tspan", {}, `${fmtRate(e.rate)} · `),
       h("tspan", { class: err ? "err" : "" }, `${fmtPct(e.error_ratio)} err`),
-      h("tspan", {}, ` · p90 ${fmtDur(e.p90_ns)}`)));
+      h("tspan", { x: lx, dy: "1.2em" }, `p90 ${fmtDur(e.p90_ns)}`)));
   }
   for (const n of names) {
     const { x, y } = xy(n);
