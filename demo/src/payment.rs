@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::proto::payment_server::{self, PaymentServer};
 use crate::proto::{ChargeRequest, ChargeResponse};
@@ -94,17 +95,27 @@ impl payment_server::Payment for Payment {
         if req.card_token.is_empty() {
             return Err(Status::invalid_argument("card token is required"));
         }
-        let score = fraud_score(&req);
+        let score = tracing::info_span!("fraud_score", fraud.rounds = fraud_rounds(&req))
+            .in_scope(|| fraud_score(&req));
         let slow = if req.card_token == SLOW_BANK_CARD {
             Some(rng::with(|r| r.between(*SLOW_BANK_CARD_MS.start(), *SLOW_BANK_CARD_MS.end())))
         } else {
             rng::with(|r| r.chance(SLOW_BANK_RATE).then(|| r.between(300, 900)))
                 .filter(|_| self.faults)
         };
-        if let Some(delay_ms) = slow {
-            tracing::warn!(order_id = req.order_id, delay_ms, "bank gateway slow");
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        // Slow bank calls take the bank's fallback route: an attribute and a child span that the
+        // slow-vs-normal comparison can find, as a real cause would leave behind.
+        let route = if slow.is_some() { "fallback" } else { "primary" };
+        skein_instrument::with_current_span(|s| s.set_attribute("payment.bank_route", route));
+        let bank_ms = slow.unwrap_or_else(|| rng::with(|r| r.between(1, 4)));
+        async {
+            if slow.is_some() {
+                tracing::warn!(order_id = req.order_id, delay_ms = bank_ms, "bank gateway slow");
+            }
+            tokio::time::sleep(Duration::from_millis(bank_ms)).await;
         }
+        .instrument(tracing::info_span!("bank.authorize", bank.route = route))
+        .await;
         if req.card_token == DECLINED_CARD || score >= DECLINE_THRESHOLD {
             tracing::warn!(
                 order_id = req.order_id,
