@@ -519,7 +519,7 @@ class TraceView {
     }
     this.cpNote.textContent = `critical path: ${this.cp.size} span${this.cp.size === 1 ? "" : "s"}`;
     this.draw();
-    this.showDetail();
+    if (this.selected && this.cpSelf.has(this.selected.id)) this.showDetail();
   }
 
   showDetail() {

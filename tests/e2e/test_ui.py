@@ -113,6 +113,11 @@ def one(browser, css, timeout=20.0):
     return wait_for(browser, css, timeout)[0]
 
 
+def click(browser, css, timeout=20.0):
+    """Clicks the first match, again if the page redrew it under the click (stale)."""
+    until(lambda: one(browser, css, timeout).click() or True, timeout=timeout, what=f"a click on {css}")
+
+
 def no_error_box(browser):
     from selenium.webdriver.common.by import By
 
@@ -160,7 +165,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     wait_for(browser, "table.traces tbody tr", what="search results")
     assert "duration >= 300ms" in one(browser, ".result-count").text
     # Sort by duration (descending), then open the slowest trace.
-    one(browser, "th[data-sort=duration] button").click()
+    click(browser, "th[data-sort=duration] button")
     until(lambda: "sort=duration" in d.current_url, timeout=5, what="sort in the URL")
     durations = [r.find_element(By.CSS_SELECTOR, ".dur-val").text for r in d.find_elements(By.CSS_SELECTOR, "table.traces tbody tr")]
     assert durations and all(x.endswith("ms") or x.endswith(" s") for x in durations), durations
@@ -169,7 +174,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     no_error_box(browser)
     browser.screenshot("01-search")
     search_url = d.current_url
-    one(browser, "table.traces tbody tr a.trace-link").click()
+    click(browser, "table.traces tbody tr a.trace-link")
 
     # Trace view: the whole call chain, services in the legend, the slow Charge span.
     wait_for(browser, ".wf-row", what="waterfall rows")
@@ -180,10 +185,14 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     until(lambda: "loading" not in one(browser, ".cp-note").text, timeout=10, what="the critical path")
     assert "unavailable" not in one(browser, ".cp-note").text, one(browser, ".cp-note").text
     assert d.find_elements(By.CSS_SELECTOR, ".wf-row.on-cp"), "critical path highlighted"
-    charge = [r for r in d.find_elements(By.CSS_SELECTOR, ".wf-row")
-              if r.find_element(By.CSS_SELECTOR, ".op").text == CHARGE and r.find_element(By.CSS_SELECTOR, ".svc").text == "payment"]
-    assert charge, "payment's Charge span in the waterfall"
-    charge[0].click()
+    def click_charge():
+        charge = [r for r in d.find_elements(By.CSS_SELECTOR, ".wf-row")
+                  if r.find_element(By.CSS_SELECTOR, ".op").text == CHARGE and r.find_element(By.CSS_SELECTOR, ".svc").text == "payment"]
+        assert charge, "payment's Charge span in the waterfall"
+        charge[0].click()
+        return True
+
+    until(click_charge, timeout=10, what="a click on payment's Charge span")
     detail = one(browser, "aside.detail")
     assert CHARGE in detail.text and "Attributes" in detail.text and "Resource" in detail.text
     _, q = path_and_query(browser)
@@ -192,7 +201,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     browser.screenshot("02-trace")
 
     # Its flamegraph (the span's own samples, or a clear note that it had none).
-    one(browser, "#span-flamegraph").click()
+    click(browser, "#span-flamegraph")
     until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice.empty")
                or d.find_elements(By.CSS_SELECTOR, ".notice.error"), timeout=20, what="the span's flamegraph")
     no_error_box(browser)
@@ -204,7 +213,8 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     # Back to the span (the URL kept it), then the comparison for its operation.
     d.back()
     one(browser, "aside.detail")
-    one(browser, "#span-compare").click()
+    until(lambda: "loading" not in one(browser, ".cp-note").text, timeout=10, what="the critical path")
+    click(browser, "#span-compare")
     until(lambda: d.find_elements(By.CSS_SELECTOR, "#cmp-attributes") or d.find_elements(By.CSS_SELECTOR, ".notice"),
                timeout=30, what="the comparison")
     no_error_box(browser)
@@ -215,7 +225,7 @@ def test_search_trace_span_flamegraph_compare(data, browser):
     browser.screenshot("04-compare")
 
     # The diff flamegraph of slow vs normal calls.
-    one(browser, "#to-diff").click()
+    click(browser, "#to-diff")
     until(lambda: d.find_elements(By.CSS_SELECTOR, ".fg-frame") or d.find_elements(By.CSS_SELECTOR, ".notice"),
                timeout=30, what="the diff flamegraph")
     no_error_box(browser)
@@ -299,7 +309,7 @@ def test_tenant_setting_is_sent_and_empty_states_explain(data, browser):
     d = browser.driver
     d.get(data.http_url + "/")
     wait_for(browser, "table.traces tbody tr", what="default tenant results")
-    one(browser, "#tenant-button").click()
+    click(browser, "#tenant-button")
     box = one(browser, "#tenant-input")
     box.clear()
     box.send_keys("ui-nobody")
