@@ -75,8 +75,9 @@ pub struct GroupStats {
     pub p99_ns: i64,
 }
 
-/// An attribute value (`span.x`, `resource.x` or `status`) and the share of slow and normal
-/// calls carrying it. `score = |slow_share − normal_share|`; which side it is more common on
+/// An attribute value (`span.x`, `resource.x`, `status` — `unset`, `ok` or `error` — or
+/// `event`, the name of an event the span recorded) and the share of slow and normal calls
+/// carrying it. `score = |slow_share − normal_share|`; which side it is more common on
 /// is told by the shares.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttributeDiff {
@@ -103,7 +104,10 @@ pub struct ChildDiff {
     pub example_trace_ids: Vec<String>,
 }
 
-/// As [`ChildDiff`], grouped by the service of the descendant spans.
+/// As [`ChildDiff`], grouped by the service of the descendant spans; the time of a service is
+/// its exclusive time: each instant of the call counts for the service of the innermost
+/// descendant span running then (so a client waiting for a traced server does not count for
+/// the client's service, and a server's time spent in calls to others not for the server).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceDiff {
     pub service: String,
@@ -134,8 +138,19 @@ pub struct Call {
     pub trace_id: [u8; 16],
     pub duration_ns: i64,
     pub attrs: Vec<(String, String)>,
-    /// (service, span name, start, end) of each descendant span.
-    pub parts: Vec<(String, String, i64, i64)>,
+    /// The descendant spans.
+    pub parts: Vec<Part>,
+}
+
+/// A descendant span of a call, its interval clamped into the call's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Part {
+    pub service: String,
+    pub span_name: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// 1 for a child of the call, 2 for a grandchild, …
+    pub depth: u32,
 }
 
 /// How much of the slowness a child operation (or service) explains:
@@ -292,11 +307,43 @@ pub fn attribute_diffs(slow: &[Call], normal: &[Call], limit: usize) -> Vec<Attr
     out
 }
 
+/// Exclusive time per service of one call's descendants: each instant counts for the service
+/// of the innermost part running then (the latest started among equally deep ones).
+pub fn service_times(call: &Call) -> BTreeMap<String, i64> {
+    let parts = &call.parts;
+    // Ends sort before starts at the same instant; empty parts never become active.
+    let mut events: Vec<(i64, bool, usize)> = parts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.end_ns > p.start_ns)
+        .flat_map(|(i, p)| [(p.start_ns, true, i), (p.end_ns, false, i)])
+        .collect();
+    events.sort_unstable();
+    let mut active: BTreeSet<(u32, i64, usize)> = BTreeSet::new();
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    let mut prev: Option<i64> = None;
+    for (t, start, i) in events {
+        if let (Some(pt), Some(&(_, _, j))) = (prev, active.last())
+            && t > pt
+        {
+            *out.entry(parts[j].service.clone()).or_default() += t - pt;
+        }
+        let key = (parts[i].depth, parts[i].start_ns, i);
+        if start {
+            active.insert(key);
+        } else {
+            active.remove(&key);
+        }
+        prev = Some(t);
+    }
+    out
+}
+
 /// Time per entry of one call: union of its parts' intervals.
-fn times<K: Ord>(call: &Call, key: impl Fn(&(String, String, i64, i64)) -> K) -> BTreeMap<K, i64> {
+fn times<K: Ord>(call: &Call, key: impl Fn(&Part) -> K) -> BTreeMap<K, i64> {
     let mut iv: BTreeMap<K, Vec<(i64, i64)>> = BTreeMap::new();
     for p in &call.parts {
-        iv.entry(key(p)).or_default().push((p.2, p.3));
+        iv.entry(key(p)).or_default().push((p.start_ns, p.end_ns));
     }
     iv.into_iter().map(|(k, v)| (k, union_len(v))).collect()
 }
@@ -316,13 +363,13 @@ fn time_diffs<K: Ord + Clone>(
     normal: &[Call],
     gap_ns: i64,
     limit: usize,
-    key: impl Fn(&(String, String, i64, i64)) -> K + Copy,
+    entries: impl Fn(&Call) -> BTreeMap<K, i64> + Copy,
 ) -> Vec<TimeDiff<K>> {
     let (n1, n2) = (slow.len(), normal.len());
     if n1 == 0 || n2 == 0 {
         return Vec::new();
     }
-    let t = tally(slow, normal, |c| times(c, key));
+    let t = tally(slow, normal, entries);
     let mut out: Vec<TimeDiff<K>> = t
         .into_iter()
         .filter_map(|(k, (s, n))| {
@@ -343,6 +390,9 @@ fn time_diffs<K: Ord + Clone>(
         b.score
             .total_cmp(&a.score)
             .then((b.slow_share - b.normal_share).total_cmp(&(a.slow_share - a.normal_share)))
+            // Equally explaining: the most specific (least time, e.g. the callee rather than
+            // the call waiting for it) first.
+            .then(a.slow_mean.total_cmp(&b.slow_mean))
             .then_with(|| a.key.cmp(&b.key))
     });
     out.truncate(limit);
@@ -351,19 +401,21 @@ fn time_diffs<K: Ord + Clone>(
 
 /// Child operations, most explaining first ([`time_score`]).
 pub fn child_diffs(slow: &[Call], normal: &[Call], gap_ns: i64, limit: usize) -> Vec<ChildDiff> {
-    time_diffs(slow, normal, gap_ns, limit, |p| (p.0.clone(), p.1.clone()))
-        .into_iter()
-        .map(|d| ChildDiff {
-            service: d.key.0,
-            span_name: d.key.1,
-            slow_share: d.slow_share,
-            normal_share: d.normal_share,
-            slow_mean_ns: d.slow_mean.round() as i64,
-            normal_mean_ns: d.normal_mean.round() as i64,
-            score: d.score,
-            example_trace_ids: d.examples,
-        })
-        .collect()
+    time_diffs(slow, normal, gap_ns, limit, |c| {
+        times(c, |p| (p.service.clone(), p.span_name.clone()))
+    })
+    .into_iter()
+    .map(|d| ChildDiff {
+        service: d.key.0,
+        span_name: d.key.1,
+        slow_share: d.slow_share,
+        normal_share: d.normal_share,
+        slow_mean_ns: d.slow_mean.round() as i64,
+        normal_mean_ns: d.normal_mean.round() as i64,
+        score: d.score,
+        example_trace_ids: d.examples,
+    })
+    .collect()
 }
 
 /// Services of the descendants, most explaining first ([`time_score`]).
@@ -373,7 +425,7 @@ pub fn service_diffs(
     gap_ns: i64,
     limit: usize,
 ) -> Vec<ServiceDiff> {
-    time_diffs(slow, normal, gap_ns, limit, |p| p.0.clone())
+    time_diffs(slow, normal, gap_ns, limit, service_times)
         .into_iter()
         .map(|d| ServiceDiff {
             service: d.key,
@@ -432,21 +484,28 @@ pub fn call_of(spans: &[TraceSpan], kids: &[Vec<usize>], span_id: [u8; 8]) -> Op
         .chain(r.resource.iter().map(|(k, v)| (format!("resource.{k}"), v.clone())))
         .collect();
     attrs.push(("status".into(), status_name(r.status).into()));
+    attrs.extend(r.events.iter().map(|e| ("event".to_string(), e.clone())));
     attrs.sort();
     attrs.dedup();
     let mut parts = Vec::new();
     let mut seen = vec![false; spans.len()];
     seen[root] = true;
-    let mut stack: Vec<usize> = kids[root].clone();
-    while let Some(i) = stack.pop() {
+    let mut stack: Vec<(usize, u32)> = kids[root].iter().map(|&k| (k, 1)).collect();
+    while let Some((i, depth)) = stack.pop() {
         if std::mem::replace(&mut seen[i], true) {
             continue;
         }
         let s = &spans[i];
         let start = s.start_ns.clamp(r.start_ns, r.end_ns);
         let end = s.end_ns.clamp(start, r.end_ns);
-        parts.push((s.service.clone(), s.name.clone(), start, end));
-        stack.extend(kids[i].iter().copied());
+        parts.push(Part {
+            service: s.service.clone(),
+            span_name: s.name.clone(),
+            start_ns: start,
+            end_ns: end,
+            depth,
+        });
+        stack.extend(kids[i].iter().map(|&k| (k, depth + 1)));
     }
     Some(Call { trace_id: r.trace_id, duration_ns: r.end_ns - r.start_ns, attrs, parts })
 }
@@ -590,7 +649,13 @@ mod tests {
             attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             parts: parts
                 .iter()
-                .map(|(s, n, a, b)| (s.to_string(), n.to_string(), a * MS, b * MS))
+                .map(|(s, n, a, b)| Part {
+                    service: s.to_string(),
+                    span_name: n.to_string(),
+                    start_ns: a * MS,
+                    end_ns: b * MS,
+                    depth: 1,
+                })
                 .collect(),
         }
     }
@@ -670,6 +735,33 @@ mod tests {
     }
 
     #[test]
+    fn service_time_is_exclusive() {
+        let part = |svc: &str, a: i64, b: i64, depth: u32| Part {
+            service: svc.into(),
+            span_name: "x".into(),
+            start_ns: a,
+            end_ns: b,
+            depth,
+        };
+        // orders' client (10–90) waits for payment's server (20–80), which calls the bank
+        // client (30–70, uninstrumented); an empty part changes nothing.
+        let c = Call {
+            parts: vec![
+                part("orders", 10, 90, 1),
+                part("payment", 20, 80, 2),
+                part("payment", 30, 70, 3),
+                part("orders", 95, 95, 1),
+                part("inventory", 0, 5, 1),
+            ],
+            ..Default::default()
+        };
+        let t = service_times(&c);
+        assert_eq!(t.get("orders"), Some(&20));
+        assert_eq!(t.get("payment"), Some(&60));
+        assert_eq!(t.get("inventory"), Some(&5));
+    }
+
+    #[test]
     fn calls_collect_their_descendants_only() {
         let span = |id: u8, parent: u8, name: &str, s: i64, e: i64| TraceSpan {
             trace_id: [1; 16],
@@ -684,24 +776,26 @@ mod tests {
             status: 2,
             ..Default::default()
         };
-        let spans = vec![
+        let mut spans = vec![
             span(1, 0, "root", 0, 100),
             span(2, 1, "op", 10, 50),
             span(3, 2, "child", 20, 60),
             span(4, 3, "grandchild", 30, 40),
             span(5, 1, "sibling", 50, 90),
         ];
+        spans[1].events = vec!["retry".into()];
         let kids = children_index(&spans);
         let c = call_of(&spans, &kids, [2; 8]).unwrap();
         assert_eq!(c.duration_ns, 40);
-        let mut names: Vec<(&str, i64, i64)> =
-            c.parts.iter().map(|p| (p.1.as_str(), p.2, p.3)).collect();
+        let mut names: Vec<(&str, i64, i64, u32)> =
+            c.parts.iter().map(|p| (p.span_name.as_str(), p.start_ns, p.end_ns, p.depth)).collect();
         names.sort();
-        assert_eq!(names, vec![("child", 20, 50), ("grandchild", 30, 40)]);
+        assert_eq!(names, vec![("child", 20, 50, 1), ("grandchild", 30, 40, 2)]);
         assert_eq!(
             c.attrs,
             vec![
-                ("resource.host.name".to_string(), "h1".to_string()),
+                ("event".to_string(), "retry".to_string()),
+                ("resource.host.name".into(), "h1".into()),
                 ("span.k".into(), "v".into()),
                 ("status".into(), "error".into())
             ]

@@ -32,6 +32,8 @@ pub struct TraceSpan {
     pub attrs: Vec<(String, String)>,
     /// Resource attributes other than `service.name`.
     pub resource: Vec<(String, String)>,
+    /// Names of the span's events.
+    pub events: Vec<String>,
 }
 
 /// A scalar attribute value as a string; arrays, maps and bytes are left out.
@@ -87,6 +89,7 @@ pub fn flatten(data: &TracesData) -> Vec<TraceSpan> {
                     .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref())?)))
                     .collect(),
                 resource: resource.clone(),
+                events: span.events.iter().map(|e| e.name.clone()).collect(),
             });
         }
     }

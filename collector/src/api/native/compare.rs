@@ -1,7 +1,8 @@
 //! `GET /skein/api/compare?service=S&span_name=N[&threshold=250ms][&start&end][&limit=20]`:
 //! what differs between an operation's slow calls (duration ≥ `threshold`, by default the
-//! operation's p90 in the window) and its normal ones — attribute values, child operations and
-//! services underneath, each ranked by how much it explains the slowness, with example traces.
+//! operation's p90 in the window) and its normal ones — attribute values (`span.*`,
+//! `resource.*`, `status`, `event`), child operations and services underneath, each ranked by
+//! how much it explains the slowness, with example traces.
 //! Scoring: [`crate::query::compare`]. An empty window answers counts of 0 and empty lists.
 
 use std::time::Duration;
