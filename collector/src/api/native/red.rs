@@ -2,9 +2,10 @@
 //! latency quantiles of a service (its SERVER spans, or all its spans if it has none) or of one
 //! of its operations, per step, from the span-metric series.
 //!
-//! Each point `[ts_ms, v]` describes the interval `(ts_ms − step, ts_ms]`; points of intervals
-//! without calls are left out of `error_ratio` and the quantiles (there is nothing to say),
-//! `rate` has every point.
+//! Each point `[ts_ms, v]` describes the interval `(ts_ms − step, ts_ms]`; the points are whole
+//! steps ending at `end`, so the latest is as fresh as the window. Points of intervals without
+//! calls are left out of `error_ratio` and the quantiles (there is nothing to say), `rate` has
+//! every point.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;

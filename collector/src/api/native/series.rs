@@ -18,20 +18,20 @@ use crate::promql::{PromqlError, Storage};
 /// How far before the window a series' baseline sample is looked for.
 pub const BASELINE_LOOKBACK_MS: i64 = 3_600_000;
 
-/// Interval boundaries `start = b0 < b1 < … < bn = end` (ms) of `step` each, the last one
-/// possibly shorter; one interval when `step` is `None`.
+/// Interval boundaries `b0 < b1 < … < bn = end` (ms): whole `step`s ending at `end` (the most
+/// recent interval is always complete; what is left of the window before `b0` is not covered),
+/// or the one interval `[start, end]` when `step` is `None` or longer than the window.
 pub fn boundaries(start_ms: i64, end_ms: i64, step_ms: Option<i64>) -> Vec<i64> {
-    let mut out = vec![start_ms];
-    if let Some(step) = step_ms.filter(|s| *s > 0) {
-        let mut t = start_ms;
-        while t < end_ms {
-            t = t.saturating_add(step).min(end_ms);
-            out.push(t);
-        }
-    } else if end_ms > start_ms {
-        out.push(end_ms);
+    if end_ms <= start_ms {
+        return vec![start_ms];
     }
-    out
+    match step_ms.filter(|s| *s > 0 && *s <= end_ms - start_ms) {
+        Some(step) => {
+            let n = (end_ms - start_ms) / step;
+            (0..=n).map(|k| end_ms - (n - k) * step).collect()
+        }
+        None => vec![start_ms, end_ms],
+    }
 }
 
 /// Increase of one counter in each interval between consecutive `bounds` (ms, ascending).
@@ -183,8 +183,10 @@ mod tests {
         // A baseline before the window is not counted.
         let pts = [(500, 10.0), (1500, 12.0), (3500, 13.0)];
         assert_eq!(interval_increases(&pts, &b), vec![2.0, 0.0, 1.0]);
-        assert_eq!(boundaries(0, 2500, Some(1000)), vec![0, 1000, 2000, 2500]);
+        assert_eq!(boundaries(0, 2500, Some(1000)), vec![500, 1500, 2500], "aligned to the end");
+        assert_eq!(boundaries(0, 2500, Some(5000)), vec![0, 2500]);
         assert_eq!(boundaries(0, 2500, None), vec![0, 2500]);
+        assert_eq!(boundaries(10, 10, None), vec![10]);
     }
 
     #[test]
