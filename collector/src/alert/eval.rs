@@ -255,6 +255,7 @@ impl Alerting {
         let samples = self.query(&r.expr, t)?;
         let latency = exemplars::is_latency_query(&r.query);
         let window = exemplars::window_ms(&r.expr);
+        let threshold = exemplars::threshold(&r.expr);
         let mut seen = HashSet::new();
         let mut results = Vec::with_capacity(samples.len());
         for (sample_labels, value) in samples {
@@ -281,6 +282,7 @@ impl Alerting {
                     &labels,
                     t,
                     window,
+                    threshold,
                     &self.cfg.external_url,
                     &mut annotations,
                 );

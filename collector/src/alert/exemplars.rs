@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use promql_parser::parser::Expr;
+use promql_parser::parser::token;
 
 use crate::metrics_gen::Generator;
 use crate::metrics_gen::spanmetrics::LATENCY;
@@ -52,6 +53,29 @@ pub fn window_ms(expr: &Expr) -> i64 {
     if max == 0 { DEFAULT_WINDOW_MS } else { max }
 }
 
+/// The latency an alert of the form `<latency expression> > N` (or `N < …`, `>=`, `<=`) fires
+/// above, in the histogram's unit (seconds): calls slower than it are the ones to show.
+pub fn threshold(expr: &Expr) -> Option<f64> {
+    fn strip(e: &Expr) -> &Expr {
+        match e {
+            Expr::Paren(p) => strip(&p.expr),
+            e => e,
+        }
+    }
+    fn number(e: &Expr) -> Option<f64> {
+        match strip(e) {
+            Expr::NumberLiteral(n) => Some(n.val),
+            _ => None,
+        }
+    }
+    let Expr::Binary(b) = strip(expr) else { return None };
+    match b.op.id() {
+        token::T_GTR | token::T_GTE => number(&b.rhs).filter(|_| number(&b.lhs).is_none()),
+        token::T_LSS | token::T_LTE => number(&b.lhs).filter(|_| number(&b.rhs).is_none()),
+        _ => None,
+    }
+}
+
 /// `&`-joined, percent-encoded query string.
 fn query_string(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
@@ -62,12 +86,17 @@ fn query_string(pairs: &[(&str, &str)]) -> String {
 }
 
 /// Adds the slow trace ids and flamegraph links for the alert with `labels` at `t` (ms).
+/// With a `threshold` (see [`threshold`]) only calls slower than it are picked, unless none
+/// is: a quantile interpolated inside a wide bucket can cross the threshold while every call
+/// stays under it, and then the slowest calls are still the ones to look at.
+#[allow(clippy::too_many_arguments)]
 pub fn annotate(
     generator: &Generator,
     tenant: &str,
     labels: &Labels,
     t: i64,
     window_ms: i64,
+    threshold: Option<f64>,
     external_url: &str,
     out: &mut BTreeMap<String, String>,
 ) {
@@ -84,6 +113,12 @@ pub fn annotate(
         .flat_map(|(l, ex)| ex.into_iter().map(move |e| (e.value, e.trace_id, l.clone())))
         .collect();
     found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if let Some(th) = threshold {
+        let above = found.iter().take_while(|(v, _, _)| *v > th).count();
+        if above > 0 {
+            found.truncate(above);
+        }
+    }
     let mut ids: Vec<String> = Vec::new();
     let mut fastest_kept = f64::INFINITY;
     for (v, id, _) in &found {
@@ -117,5 +152,33 @@ pub fn annotate(
     out.insert(FLAMEGRAPH_UI_URL.into(), format!("{base}/flamegraph?{q}"));
     if !ids.is_empty() {
         out.insert(SLOW_TRACE_IDS.into(), ids.join(","));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> Expr {
+        promql_parser::parser::parse(q).unwrap()
+    }
+
+    #[test]
+    fn threshold_is_the_number_a_latency_alert_compares_against() {
+        let q =
+            "histogram_quantile(0.99, sum by (le) (rate(traces_spanmetrics_latency_bucket[5m])))";
+        assert_eq!(threshold(&parse(&format!("{q} > 1.2"))), Some(1.2));
+        assert_eq!(threshold(&parse(&format!("({q}) >= 0.5"))), Some(0.5));
+        assert_eq!(threshold(&parse(&format!("2 < {q}"))), Some(2.0));
+    }
+
+    #[test]
+    fn no_threshold_without_a_comparison_against_a_number() {
+        let q =
+            "histogram_quantile(0.99, sum by (le) (rate(traces_spanmetrics_latency_bucket[5m])))";
+        assert_eq!(threshold(&parse(q)), None);
+        assert_eq!(threshold(&parse(&format!("{q} < 1"))), None);
+        assert_eq!(threshold(&parse(&format!("{q} > {q}"))), None);
+        assert_eq!(threshold(&parse(&format!("{q} * 2"))), None);
     }
 }
