@@ -42,6 +42,10 @@ pub struct DemoArgs {
     /// Span profiling rate of the shop's services in Hz (0: profiling off).
     #[arg(long, default_value_t = 99)]
     profiling_hz: u32,
+    /// Seed of the generated traffic: the same seed sends the same sequence of requests
+    /// (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -216,7 +220,9 @@ async fn run(running: &mut Running, shop: &mut Shop, args: &DemoArgs) -> Result<
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let loadgen_started = std::time::Instant::now();
-    let loadgen = tokio::spawn(loadgen::run(LoadgenOptions::new(gateway, args.rps), async {
+    let mut traffic = LoadgenOptions::new(gateway, args.rps);
+    traffic.seed = args.seed;
+    let loadgen = tokio::spawn(loadgen::run(traffic, async {
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {

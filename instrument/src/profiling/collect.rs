@@ -217,12 +217,14 @@ impl Collector {
     }
 }
 
-/// The drain thread: every `every`, empties the ring; every `interval`, hands a batch to the
-/// push thread (dropping it, counted, when the push thread is still busy with two).
+/// The drain thread: empties the ring when the handler finds it half full, and every
+/// `interval` hands a batch to the push thread (dropping it, counted, when the push thread is
+/// still busy with two). Waking only then, rather than on a short timer, is what keeps its
+/// cost down: a wake-up costs more than unwinding the few samples a short period finds.
 pub(super) fn run(
     stop: &std::sync::atomic::AtomicBool,
+    ring: &super::sampler::Ring,
     interval: Duration,
-    every: Duration,
     tx: std::sync::mpsc::SyncSender<Batch>,
 ) {
     use std::sync::atomic::Ordering;
@@ -233,9 +235,7 @@ pub(super) fn run(
     let mut next = Instant::now() + interval;
     loop {
         let stopping = stop.load(Ordering::Acquire);
-        if let Some(ring) = super::sampler::ring() {
-            ring.drain(|meta, stack| c.add(meta, stack));
-        }
+        ring.drain(|meta, stack| c.add(meta, stack));
         let mut cpu_since = || {
             let now = super::sampler::process_cpu_time();
             now.saturating_sub(std::mem::replace(&mut cpu, now))
@@ -254,7 +254,7 @@ pub(super) fn run(
                 Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
             }
         }
-        std::thread::park_timeout(every);
+        ring.wait(next.saturating_duration_since(Instant::now()));
     }
 }
 

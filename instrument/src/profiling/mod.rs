@@ -179,7 +179,6 @@ struct Profiler {
     spans: Vec<String>,
     slower_than: Option<Duration>,
     stop: AtomicBool,
-    drain_thread: Mutex<Option<std::thread::Thread>>,
     done: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
@@ -190,9 +189,6 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
-
-/// How often the drain thread empties the ring.
-const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// Starts profiling for `service`: installs the SIGPROF handler, arms the timer and starts
 /// the drain and push threads. Once per process.
@@ -217,7 +213,6 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
         spans: cfg.spans.clone(),
         slower_than: cfg.slower_than,
         stop: AtomicBool::new(false),
-        drain_thread: Mutex::new(None),
         done: Mutex::new(Some(done_rx)),
     };
     if PROFILER.set(profiler).is_err() {
@@ -236,9 +231,10 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
         let _ = done_tx.send(());
     })?;
     let interval = cfg.push_interval;
+    let ring = sampler::ring_or_init();
     let drain = std::thread::Builder::new()
         .name("skein-profile-drain".into())
-        .spawn(move || collect::run(&p.stop, interval, DRAIN_EVERY, tx));
+        .spawn(move || collect::run(&p.stop, ring, interval, tx));
     let drain = match drain {
         Ok(h) => h,
         Err(e) => {
@@ -248,7 +244,7 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
             return Err(ProfilingError::Thread(e));
         }
     };
-    *p.drain_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(drain.thread().clone());
+    drop(drain);
     // The installing thread (usually main) has its stack bounds recorded now; other threads
     // get theirs at their first span (or via `register_current_thread`).
     sampler::register_current_thread();
@@ -273,8 +269,8 @@ pub(crate) fn shutdown() {
 
 fn stop_threads(p: &Profiler, wait: Duration) {
     p.stop.store(true, Ordering::Release);
-    if let Some(t) = p.drain_thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        t.unpark();
+    if let Some(ring) = sampler::ring() {
+        ring.wake();
     }
     let done = p.done.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(done) = done {

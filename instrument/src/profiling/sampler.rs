@@ -22,9 +22,9 @@ pub(super) const CHAIN_CAP: usize = 8;
 /// of tokio services use 20–40 KiB between a worker's entry point and a handler's poll; a
 /// deeper stack is cut (the sample keeps its innermost frames and is marked truncated).
 pub(super) const STACK_BYTES: usize = 64 * 1024;
-/// Ring slots. The drain thread empties the ring every 10 ms, i.e. after ~20 samples at 999 Hz
-/// on two busy cores; the slack covers scheduling delays. The stack area is allocated zeroed
-/// (calloc), so pages are only committed once a sample uses them.
+/// Ring slots. The handler wakes the drain thread when half of them hold samples, so the other
+/// half absorbs the samples taken until it runs. The stack area is allocated zeroed (calloc),
+/// so pages are only committed once a sample uses them.
 pub(super) const SLOTS: usize = 64;
 /// Free slots the handler tries before it drops a sample.
 const PROBES: usize = 4;
@@ -269,6 +269,11 @@ pub(super) struct Ring {
     /// `slots.len() * STACK_BYTES` bytes: slot `i`'s stack copy lives at `i * STACK_BYTES`.
     stacks: Box<[UnsafeCell<u8>]>,
     next: AtomicUsize,
+    /// Samples recorded and not yet drained.
+    pending: AtomicUsize,
+    /// eventfd the handler writes when `pending` reaches half the ring (-1: none, the drain
+    /// thread then polls).
+    wake_fd: i32,
 }
 
 // SAFETY: the UnsafeCells are accessed only under the slot state protocol: a slot's meta and
@@ -297,7 +302,49 @@ impl Ring {
                 .collect(),
             stacks,
             next: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            wake_fd: new_eventfd(),
         }
+    }
+
+    /// Wakes the drain thread (from the handler, or from `stop`). Async-signal-safe: one
+    /// `write(2)` (on POSIX's list of async-signal-safe functions) to an eventfd, with `errno`
+    /// saved and restored so the interrupted code never sees it change.
+    pub fn wake(&self) {
+        #[cfg(target_os = "linux")]
+        if self.wake_fd >= 0 {
+            let one: u64 = 1;
+            // SAFETY: `__errno_location` returns this thread's errno slot (a TLS address,
+            // valid for the thread's lifetime); `one` is a live 8-byte value, the length
+            // eventfd requires; a failed write (counter saturated: a wake-up is pending
+            // anyway) changes nothing but errno, which is restored.
+            unsafe {
+                let errno = libc::__errno_location();
+                let saved = *errno;
+                libc::write(self.wake_fd, (&raw const one).cast::<c_void>(), 8);
+                *errno = saved;
+            }
+        }
+    }
+
+    /// Blocks the drain thread until the handler asks for a drain, [`Ring::wake`] is called,
+    /// or `timeout` passes.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        #[cfg(target_os = "linux")]
+        if self.wake_fd >= 0 {
+            let mut fds = libc::pollfd { fd: self.wake_fd, events: libc::POLLIN, revents: 0 };
+            let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            let mut counter = 0u64;
+            // SAFETY: `fds` is one valid pollfd; `counter` is 8 writable bytes, what an
+            // eventfd read needs (non-blocking: it resets the counter or fails with EAGAIN).
+            unsafe {
+                if libc::poll(&mut fds, 1, ms) > 0 {
+                    libc::read(self.wake_fd, (&raw mut counter).cast::<c_void>(), 8);
+                }
+            }
+            return;
+        }
+        std::thread::sleep(timeout.min(std::time::Duration::from_millis(10)));
     }
 
     /// Claims a free slot (handler side): atomics only, bounded number of attempts.
@@ -322,6 +369,9 @@ impl Ring {
     fn record(&self, regs: Regs) -> bool {
         let Some(i) = self.claim() else { return false };
         let Some(slot) = self.slots.get(i) else { return false };
+        // Counted before READY is published, so the drain thread (which subtracts what it
+        // took after seeing READY) never takes the count below zero.
+        let pending = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
         // SAFETY: this call won slot `i`'s FREE → WRITING exchange, so nothing else reads or
         // writes its meta until the READY store below (see `unsafe impl Sync for Ring`).
         let meta = unsafe { &mut *slot.meta.get() };
@@ -359,6 +409,9 @@ impl Ring {
             }
         });
         slot.state.store(READY, Ordering::Release);
+        if pending == (self.slots.len() / 2).max(1) {
+            self.wake();
+        }
         true
     }
 
@@ -388,7 +441,31 @@ impl Ring {
             slot.state.store(FREE, Ordering::Release);
             n += 1;
         }
+        self.pending.fetch_sub(n, Ordering::Relaxed);
         n
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.wake_fd >= 0 {
+            // SAFETY: the descriptor was opened by `new_eventfd` for this ring only.
+            unsafe { libc::close(self.wake_fd) };
+        }
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd, or -1.
+fn new_eventfd() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system call with constant flags; returns a new descriptor or -1.
+        unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        -1
     }
 }
 
@@ -410,10 +487,15 @@ pub(super) fn ring() -> Option<&'static Ring> {
     RING.get()
 }
 
+/// The process's ring, created on first use (before the drain thread starts).
+pub(super) fn ring_or_init() -> &'static Ring {
+    RING.get_or_init(|| Ring::new(SLOTS))
+}
+
 /// SIGPROF handler. Async-signal-safe: it reads a const thread-local, uses atomics, and
 /// copies memory (`memcpy`, async-signal-safe per POSIX.1-2016); it allocates nothing, takes
-/// no lock, cannot panic (no indexing without `get`, no unwrap) and makes no system call, so
-/// it leaves `errno` untouched.
+/// no lock and cannot panic (no indexing without `get`, no unwrap). Its one system call, when
+/// the ring becomes half full, is `write(2)` to an eventfd, with `errno` saved and restored.
 #[cfg(target_os = "linux")]
 extern "C" fn on_sigprof(_sig: libc::c_int, _info: *mut libc::siginfo_t, uctx: *mut c_void) {
     if !SAMPLING.load(Ordering::Relaxed) {
@@ -522,7 +604,7 @@ pub(super) fn start(hz: u32) -> Result<(), ProfilingError> {
         SigprofDisposition::Default | SigprofDisposition::Ignored | SigprofDisposition::Skein => {}
         SigprofDisposition::Other => return Err(ProfilingError::SignalInUse),
     }
-    RING.get_or_init(|| Ring::new(SLOTS));
+    ring_or_init();
     install_handler()?;
     SAMPLING.store(true, Ordering::Relaxed);
     if let Err(e) = set_timer(hz) {
@@ -672,6 +754,35 @@ mod tests {
         let odd = format!("a{}", "é".repeat(40)); // a boundary falls at 63
         s.set_scope_name(&odd);
         assert_eq!(s.scope_name().len(), 63);
+    }
+
+    #[test]
+    fn the_drain_thread_is_woken_when_half_the_ring_holds_samples() {
+        use std::time::{Duration, Instant};
+        let ring = Ring::new(4);
+        assert!(ring.wake_fd >= 0);
+        let waited = |ring: &Ring| {
+            let t = Instant::now();
+            ring.wait(Duration::from_millis(300));
+            t.elapsed()
+        };
+        assert!(tests_support::record_current(&ring));
+        assert!(waited(&ring) >= Duration::from_millis(250), "one sample of four: no wake-up");
+        assert!(tests_support::record_current(&ring));
+        assert!(waited(&ring) < Duration::from_millis(250), "two of four: woken");
+        // The wake-up was consumed; draining resets the count, and it fires again at two.
+        assert!(waited(&ring) >= Duration::from_millis(250));
+        assert_eq!(ring.drain(|_, _| {}), 2);
+        assert!(tests_support::record_current(&ring));
+        assert!(tests_support::record_current(&ring));
+        assert!(waited(&ring) < Duration::from_millis(250));
+        // `wake` from normal code (shutdown) wakes it too, and leaves errno alone.
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::EINTR };
+        ring.wake();
+        // SAFETY: as above.
+        assert_eq!(unsafe { *libc::__errno_location() }, libc::EINTR);
+        assert!(waited(&ring) < Duration::from_millis(250));
     }
 
     #[test]
