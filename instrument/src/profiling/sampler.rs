@@ -333,7 +333,9 @@ impl Ring {
         #[cfg(target_os = "linux")]
         if self.wake_fd >= 0 {
             let mut fds = libc::pollfd { fd: self.wake_fd, events: libc::POLLIN, revents: 0 };
-            let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            // Rounded up: a sub-millisecond rest must not become a busy poll(0) loop.
+            let ms = libc::c_int::try_from(timeout.as_micros().div_ceil(1000))
+                .unwrap_or(libc::c_int::MAX);
             let mut counter = 0u64;
             // SAFETY: `fds` is one valid pollfd; `counter` is 8 writable bytes, what an
             // eventfd read needs (non-blocking: it resets the counter or fails with EAGAIN).
