@@ -235,16 +235,12 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
     let drain = std::thread::Builder::new()
         .name("skein-profile-drain".into())
         .spawn(move || collect::run(&p.stop, ring, interval, tx));
-    let drain = match drain {
-        Ok(h) => h,
-        Err(e) => {
-            // The push thread ends when its channel's sender (moved into the failed spawn
-            // closure, now dropped) disconnects.
-            p.stop.store(true, Ordering::Release);
-            return Err(ProfilingError::Thread(e));
-        }
-    };
-    drop(drain);
+    if let Err(e) = drain {
+        // The push thread ends when its channel's sender (moved into the failed spawn
+        // closure, now dropped) disconnects.
+        p.stop.store(true, Ordering::Release);
+        return Err(ProfilingError::Thread(e));
+    }
     // The installing thread (usually main) has its stack bounds recorded now; other threads
     // get theirs at their first span (or via `register_current_thread`).
     sampler::register_current_thread();
