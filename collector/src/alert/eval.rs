@@ -253,9 +253,6 @@ impl Alerting {
         alerts: &mut RuleAlerts,
     ) -> Result<(), AlertError> {
         let samples = self.query(&r.expr, t)?;
-        let latency = exemplars::is_latency_query(&r.query);
-        let window = exemplars::window_ms(&r.expr);
-        let threshold = exemplars::threshold(&r.expr);
         let mut seen = HashSet::new();
         let mut results = Vec::with_capacity(samples.len());
         for (sample_labels, value) in samples {
@@ -275,14 +272,13 @@ impl Alerting {
             labels.set("alertname", &r.name);
             let mut annotations: BTreeMap<String, String> =
                 r.annotations.iter().map(|(k, tmpl)| (k.clone(), tmpl.expand(&data))).collect();
-            if latency {
+            if let Some(focus) = r.exemplars {
                 exemplars::annotate(
                     &self.generator,
                     &self.cfg.tenant,
                     &labels,
                     t,
-                    window,
-                    threshold,
+                    focus,
                     &self.cfg.external_url,
                     &mut annotations,
                 );

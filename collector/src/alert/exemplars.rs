@@ -24,13 +24,27 @@ const KEYS: [&str; 4] = ["service", "span_name", "span_kind", "status_code"];
 /// Exemplar window when the expression has no range selector.
 const DEFAULT_WINDOW_MS: i64 = 5 * 60 * 1000;
 
-/// Alerts on the span-metrics latency histogram get exemplar annotations.
-pub fn is_latency_query(query: &str) -> bool {
-    query.contains(LATENCY)
+/// Which exemplars a latency alert lists: derived once from its expression, at rule load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Focus {
+    /// The window the expression looks at (its longest range selector), in ms.
+    pub window_ms: i64,
+    /// Only calls slower than this (seconds) are listed, when the alert is `… > N`.
+    pub threshold: Option<f64>,
+}
+
+impl Focus {
+    /// `None` unless the expression reads the span-metrics latency histogram (only those
+    /// alerts get exemplar annotations).
+    pub fn of(query: &str, expr: &Expr) -> Option<Focus> {
+        query
+            .contains(LATENCY)
+            .then(|| Focus { window_ms: window_ms(expr), threshold: threshold(expr) })
+    }
 }
 
 /// The longest range selector of `expr` (the window the alert looks at), in ms.
-pub fn window_ms(expr: &Expr) -> i64 {
+fn window_ms(expr: &Expr) -> i64 {
     fn walk(e: &Expr, max: &mut i64) {
         match e {
             Expr::MatrixSelector(ms) => {
@@ -55,7 +69,7 @@ pub fn window_ms(expr: &Expr) -> i64 {
 
 /// The latency an alert of the form `<latency expression> > N` (or `N < …`, `>=`, `<=`) fires
 /// above, in the histogram's unit (seconds): calls slower than it are the ones to show.
-pub fn threshold(expr: &Expr) -> Option<f64> {
+fn threshold(expr: &Expr) -> Option<f64> {
     fn strip(e: &Expr) -> &Expr {
         match e {
             Expr::Paren(p) => strip(&p.expr),
@@ -86,17 +100,15 @@ fn query_string(pairs: &[(&str, &str)]) -> String {
 }
 
 /// Adds the slow trace ids and flamegraph links for the alert with `labels` at `t` (ms).
-/// With a `threshold` (see [`threshold`]) only calls slower than it are picked, unless none
-/// is: a quantile interpolated inside a wide bucket can cross the threshold while every call
-/// stays under it, and then the slowest calls are still the ones to look at.
-#[allow(clippy::too_many_arguments)]
+/// With a threshold only calls slower than it are picked, unless none is: a quantile
+/// interpolated inside a wide bucket can cross the threshold while every call stays under it,
+/// and then the slowest calls are still the ones to look at.
 pub fn annotate(
     generator: &Generator,
     tenant: &str,
     labels: &Labels,
     t: i64,
-    window_ms: i64,
-    threshold: Option<f64>,
+    focus: Focus,
     external_url: &str,
     out: &mut BTreeMap<String, String>,
 ) {
@@ -108,12 +120,12 @@ pub fn annotate(
             && wanted.iter().all(|(k, v)| l.get(k) == Some(*v))
     };
     let mut found: Vec<(f64, [u8; 16], Labels)> = generator
-        .exemplars(tenant, &matches, t - window_ms, t)
+        .exemplars(tenant, &matches, t - focus.window_ms, t)
         .into_iter()
         .flat_map(|(l, ex)| ex.into_iter().map(move |e| (e.value, e.trace_id, l.clone())))
         .collect();
     found.sort_by(|a, b| b.0.total_cmp(&a.0));
-    if let Some(th) = threshold {
+    if let Some(th) = focus.threshold {
         let above = found.iter().take_while(|(v, _, _)| *v > th).count();
         if above > 0 {
             found.truncate(above);
@@ -170,6 +182,17 @@ mod tests {
         assert_eq!(threshold(&parse(&format!("{q} > 1.2"))), Some(1.2));
         assert_eq!(threshold(&parse(&format!("({q}) >= 0.5"))), Some(0.5));
         assert_eq!(threshold(&parse(&format!("2 < {q}"))), Some(2.0));
+    }
+
+    #[test]
+    fn only_latency_alerts_get_a_focus_with_the_window_they_look_at() {
+        let q = "histogram_quantile(0.9, sum by (le) (rate(traces_spanmetrics_latency_bucket[10m]))) > 2";
+        assert_eq!(
+            Focus::of(q, &parse(q)),
+            Some(Focus { window_ms: 600_000, threshold: Some(2.0) })
+        );
+        let q = "sum(rate(traces_spanmetrics_calls_total[5m])) > 2";
+        assert_eq!(Focus::of(q, &parse(q)), None);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct AlertingRule {
     pub name: String,
     pub query: String,
     pub expr: Expr,
+    /// Set for latency alerts: which exemplars their annotations list.
+    pub exemplars: Option<super::exemplars::Focus>,
     pub hold: Duration,
     pub keep_firing_for: Duration,
     pub labels: Vec<(String, Template)>,
@@ -270,10 +272,12 @@ fn build_rule(r: RawRule) -> Result<Rule, String> {
             }
             let labels = templates(&r.labels, "label")?;
             let annotations = templates(&r.annotations, "annotation")?;
+            let expr = expr?;
             Ok(Rule::Alerting(AlertingRule {
                 name,
+                exemplars: super::exemplars::Focus::of(&r.expr, &expr),
                 query: r.expr,
-                expr: expr?,
+                expr,
                 hold,
                 keep_firing_for,
                 labels,
