@@ -342,7 +342,7 @@ def tempo_target(panel, target, ctx, ds, endpoints, demo, what):
     qt = target["queryType"]
     frm_s, to_s = ctx.from_ms // 1000, ctx.to_ms // 1000
     if qt == "serviceMap":
-        # No Tempo call: the frontend asks the serviceMap Prometheus datasource (reference §1.4).
+        # No Tempo call: the frontend asks the serviceMap Prometheus datasource (grafana/REQUESTS.md, "Tempo: which feature needs which endpoint").
         prom_ds = DATASOURCES[ds["jsonData"]["serviceMap"]["datasourceUid"]]
         metrics = ["traces_service_graph_request_server_seconds_sum", "traces_service_graph_request_total",
                    "traces_service_graph_request_failed_total", "traces_service_graph_request_server_seconds_bucket"]

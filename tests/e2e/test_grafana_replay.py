@@ -1,6 +1,6 @@
 """Replay the exact requests Grafana's Tempo datasource sends, and decode the answers as strictly as Grafana.
 
-Two generations (shared/reference/grafana-apis.md §1.2):
+Two generations (grafana/REQUESTS.md, "Tempo: endpoints"):
   * 11.x browser through the data-source proxy: browser Accept header, all five search params
     (encodeURIComponent-style query strings), v2 tags with v1 fallback, double-encoded tag path
     segments; trace by id from the Go backend (v1 protobuf; v2-then-v1 from 11.4).

@@ -3,8 +3,8 @@
 * The real pyroscope-io Python agent (pyroscope-rs inside, pushing `push.v1.PusherService/Push`
   over Connect, gzip) profiles a busy function in a child process with `server_address` = the
   collector; the function must show up through the query API.
-* Replays of the Connect calls Grafana's Pyroscope datasource makes (shared/reference/
-  grafana-apis.md §3): binary protobuf with `Content-Type: application/proto` and
+* Replays of the Connect calls Grafana's Pyroscope datasource makes (grafana/
+  REQUESTS.md, "Pyroscope datasource"): binary protobuf with `Content-Type: application/proto` and
   `Connect-Protocol-Version: 1`, answers decoded strictly against collector/proto: the health
   check (ProfileTypes 1000..4000), the query editor's resources, metrics and profile queries,
   traces-to-profiles (SelectMergeSpanProfile with the span id, span ±60 s) and the newest

@@ -3,8 +3,8 @@
 (a) a real Prometheus 2.42 (Debian package, installed by tests/setup-apt.sh) scrapes
     `/prometheus/metrics` every second while spans are fed; the same PromQL asked of both
     agrees within the tolerances below;
-(b) replays of the Prometheus requests Grafana sends (shared/reference/grafana-apis.md §2) and
-    the service-graph / APM-table queries of §1.4 over the demo shop's traffic.
+(b) replays of the Prometheus requests Grafana sends (grafana/REQUESTS.md, "Prometheus datasource") and
+    the service-graph / APM-table queries ("Tempo: which feature needs which endpoint") over the demo shop's traffic.
 """
 
 from __future__ import annotations

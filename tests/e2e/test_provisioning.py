@@ -1,5 +1,5 @@
 """grafana/provisioning/** parse and follow Grafana's provisioning format
-(shared/reference/grafana-apis.md §5): datasources wired together as §1.2/§1.4/§2/§3.3 recommend,
+(grafana/REQUESTS.md, "Provisioning"): datasources wired together as that page recommends,
 a file dashboard provider, Grafana-managed alert rules whose steps reference each other and whose
 datasource and dashboard links exist. Offline; the rules' queries run in test_dashboards.py.
 """

@@ -1,5 +1,5 @@
 """TraceQL metrics (`/api/metrics/query_range`, `/api/metrics/query`) replayed exactly as Grafana's
-Tempo datasource sends them (shared/reference/grafana-apis.md §1.2), answers decoded as strictly as
+Tempo datasource sends them (grafana/REQUESTS.md, "Tempo: endpoints"), answers decoded as strictly as
 Grafana and compared with a direct computation over the pushed spans.
 
   * 12.x backend: `Accept: application/json`, Go `url.Values.Encode()` query string (sorted keys),

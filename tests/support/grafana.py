@@ -6,8 +6,8 @@
   Tempo and Pyroscope as-is) and the built-ins `$__interval`, `$__rate_interval`, `$__range`
   (computed the way the Prometheus backend computes them), `$__from`/`$__to`, `${__url_time_range}`
   and data-link `${__data.fields.x}`;
-- the HTTP requests each built-in datasource sends for a panel target (shared/reference/
-  grafana-apis.md §1–3): Prometheus POST-form `query_range`/`query`/`query_exemplars` with start and
+- the HTTP requests each built-in datasource sends for a panel target (grafana/
+  REQUESTS.md): Prometheus POST-form `query_range`/`query`/`query_exemplars` with start and
   end aligned down to the step; Tempo `/api/search` with q/limit/spss/start/end, `/api/metrics/
   query_range` and the serviceMap's Prometheus queries; Pyroscope Connect `SelectMergeStacktraces`
   / `SelectSeries` in binary protobuf.
@@ -340,7 +340,7 @@ class PromQuery:
 
 def prom_build(expr: str, ctx: Context, ds: dict, *, instant: bool, max_data_points: int) -> PromQuery:
     """Frontend interpolation of user variables, then the promlib backend's step, `$__interval`,
-    `$__rate_interval`, `$__range` and start/end alignment (reference §2; PDS models/query.go)."""
+    `$__rate_interval`, `$__range` and start/end alignment (grafana/REQUESTS.md, "Prometheus datasource")."""
     scrape = (ds.get("jsonData") or {}).get("timeInterval") or "15s"
     scrape_ms = parse_duration_ms(scrape)
     range_ms = ctx.to_ms - ctx.from_ms

@@ -1,7 +1,7 @@
 //! The two push APIs, parsed into a [`Batch`]:
 //!
 //! - `POST /ingest?name=app.cpu{k=v}&from=&until=&format=&sampleRate=&spyName=&units=&aggregationType=`
-//!   (shared/reference/grafana-apis.md §3.4) with a folded, lines or pprof body, or pprof in a
+//!   (grafana/REQUESTS.md, "Pyroscope: push") with a folded, lines or pprof body, or pprof in a
 //!   `multipart/form-data` field `profile`;
 //! - `push.v1.PusherService/Push` series (labels + raw pprof), as pyroscope-rs agents send.
 //!

@@ -1,5 +1,5 @@
 //! The Prometheus-compatible API over HTTP: span metrics and service-graph series computed at
-//! ingest, queried with the requests Grafana sends (shared/reference/grafana-apis.md §2).
+//! ingest, queried with the requests Grafana sends (grafana/REQUESTS.md, "Prometheus datasource").
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
