@@ -8,10 +8,10 @@
 //! beside this file for the design and the signal-safety argument.
 //!
 //! Hooks the span machinery calls (through `crate::span::hooks`) only while profiling is
-//! enabled (one relaxed atomic load otherwise): `on_start` opens profile scopes (local roots and spans named in the
-//! configuration carry `pyroscope.profile.id`), `publish` tells the sampler which span is
-//! active on this thread (every context push/pop, i.e. every poll of an instrumented future),
-//! `on_end` marks spans slower than the configured threshold.
+//! enabled (one relaxed atomic load otherwise): `on_start` opens profile scopes (local roots
+//! and spans named in the configuration carry `pyroscope.profile.id`), `publish` tells the
+//! sampler which span is active on this thread (every context push/pop, i.e. every poll of an
+//! instrumented future), `on_end` marks spans slower than the configured threshold.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -240,8 +240,8 @@ pub fn register_current_thread() {
     sampler::register_current_thread();
 }
 
-/// A span starts (hook): local roots (no in-process parent) and spans whose name was configured open
-/// a profile scope of their own and carry `pyroscope.profile.id`.
+/// A span starts (hook): local roots (no in-process parent) and spans whose name was
+/// configured open a profile scope of their own and carry `pyroscope.profile.id`.
 fn on_start(r: &mut Record) {
     let named = PROFILER.get().is_some_and(|p| p.spans.iter().any(|n| *n == *r.name));
     if named || r.ctx.profile_scope.is_none() {
@@ -258,7 +258,8 @@ fn add_profile_id(r: &mut Record) {
     }
 }
 
-/// The active span of this thread changed (hook): `stack` is the thread's span stack, innermost last.
+/// The active span of this thread changed (hook): `stack` is the thread's span stack,
+/// innermost last.
 fn publish(stack: &[Span]) {
     let top = match stack.last() {
         Some(Span(Inner::Recording(r))) => r,
