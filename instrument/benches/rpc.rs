@@ -1,6 +1,6 @@
 //! A tonic unary RPC on loopback, instrumented with skein-instrument's `GrpcServerLayer` and
 //! `GrpcClientLayer` (pipeline installed, exporting over OTLP/gRPC to an in-process sink)
-//! against the same RPC with no instrumentation at all (DESIGN §6: ≤ +5 % p50 latency).
+//! against the same RPC with no instrumentation at all (goal: ≤ +5 % p50 latency).
 //!
 //! The pipeline is process-wide, so both variants run in this process: two servers on one
 //! runtime (one with the server layer) and two clients (one with the client layer). The plain

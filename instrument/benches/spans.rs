@@ -1,5 +1,5 @@
 //! One span create → end → queued for export, skein-instrument against its peers in the same
-//! run (DESIGN §6: ≤ 60 ns, ≤ 1.5× fastrace, ≤ 0.1× tracing + tracing-opentelemetry):
+//! run (goal: ≤ 60 ns per span, ≤ 1.5× fastrace, ≤ 0.1× tracing + tracing-opentelemetry):
 //!
 //! - `skein`: `skein_instrument` with its own OTLP/gRPC exporter;
 //! - `fastrace`: fastrace 0.7 with `fastrace_opentelemetry::OpenTelemetryReporter` over an

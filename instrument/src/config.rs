@@ -10,11 +10,12 @@
 
 use std::time::Duration;
 
-use crate::profiling::ProfilingConfig;
+use crate::percent::decode_lossy;
 use crate::propagation::composite::{PropagationError, Propagators};
 use crate::sampler::Sampler;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error(transparent)]
     Propagators(#[from] PropagationError),
@@ -86,28 +87,41 @@ impl Default for Config {
     }
 }
 
-fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { var, message: message.into() }
+/// Profiling settings (`SKEIN_PROFILING_*` variables, or [`crate::Builder::profiling`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfilingConfig {
+    /// Samples per second of CPU time (`SKEIN_PROFILING_HZ`, default 99).
+    pub frequency_hz: u32,
+    /// Collector HTTP base URL; profiles go to `<endpoint>/ingest`
+    /// (`SKEIN_PROFILING_ENDPOINT`, default `http://localhost:3200`).
+    pub endpoint: String,
+    /// Span names that get a profile of their own (`pyroscope.profile.id`) besides local
+    /// roots (`SKEIN_PROFILING_SPANS`, comma-separated).
+    pub spans: Vec<String>,
+    /// Spans slower than this get `pyroscope.profile.id` when they end, and their samples are
+    /// labelled with their id (`SKEIN_PROFILING_SLOWER_THAN`, e.g. `100ms`).
+    pub slower_than: Option<Duration>,
+    /// How often a profile is pushed (`SKEIN_PROFILING_PUSH_INTERVAL`, default 10 s).
+    pub push_interval: Duration,
+    /// Sent as `X-Scope-OrgID` (`SKEIN_PROFILING_TENANT`).
+    pub tenant: Option<String>,
 }
 
-/// Percent-decodes a W3C-baggage-style `OTEL_RESOURCE_ATTRIBUTES` value.
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
+impl Default for ProfilingConfig {
+    fn default() -> Self {
+        ProfilingConfig {
+            frequency_hz: 99,
+            endpoint: "http://localhost:3200".into(),
+            spans: Vec::new(),
+            slower_than: None,
+            push_interval: Duration::from_secs(10),
+            tenant: None,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, message: message.into() }
 }
 
 impl Config {
@@ -124,7 +138,8 @@ impl Config {
                 let (k, v) = pair.split_once('=').ok_or_else(|| {
                     invalid("OTEL_RESOURCE_ATTRIBUTES", format!("{pair:?} is not key=value"))
                 })?;
-                c.resource.push((decode(k.trim()), decode(v.trim())));
+                // W3C-baggage-style percent-encoding.
+                c.resource.push((decode_lossy(k.trim()), decode_lossy(v.trim())));
             }
         }
         // OTEL_SERVICE_NAME wins over service.name in the resource attributes.

@@ -25,20 +25,23 @@ pub mod config;
 pub mod context;
 pub mod export;
 pub mod layer;
+mod percent;
 pub mod profiling;
 pub mod propagation;
 pub mod sampler;
 pub mod span;
 pub mod subscriber;
+mod suppress;
 
-pub use config::{BatchConfig, Config, Protocol};
+pub use config::{BatchConfig, Config, ProfilingConfig, Protocol};
 pub use context::{FutureExt, Instrumented, current_context, with_current_span};
-pub use export::{Stats, flush, stats};
-pub use profiling::{ProfilingConfig, ProfilingStats};
+pub use export::{Stats, stats};
+pub use profiling::ProfilingStats;
 pub use sampler::Sampler;
 pub use span::{KeyValue, Span, SpanBuilder, SpanKind, Status, Value};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InitError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
@@ -142,7 +145,7 @@ impl Builder {
                 && let Err(e) = profiling::install(&self.config.service_name, p)
             {
                 // No guard is returned, so nothing would ever stop the span pipeline.
-                export::shutdown();
+                shutdown_spans();
                 return Err(e.into());
             }
         }
@@ -185,6 +188,19 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // The last profile first: its push may take a while, spans are already queued.
         profiling::shutdown();
-        export::shutdown();
+        shutdown_spans();
     }
+}
+
+/// Exports every span finished so far (this thread's buffer and the queue) and waits for the
+/// attempt to complete, up to the export timeout.
+pub fn flush() {
+    span::context::flush_local();
+    export::flush_queue();
+}
+
+/// Flushes, stops the export thread and disables span recording.
+fn shutdown_spans() {
+    span::context::flush_local();
+    export::stop();
 }

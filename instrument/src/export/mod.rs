@@ -1,12 +1,12 @@
-//! The export pipeline: a bounded queue fed by the per-thread buffers and one background
-//! thread that batches spans into OTLP requests (gRPC or HTTP/protobuf).
+//! The export pipeline: a bounded queue (`queue.rs`) fed by the per-thread buffers and one
+//! background thread that batches spans into OTLP requests (gRPC or HTTP/protobuf).
 //!
 //! The request path never waits: when the queue is full, spans are dropped and counted; a
 //! failed export is dropped and counted too (no retry queue that could grow without bound).
 //! Drops are reported as a warning at most every ten seconds and through [`stats`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -16,12 +16,17 @@ use prost::Message;
 
 use crate::config::{Config, Protocol};
 use crate::propagation::composite::Propagators;
-use crate::sampler::Sampler;
-use crate::span::Record;
+use crate::span::{Record, sink};
 
 pub(crate) mod otlp;
+mod queue;
+
+use queue::{Queue, Work};
+
+pub use crate::flush;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
     #[error("a skein-instrument pipeline is already installed in this process")]
     AlreadyInstalled,
@@ -45,35 +50,12 @@ pub struct Stats {
 #[derive(Default)]
 struct Counters {
     exported: AtomicU64,
-    dropped_queue_full: AtomicU64,
     dropped_export_failed: AtomicU64,
 }
 
-/// Per-thread buffers are handed over whole (no per-span copy) and come back empty from the
-/// export thread for reuse, so steady state allocates nothing.
-#[derive(Default)]
-struct QueueState {
-    batches: Vec<Vec<Record>>,
-    /// Spans in `batches`.
-    queued: usize,
-    /// Emptied buffers, handed back to threads that flush.
-    spare: Vec<Vec<Record>>,
-    shutdown: bool,
-    flush_requested: u64,
-    flush_done: u64,
-}
-
-pub(crate) struct Pipeline {
-    pub sampler: Sampler,
-    pub propagators: Propagators,
-    active: AtomicBool,
-    capacity: usize,
-    batch: usize,
-    state: Mutex<QueueState>,
-    /// Wakes the export thread (batch ready, flush, shutdown).
-    wake: Condvar,
-    /// Wakes callers of [`flush`].
-    flushed: Condvar,
+struct Pipeline {
+    propagators: Propagators,
+    queue: Queue,
     counters: Counters,
     done: Mutex<Option<mpsc::Receiver<()>>>,
     export_timeout: Duration,
@@ -81,15 +63,9 @@ pub(crate) struct Pipeline {
 
 static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
 
-const MAX_SPARE: usize = 1024;
-/// Buffers with at least this many spans are handed over whole; fewer are copied.
-const HANDOVER_MIN: usize = 16;
-const TAIL_BATCH: usize = 256;
-const MAX_SPARE_CAPACITY: usize = 4096;
-
 /// The installed, running pipeline.
-pub(crate) fn pipeline() -> Option<&'static Pipeline> {
-    PIPELINE.get().filter(|p| p.active.load(Ordering::Relaxed))
+fn pipeline() -> Option<&'static Pipeline> {
+    PIPELINE.get().filter(|_| sink::active().is_some())
 }
 
 /// The installed pipeline's propagators (the OpenTelemetry default when none is installed).
@@ -101,57 +77,13 @@ pub(crate) fn propagators() -> &'static Propagators {
     }
 }
 
-impl Pipeline {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // A panic while holding this lock cannot leave the queue inconsistent (pushes and
-        // takes are single Vec operations), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+/// Moves `buf` into the export queue, dropping (and counting) what does not fit; without a
+/// pipeline, just drops it.
+fn enqueue(buf: &mut Vec<Record>) {
+    match PIPELINE.get() {
+        Some(p) => p.queue.push(buf),
+        None => buf.clear(),
     }
-}
-
-/// Moves `buf` into the export queue, dropping (and counting) what does not fit.
-pub(crate) fn enqueue(buf: &mut Vec<Record>) {
-    if buf.is_empty() {
-        return;
-    }
-    let Some(p) = PIPELINE.get() else {
-        buf.clear();
-        return;
-    };
-    let mut dropped = buf.len();
-    {
-        let mut q = p.lock();
-        if !q.shutdown {
-            let before = q.queued;
-            let room = p.capacity.saturating_sub(before);
-            let take = room.min(buf.len());
-            if take == buf.len() && take >= HANDOVER_MIN {
-                let spare = q.spare.pop().unwrap_or_else(|| Vec::with_capacity(buf.capacity()));
-                q.batches.push(std::mem::replace(buf, spare));
-            } else if take > 0 {
-                // A few spans (a lone root span): copying them beats a buffer per flush.
-                let fits = q.batches.last().is_some_and(|b| b.capacity() - b.len() >= take);
-                if !fits {
-                    let fresh = q.spare.pop().unwrap_or_else(|| Vec::with_capacity(TAIL_BATCH));
-                    q.batches.push(fresh);
-                }
-                if let Some(tail) = q.batches.last_mut() {
-                    tail.extend(buf.drain(..take));
-                }
-            }
-            q.queued += take;
-            dropped -= take;
-            // Wake only on crossing the threshold: notify is a syscall.
-            if before < p.batch && q.queued >= p.batch {
-                p.wake.notify_one();
-            }
-        }
-    }
-    if dropped > 0 {
-        p.counters.dropped_queue_full.fetch_add(dropped as u64, Ordering::Relaxed);
-    }
-    // Freed outside the lock.
-    buf.clear();
 }
 
 pub fn stats() -> Stats {
@@ -159,48 +91,30 @@ pub fn stats() -> Stats {
         None => Stats::default(),
         Some(p) => Stats {
             exported: p.counters.exported.load(Ordering::Relaxed),
-            dropped_queue_full: p.counters.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_queue_full: p.queue.dropped_full(),
             dropped_export_failed: p.counters.dropped_export_failed.load(Ordering::Relaxed),
         },
     }
 }
 
-/// Exports every span finished so far (this thread's buffer and the queue) and waits for the
-/// attempt to complete, up to the export timeout.
-pub fn flush() {
-    crate::context::flush_local();
+/// Exports every span queued so far and waits for the attempt to complete, up to the export
+/// timeout.
+pub(crate) fn flush_queue() {
     let Some(p) = pipeline() else { return };
-    let mut q = p.lock();
-    q.flush_requested += 1;
-    let want = q.flush_requested;
-    p.wake.notify_one();
-    let deadline = Instant::now() + p.export_timeout + Duration::from_secs(1);
-    while q.flush_done < want && !q.shutdown {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        q = p.flushed.wait_timeout(q, left).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
-    }
+    p.queue.flush(p.export_timeout + Duration::from_secs(1));
 }
 
-/// Flushes, stops the export thread and disables span recording.
-pub fn shutdown() {
-    crate::context::flush_local();
+/// Stops the export thread after a last export and disables span recording.
+pub(crate) fn stop() {
     let Some(p) = PIPELINE.get() else { return };
-    {
-        let mut q = p.lock();
-        if q.shutdown {
-            return;
-        }
-        q.shutdown = true;
-        p.wake.notify_one();
+    if !p.queue.close() {
+        return;
     }
     let rx = p.done.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(rx) = rx {
         let _ = rx.recv_timeout(p.export_timeout + Duration::from_secs(1));
     }
-    p.active.store(false, Ordering::Relaxed);
+    sink::deactivate();
 }
 
 enum Transport {
@@ -258,32 +172,27 @@ pub(crate) fn install(cfg: &Config) -> Result<(), ExportError> {
     };
     let (done_tx, done_rx) = mpsc::channel();
     let pipeline = Pipeline {
-        sampler: cfg.sampler,
         propagators: cfg.propagators.clone(),
-        active: AtomicBool::new(true),
-        capacity: cfg.batch.max_queue_size.max(1),
-        batch: cfg.batch.max_export_batch_size.clamp(1, cfg.batch.max_queue_size.max(1)),
-        state: Mutex::new(QueueState::default()),
-        wake: Condvar::new(),
-        flushed: Condvar::new(),
+        queue: Queue::new(cfg.batch.max_queue_size, cfg.batch.max_export_batch_size),
         counters: Counters::default(),
         done: Mutex::new(Some(done_rx)),
         export_timeout: cfg.batch.export_timeout,
     };
-    if PIPELINE.set(pipeline).is_err() {
+    // Spans see the pipeline through the sink: its sampler, and where finished ones go.
+    if PIPELINE.set(pipeline).is_err() || !sink::install(cfg.sampler, enqueue) {
         return Err(ExportError::AlreadyInstalled);
     }
     let resource = otlp::resource(&cfg.service_name, &cfg.resource);
     let delay = cfg.batch.scheduled_delay;
     let timeout = cfg.batch.export_timeout;
     let spawned = std::thread::Builder::new().name("skein-export".into()).spawn(move || {
-        crate::subscriber::suppress_on_this_thread();
+        crate::suppress::suppress_on_this_thread();
         let Some(p) = PIPELINE.get() else { return };
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("skein-instrument: cannot start the export runtime: {e}");
-                p.active.store(false, Ordering::Relaxed);
+                sink::deactivate();
                 return;
             }
         };
@@ -303,9 +212,7 @@ pub(crate) fn install(cfg: &Config) -> Result<(), ExportError> {
         let _ = done_tx.send(());
     });
     if let Err(e) = spawned {
-        if let Some(p) = PIPELINE.get() {
-            p.active.store(false, Ordering::Relaxed);
-        }
+        sink::deactivate();
         return Err(ExportError::Thread(e));
     }
     Ok(())
@@ -322,33 +229,13 @@ fn run(
     let mut reporter = DropReporter::default();
     let mut next = Instant::now() + delay;
     loop {
-        let (spans, flush_upto, stop) = {
-            let mut q = p.lock();
-            loop {
-                let now = Instant::now();
-                if q.shutdown
-                    || q.flush_requested > q.flush_done
-                    || q.queued >= p.batch
-                    || now >= next
-                {
-                    break;
-                }
-                q = p
-                    .wake
-                    .wait_timeout(q, next - now)
-                    .map(|r| r.0)
-                    .unwrap_or_else(|e| e.into_inner().0);
-            }
-            q.queued = 0;
-            (std::mem::take(&mut q.batches), q.flush_requested, q.shutdown)
-        };
+        let Work { mut batches, flush_upto, stop } = p.queue.take(next);
         if Instant::now() >= next {
             next = Instant::now() + delay;
         }
-        let mut batches = spans;
         let mut records = batches.iter_mut().flat_map(|b| b.drain(..)).peekable();
         while records.peek().is_some() {
-            let chunk: Vec<Record> = records.by_ref().take(p.batch).collect();
+            let chunk: Vec<Record> = records.by_ref().take(p.queue.batch()).collect();
             let n = chunk.len() as u64;
             let req = otlp::request(resource, chunk, &otlp::Anchor::now());
             let sent = rt.block_on(async {
@@ -365,22 +252,9 @@ fn run(
             };
         }
         drop(records);
-        {
-            let mut q = p.lock();
-            for mut b in batches {
-                // Bounded: enough buffers for the threads that flush, none oversized.
-                if q.spare.len() < MAX_SPARE && b.capacity() <= MAX_SPARE_CAPACITY {
-                    b.clear();
-                    q.spare.push(b);
-                }
-            }
-        }
+        p.queue.recycle(batches);
         reporter.maybe_report(&stats(), stop);
-        {
-            let mut q = p.lock();
-            q.flush_done = q.flush_done.max(flush_upto);
-            p.flushed.notify_all();
-        }
+        p.queue.flushed(flush_upto);
         if stop {
             return;
         }

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
+use super::address::with_server_address;
 use super::{ResponseFuture, Side};
 use crate::export;
 use crate::propagation::composite::http_headers;
@@ -24,33 +25,6 @@ fn rpc_span(path: &str, kind: SpanKind) -> SpanBuilder {
         .attribute("rpc.system", "grpc")
         .attribute("rpc.service", service.to_string())
         .attribute("rpc.method", method.to_string())
-}
-
-fn host_port(authority: Option<&str>) -> Option<(String, Option<u16>)> {
-    let a = authority?;
-    let uri_auth: http::uri::Authority = a.parse().ok()?;
-    Some((uri_auth.host().trim_matches(['[', ']']).to_string(), uri_auth.port_u16()))
-}
-
-fn add_address(mut b: SpanBuilder, host: &str, port: Option<u16>) -> SpanBuilder {
-    b = b.attribute("server.address", host.trim_matches(['[', ']']).to_string());
-    if let Some(p) = port {
-        b = b.attribute("server.port", p);
-    }
-    b
-}
-
-/// `server.address`/`server.port` from the request URI (HTTP/2 `:authority`, already parsed),
-/// else from a `Host` header.
-fn with_server_address<B>(b: SpanBuilder, req: &http::Request<B>) -> SpanBuilder {
-    if let Some(host) = req.uri().host() {
-        return add_address(b, host, req.uri().port_u16());
-    }
-    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
-    match host_port(host) {
-        Some((host, port)) => add_address(b, &host, port),
-        None => b,
-    }
 }
 
 /// SERVER spans for a tonic server: continues the caller's trace from the request metadata.
@@ -149,6 +123,5 @@ mod tests {
     fn grpc_paths_split_into_service_and_method() {
         assert_eq!(rpc_parts("/shop.v1.Orders/PlaceOrder"), ("shop.v1.Orders", "PlaceOrder"));
         assert_eq!(rpc_parts("/odd"), ("odd", ""));
-        assert_eq!(host_port(Some("[::1]:50051")), Some(("::1".into(), Some(50051))));
     }
 }

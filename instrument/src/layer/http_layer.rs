@@ -4,10 +4,11 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
+use super::address::{with_authority, with_server_address};
 use super::{ResponseFuture, Side};
 use crate::export;
 use crate::propagation::composite::http_headers;
-use crate::span::{Span, SpanBuilder, SpanKind};
+use crate::span::{Span, SpanKind};
 
 fn header<B>(req: &http::Request<B>, name: http::header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
@@ -21,16 +22,6 @@ fn protocol_version(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     }
-}
-
-pub(crate) fn add_host(mut b: SpanBuilder, authority: Option<&str>) -> SpanBuilder {
-    if let Some(a) = authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
-        b = b.attribute("server.address", a.host().trim_matches(['[', ']']).to_string());
-        if let Some(p) = a.port_u16() {
-            b = b.attribute("server.port", p);
-        }
-    }
-    b
 }
 
 /// SERVER spans named `METHOD /route`, with `http.route` taken from axum's matched route when
@@ -94,9 +85,7 @@ where
         if let Some(ua) = header(&req, http::header::USER_AGENT) {
             b = b.attribute("user_agent.original", ua.to_string());
         }
-        let authority =
-            req.uri().authority().map(|a| a.as_str()).or_else(|| header(&req, http::header::HOST));
-        let mut span = add_host(b, authority).start();
+        let mut span = with_server_address(b, &req).start();
         let fut = span.in_scope(|| self.inner.call(req));
         ResponseFuture::new(fut, span, Side::HttpServer)
     }
@@ -130,8 +119,10 @@ pub(crate) fn client_span(method: &http::Method, uri: &str) -> Span {
         .kind(SpanKind::Client)
         .attribute("http.request.method", method.as_str().to_string())
         .attribute("url.full", uri.to_string());
-    let authority = uri.parse::<http::Uri>().ok().and_then(|u| u.authority().cloned());
-    add_host(b, authority.as_ref().map(|a| a.as_str())).start()
+    match uri.parse::<http::Uri>().ok().and_then(|u| u.authority().cloned()) {
+        Some(a) => with_authority(b, &a).start(),
+        None => b.start(),
+    }
 }
 
 impl<S, B, RB> Service<http::Request<B>> for HttpClient<S>

@@ -16,9 +16,11 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::export;
+use crate::percent::decode_lossy;
 use crate::propagation::composite::http_headers;
 use crate::span::{Span, Status};
 
+mod address;
 mod grpc;
 mod http_layer;
 mod reqwest_ext;
@@ -41,7 +43,7 @@ pub(crate) fn inject(span: &Span, headers: &mut HeaderMap) {
 
 /// Injects the active span's context into `headers`, for clients these layers do not cover.
 pub fn inject_current(headers: &mut HeaderMap) {
-    crate::context::with_current_span(|s| inject(s, headers));
+    crate::span::context::with_current_span(|s| inject(s, headers));
 }
 
 /// Which side of which protocol a span measures; decides how responses map to status.
@@ -84,33 +86,14 @@ pub(crate) fn apply_grpc_status(span: &mut Span, side: Side, headers: &HeaderMap
         let message = headers
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
-            .map(percent_decode)
+            // Percent-encoded UTF-8.
+            .map(decode_lossy)
             .unwrap_or_default();
         span.set_status(Status::Error(
             if message.is_empty() { format!("gRPC status {code}") } else { message }.into(),
         ));
     }
     true
-}
-
-/// `grpc-message` is percent-encoded UTF-8.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (b[i], s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn apply_http_status(span: &mut Span, side: Side, status: http::StatusCode) {
@@ -227,12 +210,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_message_is_percent_decoded() {
-        assert_eq!(percent_decode("out%20of%20stock"), "out of stock");
-        assert_eq!(percent_decode("100%"), "100%");
-    }
 
     #[test]
     fn server_spans_fail_only_on_server_side_codes() {

@@ -7,18 +7,18 @@
 //! `service_name` and POSTs it to `<endpoint>/ingest` every push interval. See `DESIGN.md`
 //! beside this file for the design and the signal-safety argument.
 //!
-//! Hooks the span machinery calls only while profiling is enabled (one relaxed atomic load
-//! otherwise): `on_start` opens profile scopes (local roots and spans named in the
-//! configuration carry `pyroscope.profile.id`), `publish` tells the sampler which span is
-//! active on this thread (every context push/pop, i.e. every poll of an instrumented future),
-//! `on_end` marks spans slower than the configured threshold.
+//! Hooks the span machinery calls (through `crate::span::hooks`) only while profiling is
+//! enabled (one relaxed atomic load otherwise): `on_start` opens profile scopes (local roots
+//! and spans named in the configuration carry `pyroscope.profile.id`), `publish` tells the
+//! sampler which span is active on this thread (every context push/pop, i.e. every poll of an
+//! instrumented future), `on_end` marks spans slower than the configured threshold.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
-use crate::propagation::SpanId;
-use crate::span::{Inner, KeyValue, MAX_ATTRIBUTES, Record, Span};
+use crate::span::hooks::{self, Hooks};
+use crate::span::{Inner, KeyValue, MAX_ATTRIBUTES, Record, Scope, Span};
 
 mod collect;
 mod modules;
@@ -27,12 +27,17 @@ mod push;
 mod sampler;
 mod symbols;
 
+pub use crate::config::ProfilingConfig;
+/// Test probes: what SIGPROF and ITIMER_PROF are set to in this process.
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
 pub use sampler::{SigprofDisposition, profiling_timer_armed, sigprof_disposition};
 
 /// The attribute Grafana's traces-to-profiles link looks for.
 pub const PROFILE_ID_ATTRIBUTE: &str = "pyroscope.profile.id";
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProfilingError {
     #[error("span profiling is only supported on Linux (x86_64, aarch64)")]
     Unsupported,
@@ -54,39 +59,6 @@ pub enum ProfilingError {
     },
     #[error("cannot start a profiler thread: {0}")]
     Thread(#[from] std::io::Error),
-}
-
-/// Profiling settings (`SKEIN_PROFILING_*` variables, or [`crate::Builder::profiling`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfilingConfig {
-    /// Samples per second of CPU time (`SKEIN_PROFILING_HZ`, default 99).
-    pub frequency_hz: u32,
-    /// Collector HTTP base URL; profiles go to `<endpoint>/ingest`
-    /// (`SKEIN_PROFILING_ENDPOINT`, default `http://localhost:3200`).
-    pub endpoint: String,
-    /// Span names that get a profile of their own (`pyroscope.profile.id`) besides local
-    /// roots (`SKEIN_PROFILING_SPANS`, comma-separated).
-    pub spans: Vec<String>,
-    /// Spans slower than this get `pyroscope.profile.id` when they end, and their samples are
-    /// labelled with their id (`SKEIN_PROFILING_SLOWER_THAN`, e.g. `100ms`).
-    pub slower_than: Option<Duration>,
-    /// How often a profile is pushed (`SKEIN_PROFILING_PUSH_INTERVAL`, default 10 s).
-    pub push_interval: Duration,
-    /// Sent as `X-Scope-OrgID` (`SKEIN_PROFILING_TENANT`).
-    pub tenant: Option<String>,
-}
-
-impl Default for ProfilingConfig {
-    fn default() -> Self {
-        ProfilingConfig {
-            frequency_hz: 99,
-            endpoint: "http://localhost:3200".into(),
-            spans: Vec::new(),
-            slower_than: None,
-            push_interval: Duration::from_secs(10),
-            tenant: None,
-        }
-    }
 }
 
 /// Counters since profiling started.
@@ -166,15 +138,6 @@ pub fn stats() -> ProfilingStats {
     }
 }
 
-/// A profile scope: the span whose id labels the samples of its subtree (up to the next
-/// scope). Carried in every span's context, so children started on other threads or tasks
-/// still know it.
-#[derive(Debug, Clone)]
-pub(crate) struct Scope {
-    pub id: SpanId,
-    pub name: Arc<str>,
-}
-
 struct Profiler {
     spans: Vec<String>,
     slower_than: Option<Duration>,
@@ -183,12 +146,6 @@ struct Profiler {
 }
 
 static PROFILER: OnceLock<Profiler> = OnceLock::new();
-static ENABLED: AtomicBool = AtomicBool::new(false);
-
-#[inline]
-pub(crate) fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
 
 /// Starts profiling for `service`: installs the SIGPROF handler, arms the timer and starts
 /// the drain and push threads. Once per process.
@@ -219,6 +176,8 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
         return Err(ProfilingError::AlreadyInstalled);
     }
     let Some(p) = PROFILER.get() else { return Err(ProfilingError::AlreadyInstalled) };
+    // Only this profiler installs hooks, and only once (PROFILER was unset).
+    hooks::install(Hooks { on_start, publish, on_end });
     let target = push::Target {
         ingest,
         service: service.to_string(),
@@ -248,7 +207,7 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
         stop_threads(p, Duration::from_secs(1));
         return Err(e);
     }
-    ENABLED.store(true, Ordering::Relaxed);
+    hooks::set_enabled(true);
     Ok(())
 }
 
@@ -258,7 +217,7 @@ pub(crate) fn shutdown() {
     if p.stop.load(Ordering::Acquire) {
         return;
     }
-    ENABLED.store(false, Ordering::Relaxed);
+    hooks::set_enabled(false);
     sampler::stop();
     stop_threads(p, push::PUSH_TIMEOUT + Duration::from_secs(2));
 }
@@ -281,9 +240,9 @@ pub fn register_current_thread() {
     sampler::register_current_thread();
 }
 
-/// A span starts: local roots (no in-process parent) and spans whose name was configured open
-/// a profile scope of their own and carry `pyroscope.profile.id`.
-pub(crate) fn on_start(r: &mut Record) {
+/// A span starts (hook): local roots (no in-process parent) and spans whose name was
+/// configured open a profile scope of their own and carry `pyroscope.profile.id`.
+fn on_start(r: &mut Record) {
     let named = PROFILER.get().is_some_and(|p| p.spans.iter().any(|n| *n == *r.name));
     if named || r.ctx.profile_scope.is_none() {
         r.ctx.profile_scope = Some(Scope { id: r.ctx.span_id, name: Arc::from(&*r.name) });
@@ -299,8 +258,9 @@ fn add_profile_id(r: &mut Record) {
     }
 }
 
-/// The active span of this thread changed: `stack` is the thread's span stack, innermost last.
-pub(crate) fn publish(stack: &[Span]) {
+/// The active span of this thread changed (hook): `stack` is the thread's span stack,
+/// innermost last.
+fn publish(stack: &[Span]) {
     let top = match stack.last() {
         Some(Span(Inner::Recording(r))) => r,
         // No span, or one that is not recorded (its trace is not exported: nothing to link).
@@ -353,9 +313,9 @@ pub(crate) fn publish(stack: &[Span]) {
     });
 }
 
-/// A span ends: if it ran longer than the configured threshold and is not a scope already,
+/// A span ends (hook): if it ran longer than the configured threshold and is not a scope already,
 /// it gets `pyroscope.profile.id` and its samples (those still to be pushed) its id.
-pub(crate) fn on_end(r: &mut Record) {
+fn on_end(r: &mut Record) {
     let Some(limit) = PROFILER.get().and_then(|p| p.slower_than) else { return };
     if r.ctx.profile_scope.as_ref().is_some_and(|s| s.id == r.ctx.span_id) {
         return;
@@ -373,7 +333,7 @@ mod tests {
     #[test]
     fn without_profiling_the_hooks_are_off_and_no_handler_is_installed() {
         // The unit-test binary never starts profiling.
-        assert!(!enabled());
+        assert!(!hooks::enabled());
         assert_eq!(sigprof_disposition(), SigprofDisposition::Default);
         assert!(!profiling_timer_armed());
         assert_eq!(stats().samples, 0);

@@ -212,7 +212,7 @@ async fn send(
 
 /// The push thread: one batch at a time until the final one.
 pub(super) fn run(rx: std::sync::mpsc::Receiver<Batch>, t: Target) {
-    crate::subscriber::suppress_on_this_thread();
+    crate::suppress::suppress_on_this_thread();
     super::sampler::register_current_thread();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -1,8 +1,8 @@
 //! The signal side of the profiler: the per-thread span record the hooks publish, the
 //! per-thread stack bounds, the SIGPROF handler and timer, and the ring of sample slots the
 //! handler fills. Everything the handler touches is preallocated and lock-free; the argument
-//! for why each access is sound is in `DESIGN.md` (§ Signal safety) and in the `SAFETY`
-//! comments below.
+//! for why each access is sound is in `DESIGN.md` beside this file ("What a sample records, and
+//! why it is never torn", "The handler") and in the `SAFETY` comments below.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -578,6 +578,7 @@ pub fn sigprof_disposition() -> SigprofDisposition {
 }
 
 /// Whether the profiling timer (ITIMER_PROF) is armed in this process.
+#[cfg(any(test, feature = "test-support"))]
 pub fn profiling_timer_armed() -> bool {
     #[cfg(target_os = "linux")]
     {

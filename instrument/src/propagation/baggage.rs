@@ -3,6 +3,8 @@
 //! Limits follow the OpenTelemetry SDKs: at most 64 members and 8192 bytes of header; members
 //! past either limit, and malformed members, are dropped individually.
 
+use crate::percent::decode_strict;
+
 pub const BAGGAGE: &str = "baggage";
 pub const MAX_MEMBERS: usize = 64;
 pub const MAX_BYTES: usize = 8192;
@@ -18,23 +20,6 @@ pub struct Member {
 
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Characters allowed unencoded in a value (baggage-octet minus `%`).
@@ -70,7 +55,7 @@ pub fn extract(header: &str) -> Vec<Member> {
         if !is_token(k) {
             continue;
         }
-        let Some(value) = percent_decode(v) else { continue };
+        let Some(value) = decode_strict(v) else { continue };
         out.retain(|m| m.key != k);
         out.push(Member { key: k.to_string(), value, properties: props.trim().to_string() });
     }

@@ -13,6 +13,7 @@ pub enum Format {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PropagationError {
     #[error(
         "unknown propagator {0:?} in OTEL_PROPAGATORS (use tracecontext, baggage, b3, b3multi or none)"

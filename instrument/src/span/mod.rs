@@ -8,157 +8,23 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::context;
-use crate::export;
-use crate::profiling;
 use crate::propagation::baggage::Member;
 use crate::propagation::composite::Extracted;
 use crate::propagation::{SpanContext, SpanId, TraceId};
 
+pub(crate) mod context;
+pub(crate) mod hooks;
 pub(crate) mod ids;
+mod record;
+pub(crate) mod sink;
+
+pub(crate) use record::{Ctx, Event, Extra, Record, Scope};
+pub use record::{KeyValue, SpanKind, Status, Value};
 
 /// Most attributes and events kept per span (OpenTelemetry's default limits); the rest are
 /// counted as dropped.
 pub const MAX_ATTRIBUTES: usize = 128;
 pub const MAX_EVENTS: usize = 128;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum SpanKind {
-    #[default]
-    Internal,
-    Server,
-    Client,
-    Producer,
-    Consumer,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Str(Cow<'static, str>),
-    I64(i64),
-    F64(f64),
-    Bool(bool),
-}
-
-macro_rules! value_from {
-    ($($t:ty => $v:ident($conv:expr)),* $(,)?) => {
-        $(impl From<$t> for Value {
-            fn from(x: $t) -> Value {
-                Value::$v($conv(x))
-            }
-        })*
-    };
-}
-value_from!(
-    &'static str => Str(Cow::Borrowed),
-    String => Str(Cow::Owned),
-    Cow<'static, str> => Str(std::convert::identity),
-    i64 => I64(std::convert::identity),
-    i32 => I64(i64::from),
-    u32 => I64(i64::from),
-    u16 => I64(i64::from),
-    f64 => F64(std::convert::identity),
-    bool => Bool(std::convert::identity),
-);
-
-impl From<usize> for Value {
-    fn from(x: usize) -> Value {
-        Value::I64(i64::try_from(x).unwrap_or(i64::MAX))
-    }
-}
-
-impl From<u64> for Value {
-    fn from(x: u64) -> Value {
-        Value::I64(i64::try_from(x).unwrap_or(i64::MAX))
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct KeyValue {
-    pub key: Cow<'static, str>,
-    pub value: Value,
-}
-
-impl KeyValue {
-    pub fn new(key: impl Into<Cow<'static, str>>, value: impl Into<Value>) -> KeyValue {
-        KeyValue { key: key.into(), value: value.into() }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Default)]
-pub enum Status {
-    #[default]
-    Unset,
-    Ok,
-    Error(Cow<'static, str>),
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Event {
-    pub name: Cow<'static, str>,
-    pub time: quanta::Instant,
-    pub attributes: Vec<KeyValue>,
-}
-
-/// What a span shares with its local children and injects into outgoing requests.
-#[derive(Clone, Debug)]
-pub(crate) struct Ctx {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub sampled: bool,
-    pub trace_state: Option<Arc<Vec<(String, String)>>>,
-    pub baggage: Option<Arc<Vec<Member>>>,
-    /// With profiling on: the nearest ancestor-or-self span that carries
-    /// `pyroscope.profile.id`, whose id labels this span's CPU samples.
-    pub profile_scope: Option<profiling::Scope>,
-}
-
-impl Ctx {
-    pub fn to_span_context(&self) -> SpanContext {
-        SpanContext {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            sampled: self.sampled,
-            debug: false,
-            trace_state: self.trace_state.as_deref().cloned().unwrap_or_default(),
-        }
-    }
-}
-
-/// A finished or running span's data, as exported.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub ctx: Ctx,
-    pub parent: Option<SpanId>,
-    pub remote_parent: bool,
-    pub name: Cow<'static, str>,
-    pub kind: SpanKind,
-    pub start: quanta::Instant,
-    pub end: quanta::Instant,
-    pub attributes: Vec<KeyValue>,
-    /// What most spans never have, out of line so records stay small: a record is moved on
-    /// every enter, exit and finish.
-    pub extra: Option<Box<Extra>>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Extra {
-    pub events: Vec<Event>,
-    pub status: Status,
-    pub dropped_attributes: u32,
-    pub dropped_events: u32,
-}
-
-impl Record {
-    pub fn extra(&mut self) -> &mut Extra {
-        self.extra.get_or_insert_with(Box::default)
-    }
-
-    pub fn status(&self) -> &Status {
-        static UNSET: Status = Status::Unset;
-        self.extra.as_ref().map_or(&UNSET, |e| &e.status)
-    }
-}
 
 #[derive(Debug, Default)]
 pub(crate) enum Inner {
@@ -224,7 +90,7 @@ impl SpanBuilder {
     }
 
     pub fn start(self) -> Span {
-        let Some(p) = export::pipeline() else { return Span(Inner::Disabled) };
+        let Some(p) = sink::active() else { return Span(Inner::Disabled) };
         let (ctx, parent, remote_parent) = match self.parent {
             Parent::Current => match context::current_ctx() {
                 Some(c) => {
@@ -273,14 +139,12 @@ impl SpanBuilder {
             extra: (dropped_attributes > 0)
                 .then(|| Box::new(Extra { dropped_attributes, ..Extra::default() })),
         };
-        if profiling::enabled() {
-            profiling::on_start(&mut record);
-        }
+        hooks::on_start(&mut record);
         Span(Inner::Recording(record))
     }
 }
 
-fn new_root(p: &export::Pipeline, baggage: Option<Arc<Vec<Member>>>) -> Ctx {
+fn new_root(p: &sink::Sink, baggage: Option<Arc<Vec<Member>>>) -> Ctx {
     let trace_id = ids::trace_id();
     Ctx {
         trace_id,

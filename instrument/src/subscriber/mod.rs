@@ -2,7 +2,6 @@
 //! the active RPC span (events become span events), and a log line format that appends the
 //! active `trace_id` and `span_id`.
 
-use std::cell::Cell;
 use std::fmt;
 
 use tracing::field::{Field, Visit};
@@ -14,21 +13,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::context;
-use crate::span::{Ctx, Inner, KeyValue, Span, Status};
-
-thread_local! {
-    static SUPPRESSED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// The export thread's own `tracing` activity (HTTP/2 client internals) must not become spans.
-pub(crate) fn suppress_on_this_thread() {
-    SUPPRESSED.with(|s| s.set(true));
-}
-
-fn suppressed() -> bool {
-    SUPPRESSED.with(Cell::get)
-}
+use crate::span::{Ctx, Inner, KeyValue, Span, Status, context};
+use crate::suppress::suppressed;
 
 /// The layer: add it to a `tracing_subscriber::registry()`.
 #[derive(Debug, Clone, Copy, Default)]

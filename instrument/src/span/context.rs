@@ -1,0 +1,127 @@
+//! The per-thread context: a stack of active spans (the top is the parent of new spans and the
+//! context injected into outgoing calls) and a small buffer of finished spans.
+//!
+//! Entering a span moves it onto the stack and leaving moves it back, so async tasks that
+//! migrate between threads carry their span with them (`crate::context::Instrumented` enters
+//! on every poll).
+//! Finished spans are buffered per thread and handed to the export queue in batches: when the
+//! thread has no active span left (the end of a poll or a request), when the buffer is full, or
+//! when its oldest span is half a second old — so nothing waits behind a long-lived span.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use super::{Ctx, Record, Span, hooks, sink};
+use crate::propagation::SpanContext;
+
+const LOCAL_BATCH: usize = 64;
+const LOCAL_MAX_AGE: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+struct Local {
+    stack: Vec<Span>,
+    buf: Vec<Record>,
+    oldest: Option<quanta::Instant>,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        sink::enqueue(&mut self.buf);
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::default();
+}
+
+pub(crate) fn push(span: Span) {
+    let mut slot = Some(span);
+    let _ = LOCAL.try_with(|l| {
+        if let (Ok(mut l), Some(span)) = (l.try_borrow_mut(), slot.take()) {
+            l.stack.push(span);
+            hooks::publish(&l.stack);
+        }
+    });
+    // Only on thread teardown or re-entrant use from inside `with_current_span`: the span
+    // ends here rather than being lost.
+    drop(slot);
+}
+
+/// Leaves the active span. When that empties the stack (the end of a poll, a request or a
+/// scope), spans finished meanwhile are handed to the export queue: the thread may not finish
+/// another span for a long time, and they must not wait for it.
+pub(crate) fn pop() -> Span {
+    LOCAL
+        .try_with(|l| {
+            let mut l = l.try_borrow_mut().ok()?;
+            let span = l.stack.pop();
+            hooks::publish(&l.stack);
+            if l.stack.is_empty() && !l.buf.is_empty() {
+                l.oldest = None;
+                sink::enqueue(&mut l.buf);
+            }
+            span
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A copy of the active span's context, if any.
+pub(crate) fn current_ctx() -> Option<Ctx> {
+    LOCAL
+        .try_with(|l| {
+            l.try_borrow().ok().and_then(|l| l.stack.last().and_then(|s| s.ctx().cloned()))
+        })
+        .ok()
+        .flatten()
+}
+
+/// The active span's context, for propagation and log correlation.
+pub fn current_context() -> Option<SpanContext> {
+    current_ctx().map(|c| c.to_span_context())
+}
+
+/// Runs `f` on the active span (attributes, events, status). Spans started inside `f` do not
+/// see it as their parent.
+pub fn with_current_span<R>(f: impl FnOnce(&mut Span) -> R) -> Option<R> {
+    LOCAL
+        .try_with(|l| l.try_borrow_mut().ok().and_then(|mut l| l.stack.last_mut().map(f)))
+        .ok()
+        .flatten()
+}
+
+/// Buffers a finished span; hands the buffer to the export queue when due.
+pub(crate) fn finish(mut r: Record) {
+    r.end = quanta::Instant::now();
+    hooks::on_end(&mut r);
+    let mut slot = Some(r);
+    let _ = LOCAL.try_with(|l| {
+        let Ok(mut l) = l.try_borrow_mut() else { return };
+        let Some(r) = slot.take() else { return };
+        let end = r.end;
+        let oldest = *l.oldest.get_or_insert(end);
+        l.buf.push(r);
+        if l.stack.is_empty()
+            || l.buf.len() >= LOCAL_BATCH
+            || end.saturating_duration_since(oldest) >= LOCAL_MAX_AGE
+        {
+            l.oldest = None;
+            sink::enqueue(&mut l.buf);
+        }
+    });
+    // Thread teardown or re-entrancy: straight to the queue.
+    if let Some(r) = slot {
+        sink::enqueue(&mut vec![r]);
+    }
+}
+
+/// Hands this thread's buffered spans to the export queue now.
+pub(crate) fn flush_local() {
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.oldest = None;
+            sink::enqueue(&mut l.buf);
+        }
+    });
+}
