@@ -1,17 +1,27 @@
-//! `skein bench`: reproducible benchmarks (ingest, query).
+//! `skein-bench`: reproducible benchmarks (ingest, query, RED panels).
 //!
-//! Each benchmark starts the processes it measures itself (a `skein serve` from this very
-//! executable on free ports with a scratch data dir, and for ingest the rotel peer when it is
-//! installed), drives them from this process, prints a table `metric | skein | peer | ratio |
-//! goal` and can write the same results as JSON (`--json FILE`).
+//! Each benchmark starts the processes it measures itself (a `skein serve` on free ports with a
+//! scratch data dir, and for ingest the rotel peer when it is installed), drives them from this
+//! process, prints a table `metric | skein | peer | ratio | goal` and can write the same results
+//! as JSON (`--json FILE`). The `skein` under test is the one built beside this executable
+//! (`cargo build --release --bin skein`), or `SKEIN_BIN`.
 
-pub mod dataset;
-pub mod ingest;
-pub mod procs;
-pub mod query;
-pub mod red;
-pub mod report;
-pub mod rpc;
+mod dataset;
+mod ingest;
+mod procs;
+mod query;
+mod red;
+mod report;
+mod rpc;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+// The load generator allocates as the collector does (many small protobuf messages), with the
+// allocator `skein` uses, as when both were one executable.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -21,14 +31,15 @@ pub enum BenchError {
     Failed(String),
 }
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+#[derive(Debug, Parser)]
+#[command(name = "skein-bench", version, about = "skein-bench: reproducible benchmarks of skein")]
+struct Cli {
     #[command(subcommand)]
-    pub which: Which,
+    which: Which,
 }
 
-#[derive(Debug, clap::Subcommand)]
-pub enum Which {
+#[derive(Debug, Subcommand)]
+enum Which {
     /// Durable OTLP/gRPC ingest throughput, latency and collector RSS, against rotel.
     Ingest(ingest::IngestArgs),
     /// Bytes per span on disk, trace-by-id and TraceQL search latency over a loaded data set.
@@ -38,8 +49,8 @@ pub enum Which {
     Red(red::RedArgs),
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
-    match args.which {
+async fn run(which: Which) -> Result<(), BenchError> {
+    match which {
         Which::Ingest(a) => ingest::run(a).await,
         Which::Query(a) => query::run(a).await,
         Which::Red(a) => red::run(a).await,
@@ -47,6 +58,38 @@ pub async fn run(args: BenchArgs) -> Result<(), BenchError> {
 }
 
 /// Parses a duration flag like `20s` or `1m30s`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Logs of the collector library code the benchmarks run in-process (span metrics for `red`).
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SKEIN_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { b.json().init() } else { b.init() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skein-bench: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli.which)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(BenchError::Usage(m)) => {
+            eprintln!("skein-bench: {m}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("skein-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

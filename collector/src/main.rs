@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use skein_collector::serve::shutdown_signal;
-use skein_collector::{bench, config::ServeArgs, demo, serve};
+#[cfg(feature = "demo")]
+use skein_collector::demo;
+use skein_collector::{config::ServeArgs, serve};
 
 // Ingest allocates many small, short-lived objects (decoded OTLP) next to large Arrow buffers;
 // glibc's allocator fragments badly under that mix (RSS stayed >1 GiB with an empty head).
@@ -27,12 +29,12 @@ enum Command {
     /// Run the collector.
     Serve(ServeArgs),
     /// Run the collector and the demo shop with generated traffic, then print where to look.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Run one demo shop service (used by `skein demo`).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     Shop(demo::ShopArgs),
-    /// Reproducible benchmarks.
-    Bench(bench::BenchArgs),
     /// Prometheus rule files: `skein rules check FILE...`.
     Rules(skein_collector::alert::cli::RulesArgs),
 }
@@ -51,7 +53,12 @@ fn main() -> ExitCode {
         return skein_collector::alert::cli::run(args);
     }
     // Shop services log through skein-instrument's subscriber (trace ids on every line).
-    if !matches!(cli.command, Command::Shop(_)) {
+    let own_logs = match cli.command {
+        #[cfg(feature = "demo")]
+        Command::Shop(_) => false,
+        _ => true,
+    };
+    if own_logs {
         init_logs();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -96,19 +103,10 @@ fn main() -> ExitCode {
                 }
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => rt.block_on(demo::demo(args)),
+        #[cfg(feature = "demo")]
         Command::Shop(args) => rt.block_on(demo::shop(args)),
         Command::Rules(args) => skein_collector::alert::cli::run(args),
-        Command::Bench(args) => match rt.block_on(bench::run(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(bench::BenchError::Usage(m)) => {
-                eprintln!("skein bench: {m}");
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("skein bench: {e}");
-                ExitCode::from(1)
-            }
-        },
     }
 }
