@@ -221,11 +221,8 @@ impl TraceGenerator {
         }
     }
 
-    pub fn spec(&self) -> &DataSpec {
-        &self.spec
-    }
-
-    pub fn operations(&self) -> usize {
+    #[cfg(test)]
+    fn operations(&self) -> usize {
         self.ops.iter().map(|o| o.len()).sum()
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::dataset::{DataSpec, Encoded, TraceGenerator, Rng};
+use super::dataset::{DataSpec, Encoded, Rng, TraceGenerator};
 use super::procs::{self, RssSampler, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_count, fmt_mib, fmt_ms, machine_line};
 use super::rpc::RawTraceClient;

@@ -16,7 +16,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::dataset::{DataSpec, TraceGenerator, Rng};
+use super::dataset::{DataSpec, Rng, TraceGenerator};
 use super::ingest::{fetch_metrics, metric_sum, now_ns};
 use super::procs::{self, RssSampler, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_count, fmt_mib, fmt_ms, machine_line};

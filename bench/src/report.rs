@@ -21,14 +21,6 @@ impl Samples {
         self.0.extend(other.0);
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn summary(&self) -> Option<Summary> {
         let mut v = self.0.clone();
         if v.is_empty() {

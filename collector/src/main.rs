@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use skein_collector::serve::shutdown_signal;
 #[cfg(feature = "demo")]
 use skein_collector::demo;
+use skein_collector::serve::shutdown_signal;
 use skein_collector::{config::ServeArgs, serve};
 
 // Ingest allocates many small, short-lived objects (decoded OTLP) next to large Arrow buffers;
