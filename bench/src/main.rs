@@ -64,24 +64,20 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// Logs of the collector library code the benchmarks run in-process (span metrics for `red`).
 fn init_logs() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("SKEIN_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json { b.json().init() } else { b.init() }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("skein-bench: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(run(cli.which)) {
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Failed(format!("cannot start runtime: {e}")))
+        .and_then(|rt| rt.block_on(run(cli.which)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(BenchError::Usage(m)) => {
             eprintln!("skein-bench: {m}");
