@@ -8,8 +8,8 @@
 
 pub mod alert;
 pub mod api;
-pub mod bench;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod head;
 pub mod ingest;

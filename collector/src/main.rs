@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "demo")]
+use skein_collector::demo;
 use skein_collector::serve::shutdown_signal;
-use skein_collector::{bench, config::ServeArgs, demo, serve};
+use skein_collector::{config::ServeArgs, serve};
 
 // Ingest allocates many small, short-lived objects (decoded OTLP) next to large Arrow buffers;
 // glibc's allocator fragments badly under that mix (RSS stayed >1 GiB with an empty head).
@@ -22,17 +24,20 @@ struct Cli {
     command: Command,
 }
 
+// One value per process, parsed once: its size does not matter. (Without `demo`, `Serve` is
+// the only large variant, which is what the lint flags.)
+#[cfg_attr(not(feature = "demo"), allow(clippy::large_enum_variant))]
 #[derive(Subcommand)]
 enum Command {
     /// Run the collector.
     Serve(ServeArgs),
     /// Run the collector and the demo shop with generated traffic, then print where to look.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Run one demo shop service (used by `skein demo`).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     Shop(demo::ShopArgs),
-    /// Reproducible benchmarks.
-    Bench(bench::BenchArgs),
     /// Prometheus rule files: `skein rules check FILE...`.
     Rules(skein_collector::alert::cli::RulesArgs),
 }
@@ -51,7 +56,12 @@ fn main() -> ExitCode {
         return skein_collector::alert::cli::run(args);
     }
     // Shop services log through skein-instrument's subscriber (trace ids on every line).
-    if !matches!(cli.command, Command::Shop(_)) {
+    let own_logs = match cli.command {
+        #[cfg(feature = "demo")]
+        Command::Shop(_) => false,
+        _ => true,
+    };
+    if own_logs {
         init_logs();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -96,19 +106,10 @@ fn main() -> ExitCode {
                 }
             })
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => rt.block_on(demo::demo(args)),
+        #[cfg(feature = "demo")]
         Command::Shop(args) => rt.block_on(demo::shop(args)),
         Command::Rules(args) => skein_collector::alert::cli::run(args),
-        Command::Bench(args) => match rt.block_on(bench::run(args)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(bench::BenchError::Usage(m)) => {
-                eprintln!("skein bench: {m}");
-                ExitCode::from(2)
-            }
-            Err(e) => {
-                eprintln!("skein bench: {e}");
-                ExitCode::from(1)
-            }
-        },
     }
 }

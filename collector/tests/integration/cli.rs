@@ -52,3 +52,13 @@ fn busy_port_is_a_runtime_failure_with_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&addr));
 }
+
+#[cfg(not(feature = "demo"))]
+#[test]
+fn without_the_demo_feature_demo_and_shop_are_unknown_subcommands() {
+    for sub in ["demo", "shop"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_skein")).arg(sub).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"), "{sub}");
+    }
+}

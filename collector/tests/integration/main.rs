@@ -6,6 +6,7 @@ mod common;
 
 mod alert;
 mod cli;
+#[cfg(feature = "demo")]
 mod demo;
 mod ingest;
 mod native;

@@ -1,4 +1,4 @@
-//! `skein bench query`: loads a Jaeger/ClickHouse-benchmark-shaped data set (10 spans/trace,
+//! `skein-bench query`: loads a Jaeger/ClickHouse-benchmark-shaped data set (10 spans/trace,
 //! 11 attributes/span, 10 services, ~50 operations, log-normal durations with a tail, 1% errors)
 //! into a spawned `skein serve` over OTLP/gRPC, waits until it is flushed into blocks and
 //! compaction has settled, then measures bytes/span on disk, trace-by-id latency without a
@@ -16,7 +16,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::dataset::{DataSpec, Generator, Rng};
+use super::dataset::{DataSpec, Rng, TraceGenerator};
 use super::ingest::{fetch_metrics, metric_sum, now_ns};
 use super::procs::{self, RssSampler, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_count, fmt_mib, fmt_ms, machine_line};
@@ -175,7 +175,7 @@ async fn load(
     let seed = args.seed;
     let every = (plan.requests as usize / SAMPLE_IDS).max(1) as u64;
     let generator = tokio::task::spawn_blocking(move || {
-        let g = Generator::new(spec);
+        let g = TraceGenerator::new(spec);
         let mut rng = Rng::new(seed);
         let mut sample = Vec::new();
         for i in 0..plan.requests {
@@ -775,7 +775,7 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
         "other_processes_cpu_cores_during_queries": other_cores,
     });
     let report = Report {
-        title: "skein bench query".into(),
+        title: "skein-bench query".into(),
         against: format!(
             "skein serve (spawned, fsync={}, --head-max-age={}) with {} spans ({} spans/trace, {} attributes/span, 10 services, 50 operations) over {}; no peer in this benchmark; {}",
             args.fsync,

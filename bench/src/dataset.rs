@@ -139,8 +139,8 @@ const DB_STATEMENTS: [&str; 12] = [
 ];
 const METHODS: [(&str, u32); 4] = [("GET", 70), ("POST", 20), ("PUT", 6), ("DELETE", 4)];
 
-/// Builds requests of whole traces. Operations and resources are fixed per spec.
-pub struct Generator {
+/// Generates OTLP export requests of whole traces. Operations and resources are fixed per spec.
+pub struct TraceGenerator {
     spec: DataSpec,
     services: Vec<String>,
     ops: Vec<Vec<Op>>,
@@ -175,7 +175,7 @@ struct GenSpan {
     span: Span,
 }
 
-impl Generator {
+impl TraceGenerator {
     pub fn new(spec: DataSpec) -> Self {
         let services: Vec<String> = (0..spec.services).map(service_name).collect();
         let ops = (0..spec.services)
@@ -209,7 +209,7 @@ impl Generator {
                     .collect()
             })
             .collect();
-        Generator {
+        TraceGenerator {
             spec,
             services,
             ops,
@@ -221,11 +221,8 @@ impl Generator {
         }
     }
 
-    pub fn spec(&self) -> &DataSpec {
-        &self.spec
-    }
-
-    pub fn operations(&self) -> usize {
+    #[cfg(test)]
+    fn operations(&self) -> usize {
         self.ops.iter().map(|o| o.len()).sum()
     }
 
@@ -456,7 +453,7 @@ mod tests {
 
     #[test]
     fn traces_have_the_requested_shape() {
-        let g = Generator::new(DataSpec::new(10, 11));
+        let g = TraceGenerator::new(DataSpec::new(10, 11));
         let mut rng = Rng::new(7);
         let out = g.request(&mut rng, 100, 1_000_000_000, 2_000_000_000);
         let all = spans(&out.req);
@@ -494,7 +491,7 @@ mod tests {
 
     #[test]
     fn attribute_count_follows_the_spec_beyond_the_named_ones() {
-        let g = Generator::new(DataSpec::new(3, 14));
+        let g = TraceGenerator::new(DataSpec::new(3, 14));
         let out = g.request(&mut Rng::new(1), 5, 0, 10);
         for s in spans(&out.req) {
             assert_eq!(s.attributes.len(), 14);
@@ -502,14 +499,14 @@ mod tests {
             assert_eq!(keys.len(), 14, "attribute keys are distinct");
             assert!(keys.contains("http.status_code") && keys.contains("attr.13"));
         }
-        let g = Generator::new(DataSpec::new(1, 0));
+        let g = TraceGenerator::new(DataSpec::new(1, 0));
         let out = g.request(&mut Rng::new(1), 2, 0, 10);
         assert!(spans(&out.req).iter().all(|s| s.attributes.is_empty()));
     }
 
     #[test]
     fn data_set_has_about_fifty_operations_and_ten_services() {
-        let g = Generator::new(DataSpec::new(10, 11));
+        let g = TraceGenerator::new(DataSpec::new(10, 11));
         assert_eq!(g.operations(), 50);
         let out = g.request(&mut Rng::new(3), 2000, 0, 1);
         let all = spans(&out.req);
@@ -524,7 +521,7 @@ mod tests {
 
     #[test]
     fn salting_changes_every_trace_id_consistently() {
-        let g = Generator::new(DataSpec::new(10, 11));
+        let g = TraceGenerator::new(DataSpec::new(10, 11));
         let gen_out = g.request(&mut Rng::new(9), 100, 0, 1_000_000);
         let enc = Encoded::new(&gen_out);
         assert_eq!(enc.offsets.len(), 1000, "one trace id per span found");

@@ -21,14 +21,6 @@ impl Samples {
         self.0.extend(other.0);
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn summary(&self) -> Option<Summary> {
         let mut v = self.0.clone();
         if v.is_empty() {
@@ -113,7 +105,7 @@ pub fn fmt_count(v: f64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
-/// Whether a figure meets its DESIGN §6 goal.
+/// Whether a figure meets its goal (BENCHMARKS.md lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -174,7 +166,7 @@ pub struct Report {
 
 impl Report {
     pub fn render(&self) -> String {
-        let headers = ["metric", "skein", "peer", "ratio", "DESIGN §6 goal", ""];
+        let headers = ["metric", "skein", "peer", "ratio", "goal", ""];
         let cells: Vec<[String; 6]> = self
             .rows
             .iter()

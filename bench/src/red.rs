@@ -1,4 +1,4 @@
-//! `skein bench red`: latency of the RED panels' `query_range` (1 h at a 15 s step) over span
+//! `skein-bench red`: latency of the RED panels' `query_range` (1 h at a 15 s step) over span
 //! metrics with the demo shop's shape and cardinality, against a real Prometheus holding the
 //! very same samples, in the same run.
 //!
@@ -28,9 +28,9 @@ use super::dataset::Rng;
 use super::procs::{self, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_mib, fmt_ms, machine_line};
 use super::{BenchError, parse_duration};
-use crate::ingest::DEFAULT_TENANT;
-use crate::metrics_gen::{Generator, GeneratorConfig, spanmetrics};
-use crate::promql::labels::Labels;
+use skein_collector::ingest::DEFAULT_TENANT;
+use skein_collector::metrics_gen::{Generator, GeneratorConfig, spanmetrics};
+use skein_collector::promql::labels::Labels;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedArgs {
@@ -224,7 +224,7 @@ pub async fn run(args: RedArgs) -> Result<(), BenchError> {
     }
     notes.push(machine_line());
     let report = Report {
-        title: "skein bench red — RED panel query_range over span metrics".into(),
+        title: "skein-bench red — RED panel query_range over span metrics".into(),
         against: "peer: Prometheus (same samples, loaded with promtool), same run".into(),
         rows,
         notes,
@@ -251,7 +251,7 @@ fn spanmetrics_interval() -> Duration {
 }
 
 struct History {
-    series: Vec<crate::promql::value::Series>,
+    series: Vec<skein_collector::promql::value::Series>,
     samples: usize,
     /// Values (8 bytes per tick, as the store keeps them) plus label bytes.
     bytes: usize,
@@ -433,9 +433,9 @@ fn checkouts(rng: &mut Rng, n: usize, t_ms: i64) -> ExportTraceServiceRequest {
 /// input `promtool tsdb create-blocks-from openmetrics` takes.
 fn write_openmetrics(
     path: &Path,
-    series: &[crate::promql::value::Series],
+    series: &[skein_collector::promql::value::Series],
 ) -> Result<(), BenchError> {
-    let mut sorted: Vec<&crate::promql::value::Series> = series.iter().collect();
+    let mut sorted: Vec<&skein_collector::promql::value::Series> = series.iter().collect();
     sorted.sort_by(|a, b| a.labels.get("__name__").cmp(&b.labels.get("__name__")));
     let mut out = String::new();
     for s in sorted {

@@ -121,14 +121,32 @@ async fn http_ready(addr: SocketAddr) -> bool {
     buf.starts_with(b"HTTP/1.1 200")
 }
 
-/// Starts `skein serve` (this executable) on free ports with its data under `data_dir`.
+/// The `skein` under test: `SKEIN_BIN`, else the `skein` built beside this executable (cargo
+/// puts both in `target/<profile>/`).
+pub fn skein_exe() -> Result<PathBuf, BenchError> {
+    if let Some(p) = std::env::var_os("SKEIN_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()
+        .map_err(|e| BenchError::Failed(format!("cannot find the skein executable: {e}")))?;
+    let exe = me.with_file_name("skein");
+    if !exe.is_file() {
+        return Err(BenchError::Failed(format!(
+            "no skein executable at {}: build it first (cargo build --release --bin skein) or \
+             set SKEIN_BIN",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
+/// Starts `skein serve` ([`skein_exe`]) on free ports with its data under `data_dir`.
 pub async fn spawn_skein(
     data_dir: &Path,
     fsync: &str,
     extra: &[String],
 ) -> Result<Spawned, BenchError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::Failed(format!("cannot find the skein executable: {e}")))?;
+    let exe = skein_exe()?;
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let otlp_http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();

@@ -1,4 +1,4 @@
-//! `skein bench ingest`: a built-in OTLP/gRPC load generator run against a spawned
+//! `skein-bench ingest`: a built-in OTLP/gRPC load generator run against a spawned
 //! `skein serve` (durable: fsync=always by default) and, in the same run, against
 //! `rotel-agent --exporter blackhole` with the identical pre-encoded load.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use super::dataset::{DataSpec, Encoded, Generator, Rng};
+use super::dataset::{DataSpec, Encoded, Rng, TraceGenerator};
 use super::procs::{self, RssSampler, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_count, fmt_mib, fmt_ms, machine_line};
 use super::rpc::RawTraceClient;
@@ -88,7 +88,7 @@ impl Pool {
     pub fn build(args: &IngestArgs) -> Self {
         let spec = DataSpec::new(args.spans_per_trace, args.attributes);
         let traces = (args.batch / spec.spans_per_trace).max(1);
-        let generator = Generator::new(spec);
+        let generator = TraceGenerator::new(spec);
         let mut rng = Rng::new(args.seed);
         let now = now_ns();
         let requests = (0..args.pool.max(1))
@@ -729,7 +729,7 @@ fn build_report(
         "ratio_spans_per_sec": rotel.and_then(|r| ratio(skein.spans_per_sec, r.spans_per_sec)),
     });
     data[name] = skein.json();
-    Report { title: "skein bench ingest — OTLP/gRPC".into(), against, rows, notes, data }
+    Report { title: "skein-bench ingest — OTLP/gRPC".into(), against, rows, notes, data }
 }
 
 #[cfg(test)]
