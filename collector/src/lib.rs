@@ -19,5 +19,6 @@ pub mod profile;
 pub mod promql;
 pub mod query;
 pub mod serve;
+pub mod spanrows;
 pub mod store;
 pub mod wal;

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::metrics_gen::{Generator, GeneratorConfig};
 use crate::profile::{ProfileConfig, Profiles};
 use crate::query::QueryEngine;
-use crate::store::schema::Dedicated;
+use crate::spanrows::schema::Dedicated;
 use crate::store::{Store, open_object_store};
 use crate::wal::{FsyncPolicy, Wal, WalConfig};
 

@@ -16,7 +16,7 @@ use arrow::error::ArrowError;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
-use crate::store::schema::{Dedicated, SpanBatchBuilder, tag_keys_of};
+use crate::spanrows::schema::{Dedicated, SpanBatchBuilder, tag_keys_of};
 use tenants::{TenantPart, Tenants};
 
 #[derive(Debug, thiserror::Error)]

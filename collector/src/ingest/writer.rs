@@ -276,7 +276,7 @@ fn commit(wal: &mut Wal, metrics: &Metrics, group: &mut Vec<Pending>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::Dedicated;
+    use crate::spanrows::schema::Dedicated;
     use crate::wal::WalConfig;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 

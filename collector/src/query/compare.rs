@@ -18,10 +18,10 @@ use serde::Serialize;
 use super::compile::trace_id_in;
 use super::critical_path::{TraceSpan, children_index, flatten};
 use super::operation::{OperationQuery, OperationSpan};
-use super::traceql_metrics::quantile;
+use super::metrics_eval::quantile;
 use super::{QueryEngine, QueryError};
 use crate::store::block::{align, decode_parents};
-use crate::store::schema::span_schema;
+use crate::spanrows::schema::span_schema;
 
 /// Calls read for counts and percentiles (the slowest, if there are more).
 pub const MAX_CALLS: usize = 200_000;

@@ -16,7 +16,7 @@ use super::traceql::{
     Attribute, CmpOp, Comparison, FieldExpr, Filter, Intrinsic, KindLit, Literal, Scope, StatusLit,
 };
 use super::udf::{Slot, attr_udf};
-use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c};
+use crate::spanrows::schema::{Dedicated, SERVICE_NAME_KEY, col as c};
 
 pub const T_ROOT_NAME: &str = "t_root_name";
 pub const T_ROOT_SERVICE: &str = "t_root_service";

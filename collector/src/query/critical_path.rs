@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 
 use super::{QueryEngine, QueryError};
-use crate::store::schema::SERVICE_NAME_KEY;
+use crate::spanrows::schema::SERVICE_NAME_KEY;
 
 /// One span of a trace, flattened out of OTLP nesting, with its attributes as strings.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -14,7 +14,7 @@ pub mod search;
 pub mod tags;
 pub mod trace;
 pub mod traceql;
-pub mod traceql_metrics;
+pub mod metrics_eval;
 pub mod udf;
 
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::head::Head;
 use crate::metrics::Metrics;
 use crate::store::block::{SPANS_FILE, TRACES_FILE, align, traces_schema};
-use crate::store::schema::{Dedicated, span_schema};
+use crate::spanrows::schema::{Dedicated, span_schema};
 use crate::store::{Block, Store, StoreError};
 
 /// Object-store URL under which block files are registered with DataFusion.

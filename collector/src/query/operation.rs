@@ -7,7 +7,7 @@ use arrow::datatypes::Int64Type;
 use datafusion::prelude::{col, ident, lit};
 
 use super::{QueryEngine, QueryError};
-use crate::store::schema::col as c;
+use crate::spanrows::schema::col as c;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperationQuery {

@@ -19,7 +19,7 @@ use super::compile::{T_DURATION, filter_expr, needs_trace, trace_id_in};
 use super::traceql::{Filter, Query};
 use super::{QueryEngine, QueryError, Tables};
 use crate::store::block::trace_key;
-use crate::store::schema::col as c;
+use crate::spanrows::schema::col as c;
 
 pub struct SearchRequest {
     pub query: Query,

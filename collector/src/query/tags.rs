@@ -12,7 +12,7 @@ use super::compile::filter_expr;
 use super::traceql::{Attribute, Filter, Intrinsic, Scope};
 use super::udf::{Slot, attr_udf};
 use super::{QueryEngine, QueryError};
-use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c};
+use crate::spanrows::schema::{Dedicated, SERVICE_NAME_KEY, col as c};
 
 /// Intrinsics offered for autocomplete.
 pub const INTRINSICS: [&str; 8] = [

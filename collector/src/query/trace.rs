@@ -20,7 +20,7 @@ use prost::Message;
 
 use super::{QueryEngine, QueryError};
 use crate::store::block::{align, decode_parents};
-use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c, decode_resource, span_schema};
+use crate::spanrows::schema::{Dedicated, SERVICE_NAME_KEY, col as c, decode_resource, span_schema};
 
 impl QueryEngine {
     /// All spans of one trace, without needing a time range. `range` (unix nanos) only

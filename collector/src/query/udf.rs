@@ -119,7 +119,7 @@ impl AttrLookup {
             .ok_or_else(|| exec_err(format!("{}: resource values must be binary", self.name())))?;
         let values: Vec<Option<Value>> = (0..blobs.len())
             .map(|i| {
-                crate::store::schema::decode_resource(blobs.value(i))
+                crate::spanrows::schema::decode_resource(blobs.value(i))
                     .into_iter()
                     .filter(|kv| kv.key == key)
                     .find_map(|kv| kv.value.and_then(|v| v.value))

@@ -20,7 +20,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::StoreError;
 use super::bloom::Bloom;
-use super::schema::{Dedicated, col, span_schema};
+use crate::spanrows::schema::{Dedicated, col, span_schema};
 use crate::head::TagKeys;
 
 pub const META_FILE: &str = "meta.json";
@@ -458,7 +458,7 @@ pub fn trace_key(col: &FixedSizeBinaryArray, i: usize) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::SpanBatchBuilder;
+    use crate::spanrows::schema::SpanBatchBuilder;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn span(trace: u8, id: u8, parent: Option<u8>, start: u64) -> Span {

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 
 use super::StoreError;
 use super::block::{BlockWriter, align, decode_parents, trace_key};
-use super::schema::col;
+use crate::spanrows::schema::col;
 
 /// Rows per output chunk (rounded up to the next trace boundary).
 pub const CHUNK_ROWS: usize = 64 * 1024;
@@ -172,7 +172,7 @@ mod tests {
     use crate::store::Block;
     use crate::store::block::{NewBlock, SPANS_FILE, TRACES_FILE, commit_block, write_block};
     use crate::store::bloom::Bloom;
-    use crate::store::schema::{Dedicated, SpanBatchBuilder, span_schema};
+    use crate::spanrows::schema::{Dedicated, SpanBatchBuilder, span_schema};
     use object_store::{ObjectStore, ObjectStoreExt};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use std::sync::Arc;

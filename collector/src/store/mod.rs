@@ -6,7 +6,6 @@ pub mod block;
 pub mod bloom;
 pub mod catalog;
 pub mod compact;
-pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use crate::metrics::Metrics;
 use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
 use bloom::Bloom;
 use catalog::{Catalog, CatalogEntry};
-use schema::Dedicated;
+use crate::spanrows::schema::Dedicated;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -318,7 +317,7 @@ impl Store {
         let l = layout.clone();
         let prepared = blocking(move || {
             let mut writer = block::BlockWriter::new(&l)?;
-            compact::merge_into(files, schema::span_schema(&l), &mut writer, compact::CHUNK_ROWS)?;
+            compact::merge_into(files, crate::spanrows::schema::span_schema(&l), &mut writer, compact::CHUNK_ROWS)?;
             writer.finish()
         })
         .await?;

@@ -9,7 +9,7 @@ use prost::Message;
 use skein_collector::head::Head;
 use skein_collector::metrics::Metrics;
 use skein_collector::query::{QueryEngine, QueryError};
-use skein_collector::store::schema::Dedicated;
+use skein_collector::spanrows::schema::Dedicated;
 use skein_collector::store::{Store, open_object_store};
 use skein_collector::wal::{Wal, WalConfig};
 

@@ -15,7 +15,7 @@ use super::super::{AppState, tenant};
 use super::json_body;
 use crate::query::QueryError;
 use crate::query::traceql::{self, parse_duration};
-use crate::query::traceql_metrics::{
+use crate::query::metrics_eval::{
     DEFAULT_EXEMPLARS, Grid, MAX_EXEMPLARS, MetricsRequest, QueryInstantResponse,
     QueryRangeResponse,
 };

@@ -23,7 +23,7 @@ use super::search::SearchMetrics;
 use super::traceql::{Attribute, CmpOp, Intrinsic, MetricsFunction, MetricsQuery, Query, Scope};
 use super::udf::Slot;
 use super::{QueryEngine, QueryError};
-use crate::store::schema::{Dedicated, col as c};
+use crate::spanrows::schema::{Dedicated, col as c};
 
 /// Tempo's (and Prometheus') cap on points per series.
 pub const MAX_INTERVALS: i64 = 11_000;

@@ -1,0 +1,3 @@
+//! Span rows: the Arrow layout of the span table and the codec between OTLP and it.
+
+pub mod schema;
