@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use crate::common::*;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use skein_collector::query::traceql::{self, MetricsQuery};
 use skein_collector::query::metrics_eval::{
     Grid, LabelValue, MetricsRequest, QueryInstantResponse, QueryRangeResponse, log2_bucket,
     quantile,
 };
+use skein_collector::query::traceql::{self, MetricsQuery};
 use skein_collector::query::{QueryEngine, QueryError};
 
 const T: &str = "single-tenant";
