@@ -3,6 +3,8 @@
 //!
 //! Data flows one way: `ingest` → `wal` → `head` → `store` (blocks) → `query` → `api`; profiles
 //! take the same path inside `profile` (its own WAL and head, blocks beside the span blocks).
+//! `spanrows` (the span table's Arrow schema and the OTLP ↔ rows codec) sits below `head`,
+//! `store` and `query`, and uses none of them.
 //! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
 
@@ -19,5 +21,6 @@ pub mod profile;
 pub mod promql;
 pub mod query;
 pub mod serve;
+pub mod spanrows;
 pub mod store;
 pub mod wal;

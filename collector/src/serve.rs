@@ -14,14 +14,14 @@ use crate::alert::notify::Targets;
 use crate::alert::{Alerting, AlertingConfig};
 use crate::api::{self, AppState};
 use crate::config::{Config, FsyncMode};
-use crate::head::{Frozen, Head};
+use crate::head::Head;
 use crate::ingest::writer::{Writer, WriterThread};
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
 use crate::metrics_gen::{Generator, GeneratorConfig};
 use crate::profile::{ProfileConfig, Profiles};
 use crate::query::QueryEngine;
-use crate::store::schema::Dedicated;
+use crate::spanrows::{DedicatedColumns, SealedRows};
 use crate::store::{Store, open_object_store};
 use crate::wal::{FsyncPolicy, Wal, WalConfig};
 
@@ -114,7 +114,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
 /// Starts everything and returns once all listeners are bound and the WAL is replayed.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let dedicated = Dedicated {
+    let dedicated = DedicatedColumns {
         span: cfg.dedicated_span_attributes.clone(),
         resource: cfg.dedicated_resource_attributes.clone(),
     };
@@ -332,7 +332,7 @@ impl Maintenance {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failed: Vec<Arc<Frozen>> = Vec::new();
+        let mut failed: Vec<Arc<SealedRows>> = Vec::new();
         let mut last_retention: Option<Instant> = None;
         // Compaction runs beside flushing so a long merge never delays the next flush.
         let (store, target) = (self.store.clone(), self.target_spans);

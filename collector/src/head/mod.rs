@@ -7,7 +7,6 @@
 
 pub mod tenants;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use arrow::error::ArrowError;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
-use crate::store::schema::{Dedicated, SpanBatchBuilder, tag_keys_of};
+use crate::spanrows::{DedicatedColumns, SealedRows, SpanBatchBuilder, TagKeys, tag_keys_of};
 use tenants::{TenantPart, Tenants};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,39 +27,10 @@ pub enum HeadError {
 /// Seal the open builder into an immutable batch after this many rows.
 const SEAL_ROWS: usize = 16 * 1024;
 
-/// Attribute keys seen, for tag autocomplete.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct TagKeys {
-    pub resource: BTreeSet<String>,
-    pub span: BTreeSet<String>,
-}
-
-impl TagKeys {
-    pub fn extend(&mut self, other: &TagKeys) {
-        self.resource.extend(other.resource.iter().cloned());
-        self.span.extend(other.span.iter().cloned());
-    }
-}
-
-/// Data of one tenant frozen for flushing.
-#[derive(Debug)]
-pub struct Frozen {
-    pub id: u64,
-    pub tenant: String,
-    pub batches: Vec<RecordBatch>,
-    pub spans: usize,
-    pub min_time: i64,
-    pub max_time: i64,
-    /// Lowest and highest WAL sequence whose spans are in `batches`.
-    pub min_seq: u64,
-    pub max_seq: u64,
-    pub tags: TagKeys,
-}
-
 struct TenantHead {
     builder: SpanBatchBuilder,
     sealed: Vec<RecordBatch>,
-    frozen: Vec<Arc<Frozen>>,
+    frozen: Vec<Arc<SealedRows>>,
     spans: usize,
     bytes: usize,
     min_time: i64,
@@ -71,7 +41,7 @@ struct TenantHead {
 }
 
 impl TenantHead {
-    fn new(dedicated: &Dedicated) -> Self {
+    fn new(dedicated: &DedicatedColumns) -> Self {
         TenantHead {
             builder: SpanBatchBuilder::new(dedicated),
             sealed: Vec::new(),
@@ -120,17 +90,17 @@ pub struct HeadStats {
 }
 
 pub struct Head {
-    dedicated: Dedicated,
+    dedicated: DedicatedColumns,
     /// Counts spans as the rows not yet in a committed block.
     tenants: Tenants<TenantHead>,
 }
 
 impl Head {
-    pub fn new(dedicated: Dedicated) -> Self {
+    pub fn new(dedicated: DedicatedColumns) -> Self {
         Head { dedicated, tenants: Tenants::default() }
     }
 
-    pub fn dedicated(&self) -> &Dedicated {
+    pub fn dedicated(&self) -> &DedicatedColumns {
         &self.dedicated
     }
 
@@ -214,11 +184,11 @@ impl Head {
         max_spans: usize,
         max_age: Duration,
         force: bool,
-    ) -> Result<Vec<Arc<Frozen>>, HeadError> {
+    ) -> Result<Vec<Arc<SealedRows>>, HeadError> {
         self.tenants.freeze_due(max_spans, max_age, force, |name, h| {
             h.seal()?;
             let tags = tag_keys_of(&h.sealed, &self.dedicated);
-            let frozen = Arc::new(Frozen {
+            let frozen = Arc::new(SealedRows {
                 id: self.tenants.next_frozen_id(),
                 tenant: name.to_string(),
                 batches: std::mem::take(&mut h.sealed),
@@ -241,7 +211,7 @@ impl Head {
     }
 
     /// Drops frozen data once its block is committed and visible.
-    pub fn release(&self, frozen: &Frozen) {
+    pub fn release(&self, frozen: &SealedRows) {
         self.tenants.release(&frozen.tenant, frozen.id);
     }
 

@@ -276,7 +276,7 @@ fn commit(wal: &mut Wal, metrics: &Metrics, group: &mut Vec<Pending>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::Dedicated;
+    use crate::spanrows::DedicatedColumns;
     use crate::wal::WalConfig;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
@@ -296,7 +296,7 @@ mod tests {
     async fn refuses_while_unflushed_spans_exceed_the_limit_and_recovers_after_flush() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
-        let head = Arc::new(Head::new(Dedicated::default()));
+        let head = Arc::new(Head::new(DedicatedColumns::default()));
         let (writer, thread) =
             Writer::start(wal, head.clone(), Arc::new(Metrics::new()), 1 << 20, 5, None).unwrap();
         let write = |n| writer.write("t".into(), request(n), bytes::Bytes::from_static(b"x"));

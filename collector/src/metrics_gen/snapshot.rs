@@ -16,11 +16,20 @@ use parquet::file::properties::WriterProperties;
 use super::MetricsGenError;
 use crate::promql::labels::Labels;
 
+/// Column names of a snapshot file.
+mod col {
+    /// The label set as a JSON object.
+    pub const LABELS: &str = "labels";
+    /// Sample time, unix milliseconds.
+    pub const TIME: &str = "t";
+    pub const VALUE: &str = "v";
+}
+
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
-        Field::new("labels", DataType::Utf8, false),
-        Field::new("t", DataType::Int64, false),
-        Field::new("v", DataType::Float64, false),
+        Field::new(col::LABELS, DataType::Utf8, false),
+        Field::new(col::TIME, DataType::Int64, false),
+        Field::new(col::VALUE, DataType::Float64, false),
     ]))
 }
 
@@ -99,11 +108,10 @@ pub fn read(path: &Path) -> Result<Vec<(Labels, i64, f64)>, MetricsGenError> {
     let mut cache: std::collections::HashMap<String, Labels> = Default::default();
     for batch in reader {
         let batch = batch?;
-        let col = |i: usize| batch.column(i).clone();
-        let (labels, t, v) = (col(0), col(1), col(2));
-        let labels = labels.as_any().downcast_ref::<StringArray>();
-        let t = t.as_any().downcast_ref::<Int64Array>();
-        let v = v.as_any().downcast_ref::<Float64Array>();
+        let column = |name: &str| batch.column_by_name(name).map(|c| c.as_any());
+        let labels = column(col::LABELS).and_then(|c| c.downcast_ref::<StringArray>());
+        let t = column(col::TIME).and_then(|c| c.downcast_ref::<Int64Array>());
+        let v = column(col::VALUE).and_then(|c| c.downcast_ref::<Float64Array>());
         let (Some(labels), Some(t), Some(v)) = (labels, t, v) else {
             return Err(MetricsGenError::Corrupt(format!(
                 "{}: unexpected columns",

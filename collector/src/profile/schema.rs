@@ -43,10 +43,16 @@ fn dict() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
+/// Fields of an entry of the `labels` column.
+pub mod label_field {
+    pub const KEY: &str = "key";
+    pub const VALUE: &str = "value";
+}
+
 fn label_fields() -> Fields {
     Fields::from(vec![
-        Field::new("key", DataType::Utf8, false),
-        Field::new("value", DataType::Utf8, false),
+        Field::new(label_field::KEY, DataType::Utf8, false),
+        Field::new(label_field::VALUE, DataType::Utf8, false),
     ])
 }
 
@@ -247,8 +253,11 @@ impl<'a> BatchView<'a> {
         let labels =
             prim(col::LABELS)?.as_list_opt::<i32>().ok_or_else(|| bad_schema(col::LABELS))?;
         let entries = labels.values().as_struct_opt().ok_or_else(|| bad_schema(col::LABELS))?;
-        let key_of = |i: usize| {
-            entries.column(i).as_string_opt::<i32>().ok_or_else(|| bad_schema(col::LABELS))
+        let field = |name: &str| {
+            entries
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| bad_schema(col::LABELS))
         };
         Ok(BatchView {
             time: prim(col::TIME)?.as_primitive_opt().ok_or_else(|| bad_schema(col::TIME))?,
@@ -258,8 +267,8 @@ impl<'a> BatchView<'a> {
             span_name: dict_col(b, col::SPAN_NAME)?,
             trace_id: fsb(col::TRACE_ID)?,
             labels,
-            label_keys: key_of(0)?,
-            label_values: key_of(1)?,
+            label_keys: field(label_field::KEY)?,
+            label_values: field(label_field::VALUE)?,
             stack_id: prim(col::STACK_ID)?
                 .as_primitive_opt()
                 .ok_or_else(|| bad_schema(col::STACK_ID))?,

@@ -9,19 +9,16 @@
 //! trace-id bloom filters) to find each call's descendants.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
 use super::compile::trace_id_in;
 use super::critical_path::{TraceSpan, children_index, flatten};
+use super::metrics_eval::quantile;
 use super::operation::{OperationQuery, OperationSpan};
-use super::traceql_metrics::quantile;
+use super::trace::whole_trace_rows;
 use super::{QueryEngine, QueryError};
-use crate::store::block::{align, decode_parents};
-use crate::store::schema::span_schema;
+use crate::spanrows::to_traces_data;
 
 /// Calls read for counts and percentiles (the slowest, if there are more).
 pub const MAX_CALLS: usize = 200_000;
@@ -510,129 +507,109 @@ pub fn call_of(spans: &[TraceSpan], kids: &[Vec<usize>], span_id: [u8; 8]) -> Op
     Some(Call { trace_id: r.trace_id, duration_ns: r.end_ns - r.start_ns, attrs, parts })
 }
 
-impl QueryEngine {
-    /// Spans of several traces from blocks overlapping `range` (unix nanos) and the head.
-    pub async fn spans_of_traces(
-        &self,
-        tenant: &str,
-        ids: &[[u8; 16]],
-        range: (i64, i64),
-    ) -> Result<Vec<TraceSpan>, QueryError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (blocks, head) = self.view(tenant, |b| {
+/// Spans of several traces from blocks overlapping `range` (unix nanos) and the head.
+pub(super) async fn spans_of_traces(
+    engine: &QueryEngine,
+    tenant: &str,
+    ids: &[[u8; 16]],
+    range: (i64, i64),
+) -> Result<Vec<TraceSpan>, QueryError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (batches, dedicated) = whole_trace_rows(
+        engine,
+        tenant,
+        |b| {
             b.meta.max_time >= range.0
                 && b.meta.min_time <= range.1
                 && ids.iter().any(|id| b.bloom.contains(id))
-        })?;
-        let layout = self.store.layout(&blocks);
-        let schema = span_schema(&layout);
-        // Each block is read on its own, in file order, so parent offsets can be resolved
-        // (all rows of a trace pass the filter, so offsets within it stay valid).
-        let per_block = futures::future::try_join_all(
-            blocks.iter().map(|b| self.block_rows(b, schema.clone(), trace_id_in(ids))),
-        )
-        .await?;
-        let mut batches = Vec::new();
-        for rows in per_block {
-            batches.extend(decode_parents(&rows)?);
+        },
+        || trace_id_in(ids),
+    )
+    .await?;
+    Ok(flatten(&to_traces_data(&batches, &dedicated)?))
+}
+
+/// Compares the slow calls of an operation with its normal ones.
+pub(super) async fn compare(
+    engine: &QueryEngine,
+    tenant: &str,
+    req: &CompareRequest,
+) -> Result<Comparison, QueryError> {
+    let started = std::time::Instant::now();
+    let q = OperationQuery {
+        service: req.service.clone(),
+        span_name: req.span_name.clone(),
+        start_ns: req.start_ns,
+        end_ns: req.end_ns,
+        min_duration_ns: None,
+        below_duration_ns: None,
+        limit: MAX_CALLS,
+    };
+    // Slowest first; ties in a fixed order so answers are reproducible.
+    let mut all = engine.operation_spans(tenant, &q).await?;
+    all.sort_by_key(|s| (std::cmp::Reverse(s.duration_ns), s.trace_id, s.span_id));
+    let mut out = Comparison {
+        service: req.service.clone(),
+        span_name: req.span_name.clone(),
+        threshold_ns: req.threshold_ns.unwrap_or(0),
+        ..Default::default()
+    };
+    if all.is_empty() {
+        return Ok(out);
+    }
+    let threshold = match req.threshold_ns {
+        Some(t) => t,
+        None => {
+            let asc: Vec<i64> = all.iter().rev().map(|s| s.duration_ns).collect();
+            quantile(&asc, 0.9).map_or(0, |v| v.round() as i64)
         }
-        if !head.is_empty() {
-            let ctx = SessionContext::new();
-            let mem = Arc::new(MemTable::try_new(head[0].schema(), vec![head])?);
-            for b in ctx.read_table(mem)?.filter(trace_id_in(ids))?.collect().await? {
-                batches.push(align(&b, &schema)?);
-            }
-        }
-        Ok(flatten(&super::trace::to_traces_data(&batches, &layout)?))
+    };
+    out.threshold_ns = threshold;
+    let split = all.partition_point(|s| s.duration_ns >= threshold);
+    let (slow, normal) = all.split_at(split);
+    out.slow = stats(slow);
+    out.normal = stats(normal);
+    out.examples.slow = example_calls(&slow[..slow.len().min(EXAMPLE_CALLS)]);
+    let mid = normal.len() / 2;
+    let from = mid.saturating_sub(EXAMPLE_CALLS / 2);
+    out.examples.normal = example_calls(&normal[from..(from + EXAMPLE_CALLS).min(normal.len())]);
+    if slow.is_empty() || normal.is_empty() {
+        engine.observe("compare", started);
+        return Ok(out);
     }
 
-    /// Compares the slow calls of an operation with its normal ones.
-    pub async fn compare(
-        &self,
-        tenant: &str,
-        req: &CompareRequest,
-    ) -> Result<Comparison, QueryError> {
-        let started = std::time::Instant::now();
-        let q = OperationQuery {
-            service: req.service.clone(),
-            span_name: req.span_name.clone(),
-            start_ns: req.start_ns,
-            end_ns: req.end_ns,
-            min_duration_ns: None,
-            below_duration_ns: None,
-            limit: MAX_CALLS,
-        };
-        // Slowest first; ties in a fixed order so answers are reproducible.
-        let mut all = self.operation_spans(tenant, &q).await?;
-        all.sort_by_key(|s| (std::cmp::Reverse(s.duration_ns), s.trace_id, s.span_id));
-        let mut out = Comparison {
-            service: req.service.clone(),
-            span_name: req.span_name.clone(),
-            threshold_ns: req.threshold_ns.unwrap_or(0),
-            ..Default::default()
-        };
-        if all.is_empty() {
-            return Ok(out);
-        }
-        let threshold = match req.threshold_ns {
-            Some(t) => t,
-            None => {
-                let asc: Vec<i64> = all.iter().rev().map(|s| s.duration_ns).collect();
-                quantile(&asc, 0.9).map_or(0, |v| v.round() as i64)
-            }
-        };
-        out.threshold_ns = threshold;
-        let split = all.partition_point(|s| s.duration_ns >= threshold);
-        let (slow, normal) = all.split_at(split);
-        out.slow = stats(slow);
-        out.normal = stats(normal);
-        out.examples.slow = example_calls(&slow[..slow.len().min(EXAMPLE_CALLS)]);
-        let mid = normal.len() / 2;
-        let from = mid.saturating_sub(EXAMPLE_CALLS / 2);
-        out.examples.normal =
-            example_calls(&normal[from..(from + EXAMPLE_CALLS).min(normal.len())]);
-        if slow.is_empty() || normal.is_empty() {
-            self.observe("compare", started);
-            return Ok(out);
-        }
-
-        let (slow_s, normal_s) = (spread(slow, SAMPLE_PER_SIDE), spread(normal, SAMPLE_PER_SIDE));
-        let ids: Vec<[u8; 16]> = slow_s
+    let (slow_s, normal_s) = (spread(slow, SAMPLE_PER_SIDE), spread(normal, SAMPLE_PER_SIDE));
+    let ids: Vec<[u8; 16]> = slow_s
+        .iter()
+        .chain(normal_s.iter())
+        .map(|s| s.trace_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let range =
+        (req.start_ns.saturating_sub(TRACE_SLACK_NS), req.end_ns.saturating_add(TRACE_SLACK_NS));
+    let spans = engine.spans_of_traces(tenant, &ids, range).await?;
+    let mut by_trace: HashMap<[u8; 16], Vec<TraceSpan>> = HashMap::new();
+    for s in spans {
+        by_trace.entry(s.trace_id).or_default().push(s);
+    }
+    let kids: HashMap<[u8; 16], Vec<Vec<usize>>> =
+        by_trace.iter().map(|(id, spans)| (*id, children_index(spans))).collect();
+    let calls = |sample: &[OperationSpan]| -> Vec<Call> {
+        sample
             .iter()
-            .chain(normal_s.iter())
-            .map(|s| s.trace_id)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let range = (
-            req.start_ns.saturating_sub(TRACE_SLACK_NS),
-            req.end_ns.saturating_add(TRACE_SLACK_NS),
-        );
-        let spans = self.spans_of_traces(tenant, &ids, range).await?;
-        let mut by_trace: HashMap<[u8; 16], Vec<TraceSpan>> = HashMap::new();
-        for s in spans {
-            by_trace.entry(s.trace_id).or_default().push(s);
-        }
-        let kids: HashMap<[u8; 16], Vec<Vec<usize>>> =
-            by_trace.iter().map(|(id, spans)| (*id, children_index(spans))).collect();
-        let calls = |sample: &[OperationSpan]| -> Vec<Call> {
-            sample
-                .iter()
-                .filter_map(|s| {
-                    call_of(by_trace.get(&s.trace_id)?, kids.get(&s.trace_id)?, s.span_id)
-                })
-                .collect()
-        };
-        let (slow_c, normal_c) = (calls(&slow_s), calls(&normal_s));
-        let gap = out.slow.p50_ns - out.normal.p50_ns;
-        out.attributes = attribute_diffs(&slow_c, &normal_c, req.limit);
-        out.children = child_diffs(&slow_c, &normal_c, gap, req.limit);
-        out.services = service_diffs(&slow_c, &normal_c, gap, req.limit);
-        self.observe("compare", started);
-        Ok(out)
-    }
+            .filter_map(|s| call_of(by_trace.get(&s.trace_id)?, kids.get(&s.trace_id)?, s.span_id))
+            .collect()
+    };
+    let (slow_c, normal_c) = (calls(&slow_s), calls(&normal_s));
+    let gap = out.slow.p50_ns - out.normal.p50_ns;
+    out.attributes = attribute_diffs(&slow_c, &normal_c, req.limit);
+    out.children = child_diffs(&slow_c, &normal_c, gap, req.limit);
+    out.services = service_diffs(&slow_c, &normal_c, gap, req.limit);
+    engine.observe("compare", started);
+    Ok(out)
 }
 
 #[cfg(test)]

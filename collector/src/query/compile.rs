@@ -16,11 +16,18 @@ use super::traceql::{
     Attribute, CmpOp, Comparison, FieldExpr, Filter, Intrinsic, KindLit, Literal, Scope, StatusLit,
 };
 use super::udf::{Slot, attr_udf};
-use crate::store::schema::{Dedicated, SERVICE_NAME_KEY, col as c};
+use crate::spanrows::{DedicatedColumns, SERVICE_NAME_KEY, col as c};
 
+// Trace-level columns: merged per-trace summaries (see `tables::trace_summaries`), joined to
+// span rows where a filter needs them.
+pub const T_START: &str = "t_start";
+pub const T_END: &str = "t_end";
 pub const T_ROOT_NAME: &str = "t_root_name";
 pub const T_ROOT_SERVICE: &str = "t_root_service";
+pub const T_SPAN_COUNT: &str = "t_span_count";
 pub const T_DURATION: &str = "t_duration";
+/// The summaries' trace id, renamed for the join.
+pub const T_TRACE_ID: &str = "t_trace_id";
 
 fn binary(l: Expr, op: CmpOp, r: Expr) -> Expr {
     let op = match op {
@@ -54,16 +61,16 @@ pub fn needs_trace(f: &Filter) -> bool {
 }
 
 /// The predicate for a spanset filter; `None` for `{}`.
-pub fn filter_expr(f: &Filter, layout: &Dedicated) -> Result<Option<Expr>, QueryError> {
-    f.expr.as_ref().map(|e| field_expr(e, layout)).transpose()
+pub fn filter_expr(f: &Filter, dedicated: &DedicatedColumns) -> Result<Option<Expr>, QueryError> {
+    f.expr.as_ref().map(|e| field_expr(e, dedicated)).transpose()
 }
 
-fn field_expr(e: &FieldExpr, layout: &Dedicated) -> Result<Expr, QueryError> {
+fn field_expr(e: &FieldExpr, dedicated: &DedicatedColumns) -> Result<Expr, QueryError> {
     Ok(match e {
-        FieldExpr::And(a, b) => field_expr(a, layout)?.and(field_expr(b, layout)?),
-        FieldExpr::Or(a, b) => field_expr(a, layout)?.or(field_expr(b, layout)?),
-        FieldExpr::Not(a) => Expr::Not(Box::new(field_expr(a, layout)?)),
-        FieldExpr::Cmp(cmp) => comparison(cmp, layout)?,
+        FieldExpr::And(a, b) => field_expr(a, dedicated)?.and(field_expr(b, dedicated)?),
+        FieldExpr::Or(a, b) => field_expr(a, dedicated)?.or(field_expr(b, dedicated)?),
+        FieldExpr::Not(a) => Expr::Not(Box::new(field_expr(a, dedicated)?)),
+        FieldExpr::Cmp(cmp) => comparison(cmp, dedicated)?,
     })
 }
 
@@ -96,13 +103,13 @@ fn string_col(name: &str, op: CmpOp) -> Expr {
     }
 }
 
-fn comparison(cmp: &Comparison, layout: &Dedicated) -> Result<Expr, QueryError> {
+fn comparison(cmp: &Comparison, dedicated: &DedicatedColumns) -> Result<Expr, QueryError> {
     let op = cmp.op;
     match &cmp.attr {
         Attribute::Intrinsic(i) => intrinsic(*i, op, &cmp.value),
         Attribute::Scoped { scope, name } => {
-            let span = || scoped(false, name, op, &cmp.value, layout);
-            let res = || scoped(true, name, op, &cmp.value, layout);
+            let span = || scoped(false, name, op, &cmp.value, dedicated);
+            let res = || scoped(true, name, op, &cmp.value, dedicated);
             match scope {
                 Scope::Span => span(),
                 Scope::Resource => res(),
@@ -182,14 +189,19 @@ pub(super) fn attr(slot: Slot, resource: bool, key: &str) -> Expr {
 }
 
 /// The string value of an attribute, looking in its dedicated column first.
-pub(super) fn string_attr(resource: bool, key: &str, layout: &Dedicated, op: CmpOp) -> Expr {
+pub(super) fn string_attr(
+    resource: bool,
+    key: &str,
+    dedicated: &DedicatedColumns,
+    op: CmpOp,
+) -> Expr {
     if resource && key == SERVICE_NAME_KEY {
         return string_col(c::SERVICE, op);
     }
     let dedicated = if resource {
-        layout.resource.iter().any(|k| k == key).then(|| Dedicated::resource_column(key))
+        dedicated.resource.iter().any(|k| k == key).then(|| DedicatedColumns::resource_column(key))
     } else {
-        layout.span.iter().any(|k| k == key).then(|| Dedicated::span_column(key))
+        dedicated.span.iter().any(|k| k == key).then(|| DedicatedColumns::span_column(key))
     };
     match dedicated {
         Some(column) => {
@@ -204,10 +216,10 @@ fn scoped(
     key: &str,
     op: CmpOp,
     v: &Literal,
-    layout: &Dedicated,
+    dedicated: &DedicatedColumns,
 ) -> Result<Expr, QueryError> {
     Ok(match v {
-        Literal::String(_) => binary(string_attr(resource, key, layout, op), op, value(op, v)?),
+        Literal::String(_) => binary(string_attr(resource, key, dedicated, op), op, value(op, v)?),
         _ if matches!(op, CmpOp::Match | CmpOp::NotMatch) => {
             return Err(bad("=~ and !~ need a string"));
         }
@@ -224,7 +236,7 @@ fn scoped(
         )),
         Literal::Bool(b) => binary(attr(Slot::Bool, resource, key), op, lit(*b)),
         Literal::Nil => {
-            let present = string_attr(resource, key, layout, op)
+            let present = string_attr(resource, key, dedicated, op)
                 .is_not_null()
                 .or(attr(Slot::Int, resource, key).is_not_null())
                 .or(attr(Slot::Float, resource, key).is_not_null())

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 
 use super::{QueryEngine, QueryError};
-use crate::store::schema::SERVICE_NAME_KEY;
+use crate::spanrows::SERVICE_NAME_KEY;
 
 /// One span of a trace, flattened out of OTLP nesting, with its attributes as strings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -174,15 +174,13 @@ pub fn critical_path(spans: &[TraceSpan]) -> Vec<PathSpan> {
     out
 }
 
-impl QueryEngine {
-    /// The spans of one trace, flattened; `NotFound` if the trace is unknown.
-    pub async fn trace_spans(
-        &self,
-        tenant: &str,
-        id: [u8; 16],
-    ) -> Result<Vec<TraceSpan>, QueryError> {
-        Ok(flatten(&self.trace_by_id(tenant, id, None).await?))
-    }
+/// The spans of one trace, flattened; `NotFound` if the trace is unknown.
+pub(super) async fn trace_spans(
+    engine: &QueryEngine,
+    tenant: &str,
+    id: [u8; 16],
+) -> Result<Vec<TraceSpan>, QueryError> {
+    Ok(flatten(&engine.trace_by_id(tenant, id, None).await?))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use datafusion::prelude::{col, ident, lit};
 
+use super::tables::span_tables;
 use super::{QueryEngine, QueryError};
-use crate::store::schema::col as c;
+use crate::spanrows::{col as c, column};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperationQuery {
@@ -31,60 +32,58 @@ pub struct OperationSpan {
     pub duration_ns: i64,
 }
 
-impl QueryEngine {
-    /// The operation's spans, slowest first.
-    pub async fn operation_spans(
-        &self,
-        tenant: &str,
-        q: &OperationQuery,
-    ) -> Result<Vec<OperationSpan>, QueryError> {
-        let tables = self.span_tables(tenant, |b| {
-            b.meta.max_time >= q.start_ns && b.meta.min_time <= q.end_ns
-        })?;
-        let mut pred = ident(c::SERVICE)
-            .eq(lit(q.service.as_str()))
-            .and(ident(c::NAME).eq(lit(q.span_name.as_str())))
-            .and(col(c::START).gt_eq(lit(q.start_ns)))
-            .and(col(c::START).lt_eq(lit(q.end_ns)));
-        if let Some(min) = q.min_duration_ns {
-            pred = pred.and(col(c::DURATION).gt_eq(lit(min)));
-        }
-        if let Some(below) = q.below_duration_ns {
-            pred = pred.and(col(c::DURATION).lt(lit(below)));
-        }
-        let df = tables
-            .spans
-            .filter(pred)?
-            .select(vec![
-                ident(c::TRACE_ID).alias(c::TRACE_ID),
-                ident(c::SPAN_ID).alias(c::SPAN_ID),
-                ident(c::START).alias(c::START),
-                ident(c::DURATION).alias(c::DURATION),
-            ])?
-            .sort(vec![col(c::DURATION).sort(false, false)])?
-            .limit(0, Some(q.limit))?;
-        let mut out = Vec::new();
-        for b in df.collect().await? {
-            let (tids, sids) =
-                (b.column(0).as_fixed_size_binary(), b.column(1).as_fixed_size_binary());
-            let start = b.column(2).as_primitive::<Int64Type>();
-            let dur = b.column(3).as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                let (Ok(trace_id), Ok(span_id)) =
-                    (<[u8; 16]>::try_from(tids.value(i)), <[u8; 8]>::try_from(sids.value(i)))
-                else {
-                    continue;
-                };
-                if start.is_valid(i) && dur.is_valid(i) {
-                    out.push(OperationSpan {
-                        trace_id,
-                        span_id,
-                        start_ns: start.value(i),
-                        duration_ns: dur.value(i),
-                    });
-                }
+/// The operation's spans, slowest first.
+pub(super) async fn operation_spans(
+    engine: &QueryEngine,
+    tenant: &str,
+    q: &OperationQuery,
+) -> Result<Vec<OperationSpan>, QueryError> {
+    let tables = span_tables(engine, tenant, |b| {
+        b.meta.max_time >= q.start_ns && b.meta.min_time <= q.end_ns
+    })?;
+    let mut pred = ident(c::SERVICE)
+        .eq(lit(q.service.as_str()))
+        .and(ident(c::NAME).eq(lit(q.span_name.as_str())))
+        .and(col(c::START).gt_eq(lit(q.start_ns)))
+        .and(col(c::START).lt_eq(lit(q.end_ns)));
+    if let Some(min) = q.min_duration_ns {
+        pred = pred.and(col(c::DURATION).gt_eq(lit(min)));
+    }
+    if let Some(below) = q.below_duration_ns {
+        pred = pred.and(col(c::DURATION).lt(lit(below)));
+    }
+    let df = tables
+        .spans
+        .filter(pred)?
+        .select(vec![
+            ident(c::TRACE_ID).alias(c::TRACE_ID),
+            ident(c::SPAN_ID).alias(c::SPAN_ID),
+            ident(c::START).alias(c::START),
+            ident(c::DURATION).alias(c::DURATION),
+        ])?
+        .sort(vec![col(c::DURATION).sort(false, false)])?
+        .limit(0, Some(q.limit))?;
+    let mut out = Vec::new();
+    for b in df.collect().await? {
+        let tids = column(&b, c::TRACE_ID)?.as_fixed_size_binary();
+        let sids = column(&b, c::SPAN_ID)?.as_fixed_size_binary();
+        let start = column(&b, c::START)?.as_primitive::<Int64Type>();
+        let dur = column(&b, c::DURATION)?.as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let (Ok(trace_id), Ok(span_id)) =
+                (<[u8; 16]>::try_from(tids.value(i)), <[u8; 8]>::try_from(sids.value(i)))
+            else {
+                continue;
+            };
+            if start.is_valid(i) && dur.is_valid(i) {
+                out.push(OperationSpan {
+                    trace_id,
+                    span_id,
+                    start_ns: start.value(i),
+                    duration_ns: dur.value(i),
+                });
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }

@@ -15,11 +15,27 @@ use datafusion::functions_aggregate::expr_fn::{count, max, sum};
 use datafusion::prelude::{Expr, cast, col, lit, when};
 use serde::Serialize;
 
-use super::compile::{T_DURATION, filter_expr, needs_trace, trace_id_in};
+use super::compile::{
+    T_DURATION, T_END, T_ROOT_NAME, T_ROOT_SERVICE, T_START, T_TRACE_ID, filter_expr, needs_trace,
+    trace_id_in,
+};
+use super::tables::{span_tables, trace_summaries};
 use super::traceql::{Filter, Query};
 use super::{QueryEngine, QueryError, Tables};
-use crate::store::block::trace_key;
-use crate::store::schema::col as c;
+use crate::spanrows::{col as c, column};
+use crate::store::block::{trace_col, trace_key};
+
+/// Columns of intermediate results, beside span table columns.
+mod out_col {
+    /// Latest start of a trace's matching spans.
+    pub const LAST: &str = "last";
+    pub const COUNT: &str = "n";
+    pub const ERRORS: &str = "errors";
+    /// Service name as UTF-8.
+    pub const SERVICE: &str = "svc";
+    pub const IS_ROOT: &str = "is_root";
+    pub const MATCHED: &str = "matched";
+}
 
 pub struct SearchRequest {
     pub query: Query,
@@ -172,275 +188,271 @@ fn combine(
     }
 }
 
-impl QueryEngine {
-    /// Spans of `tables` that satisfy `f`, with trace summaries joined in when needed.
-    fn filtered(
-        &self,
-        tables: &Tables,
-        f: &Filter,
-        range: Option<(i64, i64)>,
-    ) -> Result<DataFrame, QueryError> {
-        self.filtered_with(tables, f, range, false)
-    }
+/// Spans of `tables` that satisfy `f`, with trace summaries joined in when needed.
+fn filtered(
+    engine: &QueryEngine,
+    tables: &Tables,
+    f: &Filter,
+    range: Option<(i64, i64)>,
+) -> Result<DataFrame, QueryError> {
+    filtered_with(engine, tables, f, range, false)
+}
 
-    /// As [`Self::filtered`]; `with_trace` joins the trace summaries (`t_root_name`,
-    /// `t_root_service`, `t_duration`) even when the filter itself does not need them.
-    pub(super) fn filtered_with(
-        &self,
-        tables: &Tables,
-        f: &Filter,
-        range: Option<(i64, i64)>,
-        with_trace: bool,
-    ) -> Result<DataFrame, QueryError> {
-        let mut df = tables.spans.clone();
-        if let Some((s, e)) = range {
-            df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
-        }
-        if with_trace || needs_trace(f) {
-            let t = self
-                .trace_summaries(tables)?
-                .with_column(T_DURATION, col("t_end") - col("t_start"))?
-                .with_column_renamed("trace_id", "t_trace_id")?;
-            df = df.join(t, JoinType::Inner, &[c::TRACE_ID], &["t_trace_id"], None)?;
-        }
-        if let Some(expr) = filter_expr(f, &tables.layout)? {
-            df = df.filter(expr)?;
-        }
-        Ok(df)
+/// As [`filtered`]; `with_trace` joins the trace summaries (`t_root_name`,
+/// `t_root_service`, `t_duration`) even when the filter itself does not need them.
+pub(super) fn filtered_with(
+    engine: &QueryEngine,
+    tables: &Tables,
+    f: &Filter,
+    range: Option<(i64, i64)>,
+    with_trace: bool,
+) -> Result<DataFrame, QueryError> {
+    let mut df = tables.spans.clone();
+    if let Some((s, e)) = range {
+        df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
     }
+    if with_trace || needs_trace(f) {
+        let t = trace_summaries(engine, tables)?
+            .with_column(T_DURATION, col(T_END) - col(T_START))?
+            .with_column_renamed(trace_col::TRACE_ID, T_TRACE_ID)?;
+        df = df.join(t, JoinType::Inner, &[c::TRACE_ID], &[T_TRACE_ID], None)?;
+    }
+    if let Some(expr) = filter_expr(f, &tables.dedicated)? {
+        df = df.filter(expr)?;
+    }
+    Ok(df)
+}
 
-    async fn phase1(
-        &self,
-        tenant: &str,
-        f: &Filter,
-        range: Option<(i64, i64)>,
-        limit: Option<usize>,
-    ) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
-        let tables = self.span_tables(tenant, |b| {
-            range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
-        })?;
-        let mut df = self.filtered(&tables, f, range)?.aggregate(
-            vec![col(c::TRACE_ID)],
-            vec![
-                max(col(c::START)).alias("last"),
-                cast(count(lit(1u8)), DataType::UInt64).alias("n"),
-            ],
-        )?;
-        if let Some(l) = limit {
-            df = df.sort(vec![col("last").sort(false, false)])?.limit(0, Some(l))?;
+async fn phase1(
+    engine: &QueryEngine,
+    tenant: &str,
+    f: &Filter,
+    range: Option<(i64, i64)>,
+    limit: Option<usize>,
+) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
+    let tables = span_tables(engine, tenant, |b| {
+        range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
+    })?;
+    let mut df = filtered(engine, &tables, f, range)?.aggregate(
+        vec![col(c::TRACE_ID)],
+        vec![
+            max(col(c::START)).alias(out_col::LAST),
+            cast(count(lit(1u8)), DataType::UInt64).alias(out_col::COUNT),
+        ],
+    )?;
+    if let Some(l) = limit {
+        df = df.sort(vec![col(out_col::LAST).sort(false, false)])?.limit(0, Some(l))?;
+    }
+    let mut out = HashMap::new();
+    for b in df.collect().await? {
+        let ids = column(&b, c::TRACE_ID)?.as_fixed_size_binary();
+        let last = column(&b, out_col::LAST)?.as_primitive::<Int64Type>();
+        let n = column(&b, out_col::COUNT)?.as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            out.insert(trace_key(ids, i), Hit { last_start: last.value(i), matched: n.value(i) });
         }
-        let mut out = HashMap::new();
-        for b in df.collect().await? {
-            let ids = b.column(0).as_fixed_size_binary();
-            let last = b.column(1).as_primitive::<Int64Type>();
-            let n = b.column(2).as_primitive::<UInt64Type>();
-            for i in 0..b.num_rows() {
-                out.insert(
-                    trace_key(ids, i),
-                    Hit { last_start: last.value(i), matched: n.value(i) },
+    }
+    Ok(out)
+}
+
+/// Summaries, service stats and matching spans of the chosen traces from one scan of their
+/// spans, each filter evaluated as a boolean column (filters without trace-level fields).
+async fn details_one_scan(
+    tables: &Tables,
+    filters: &[Filter],
+    ids: &[[u8; 16]],
+    meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
+    spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+) -> Result<(), QueryError> {
+    let mut matched: Option<Expr> = None;
+    for f in filters {
+        let e = filter_expr(f, &tables.dedicated)?.unwrap_or_else(|| lit(true));
+        // NULL (missing attribute) means "no match".
+        let e = when(e, lit(true)).otherwise(lit(false))?;
+        matched = Some(match matched {
+            Some(m) => m.or(e),
+            None => e,
+        });
+    }
+    let is_root = col(c::PARENT_SPAN_ID).is_null().and(col(c::PARENT_OFFSET).is_null());
+    let batches = tables
+        .spans
+        .clone()
+        .filter(trace_id_in(ids))?
+        .select(vec![
+            col(c::TRACE_ID),
+            col(c::SPAN_ID),
+            cast(col(c::NAME), DataType::Utf8).alias(c::NAME),
+            col(c::START),
+            col(c::DURATION),
+            cast(col(c::SERVICE), DataType::Utf8).alias(out_col::SERVICE),
+            col(c::STATUS_CODE),
+            is_root.alias(out_col::IS_ROOT),
+            matched.unwrap_or_else(|| lit(true)).alias(out_col::MATCHED),
+        ])?
+        .collect()
+        .await?;
+    let mut bounds: HashMap<[u8; 16], (i64, i64)> = HashMap::new();
+    for b in &batches {
+        let tid = column(b, c::TRACE_ID)?.as_fixed_size_binary();
+        let sids = column(b, c::SPAN_ID)?.as_fixed_size_binary();
+        let names = column(b, c::NAME)?.as_string::<i32>();
+        let start = column(b, c::START)?.as_primitive::<Int64Type>();
+        let dur = column(b, c::DURATION)?.as_primitive::<Int64Type>();
+        let svc = column(b, out_col::SERVICE)?.as_string::<i32>();
+        let status = column(b, c::STATUS_CODE)?.as_primitive::<arrow::datatypes::Int8Type>();
+        let root = column(b, out_col::IS_ROOT)?.as_boolean();
+        let hit = column(b, out_col::MATCHED)?.as_boolean();
+        for i in 0..b.num_rows() {
+            let id = trace_key(tid, i);
+            let m = meta.entry(id).or_default();
+            let s = start.value(i);
+            let e = s.saturating_add(dur.value(i)).max(s);
+            let bound = bounds.entry(id).or_insert((s, e));
+            *bound = (bound.0.min(s), bound.1.max(e));
+            let service = if svc.is_valid(i) { svc.value(i) } else { "" };
+            if root.value(i) {
+                m.root_service_name = service.to_string();
+                m.root_trace_name = names.value(i).to_string();
+            }
+            let st = m.service_stats.entry(service.to_string()).or_default();
+            st.span_count += 1;
+            if status.value(i) == 2 {
+                st.error_count += 1;
+            }
+            if hit.value(i) {
+                let sid = hex::encode(sids.value(i));
+                spans.entry(id).or_default().insert(
+                    (s, sid.clone()),
+                    SearchSpan {
+                        span_id: sid,
+                        name: names.value(i).to_string(),
+                        start_time_unix_nano: s.to_string(),
+                        duration_nanos: dur.value(i).max(0).to_string(),
+                    },
                 );
             }
         }
-        Ok(out)
     }
-
-    /// Summaries, service stats and matching spans of the chosen traces from one scan of their
-    /// spans, each filter evaluated as a boolean column (filters without trace-level fields).
-    async fn details_one_scan(
-        &self,
-        tables: &Tables,
-        filters: &[Filter],
-        ids: &[[u8; 16]],
-        meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
-        spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
-    ) -> Result<(), QueryError> {
-        let mut matched: Option<Expr> = None;
-        for f in filters {
-            let e = filter_expr(f, &tables.layout)?.unwrap_or_else(|| lit(true));
-            // NULL (missing attribute) means "no match".
-            let e = when(e, lit(true)).otherwise(lit(false))?;
-            matched = Some(match matched {
-                Some(m) => m.or(e),
-                None => e,
-            });
+    for (id, (lo, hi)) in bounds {
+        if let Some(m) = meta.get_mut(&id) {
+            m.start_time_unix_nano = lo.to_string();
+            m.duration_ms = u32::try_from((hi - lo) / 1_000_000).unwrap_or(u32::MAX);
         }
-        let is_root = col(c::PARENT_SPAN_ID).is_null().and(col(c::PARENT_OFFSET).is_null());
-        let batches = tables
-            .spans
-            .clone()
-            .filter(trace_id_in(ids))?
-            .select(vec![
-                col(c::TRACE_ID),
-                col(c::SPAN_ID),
-                cast(col(c::NAME), DataType::Utf8).alias("name"),
-                col(c::START),
-                col(c::DURATION),
-                cast(col(c::SERVICE), DataType::Utf8).alias("svc"),
-                col(c::STATUS_CODE),
-                is_root.alias("is_root"),
-                matched.unwrap_or_else(|| lit(true)).alias("matched"),
-            ])?
-            .collect()
-            .await?;
-        let mut bounds: HashMap<[u8; 16], (i64, i64)> = HashMap::new();
-        for b in &batches {
-            let tid = b.column(0).as_fixed_size_binary();
-            let names = b.column(2).as_string::<i32>();
-            let start = b.column(3).as_primitive::<Int64Type>();
-            let dur = b.column(4).as_primitive::<Int64Type>();
-            let svc = b.column(5).as_string::<i32>();
-            let status = b.column(6).as_primitive::<arrow::datatypes::Int8Type>();
-            let root = b.column(7).as_boolean();
-            let hit = b.column(8).as_boolean();
-            for i in 0..b.num_rows() {
-                let id = trace_key(tid, i);
-                let m = meta.entry(id).or_default();
-                let s = start.value(i);
-                let e = s.saturating_add(dur.value(i)).max(s);
-                let bound = bounds.entry(id).or_insert((s, e));
-                *bound = (bound.0.min(s), bound.1.max(e));
-                let service = if svc.is_valid(i) { svc.value(i) } else { "" };
-                if root.value(i) {
-                    m.root_service_name = service.to_string();
-                    m.root_trace_name = names.value(i).to_string();
-                }
-                let st = m.service_stats.entry(service.to_string()).or_default();
-                st.span_count += 1;
-                if status.value(i) == 2 {
-                    st.error_count += 1;
-                }
-                if hit.value(i) {
-                    let sid = hex::encode(b.column(1).as_fixed_size_binary().value(i));
-                    spans.entry(id).or_default().insert(
-                        (s, sid.clone()),
-                        SearchSpan {
-                            span_id: sid,
-                            name: names.value(i).to_string(),
-                            start_time_unix_nano: s.to_string(),
-                            duration_nanos: dur.value(i).max(0).to_string(),
-                        },
-                    );
-                }
-            }
-        }
-        for (id, (lo, hi)) in bounds {
-            if let Some(m) = meta.get_mut(&id) {
-                m.start_time_unix_nano = lo.to_string();
-                m.duration_ms = u32::try_from((hi - lo) / 1_000_000).unwrap_or(u32::MAX);
-            }
-        }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// The same details when filters need trace-level fields (joined summaries).
-    async fn details_joined(
-        &self,
-        tables: &Tables,
-        filters: &[Filter],
-        ids: &[[u8; 16]],
-        meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
-        spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
-    ) -> Result<(), QueryError> {
-        let summaries = self.trace_summaries(tables)?.filter(trace_id_in(ids))?.collect().await?;
-        for b in &summaries {
-            read_summaries(b, meta)?;
-        }
-        let stats = tables
-            .spans
-            .clone()
-            .filter(trace_id_in(ids))?
-            .aggregate(
-                vec![col(c::TRACE_ID), cast(col(c::SERVICE), DataType::Utf8).alias("svc")],
-                vec![
-                    cast(count(lit(1u8)), DataType::UInt64).alias("n"),
-                    cast(
-                        sum(when(col(c::STATUS_CODE).eq(lit(2i8)), lit(1u64))
-                            .otherwise(lit(0u64))?),
-                        DataType::UInt64,
-                    )
-                    .alias("errors"),
-                ],
-            )?
-            .select_columns(&[c::TRACE_ID, "svc", "n", "errors"])?
-            .collect()
-            .await?;
-        for b in &stats {
-            read_service_stats(b, meta)?;
-        }
-        for f in filters {
-            let df = self
-                .filtered(tables, f, None)?
-                .filter(trace_id_in(ids))?
-                .select_columns(&[c::TRACE_ID, c::SPAN_ID, c::NAME, c::START, c::DURATION])?;
-            for b in df.collect().await? {
-                read_spans(&b, spans)?;
-            }
-        }
-        Ok(())
+/// The same details when filters need trace-level fields (joined summaries).
+async fn details_joined(
+    engine: &QueryEngine,
+    tables: &Tables,
+    filters: &[Filter],
+    ids: &[[u8; 16]],
+    meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
+    spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+) -> Result<(), QueryError> {
+    let summaries = trace_summaries(engine, tables)?.filter(trace_id_in(ids))?.collect().await?;
+    for b in &summaries {
+        read_summaries(b, meta)?;
     }
-
-    pub async fn search(
-        &self,
-        tenant: &str,
-        req: SearchRequest,
-    ) -> Result<SearchResponse, QueryError> {
-        let started = std::time::Instant::now();
-        let mut filters = Vec::new();
-        leaves(&req.query, &mut filters);
-        let single = filters.len() == 1;
-        let mut hit_sets = Vec::with_capacity(filters.len());
-        for f in &filters {
-            hit_sets.push(self.phase1(tenant, f, req.range, single.then_some(req.limit)).await?);
-        }
-        let phase1 = started.elapsed();
-        let hits = combine(&req.query, &mut hit_sets.iter());
-        let mut top: Vec<([u8; 16], Hit)> = hits.into_iter().collect();
-        top.sort_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
-        top.truncate(req.limit);
-        let mut resp = SearchResponse::default();
-        if top.is_empty() {
-            self.observe("search", started);
-            return Ok(resp);
-        }
-        let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
-
-        // Phase 2: only blocks that may hold the chosen traces.
-        let tables = self.span_tables(tenant, |b| ids.iter().any(|id| b.bloom.contains(id)))?;
-        let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
-        let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
-        if filters.iter().any(needs_trace) {
-            self.details_joined(&tables, &filters, &ids, &mut meta, &mut spans).await?;
-        } else {
-            self.details_one_scan(&tables, &filters, &ids, &mut meta, &mut spans).await?;
-        }
-        for (id, hit) in &top {
-            let mut m = meta.remove(id).unwrap_or_default();
-            m.trace_id = hex::encode(id);
-            let set = SpanSet {
-                spans: spans
-                    .remove(id)
-                    .map(|s| s.into_values().take(req.spss).collect())
-                    .unwrap_or_default(),
-                matched: u32::try_from(hit.matched).unwrap_or(u32::MAX),
-            };
-            m.span_set = Some(set.clone());
-            m.span_sets = vec![set];
-            resp.traces.push(m);
-        }
-        resp.metrics.inspected_traces = u32::try_from(resp.traces.len()).unwrap_or(u32::MAX);
-        resp.metrics.total_blocks =
-            u32::try_from(self.store.blocks(tenant).len()).unwrap_or(u32::MAX);
-        tracing::debug!(
-            phase1_ms = phase1.as_secs_f64() * 1e3,
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            traces = resp.traces.len(),
-            "search"
-        );
-        resp.metrics.completed_jobs = 1;
-        resp.metrics.total_jobs = 1;
-        self.observe("search", started);
-        Ok(resp)
+    let stats = tables
+        .spans
+        .clone()
+        .filter(trace_id_in(ids))?
+        .aggregate(
+            vec![col(c::TRACE_ID), cast(col(c::SERVICE), DataType::Utf8).alias(out_col::SERVICE)],
+            vec![
+                cast(count(lit(1u8)), DataType::UInt64).alias(out_col::COUNT),
+                cast(
+                    sum(when(col(c::STATUS_CODE).eq(lit(2i8)), lit(1u64)).otherwise(lit(0u64))?),
+                    DataType::UInt64,
+                )
+                .alias(out_col::ERRORS),
+            ],
+        )?
+        .select_columns(&[c::TRACE_ID, out_col::SERVICE, out_col::COUNT, out_col::ERRORS])?
+        .collect()
+        .await?;
+    for b in &stats {
+        read_service_stats(b, meta)?;
     }
+    for f in filters {
+        let df = filtered(engine, tables, f, None)?.filter(trace_id_in(ids))?.select_columns(&[
+            c::TRACE_ID,
+            c::SPAN_ID,
+            c::NAME,
+            c::START,
+            c::DURATION,
+        ])?;
+        for b in df.collect().await? {
+            read_spans(&b, spans)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn search(
+    engine: &QueryEngine,
+    tenant: &str,
+    req: SearchRequest,
+) -> Result<SearchResponse, QueryError> {
+    let started = std::time::Instant::now();
+    let mut filters = Vec::new();
+    leaves(&req.query, &mut filters);
+    let single = filters.len() == 1;
+    let mut hit_sets = Vec::with_capacity(filters.len());
+    for f in &filters {
+        hit_sets.push(phase1(engine, tenant, f, req.range, single.then_some(req.limit)).await?);
+    }
+    let phase1 = started.elapsed();
+    let hits = combine(&req.query, &mut hit_sets.iter());
+    let mut top: Vec<([u8; 16], Hit)> = hits.into_iter().collect();
+    top.sort_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
+    top.truncate(req.limit);
+    let mut resp = SearchResponse::default();
+    if top.is_empty() {
+        engine.observe("search", started);
+        return Ok(resp);
+    }
+    let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
+
+    // Phase 2: only blocks that may hold the chosen traces.
+    let tables = span_tables(engine, tenant, |b| ids.iter().any(|id| b.bloom.contains(id)))?;
+    let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
+    let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
+    if filters.iter().any(needs_trace) {
+        details_joined(engine, &tables, &filters, &ids, &mut meta, &mut spans).await?;
+    } else {
+        details_one_scan(&tables, &filters, &ids, &mut meta, &mut spans).await?;
+    }
+    for (id, hit) in &top {
+        let mut m = meta.remove(id).unwrap_or_default();
+        m.trace_id = hex::encode(id);
+        let set = SpanSet {
+            spans: spans
+                .remove(id)
+                .map(|s| s.into_values().take(req.spss).collect())
+                .unwrap_or_default(),
+            matched: u32::try_from(hit.matched).unwrap_or(u32::MAX),
+        };
+        m.span_set = Some(set.clone());
+        m.span_sets = vec![set];
+        resp.traces.push(m);
+    }
+    resp.metrics.inspected_traces = u32::try_from(resp.traces.len()).unwrap_or(u32::MAX);
+    resp.metrics.total_blocks =
+        u32::try_from(engine.store.blocks(tenant).len()).unwrap_or(u32::MAX);
+    tracing::debug!(
+        phase1_ms = phase1.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        traces = resp.traces.len(),
+        "search"
+    );
+    resp.metrics.completed_jobs = 1;
+    resp.metrics.total_jobs = 1;
+    engine.observe("search", started);
+    Ok(resp)
 }
 
 fn read_summaries(
@@ -449,12 +461,12 @@ fn read_summaries(
 ) -> Result<(), QueryError> {
     let get =
         |n: &str| b.column_by_name(n).ok_or_else(|| QueryError::Internal(format!("missing {n}")));
-    let ids = get("trace_id")?.as_fixed_size_binary();
-    let start = get("t_start")?.as_primitive::<Int64Type>();
-    let end = get("t_end")?.as_primitive::<Int64Type>();
-    let svc = arrow::compute::cast(get("t_root_service")?, &DataType::Utf8)?;
+    let ids = get(trace_col::TRACE_ID)?.as_fixed_size_binary();
+    let start = get(T_START)?.as_primitive::<Int64Type>();
+    let end = get(T_END)?.as_primitive::<Int64Type>();
+    let svc = arrow::compute::cast(get(T_ROOT_SERVICE)?, &DataType::Utf8)?;
     let svc = svc.as_string::<i32>();
-    let name = arrow::compute::cast(get("t_root_name")?, &DataType::Utf8)?;
+    let name = arrow::compute::cast(get(T_ROOT_NAME)?, &DataType::Utf8)?;
     let name = name.as_string::<i32>();
     for i in 0..b.num_rows() {
         let dur_ms = (end.value(i) - start.value(i)).max(0) / 1_000_000;
@@ -484,10 +496,10 @@ fn read_service_stats(
     b: &RecordBatch,
     out: &mut HashMap<[u8; 16], TraceSearchMetadata>,
 ) -> Result<(), QueryError> {
-    let ids = b.column(0).as_fixed_size_binary();
-    let svc = b.column(1).as_string::<i32>();
-    let n = b.column(2).as_primitive::<UInt64Type>();
-    let errors = b.column(3).as_primitive::<UInt64Type>();
+    let ids = column(b, c::TRACE_ID)?.as_fixed_size_binary();
+    let svc = column(b, out_col::SERVICE)?.as_string::<i32>();
+    let n = column(b, out_col::COUNT)?.as_primitive::<UInt64Type>();
+    let errors = column(b, out_col::ERRORS)?.as_primitive::<UInt64Type>();
     for i in 0..b.num_rows() {
         let name = if svc.is_valid(i) { svc.value(i).to_string() } else { String::new() };
         let e = out.entry(trace_key(ids, i)).or_default().service_stats.entry(name).or_default();
@@ -501,12 +513,12 @@ fn read_spans(
     b: &RecordBatch,
     out: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
 ) -> Result<(), QueryError> {
-    let ids = b.column(0).as_fixed_size_binary();
-    let sids = b.column(1).as_fixed_size_binary();
-    let names = arrow::compute::cast(b.column(2), &DataType::Utf8)?;
+    let ids = column(b, c::TRACE_ID)?.as_fixed_size_binary();
+    let sids = column(b, c::SPAN_ID)?.as_fixed_size_binary();
+    let names = arrow::compute::cast(column(b, c::NAME)?, &DataType::Utf8)?;
     let names = names.as_string::<i32>();
-    let start = b.column(3).as_primitive::<Int64Type>();
-    let dur = b.column(4).as_primitive::<Int64Type>();
+    let start = column(b, c::START)?.as_primitive::<Int64Type>();
+    let dur = column(b, c::DURATION)?.as_primitive::<Int64Type>();
     for i in 0..b.num_rows() {
         let sid = hex::encode(sids.value(i));
         out.entry(trace_key(ids, i)).or_default().insert(

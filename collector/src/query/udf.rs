@@ -18,6 +18,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use crate::spanrows::{attr_field, decode_resource};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
     Str,
@@ -37,10 +39,10 @@ impl Slot {
     }
     fn field(self) -> &'static str {
         match self {
-            Slot::Str => "str",
-            Slot::Int => "int",
-            Slot::Float => "dbl",
-            Slot::Bool => "bool",
+            Slot::Str => attr_field::STR,
+            Slot::Int => attr_field::INT,
+            Slot::Float => attr_field::DBL,
+            Slot::Bool => attr_field::BOOL,
         }
     }
     fn data_type(self) -> DataType {
@@ -76,7 +78,7 @@ fn exec_err(msg: String) -> DataFusionError {
 fn matching_rows(list: &ListArray, key: &str) -> Result<Vec<Option<usize>>> {
     let entries: &StructArray = list.values().as_struct();
     let keys = entries
-        .column_by_name("key")
+        .column_by_name(attr_field::KEY)
         .ok_or_else(|| exec_err("attribute list without key".into()))?;
     let mut out = vec![None; list.len()];
     let is_key: Box<dyn Fn(usize) -> bool> = match keys.data_type() {
@@ -119,7 +121,7 @@ impl AttrLookup {
             .ok_or_else(|| exec_err(format!("{}: resource values must be binary", self.name())))?;
         let values: Vec<Option<Value>> = (0..blobs.len())
             .map(|i| {
-                crate::store::schema::decode_resource(blobs.value(i))
+                decode_resource(blobs.value(i))
                     .into_iter()
                     .filter(|kv| kv.key == key)
                     .find_map(|kv| kv.value.and_then(|v| v.value))

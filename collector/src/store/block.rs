@@ -20,8 +20,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::StoreError;
 use super::bloom::Bloom;
-use super::schema::{Dedicated, col, span_schema};
-use crate::head::TagKeys;
+use crate::spanrows::{DedicatedColumns, TagKeys, col, span_schema};
 
 pub const META_FILE: &str = "meta.json";
 pub const SPANS_FILE: &str = "spans.parquet";
@@ -44,7 +43,7 @@ pub struct BlockMeta {
     pub wal_seq: u64,
     #[serde(default)]
     pub compacted_from: Vec<String>,
-    pub dedicated: Dedicated,
+    pub dedicated: DedicatedColumns,
     pub tags: TagKeys,
     pub created_unix: i64,
 }
@@ -61,16 +60,27 @@ impl BlockMeta {
     }
 }
 
+/// Column names of `traces.parquet` (one row per trace of the block).
+pub mod trace_col {
+    pub const TRACE_ID: &str = "trace_id";
+    pub const START: &str = "start_time";
+    pub const END: &str = "end_time";
+    pub const ROOT_SERVICE: &str = "root_service";
+    pub const ROOT_NAME: &str = "root_name";
+    pub const SPAN_COUNT: &str = "span_count";
+    pub const ERROR_COUNT: &str = "error_count";
+}
+
 /// Schema of `traces.parquet`.
 pub fn traces_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
-        Field::new("start_time", DataType::Int64, false),
-        Field::new("end_time", DataType::Int64, false),
-        Field::new("root_service", DataType::Utf8, true),
-        Field::new("root_name", DataType::Utf8, true),
-        Field::new("span_count", DataType::UInt32, false),
-        Field::new("error_count", DataType::UInt32, false),
+        Field::new(trace_col::TRACE_ID, DataType::FixedSizeBinary(16), false),
+        Field::new(trace_col::START, DataType::Int64, false),
+        Field::new(trace_col::END, DataType::Int64, false),
+        Field::new(trace_col::ROOT_SERVICE, DataType::Utf8, true),
+        Field::new(trace_col::ROOT_NAME, DataType::Utf8, true),
+        Field::new(trace_col::SPAN_COUNT, DataType::UInt32, false),
+        Field::new(trace_col::ERROR_COUNT, DataType::UInt32, false),
     ]))
 }
 
@@ -180,8 +190,8 @@ fn traces_props() -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_column_dictionary_enabled(ColumnPath::from("trace_id"), false);
-    for c in ["start_time", "end_time"] {
+        .set_column_dictionary_enabled(ColumnPath::from(trace_col::TRACE_ID), false);
+    for c in [trace_col::START, trace_col::END] {
         b = b
             .set_column_dictionary_enabled(ColumnPath::from(c), false)
             .set_column_encoding(ColumnPath::from(c), Encoding::BYTE_STREAM_SPLIT);
@@ -220,7 +230,7 @@ pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Sto
 /// rows are gathered straight from the input batches, so the data is copied once.
 pub fn sort_spans(
     batches: &[RecordBatch],
-    dedicated: &Dedicated,
+    dedicated: &DedicatedColumns,
 ) -> Result<RecordBatch, StoreError> {
     let schema = span_schema(dedicated);
     let aligned = batches.iter().map(|b| align(b, &schema)).collect::<Result<Vec<_>, _>>()?;
@@ -322,7 +332,10 @@ pub fn summarize(sorted: &RecordBatch) -> Result<RecordBatch, StoreError> {
 
 /// Bloom filter over the trace ids of summary batches.
 fn bloom_of(traces: &RecordBatch) -> Bloom {
-    let ids = traces.column(0).as_fixed_size_binary();
+    let Some(ids) = traces.column_by_name(trace_col::TRACE_ID) else {
+        return Bloom::with_capacity(0);
+    };
+    let ids = ids.as_fixed_size_binary();
     let mut bloom = Bloom::with_capacity(ids.len());
     for i in 0..ids.len() {
         bloom.insert(&trace_key(ids, i));
@@ -335,7 +348,7 @@ pub struct NewBlock<'a> {
     pub tenant: &'a str,
     /// Rows for `write_block`; unused by `commit_block`.
     pub batches: &'a [RecordBatch],
-    pub dedicated: &'a Dedicated,
+    pub dedicated: &'a DedicatedColumns,
     pub wal_seq: u64,
     pub tags: TagKeys,
     pub compacted_from: Vec<String>,
@@ -352,7 +365,7 @@ pub struct Prepared {
 /// Sorts and encodes head batches into a block's span file.
 pub fn prepare_block(
     batches: &[RecordBatch],
-    dedicated: &Dedicated,
+    dedicated: &DedicatedColumns,
 ) -> Result<Prepared, StoreError> {
     let sorted = sort_spans(batches, dedicated)?;
     let traces = summarize(&sorted)?;
@@ -377,7 +390,7 @@ pub struct BlockWriter {
 }
 
 impl BlockWriter {
-    pub fn new(dedicated: &Dedicated) -> Result<Self, StoreError> {
+    pub fn new(dedicated: &DedicatedColumns) -> Result<Self, StoreError> {
         let writer = ArrowWriter::try_new(
             Vec::with_capacity(1 << 20),
             span_schema(dedicated),
@@ -439,10 +452,9 @@ pub async fn commit_block(
 }
 
 fn time_range(traces: &RecordBatch) -> (i64, i64) {
-    let s = traces.column(1).as_primitive::<Int64Type>();
-    let e = traces.column(2).as_primitive::<Int64Type>();
-    let lo = arrow::compute::min(s).unwrap_or(0);
-    let hi = arrow::compute::max(e).unwrap_or(0);
+    let times = |name: &str| traces.column_by_name(name).map(|c| c.as_primitive::<Int64Type>());
+    let lo = times(trace_col::START).and_then(arrow::compute::min).unwrap_or(0);
+    let hi = times(trace_col::END).and_then(arrow::compute::max).unwrap_or(0);
     (lo, hi)
 }
 
@@ -458,7 +470,7 @@ pub fn trace_key(col: &FixedSizeBinaryArray, i: usize) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::SpanBatchBuilder;
+    use crate::spanrows::SpanBatchBuilder;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn span(trace: u8, id: u8, parent: Option<u8>, start: u64) -> Span {
@@ -474,7 +486,7 @@ mod tests {
 
     #[test]
     fn parent_offsets_round_trip_including_parents_outside_the_block() {
-        let mut b = SpanBatchBuilder::new(&Dedicated::default());
+        let mut b = SpanBatchBuilder::new(&DedicatedColumns::default());
         let spans = vec![
             span(1, 10, None, 100),
             span(2, 20, Some(99), 50), // parent in another block
@@ -487,7 +499,7 @@ mod tests {
             ..Default::default()
         };
         b.append_resource_spans(&rs, |_| {});
-        let sorted = sort_spans(&[b.finish().unwrap()], &Dedicated::default()).unwrap();
+        let sorted = sort_spans(&[b.finish().unwrap()], &DedicatedColumns::default()).unwrap();
         let encoded = encode_parents(&sorted).unwrap();
         let ids = encoded.column_by_name(col::PARENT_SPAN_ID).unwrap();
         assert_eq!(ids.null_count(), 4, "only the outside parent keeps its id");

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 
 use super::StoreError;
 use super::block::{BlockWriter, align, decode_parents, trace_key};
-use super::schema::col;
+use crate::spanrows::col;
 
 /// Rows per output chunk (rounded up to the next trace boundary).
 pub const CHUNK_ROWS: usize = 64 * 1024;
@@ -83,9 +83,10 @@ struct Head {
 }
 
 fn key(b: &RecordBatch, row: usize) -> ([u8; 16], i64) {
-    let tid = b.column(0).as_fixed_size_binary();
+    // Batches are aligned to the span schema, so both columns exist.
+    let tid = b.column_by_name(col::TRACE_ID).map(|c| trace_key(c.as_fixed_size_binary(), row));
     let start = b.column_by_name(col::START).map(|c| c.as_primitive::<Int64Type>().value(row));
-    (trace_key(tid, row), start.unwrap_or(0))
+    (tid.unwrap_or_default(), start.unwrap_or(0))
 }
 
 /// Merges the span files `inputs` (each sorted) into `out`, streaming. CPU-bound: run it on a
@@ -168,11 +169,12 @@ fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::TagKeys;
+    use crate::spanrows::{DedicatedColumns, SpanBatchBuilder, TagKeys, span_schema};
     use crate::store::Block;
-    use crate::store::block::{NewBlock, SPANS_FILE, TRACES_FILE, commit_block, write_block};
+    use crate::store::block::{
+        NewBlock, SPANS_FILE, TRACES_FILE, commit_block, trace_col, write_block,
+    };
     use crate::store::bloom::Bloom;
-    use crate::store::schema::{Dedicated, SpanBatchBuilder, span_schema};
     use object_store::{ObjectStore, ObjectStoreExt};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use std::sync::Arc;
@@ -207,7 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> =
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        let ded = Dedicated::default();
+        let ded = DedicatedColumns::default();
         let mut blocks = Vec::new();
         let mut expected = Vec::new();
         // Overlapping trace ids across blocks: traces are split between inputs.
@@ -268,7 +270,8 @@ mod tests {
         let counts: u64 = traces
             .iter()
             .map(|b| {
-                arrow::compute::sum(b.column(5).as_primitive::<arrow::datatypes::UInt32Type>())
+                let counts = b.column_by_name(trace_col::SPAN_COUNT).unwrap();
+                arrow::compute::sum(counts.as_primitive::<arrow::datatypes::UInt32Type>())
                     .unwrap_or(0) as u64
             })
             .sum();

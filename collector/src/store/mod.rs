@@ -6,7 +6,6 @@ pub mod block;
 pub mod bloom;
 pub mod catalog;
 pub mod compact;
-pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +16,11 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::head::{Frozen, TagKeys};
 use crate::metrics::Metrics;
+use crate::spanrows::{DedicatedColumns, SealedRows, TagKeys};
 use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
 use bloom::Bloom;
 use catalog::{Catalog, CatalogEntry};
-use schema::Dedicated;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,7 +103,7 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
 
 pub struct Store {
     pub object_store: Arc<dyn ObjectStore>,
-    dedicated: Dedicated,
+    dedicated: DedicatedColumns,
     catalog: Catalog<Block>,
     metrics: Arc<Metrics>,
 }
@@ -115,7 +113,7 @@ impl Store {
     /// without meta) and inputs of committed compactions are deleted.
     pub async fn open(
         object_store: Arc<dyn ObjectStore>,
-        dedicated: Dedicated,
+        dedicated: DedicatedColumns,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
         let store = Store { object_store, dedicated, catalog: Catalog::default(), metrics };
@@ -192,7 +190,7 @@ impl Store {
         self.metrics.block_bytes.set(bytes as i64);
     }
 
-    pub fn dedicated(&self) -> &Dedicated {
+    pub fn dedicated(&self) -> &DedicatedColumns {
         &self.dedicated
     }
 
@@ -223,8 +221,8 @@ impl Store {
         tags
     }
 
-    /// Dedicated-column layout covering the configuration and every block of `blocks`.
-    pub fn layout(&self, blocks: &[Arc<Block>]) -> Dedicated {
+    /// Dedicated columns covering the configuration and every block of `blocks`.
+    pub fn dedicated_columns(&self, blocks: &[Arc<Block>]) -> DedicatedColumns {
         blocks.iter().fold(self.dedicated.clone(), |acc, b| acc.union(&b.meta.dedicated))
     }
 
@@ -234,7 +232,7 @@ impl Store {
     /// [`view`]: Store::view
     pub async fn flush(
         &self,
-        frozen: &Frozen,
+        frozen: &SealedRows,
         on_publish: impl FnOnce(),
     ) -> Result<Arc<Block>, StoreError> {
         let timer = std::time::Instant::now();
@@ -310,15 +308,20 @@ impl Store {
         for b in &inputs {
             tags.extend(&b.meta.tags);
         }
-        let layout = self.layout(&inputs);
+        let dedicated = self.dedicated_columns(&inputs);
         let mut files = Vec::with_capacity(inputs.len());
         for b in &inputs {
             files.push(self.object_store.get(&b.meta.file(SPANS_FILE)).await?.bytes().await?);
         }
-        let l = layout.clone();
+        let l = dedicated.clone();
         let prepared = blocking(move || {
             let mut writer = block::BlockWriter::new(&l)?;
-            compact::merge_into(files, schema::span_schema(&l), &mut writer, compact::CHUNK_ROWS)?;
+            compact::merge_into(
+                files,
+                crate::spanrows::span_schema(&l),
+                &mut writer,
+                compact::CHUNK_ROWS,
+            )?;
             writer.finish()
         })
         .await?;
@@ -327,7 +330,7 @@ impl Store {
             NewBlock {
                 tenant,
                 batches: &[],
-                dedicated: &layout,
+                dedicated: &dedicated,
                 wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
                 tags,
                 compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),

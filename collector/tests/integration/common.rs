@@ -190,11 +190,12 @@ pub async fn store_and_head(
     std::sync::Arc<skein_collector::head::Head>,
     std::sync::Arc<skein_collector::metrics::Metrics>,
 ) {
-    use skein_collector::store::{Store, open_object_store, schema::Dedicated};
+    use skein_collector::spanrows::DedicatedColumns;
+    use skein_collector::store::{Store, open_object_store};
     use std::sync::Arc;
     let cfg = config(dir, |_| {});
     let metrics = Arc::new(skein_collector::metrics::Metrics::new());
-    let dedicated = Dedicated { span: vec!["http.route".into()], resource: vec![] };
+    let dedicated = DedicatedColumns { span: vec!["http.route".into()], resource: vec![] };
     let store = Arc::new(
         Store::open(open_object_store(&cfg.storage).unwrap(), dedicated.clone(), metrics.clone())
             .await

@@ -9,7 +9,7 @@ use prost::Message;
 use skein_collector::head::Head;
 use skein_collector::metrics::Metrics;
 use skein_collector::query::{QueryEngine, QueryError};
-use skein_collector::store::schema::Dedicated;
+use skein_collector::spanrows::DedicatedColumns;
 use skein_collector::store::{Store, open_object_store};
 use skein_collector::wal::{Wal, WalConfig};
 
@@ -60,11 +60,14 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
         let (mut wal, _) = Wal::open(WalConfig::new(cfg.data_dir.join("wal"))).unwrap();
         let seq = wal.append_batch(&[(T, &req.encode_to_vec())]).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let store =
-            Store::open(open_object_store(&cfg.storage).unwrap(), Dedicated::default(), metrics)
-                .await
-                .unwrap();
-        let head = Head::new(Dedicated::default());
+        let store = Store::open(
+            open_object_store(&cfg.storage).unwrap(),
+            DedicatedColumns::default(),
+            metrics,
+        )
+        .await
+        .unwrap();
+        let head = Head::new(DedicatedColumns::default());
         head.apply(seq, T, &req).unwrap();
         for f in head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap() {
             store.flush(&f, || {}).await.unwrap();
@@ -94,13 +97,13 @@ async fn offline_store_with_memory(
     let store = Arc::new(
         Store::open(
             open_object_store(&cfg.storage).unwrap(),
-            Dedicated::default(),
+            DedicatedColumns::default(),
             metrics.clone(),
         )
         .await
         .unwrap(),
     );
-    let head = Arc::new(Head::new(Dedicated::default()));
+    let head = Arc::new(Head::new(DedicatedColumns::default()));
     let engine = QueryEngine::new(store.clone(), head.clone(), metrics, memory).unwrap();
     (store, head, engine)
 }

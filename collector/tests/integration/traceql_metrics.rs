@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use crate::common::*;
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-use skein_collector::query::traceql::{self, MetricsQuery};
-use skein_collector::query::traceql_metrics::{
+use skein_collector::query::metrics_eval::{
     Grid, LabelValue, MetricsRequest, QueryInstantResponse, QueryRangeResponse, log2_bucket,
     quantile,
 };
+use skein_collector::query::traceql::{self, MetricsQuery};
 use skein_collector::query::{QueryEngine, QueryError};
 
 const T: &str = "single-tenant";
@@ -93,12 +93,12 @@ async fn range(e: &QueryEngine, query: &str, grid: Grid) -> QueryRangeResponse {
     e.traceql_metrics(T, &req).await.unwrap()
 }
 
-fn label(s: &skein_collector::query::traceql_metrics::TimeSeries, key: &str) -> LabelValue {
+fn label(s: &skein_collector::query::metrics_eval::TimeSeries, key: &str) -> LabelValue {
     s.labels.iter().find(|kv| kv.key == key).unwrap().value.clone()
 }
 
 /// Sample values by bucket timestamp (ms).
-fn samples(s: &skein_collector::query::traceql_metrics::TimeSeries) -> BTreeMap<i64, f64> {
+fn samples(s: &skein_collector::query::metrics_eval::TimeSeries) -> BTreeMap<i64, f64> {
     s.samples.iter().map(|x| (x.timestamp_ms.parse().unwrap(), x.value)).collect()
 }
 

@@ -42,7 +42,7 @@ use serde_json::Value;
 use super::{NativeError, params, range_ns};
 use crate::api::AppState;
 use crate::query::QueryError;
-use crate::store::schema::col as c;
+use crate::spanrows::col as c;
 
 /// Rows returned at most.
 pub const MAX_ROWS: usize = 10_000;

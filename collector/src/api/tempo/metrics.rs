@@ -14,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use super::super::{AppState, tenant};
 use super::json_body;
 use crate::query::QueryError;
-use crate::query::traceql::{self, parse_duration};
-use crate::query::traceql_metrics::{
+use crate::query::metrics_eval::{
     DEFAULT_EXEMPLARS, Grid, MAX_EXEMPLARS, MetricsRequest, QueryInstantResponse,
     QueryRangeResponse,
 };
+use crate::query::traceql::{self, parse_duration};
 
 type Params = QueryParams<HashMap<String, String>>;
 

@@ -18,7 +18,7 @@
 mod ast;
 mod duration;
 mod lexer;
-mod metrics;
+mod metrics_parser;
 mod parser;
 
 #[cfg(test)]
@@ -30,12 +30,12 @@ pub use ast::{
     StatusLit,
 };
 pub use duration::parse_duration;
-pub use metrics::{MetricsFunction, MetricsQuery};
+pub use metrics_parser::{MetricsFunction, MetricsQuery};
 
 /// Parses a TraceQL metrics query: a spanset query followed by a metrics pipeline such as
 /// `| rate() by(resource.service.name)` (see [`metrics`] for the supported functions).
 pub fn parse_metrics(input: &str) -> Result<MetricsQuery, ParseError> {
-    metrics::parse_metrics_query(input)
+    metrics_parser::parse_metrics_query(input)
 }
 
 /// Parses a TraceQL query (see the module docs for the supported subset).

@@ -1,182 +1,23 @@
-//! Arrow schema of the span table and the builder that turns OTLP spans into rows.
-//!
-//! One row per span. Ids are fixed-size binary, times are i64 nanoseconds (delta-friendly),
-//! names and services are dictionary-encoded. Attributes are a typed generic list
-//! `List<Struct{key, str, int, dbl, bool, raw}>` with exactly one value slot set (`raw` holds
-//! arrays, kvlists and bytes as an encoded OTLP `AnyValue`). A few configurable string
-//! attributes get dedicated columns named `span.<key>` / `resource.<key>`; `service.name` is
-//! always the `service_name` column.
-//! Resource attributes (other than `service.name` and dedicated ones) are one encoded OTLP
-//! `Resource` per span in a `Dictionary(Int32, Binary)` column: a batch holds each distinct
-//! resource once, a span only a 4-byte key, and predicates run once per distinct resource.
+//! OTLP → Arrow: the builder that turns OTLP spans into span rows (see [`super::schema`]).
 
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, Int8Builder,
-    Int64Builder, ListArray, RecordBatch, StringBuilder, StringDictionaryBuilder, StructArray,
-    UInt32Builder,
+    ArrayRef, BinaryBuilder, BinaryDictionaryBuilder, BooleanBuilder, FixedSizeBinaryBuilder,
+    Float64Builder, Int8Builder, Int32Builder, Int64Builder, ListArray, RecordBatch, StringBuilder,
+    StringDictionaryBuilder, StructArray, UInt32Builder,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields, Int32Type, SchemaRef};
 use arrow::error::ArrowError;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 use prost::Message;
 
-/// Column names, shared by the writer, the query compiler and the trace reader.
-pub mod col {
-    pub const TRACE_ID: &str = "trace_id";
-    pub const SPAN_ID: &str = "span_id";
-    pub const PARENT_SPAN_ID: &str = "parent_span_id";
-    /// In blocks: distance (row - parent row) to the parent within the block's sorted rows;
-    /// `parent_span_id` is then NULL. Always NULL in the head.
-    pub const PARENT_OFFSET: &str = "parent_offset";
-    pub const TRACE_STATE: &str = "trace_state";
-    pub const FLAGS: &str = "flags";
-    pub const NAME: &str = "name";
-    pub const KIND: &str = "kind";
-    pub const START: &str = "start_time";
-    pub const DURATION: &str = "duration";
-    pub const STATUS_CODE: &str = "status_code";
-    pub const STATUS_MESSAGE: &str = "status_message";
-    pub const SERVICE: &str = "service_name";
-    pub const SCOPE_NAME: &str = "scope_name";
-    pub const SCOPE_VERSION: &str = "scope_version";
-    pub const SCOPE_ATTRS: &str = "scope_attrs";
-    pub const SCOPE_SCHEMA_URL: &str = "scope_schema_url";
-    pub const RESOURCE_SCHEMA_URL: &str = "resource_schema_url";
-    pub const RESOURCE_ATTRS: &str = "resource_attrs";
-    pub const SPAN_ATTRS: &str = "span_attrs";
-    pub const EVENTS: &str = "events";
-    pub const LINKS: &str = "links";
-    pub const DROPPED_ATTRS: &str = "dropped_attrs";
-    pub const DROPPED_EVENTS: &str = "dropped_events";
-    pub const DROPPED_LINKS: &str = "dropped_links";
-}
-
-pub const SERVICE_NAME_KEY: &str = "service.name";
-
-/// Which attributes get their own column; part of every block's metadata.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Dedicated {
-    pub span: Vec<String>,
-    pub resource: Vec<String>,
-}
-
-impl Dedicated {
-    pub fn span_column(key: &str) -> String {
-        format!("span.{key}")
-    }
-    pub fn resource_column(key: &str) -> String {
-        format!("resource.{key}")
-    }
-    /// Union of two layouts, keeping order (used to build one table schema over many blocks).
-    pub fn union(&self, other: &Dedicated) -> Dedicated {
-        let mut out = self.clone();
-        for k in &other.span {
-            if !out.span.contains(k) {
-                out.span.push(k.clone());
-            }
-        }
-        for k in &other.resource {
-            if !out.resource.contains(k) {
-                out.resource.push(k.clone());
-            }
-        }
-        out
-    }
-}
-
-fn dict_utf8() -> DataType {
-    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
-}
-
-pub fn attr_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("key", dict_utf8(), false),
-        Field::new("str", DataType::Utf8, true),
-        Field::new("int", DataType::Int64, true),
-        Field::new("dbl", DataType::Float64, true),
-        Field::new("bool", DataType::Boolean, true),
-        Field::new("raw", DataType::Binary, true),
-    ])
-}
-
-/// Encoded OTLP `Resource` (generic attributes only), dictionary-encoded.
-pub fn resource_type() -> DataType {
-    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary))
-}
-
-pub fn attr_list_type() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::Struct(attr_fields()), false)))
-}
-
-fn event_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("time", DataType::Int64, false),
-        Field::new("name", DataType::Utf8, false),
-        Field::new("attrs", attr_list_type(), false),
-        Field::new("dropped_attrs", DataType::UInt32, false),
-    ])
-}
-
-fn link_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("trace_id", DataType::Binary, false),
-        Field::new("span_id", DataType::Binary, false),
-        Field::new("trace_state", DataType::Utf8, true),
-        Field::new("attrs", attr_list_type(), false),
-        Field::new("dropped_attrs", DataType::UInt32, false),
-        Field::new("flags", DataType::UInt32, false),
-    ])
-}
-
-/// The span table schema for a dedicated-column layout.
-pub fn span_schema(dedicated: &Dedicated) -> SchemaRef {
-    let mut fields = vec![
-        Field::new(col::TRACE_ID, DataType::FixedSizeBinary(16), false),
-        Field::new(col::SPAN_ID, DataType::FixedSizeBinary(8), false),
-        Field::new(col::PARENT_SPAN_ID, DataType::FixedSizeBinary(8), true),
-        Field::new(col::PARENT_OFFSET, DataType::Int32, true),
-        Field::new(col::TRACE_STATE, DataType::Utf8, true),
-        Field::new(col::FLAGS, DataType::UInt32, false),
-        Field::new(col::NAME, dict_utf8(), false),
-        Field::new(col::KIND, DataType::Int8, false),
-        Field::new(col::START, DataType::Int64, false),
-        Field::new(col::DURATION, DataType::Int64, false),
-        Field::new(col::STATUS_CODE, DataType::Int8, false),
-        Field::new(col::STATUS_MESSAGE, DataType::Utf8, true),
-        Field::new(col::SERVICE, dict_utf8(), true),
-        Field::new(col::SCOPE_NAME, dict_utf8(), true),
-        Field::new(col::SCOPE_VERSION, dict_utf8(), true),
-        Field::new(col::SCOPE_ATTRS, attr_list_type(), false),
-        Field::new(col::SCOPE_SCHEMA_URL, dict_utf8(), true),
-        Field::new(col::RESOURCE_SCHEMA_URL, dict_utf8(), true),
-        Field::new(col::RESOURCE_ATTRS, resource_type(), false),
-        Field::new(col::SPAN_ATTRS, attr_list_type(), false),
-        Field::new(
-            col::EVENTS,
-            DataType::List(Arc::new(Field::new("item", DataType::Struct(event_fields()), false))),
-            false,
-        ),
-        Field::new(
-            col::LINKS,
-            DataType::List(Arc::new(Field::new("item", DataType::Struct(link_fields()), false))),
-            false,
-        ),
-        Field::new(col::DROPPED_ATTRS, DataType::UInt32, false),
-        Field::new(col::DROPPED_EVENTS, DataType::UInt32, false),
-        Field::new(col::DROPPED_LINKS, DataType::UInt32, false),
-    ];
-    for k in &dedicated.span {
-        fields.push(Field::new(Dedicated::span_column(k), dict_utf8(), true));
-    }
-    for k in &dedicated.resource {
-        fields.push(Field::new(Dedicated::resource_column(k), dict_utf8(), true));
-    }
-    Arc::new(Schema::new(fields))
-}
+use super::schema::{
+    DedicatedColumns, SERVICE_NAME_KEY, attr_fields, event_fields, link_fields, span_schema,
+};
 
 /// The one typed slot an attribute value occupies.
 #[derive(Default)]
@@ -289,11 +130,11 @@ fn list_of(
 /// Accumulates spans as Arrow rows. Not thread-safe; the head owns one per tenant.
 pub struct SpanBatchBuilder {
     schema: SchemaRef,
-    dedicated: Dedicated,
+    dedicated: DedicatedColumns,
     trace_id: FixedSizeBinaryBuilder,
     span_id: FixedSizeBinaryBuilder,
     parent: FixedSizeBinaryBuilder,
-    parent_offset: arrow::array::Int32Builder,
+    parent_offset: Int32Builder,
     trace_state: StringBuilder,
     flags: UInt32Builder,
     name: StringDictionaryBuilder<Int32Type>,
@@ -308,7 +149,7 @@ pub struct SpanBatchBuilder {
     scope_attrs: AttrListBuilder,
     scope_schema_url: StringDictionaryBuilder<Int32Type>,
     resource_schema_url: StringDictionaryBuilder<Int32Type>,
-    res_attrs: arrow::array::BinaryDictionaryBuilder<Int32Type>,
+    res_attrs: BinaryDictionaryBuilder<Int32Type>,
     span_attrs: AttrListBuilder,
     events: EventListBuilder,
     links: LinkListBuilder,
@@ -339,14 +180,14 @@ pub struct RowInfo {
 }
 
 impl SpanBatchBuilder {
-    pub fn new(dedicated: &Dedicated) -> Self {
+    pub fn new(dedicated: &DedicatedColumns) -> Self {
         SpanBatchBuilder {
             schema: span_schema(dedicated),
             dedicated: dedicated.clone(),
             trace_id: FixedSizeBinaryBuilder::new(16),
             span_id: FixedSizeBinaryBuilder::new(8),
             parent: FixedSizeBinaryBuilder::new(8),
-            parent_offset: arrow::array::Int32Builder::new(),
+            parent_offset: Int32Builder::new(),
             trace_state: StringBuilder::new(),
             flags: UInt32Builder::new(),
             name: StringDictionaryBuilder::new(),
@@ -361,7 +202,7 @@ impl SpanBatchBuilder {
             scope_attrs: AttrListBuilder::new(),
             scope_schema_url: StringDictionaryBuilder::new(),
             resource_schema_url: StringDictionaryBuilder::new(),
-            res_attrs: arrow::array::BinaryDictionaryBuilder::new(),
+            res_attrs: BinaryDictionaryBuilder::new(),
             span_attrs: AttrListBuilder::new(),
             events: EventListBuilder {
                 offsets: vec![0],
@@ -417,7 +258,7 @@ impl SpanBatchBuilder {
             }
             generic.push(kv);
         }
-        let resource_blob = opentelemetry_proto::tonic::resource::v1::Resource {
+        let resource_blob = Resource {
             attributes: generic.iter().map(|kv| (*kv).clone()).collect(),
             dropped_attributes_count: rs
                 .resource
@@ -629,7 +470,7 @@ impl SpanBatchBuilder {
     }
 }
 
-fn string_value(kv: &KeyValue) -> Option<&str> {
+pub(super) fn string_value(kv: &KeyValue) -> Option<&str> {
     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => Some(s.as_str()),
         _ => None,
@@ -646,64 +487,4 @@ fn fixed<const N: usize>(b: &[u8]) -> [u8; N] {
 /// OTLP times are u64 nanoseconds; i64 covers them until 2262.
 pub fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Attribute keys present in span batches, read from the key dictionaries (already distinct)
-/// and the dedicated columns, so ingest does no per-span bookkeeping for autocomplete.
-pub fn tag_keys_of(batches: &[RecordBatch], dedicated: &Dedicated) -> crate::head::TagKeys {
-    use arrow::array::{Array, AsArray};
-    let mut tags = crate::head::TagKeys::default();
-    let keys_in = |b: &RecordBatch, column: &str, out: &mut std::collections::BTreeSet<String>| {
-        let Some(list) = b.column_by_name(column).and_then(|c| c.as_list_opt::<i32>()) else {
-            return;
-        };
-        let Some(keys) = list.values().as_struct().column_by_name("key") else { return };
-        if let Some(dict) = keys.as_dictionary_opt::<Int32Type>() {
-            let values = dict.values().as_string::<i32>();
-            // A dictionary may keep values no row uses only after slicing; those are still keys
-            // of this head, so listing them is harmless.
-            for i in 0..values.len() {
-                if !out.contains(values.value(i)) {
-                    out.insert(values.value(i).to_string());
-                }
-            }
-        }
-    };
-    for b in batches {
-        if let Some(dict) =
-            b.column_by_name(col::RESOURCE_ATTRS).and_then(|c| c.as_dictionary_opt::<Int32Type>())
-        {
-            let blobs = dict.values().as_binary::<i32>();
-            for i in 0..blobs.len() {
-                for kv in decode_resource(blobs.value(i)) {
-                    if !tags.resource.contains(&kv.key) {
-                        tags.resource.insert(kv.key);
-                    }
-                }
-            }
-        }
-        keys_in(b, col::SPAN_ATTRS, &mut tags.span);
-        let present = |name: &str| b.column_by_name(name).is_some_and(|c| c.null_count() < c.len());
-        if present(col::SERVICE) {
-            tags.resource.insert(SERVICE_NAME_KEY.to_string());
-        }
-        for k in &dedicated.span {
-            if present(&Dedicated::span_column(k)) {
-                tags.span.insert(k.clone());
-            }
-        }
-        for k in &dedicated.resource {
-            if present(&Dedicated::resource_column(k)) {
-                tags.resource.insert(k.clone());
-            }
-        }
-    }
-    tags
-}
-
-/// Attributes of an encoded resource (see [`resource_type`]); undecodable bytes give none.
-pub fn decode_resource(blob: &[u8]) -> Vec<KeyValue> {
-    opentelemetry_proto::tonic::resource::v1::Resource::decode(blob)
-        .map(|r| r.attributes)
-        .unwrap_or_default()
 }

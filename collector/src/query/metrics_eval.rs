@@ -19,11 +19,12 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::compile::{T_DURATION, T_ROOT_NAME, T_ROOT_SERVICE, attr, string_attr};
-use super::search::SearchMetrics;
+use super::search::{SearchMetrics, filtered_with};
+use super::tables::span_tables;
 use super::traceql::{Attribute, CmpOp, Intrinsic, MetricsFunction, MetricsQuery, Query, Scope};
 use super::udf::Slot;
 use super::{QueryEngine, QueryError};
-use crate::store::schema::{Dedicated, col as c};
+use crate::spanrows::{DedicatedColumns, col as c, column};
 
 /// Tempo's (and Prometheus') cap on points per series.
 pub const MAX_INTERVALS: i64 = 11_000;
@@ -221,7 +222,10 @@ enum KeyColumns {
 }
 
 /// Group-by expressions of one `by()` attribute (aliased `k{i}_{j}`).
-fn key_exprs(a: &Attribute, layout: &Dedicated) -> Result<(Vec<Expr>, KeyColumns), QueryError> {
+fn key_exprs(
+    a: &Attribute,
+    dedicated: &DedicatedColumns,
+) -> Result<(Vec<Expr>, KeyColumns), QueryError> {
     let code_name = |column: &str, names: &[(i8, &str)]| -> Result<Expr, QueryError> {
         let mut w = when(col(column).eq(lit(names[0].0)), lit(names[0].1));
         for (code, name) in &names[1..] {
@@ -273,7 +277,7 @@ fn key_exprs(a: &Attribute, layout: &Dedicated) -> Result<(Vec<Expr>, KeyColumns
             };
             (
                 vec![
-                    pick(&|r| string_attr(r, name, layout, CmpOp::Match)),
+                    pick(&|r| string_attr(r, name, dedicated, CmpOp::Match)),
                     pick(&|r| attr(Slot::Int, r, name)),
                     pick(&|r| attr(Slot::Float, r, name)),
                     pick(&|r| attr(Slot::Bool, r, name)),
@@ -364,76 +368,89 @@ impl Building {
     }
 }
 
-impl QueryEngine {
-    pub async fn traceql_metrics(
-        &self,
-        tenant: &str,
-        req: &MetricsRequest,
-    ) -> Result<QueryRangeResponse, QueryError> {
-        let started = std::time::Instant::now();
-        let Query::Filter(filter) = &req.query.spans else {
-            return Err(bad(
-                "unsupported: metrics over spansets combined with && or ||; use a single { } filter",
-            ));
-        };
-        let grid = req.grid;
-        let (start, end) = (grid.start, grid.end());
-        let tables =
-            self.span_tables(tenant, |b| b.meta.max_time >= start && b.meta.min_time < end)?;
-        let with_trace = req.query.by.iter().any(needs_trace);
-        let df = self.filtered_with(&tables, filter, Some((start, end - 1)), with_trace)?;
+pub(super) async fn traceql_metrics(
+    engine: &QueryEngine,
+    tenant: &str,
+    req: &MetricsRequest,
+) -> Result<QueryRangeResponse, QueryError> {
+    let started = std::time::Instant::now();
+    let Query::Filter(filter) = &req.query.spans else {
+        return Err(bad(
+            "unsupported: metrics over spansets combined with && or ||; use a single { } filter",
+        ));
+    };
+    let grid = req.grid;
+    let (start, end) = (grid.start, grid.end());
+    let tables =
+        span_tables(engine, tenant, |b| b.meta.max_time >= start && b.meta.min_time < end)?;
+    let with_trace = req.query.by.iter().any(needs_trace);
+    let df = filtered_with(engine, &tables, filter, Some((start, end - 1)), with_trace)?;
 
-        let mut group = Vec::new();
-        let mut kinds = Vec::new();
-        let mut widths = Vec::new();
-        for (i, a) in req.query.by.iter().enumerate() {
-            let (exprs, kind) = key_exprs(a, &tables.layout)?;
-            widths.push(exprs.len());
-            for (j, e) in exprs.into_iter().enumerate() {
-                group.push(e.alias(format!("k{i}_{j}")));
-            }
-            kinds.push(kind);
+    let mut group = Vec::new();
+    let mut kinds = Vec::new();
+    let mut widths = Vec::new();
+    for (i, a) in req.query.by.iter().enumerate() {
+        let (exprs, kind) = key_exprs(a, &tables.dedicated)?;
+        widths.push(exprs.len());
+        for (j, e) in exprs.into_iter().enumerate() {
+            group.push(e.alias(out_col::key(i, j)));
         }
-        group.push(((col(c::START) - lit(start)) / lit(grid.step)).alias("bucket"));
-        let slowest = || vec![col(c::DURATION).sort(false, false)];
-        let mut aggs = vec![
-            cast(count(lit(1u8)), DataType::Int64).alias("n"),
-            first_value(col(c::TRACE_ID), slowest()).alias("ex_trace"),
-            first_value(col(c::START), slowest()).alias("ex_start"),
-            first_value(col(c::DURATION), slowest()).alias("ex_duration"),
-        ];
-        let raw = matches!(
-            req.query.function,
-            MetricsFunction::QuantileOverTime(_) | MetricsFunction::HistogramOverTime
-        );
-        if raw {
-            aggs.push(array_agg(col(c::DURATION)).alias("durations"));
-        }
-        let batches = df.aggregate(group, aggs)?.collect().await?;
+        kinds.push(kind);
+    }
+    group.push(((col(c::START) - lit(start)) / lit(grid.step)).alias(out_col::BUCKET));
+    let slowest = || vec![col(c::DURATION).sort(false, false)];
+    let mut aggs = vec![
+        cast(count(lit(1u8)), DataType::Int64).alias(out_col::COUNT),
+        first_value(col(c::TRACE_ID), slowest()).alias(out_col::EX_TRACE),
+        first_value(col(c::START), slowest()).alias(out_col::EX_START),
+        first_value(col(c::DURATION), slowest()).alias(out_col::EX_DURATION),
+    ];
+    let raw = matches!(
+        req.query.function,
+        MetricsFunction::QuantileOverTime(_) | MetricsFunction::HistogramOverTime
+    );
+    if raw {
+        aggs.push(array_agg(col(c::DURATION)).alias(out_col::DURATIONS));
+    }
+    let batches = df.aggregate(group, aggs)?.collect().await?;
 
-        // Series key: the by() values in order (`None` = attribute missing).
-        let mut groups: BTreeMap<String, (Vec<Option<LabelValue>>, Vec<Group>)> = BTreeMap::new();
-        for b in &batches {
-            read_groups(b, &kinds, &widths, &grid, raw, &mut groups)?;
-        }
-        let mut series = Vec::new();
-        for (keys, gs) in groups.into_values() {
-            let labels: Vec<KeyValue> = req
-                .query
-                .by
-                .iter()
-                .zip(keys)
-                .map(|(a, v)| KeyValue { key: a.tag_name(), value: v.unwrap_or_else(nil) })
-                .collect();
-            series.extend(build_series(&req.query.function, labels, gs, &grid));
-        }
-        let mut out = QueryRangeResponse {
-            series: series.into_iter().map(|s| finish(s, &grid, req.exemplars)).collect(),
-            metrics: SearchMetrics::default(),
-        };
-        out.metrics.total_blocks = u32::try_from(tables.blocks.len()).unwrap_or(u32::MAX);
-        self.observe("traceql_metrics", started);
-        Ok(out)
+    // Series key: the by() values in order (`None` = attribute missing).
+    let mut groups: BTreeMap<String, (Vec<Option<LabelValue>>, Vec<Group>)> = BTreeMap::new();
+    for b in &batches {
+        read_groups(b, &kinds, &widths, &grid, raw, &mut groups)?;
+    }
+    let mut series = Vec::new();
+    for (keys, gs) in groups.into_values() {
+        let labels: Vec<KeyValue> = req
+            .query
+            .by
+            .iter()
+            .zip(keys)
+            .map(|(a, v)| KeyValue { key: a.tag_name(), value: v.unwrap_or_else(nil) })
+            .collect();
+        series.extend(build_series(&req.query.function, labels, gs, &grid));
+    }
+    let mut out = QueryRangeResponse {
+        series: series.into_iter().map(|s| finish(s, &grid, req.exemplars)).collect(),
+        metrics: SearchMetrics::default(),
+    };
+    out.metrics.total_blocks = u32::try_from(tables.blocks.len()).unwrap_or(u32::MAX);
+    engine.observe("traceql_metrics", started);
+    Ok(out)
+}
+
+/// Columns of the aggregation's output.
+mod out_col {
+    pub const BUCKET: &str = "bucket";
+    pub const COUNT: &str = "n";
+    pub const EX_TRACE: &str = "ex_trace";
+    pub const EX_START: &str = "ex_start";
+    pub const EX_DURATION: &str = "ex_duration";
+    pub const DURATIONS: &str = "durations";
+
+    /// Column `j` of `by()` attribute `i`.
+    pub fn key(i: usize, j: usize) -> String {
+        format!("k{i}_{j}")
     }
 }
 
@@ -445,26 +462,17 @@ fn read_groups(
     raw: bool,
     groups: &mut BTreeMap<String, (Vec<Option<LabelValue>>, Vec<Group>)>,
 ) -> Result<(), QueryError> {
-    let key_cols: usize = widths.iter().sum();
-    let col_at = |i: usize| {
-        b.columns().get(i).cloned().ok_or_else(|| QueryError::Internal("missing column".into()))
-    };
-    let bucket = col_at(key_cols)?;
-    let bucket = bucket.as_primitive::<Int64Type>();
-    let n = col_at(key_cols + 1)?;
-    let n = n.as_primitive::<Int64Type>();
-    let ex_trace = col_at(key_cols + 2)?;
-    let ex_trace = ex_trace.as_fixed_size_binary();
-    let ex_start = col_at(key_cols + 3)?;
-    let ex_start = ex_start.as_primitive::<Int64Type>();
-    let ex_dur = col_at(key_cols + 4)?;
-    let ex_dur = ex_dur.as_primitive::<Int64Type>();
-    let durations = if raw { Some(col_at(key_cols + 5)?) } else { None };
-    let mut offset = 0;
+    let bucket = column(b, out_col::BUCKET)?.as_primitive::<Int64Type>();
+    let n = column(b, out_col::COUNT)?.as_primitive::<Int64Type>();
+    let ex_trace = column(b, out_col::EX_TRACE)?.as_fixed_size_binary();
+    let ex_start = column(b, out_col::EX_START)?.as_primitive::<Int64Type>();
+    let ex_dur = column(b, out_col::EX_DURATION)?.as_primitive::<Int64Type>();
+    let durations = if raw { Some(column(b, out_col::DURATIONS)?.clone()) } else { None };
     let mut per_key: Vec<Vec<ArrayRef>> = Vec::new();
-    for w in widths {
-        per_key.push((offset..offset + w).map(|i| b.column(i).clone()).collect());
-        offset += w;
+    for (i, w) in widths.iter().enumerate() {
+        per_key.push(
+            (0..*w).map(|j| column(b, &out_col::key(i, j)).cloned()).collect::<Result<_, _>>()?,
+        );
     }
     for row in 0..b.num_rows() {
         let Some(interval) =
