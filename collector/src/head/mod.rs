@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
 use crate::store::schema::{Dedicated, SpanBatchBuilder, tag_keys_of};
-use tenants::{TenantPart, Tenants};
+use tenants::{TenantFlushState, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
@@ -42,9 +42,10 @@ impl TagKeys {
     }
 }
 
-/// Data of one tenant frozen for flushing.
+/// Spans of one tenant frozen for flushing: still visible to queries until their block is
+/// committed and the part is released.
 #[derive(Debug)]
-pub struct Frozen {
+pub struct FrozenSpans {
     pub id: u64,
     pub tenant: String,
     pub batches: Vec<RecordBatch>,
@@ -60,7 +61,7 @@ pub struct Frozen {
 struct TenantHead {
     builder: SpanBatchBuilder,
     sealed: Vec<RecordBatch>,
-    frozen: Vec<Arc<Frozen>>,
+    frozen: Vec<Arc<FrozenSpans>>,
     spans: usize,
     bytes: usize,
     min_time: i64,
@@ -96,7 +97,7 @@ impl TenantHead {
     }
 }
 
-impl TenantPart for TenantHead {
+impl TenantFlushState for TenantHead {
     fn first_unflushed_seq(&self) -> u64 {
         self.frozen.iter().map(|f| f.min_seq).fold(self.min_seq, u64::min)
     }
@@ -119,15 +120,16 @@ pub struct HeadStats {
     pub tenants: u64,
 }
 
-pub struct Head {
+/// The span head: every tenant's recent spans, in WAL sequence order.
+pub struct SpanHead {
     dedicated: Dedicated,
     /// Counts spans as the rows not yet in a committed block.
     tenants: Tenants<TenantHead>,
 }
 
-impl Head {
+impl SpanHead {
     pub fn new(dedicated: Dedicated) -> Self {
-        Head { dedicated, tenants: Tenants::default() }
+        SpanHead { dedicated, tenants: Tenants::default() }
     }
 
     pub fn dedicated(&self) -> &Dedicated {
@@ -214,11 +216,11 @@ impl Head {
         max_spans: usize,
         max_age: Duration,
         force: bool,
-    ) -> Result<Vec<Arc<Frozen>>, HeadError> {
+    ) -> Result<Vec<Arc<FrozenSpans>>, HeadError> {
         self.tenants.freeze_due(max_spans, max_age, force, |name, h| {
             h.seal()?;
             let tags = tag_keys_of(&h.sealed, &self.dedicated);
-            let frozen = Arc::new(Frozen {
+            let frozen = Arc::new(FrozenSpans {
                 id: self.tenants.next_frozen_id(),
                 tenant: name.to_string(),
                 batches: std::mem::take(&mut h.sealed),
@@ -241,7 +243,7 @@ impl Head {
     }
 
     /// Drops frozen data once its block is committed and visible.
-    pub fn release(&self, frozen: &Frozen) {
+    pub fn release(&self, frozen: &FrozenSpans) {
         self.tenants.release(&frozen.tenant, frozen.id);
     }
 

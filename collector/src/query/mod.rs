@@ -32,7 +32,7 @@ use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::head::Head;
+use crate::head::SpanHead;
 use crate::metrics::Metrics;
 use crate::store::block::{SPANS_FILE, TRACES_FILE, align, traces_schema};
 use crate::store::schema::{Dedicated, span_schema};
@@ -84,7 +84,7 @@ impl From<crate::head::HeadError> for QueryError {
 
 pub struct QueryEngine {
     pub store: Arc<Store>,
-    pub head: Arc<Head>,
+    pub head: Arc<SpanHead>,
     pub metrics: Arc<Metrics>,
     runtime: Arc<RuntimeEnv>,
 }
@@ -103,7 +103,7 @@ pub struct Tables {
 impl QueryEngine {
     pub fn new(
         store: Arc<Store>,
-        head: Arc<Head>,
+        head: Arc<SpanHead>,
         metrics: Arc<Metrics>,
         memory_bytes: usize,
     ) -> Result<Self, QueryError> {
