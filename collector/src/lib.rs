@@ -1,8 +1,9 @@
 //! skein collector: durable OTLP ingest → columnar span store → Tempo-compatible queries, and
 //! profile push → columnar profile store → Pyroscope-compatible queries.
 //!
-//! Data flows one way: `ingest` → `wal` → `head` → `store` (blocks) → `query` → `api`; profiles
-//! take the same path inside `profile` (its own WAL and head, blocks beside the span blocks).
+//! Data flows one way: `ingest` → `traces` (the write path: `wal` → `head` → `store` blocks) →
+//! `query` → `api`; profiles take the same path inside `profile` (its own WAL and head, blocks
+//! beside the span blocks). `serve` only wires the subsystems together.
 //! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
 
@@ -20,4 +21,5 @@ pub mod promql;
 pub mod query;
 pub mod serve;
 pub mod store;
+pub mod traces;
 pub mod wal;
