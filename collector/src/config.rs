@@ -11,6 +11,12 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::alert::rules::Group;
+use crate::metrics_gen::GeneratorConfig;
+use crate::profile::ProfileConfig;
+use crate::spanrows::DedicatedColumns;
+use crate::wal::{FsyncPolicy, WalConfig};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -113,35 +119,98 @@ pub struct ServeArgs {
     pub metrics_scrape_interval: Option<String>,
 }
 
-/// Resolved configuration.
+/// Resolved configuration, built once from [`ServeArgs`]: one section per subsystem, each
+/// handed to that subsystem as it is. Sections named `*Section` are settings only this module
+/// defines; the others are the subsystems' own config types.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Directory of the WALs and the span-metrics history (and, by default, the blocks).
     pub data_dir: PathBuf,
-    pub storage: String,
-    pub otlp_grpc_addr: SocketAddr,
-    pub otlp_http_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    pub listen: ListenSection,
+    pub ingest: IngestSection,
+    /// The span WAL.
+    pub wal: WalConfig,
+    pub head: HeadSection,
+    pub store: StoreSection,
+    pub query: QuerySection,
+    pub span_metrics: GeneratorConfig,
+    pub alerting: AlertingSection,
+    pub profiles: ProfileConfig,
+}
+
+/// The three listeners.
+#[derive(Debug, Clone)]
+pub struct ListenSection {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    /// Query APIs, web UI and /metrics.
+    pub http: SocketAddr,
+}
+
+/// What OTLP ingest admits.
+#[derive(Debug, Clone)]
+pub struct IngestSection {
+    /// Largest request after decompression (profile pushes too).
+    pub max_body_bytes: usize,
+    /// Bytes of accepted-but-not-yet-durable exports before ingest answers 429 / UNAVAILABLE.
+    pub max_inflight_bytes: usize,
+}
+
+/// When the span head is flushed, and how much unflushed data it may hold.
+#[derive(Debug, Clone)]
+pub struct HeadSection {
+    /// Flush a tenant's head after this many spans ...
+    pub max_spans: usize,
+    /// ... or at the latest after this age.
+    pub max_age: Duration,
+    /// Writes are refused while this many spans are not yet in blocks.
+    pub max_unflushed_spans: usize,
+}
+
+/// Span block storage.
+#[derive(Debug, Clone)]
+pub struct StoreSection {
+    /// `file://` or `s3://` URL of the object store (profile blocks live there too).
+    pub url: String,
+    /// Attributes stored in columns of their own.
+    pub dedicated: DedicatedColumns,
+    /// Blocks smaller than half of this are compacted together, up to this size.
+    pub block_target_spans: usize,
+    /// How long blocks (and span-metrics history) are kept.
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuerySection {
+    /// Memory one query may hold.
+    pub memory_bytes: usize,
+}
+
+/// Rules and where their alerts go. Becomes an [`crate::alert::AlertingConfig`] at start, once
+/// the HTTP address (the default external URL) is bound.
+#[derive(Debug, Clone)]
+pub struct AlertingSection {
+    /// The rule file or directory, as given.
     pub rules: Option<PathBuf>,
+    /// Its rules, parsed (and checked) here once.
+    pub groups: Vec<Group>,
     pub alertmanager_urls: Vec<String>,
-    pub alert_webhook_url: Option<String>,
-    pub alert_resend_delay: Duration,
+    pub webhook_url: Option<String>,
+    pub resend_delay: Duration,
     /// None: derived from the bound HTTP address at start.
     pub external_url: Option<String>,
     pub external_labels: BTreeMap<String, String>,
-    pub retention: Duration,
-    pub max_body_bytes: usize,
-    pub max_inflight_bytes: usize,
-    pub fsync: FsyncMode,
-    pub head_max_spans: usize,
-    pub head_max_age: Duration,
-    pub block_target_spans: usize,
-    pub query_memory_bytes: usize,
-    pub dedicated_span_attributes: Vec<String>,
-    pub dedicated_resource_attributes: Vec<String>,
-    pub spanmetrics_buckets: Vec<f64>,
-    pub spanmetrics_dimensions: Vec<String>,
-    pub servicegraph_wait: Duration,
-    pub metrics_scrape_interval: Duration,
+}
+
+impl FsyncMode {
+    /// The WAL policy this mode stands for.
+    pub fn policy(self) -> FsyncPolicy {
+        match self {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_secs(1)),
+            FsyncMode::Never => FsyncPolicy::Never,
+        }
+    }
 }
 
 /// At most this many dedicated columns per scope: each one widens every block.
@@ -204,17 +273,18 @@ impl ServeArgs {
                 message: "empty attribute name".into(),
             });
         }
-        if let Some(rules) = &a.rules
-            && let Err(errors) = crate::alert::rules::load(rules)
-        {
-            let more = match errors.len() {
-                1 => String::new(),
-                n => format!(" (and {} more; see skein rules check)", n - 1),
-            };
-            let first =
-                errors.first().map(|e| e.to_string().replace('\n', " ")).unwrap_or_default();
-            return Err(ConfigError::Invalid { key: "rules", message: format!("{first}{more}") });
-        }
+        let groups = match &a.rules {
+            Some(rules) => crate::alert::rules::load(rules).map_err(|errors| {
+                let more = match errors.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more; see skein rules check)", n - 1),
+                };
+                let first =
+                    errors.first().map(|e| e.to_string().replace('\n', " ")).unwrap_or_default();
+                ConfigError::Invalid { key: "rules", message: format!("{first}{more}") }
+            })?,
+            None => Vec::new(),
+        };
         let alertmanager_urls: Vec<String> = a
             .alertmanager_url
             .as_deref()
@@ -247,44 +317,87 @@ impl ServeArgs {
                 }
             }
         }
+        let retention = duration("retention", a.retention.as_deref(), "336h")?;
+        let max_body_bytes = positive("max-body-bytes", a.max_body_bytes, 16 << 20)?;
+        let query_memory_bytes = positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?;
+        let fsync = a.fsync.unwrap_or(FsyncMode::Always).policy();
+        let max_spans = positive("head-max-spans", a.head_max_spans, 100_000)?;
+        let head = HeadSection {
+            max_spans,
+            max_age: duration("head-max-age", a.head_max_age.as_deref(), "60s")?,
+            // Back-pressure once unflushed spans reach a few heads' worth (at least 100k
+            // spans, ~45 MB): bounds memory when block writing cannot keep up with ingest.
+            max_unflushed_spans: max_spans.saturating_mul(4).max(100_000),
+        };
         let cfg = Config {
+            listen: ListenSection {
+                otlp_grpc: addr("otlp-grpc-addr", a.otlp_grpc_addr, "127.0.0.1:4317")?,
+                otlp_http: addr("otlp-http-addr", a.otlp_http_addr, "127.0.0.1:4318")?,
+                http: addr("http-addr", a.http_addr, "127.0.0.1:3200")?,
+            },
+            ingest: IngestSection {
+                max_body_bytes,
+                max_inflight_bytes: positive(
+                    "max-inflight-bytes",
+                    a.max_inflight_bytes,
+                    256 << 20,
+                )?,
+            },
+            wal: WalConfig {
+                dir: data_dir.join("wal"),
+                fsync,
+                segment_bytes: crate::wal::DEFAULT_SEGMENT_BYTES,
+            },
+            store: StoreSection {
+                url: storage,
+                dedicated: DedicatedColumns {
+                    span: dedicated_span_attributes,
+                    resource: dedicated_resource_attributes,
+                },
+                block_target_spans: positive(
+                    "block-target-spans",
+                    a.block_target_spans,
+                    2_000_000,
+                )?,
+                retention,
+            },
+            query: QuerySection { memory_bytes: query_memory_bytes },
+            span_metrics: GeneratorConfig {
+                buckets: spanmetrics_buckets,
+                dimensions: spanmetrics_dimensions,
+                wait: duration("servicegraph-wait", a.servicegraph_wait.as_deref(), "10s")?,
+                interval: duration(
+                    "metrics-scrape-interval",
+                    a.metrics_scrape_interval.as_deref(),
+                    "15s",
+                )?,
+                retention,
+                dir: data_dir.join("spanmetrics"),
+            },
+            alerting: AlertingSection {
+                rules: a.rules,
+                groups,
+                alertmanager_urls,
+                webhook_url: a.alert_webhook_url,
+                resend_delay: duration(
+                    "alert-resend-delay",
+                    a.alert_resend_delay.as_deref(),
+                    "1m",
+                )?,
+                external_url: a.external_url.map(|u| u.trim_end_matches('/').to_string()),
+                external_labels,
+            },
+            profiles: ProfileConfig {
+                wal_dir: data_dir.join("profiles-wal"),
+                fsync,
+                max_body_bytes,
+                query_memory_bytes,
+                head_max_age: head.max_age,
+                head_max_samples: head.max_spans,
+                retention,
+            },
+            head,
             data_dir,
-            storage,
-            otlp_grpc_addr: addr("otlp-grpc-addr", a.otlp_grpc_addr, "127.0.0.1:4317")?,
-            otlp_http_addr: addr("otlp-http-addr", a.otlp_http_addr, "127.0.0.1:4318")?,
-            http_addr: addr("http-addr", a.http_addr, "127.0.0.1:3200")?,
-            rules: a.rules,
-            alertmanager_urls,
-            alert_webhook_url: a.alert_webhook_url,
-            alert_resend_delay: duration(
-                "alert-resend-delay",
-                a.alert_resend_delay.as_deref(),
-                "1m",
-            )?,
-            external_url: a.external_url.map(|u| u.trim_end_matches('/').to_string()),
-            external_labels,
-            retention: duration("retention", a.retention.as_deref(), "336h")?,
-            max_body_bytes: positive("max-body-bytes", a.max_body_bytes, 16 << 20)?,
-            max_inflight_bytes: positive("max-inflight-bytes", a.max_inflight_bytes, 256 << 20)?,
-            fsync: a.fsync.unwrap_or(FsyncMode::Always),
-            head_max_spans: positive("head-max-spans", a.head_max_spans, 100_000)?,
-            head_max_age: duration("head-max-age", a.head_max_age.as_deref(), "60s")?,
-            block_target_spans: positive("block-target-spans", a.block_target_spans, 2_000_000)?,
-            query_memory_bytes: positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?,
-            dedicated_span_attributes,
-            dedicated_resource_attributes,
-            spanmetrics_buckets,
-            spanmetrics_dimensions,
-            servicegraph_wait: duration(
-                "servicegraph-wait",
-                a.servicegraph_wait.as_deref(),
-                "10s",
-            )?,
-            metrics_scrape_interval: duration(
-                "metrics-scrape-interval",
-                a.metrics_scrape_interval.as_deref(),
-                "15s",
-            )?,
         };
         Ok(cfg)
     }
@@ -393,13 +506,13 @@ mod tests {
     #[test]
     fn defaults_match_design_contract() {
         let cfg = ServeArgs::default().resolve().unwrap();
-        assert_eq!(cfg.otlp_grpc_addr.to_string(), "127.0.0.1:4317");
-        assert_eq!(cfg.otlp_http_addr.to_string(), "127.0.0.1:4318");
-        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:3200");
-        assert_eq!(cfg.retention, Duration::from_secs(336 * 3600));
-        assert_eq!(cfg.max_body_bytes, 16 << 20);
-        assert!(cfg.storage.starts_with("file:///"));
-        assert!(cfg.storage.ends_with("skein-data/blocks"));
+        assert_eq!(cfg.listen.otlp_grpc.to_string(), "127.0.0.1:4317");
+        assert_eq!(cfg.listen.otlp_http.to_string(), "127.0.0.1:4318");
+        assert_eq!(cfg.listen.http.to_string(), "127.0.0.1:3200");
+        assert_eq!(cfg.store.retention, Duration::from_secs(336 * 3600));
+        assert_eq!(cfg.ingest.max_body_bytes, 16 << 20);
+        assert!(cfg.store.url.starts_with("file:///"));
+        assert!(cfg.store.url.ends_with("skein-data/blocks"));
     }
 
     #[test]
@@ -410,8 +523,8 @@ mod tests {
         let args =
             ServeArgs { config: Some(path), retention: Some("1h".into()), ..Default::default() };
         let cfg = args.resolve().unwrap();
-        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:9999");
-        assert_eq!(cfg.retention, Duration::from_secs(3600));
+        assert_eq!(cfg.listen.http.to_string(), "127.0.0.1:9999");
+        assert_eq!(cfg.store.retention, Duration::from_secs(3600));
     }
 
     #[test]
@@ -437,17 +550,17 @@ mod tests {
     #[test]
     fn span_metrics_defaults_follow_tempo() {
         let cfg = ServeArgs::default().resolve().unwrap();
-        assert_eq!(cfg.spanmetrics_buckets.first(), Some(&0.002));
-        assert_eq!(cfg.spanmetrics_buckets.last(), Some(&16.384));
-        assert_eq!(cfg.servicegraph_wait, Duration::from_secs(10));
-        assert_eq!(cfg.metrics_scrape_interval, Duration::from_secs(15));
+        assert_eq!(cfg.span_metrics.buckets.first(), Some(&0.002));
+        assert_eq!(cfg.span_metrics.buckets.last(), Some(&16.384));
+        assert_eq!(cfg.span_metrics.wait, Duration::from_secs(10));
+        assert_eq!(cfg.span_metrics.interval, Duration::from_secs(15));
     }
 
     #[test]
     fn alerting_flags() {
         let cfg = ServeArgs::default().resolve().unwrap();
-        assert_eq!(cfg.alert_resend_delay, Duration::from_secs(60));
-        assert!(cfg.alertmanager_urls.is_empty() && cfg.external_url.is_none());
+        assert_eq!(cfg.alerting.resend_delay, Duration::from_secs(60));
+        assert!(cfg.alerting.alertmanager_urls.is_empty() && cfg.alerting.external_url.is_none());
         let cfg = ServeArgs {
             alertmanager_url: Some("http://a:9093, http://b:9093/".into()),
             external_labels: Some(vec!["cluster=eu1".into()]),
@@ -456,9 +569,9 @@ mod tests {
         }
         .resolve()
         .unwrap();
-        assert_eq!(cfg.alertmanager_urls, vec!["http://a:9093", "http://b:9093/"]);
-        assert_eq!(cfg.external_labels.get("cluster").map(String::as_str), Some("eu1"));
-        assert_eq!(cfg.external_url.as_deref(), Some("https://skein.example"));
+        assert_eq!(cfg.alerting.alertmanager_urls, vec!["http://a:9093", "http://b:9093/"]);
+        assert_eq!(cfg.alerting.external_labels.get("cluster").map(String::as_str), Some("eu1"));
+        assert_eq!(cfg.alerting.external_url.as_deref(), Some("https://skein.example"));
         for (args, key) in [
             (
                 ServeArgs { alertmanager_url: Some("nope".into()), ..Default::default() },

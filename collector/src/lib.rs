@@ -1,10 +1,11 @@
 //! skein collector: durable OTLP ingest → columnar span store → Tempo-compatible queries, and
 //! profile push → columnar profile store → Pyroscope-compatible queries.
 //!
-//! Data flows one way: `ingest` → `wal` → `head` → `store` (blocks) → `query` → `api`; profiles
-//! take the same path inside `profile` (its own WAL and head, blocks beside the span blocks).
-//! `spanrows` (the span table's Arrow schema and the OTLP ↔ rows codec) sits below `head`,
-//! `store` and `query`, and uses none of them.
+//! Data flows one way: `ingest` → `traces` (the write path: `wal` → `head` → `store` blocks) →
+//! `query` → `api`; profiles take the same path inside `profile` (its own WAL and head, blocks
+//! beside the span blocks). `serve` only wires the subsystems together. `spanrows` (the span
+//! table's Arrow schema and the OTLP ↔ rows codec) sits below `head`, `store` and `query`, and
+//! uses none of them.
 //! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
 
@@ -23,4 +24,5 @@ pub mod query;
 pub mod serve;
 pub mod spanrows;
 pub mod store;
+pub mod traces;
 pub mod wal;

@@ -1,36 +1,31 @@
-//! `skein serve`: opens storage, replays the WAL into the head, starts the writer, the
-//! maintenance loop (flush, WAL truncation, compaction, retention) and the three listeners.
+//! `skein serve`: wiring only. Opens the subsystems (span write path, profiles, span metrics,
+//! query engine, alerting), builds the routers, starts the listeners and the subsystems'
+//! background loops, and shuts them down in order.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::alert::notify::Targets;
 use crate::alert::{Alerting, AlertingConfig};
 use crate::api::{self, AppState};
-use crate::config::{Config, FsyncMode};
-use crate::head::Head;
-use crate::ingest::writer::{Writer, WriterThread};
+use crate::config::Config;
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
-use crate::metrics_gen::{Generator, GeneratorConfig};
-use crate::profile::{ProfileConfig, Profiles};
+use crate::metrics_gen::Generator;
+use crate::profile::Profiles;
 use crate::query::QueryEngine;
-use crate::spanrows::{DedicatedColumns, SealedRows};
-use crate::store::{Store, open_object_store};
-use crate::wal::{FsyncPolicy, Wal, WalConfig};
+use crate::store::open_object_store;
+use crate::traces::{Traces, TracesConfig, TracesError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
-    #[error("WAL: {0}")]
-    Wal(#[from] crate::wal::WalError),
+    #[error(transparent)]
+    Traces(#[from] TracesError),
     #[error("query engine: {0}")]
     Query(#[from] crate::query::QueryError),
     #[error("cannot listen on {addr}: {source}")]
@@ -43,8 +38,6 @@ pub enum ServeError {
     Profiles(#[from] crate::profile::ProfileError),
     #[error("span metrics: {0}")]
     MetricsGen(#[from] crate::metrics_gen::MetricsGenError),
-    #[error("rules: {0}")]
-    Rules(String),
 }
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
@@ -58,8 +51,7 @@ pub struct Running {
     pub otlp_http_addr: std::net::SocketAddr,
     pub otlp_grpc_addr: std::net::SocketAddr,
     pub ingestor: Ingestor,
-    pub writer: Writer,
-    writer_thread: WriterThread,
+    pub traces: Arc<Traces>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
@@ -75,7 +67,8 @@ impl Running {
                 Err(e) => tracing::error!(error = %e, "task panicked"),
             }
         }
-        self.writer_thread.stop();
+        // The maintenance loop has stopped: no flush or truncation races the writer's exit.
+        self.traces.stop();
         result
     }
 
@@ -93,14 +86,6 @@ impl Running {
     }
 }
 
-fn fsync_policy(m: FsyncMode) -> FsyncPolicy {
-    match m {
-        FsyncMode::Always => FsyncPolicy::Always,
-        FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_secs(1)),
-        FsyncMode::Never => FsyncPolicy::Never,
-    }
-}
-
 fn nodelay(tcp: &mut tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -114,71 +99,27 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
 /// Starts everything and returns once all listeners are bound and the WAL is replayed.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let dedicated = DedicatedColumns {
-        span: cfg.dedicated_span_attributes.clone(),
-        resource: cfg.dedicated_resource_attributes.clone(),
-    };
-    let store = Arc::new(
-        Store::open(open_object_store(&cfg.storage)?, dedicated.clone(), metrics.clone()).await?,
-    );
-    let head = Arc::new(Head::new(dedicated));
-
-    let watermarks = store.watermarks();
-    let replay_started = Instant::now();
-    let wal_cfg = WalConfig {
-        dir: cfg.data_dir.join("wal"),
-        fsync: fsync_policy(cfg.fsync),
-        segment_bytes: crate::wal::DEFAULT_SEGMENT_BYTES,
-    };
-    let (wal, records) = Wal::open_filtered(wal_cfg, |seq, tenant| {
-        seq > watermarks.get(tenant).copied().unwrap_or(0)
-    })?;
-    let replayed = replay(&head, records);
-    tracing::info!(
-        records = replayed,
-        ms = replay_started.elapsed().as_millis() as u64,
-        "WAL replayed"
-    );
-
-    let metrics_gen = Arc::new(Generator::open(GeneratorConfig {
-        buckets: cfg.spanmetrics_buckets.clone(),
-        dimensions: cfg.spanmetrics_dimensions.clone(),
-        wait: cfg.servicegraph_wait,
-        interval: cfg.metrics_scrape_interval,
-        retention: cfg.retention,
-        dir: cfg.data_dir.join("spanmetrics"),
-    })?);
-
-    // Back-pressure once unflushed spans reach a few heads' worth (at least 100k spans, ~45 MB):
-    // bounds memory when block writing cannot keep up with ingest.
-    let (writer, writer_thread) = Writer::start(
-        wal,
-        head.clone(),
-        metrics.clone(),
-        cfg.max_inflight_bytes,
-        cfg.head_max_spans.saturating_mul(4).max(100_000),
-        Some(metrics_gen.clone()),
-    )?;
-    let ingestor = Ingestor::new(writer.clone(), metrics.clone(), cfg.max_body_bytes);
-    let profiles = Profiles::open(
-        store.object_store.clone(),
-        ProfileConfig {
-            wal_dir: cfg.data_dir.join("profiles-wal"),
-            fsync: fsync_policy(cfg.fsync),
-            max_body_bytes: cfg.max_body_bytes,
-            query_memory_bytes: cfg.query_memory_bytes,
-            head_max_age: cfg.head_max_age,
-            head_max_samples: cfg.head_max_spans,
-            retention: cfg.retention,
+    let object_store = open_object_store(&cfg.store.url)?;
+    let metrics_gen = Arc::new(Generator::open(cfg.span_metrics.clone())?);
+    let traces = Traces::open(
+        object_store.clone(),
+        TracesConfig {
+            wal: cfg.wal.clone(),
+            head: cfg.head.clone(),
+            store: cfg.store.clone(),
+            max_inflight_bytes: cfg.ingest.max_inflight_bytes,
         },
         metrics.clone(),
+        Some(metrics_gen.clone()),
     )
     .await?;
+    let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.max_body_bytes);
+    let profiles = Profiles::open(object_store, cfg.profiles.clone(), metrics.clone()).await?;
     let engine = Arc::new(QueryEngine::new(
-        store.clone(),
-        head.clone(),
+        traces.store().clone(),
+        traces.head().clone(),
         metrics.clone(),
-        cfg.query_memory_bytes,
+        cfg.query.memory_bytes,
     )?);
 
     let (tx, rx) = watch::channel(false);
@@ -187,10 +128,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     };
     let mut tasks = Vec::new();
 
-    let http_listener = bind(cfg.http_addr).await?;
-    let otlp_http_listener = bind(cfg.otlp_http_addr).await?;
+    let http_listener = bind(cfg.listen.http).await?;
+    let otlp_http_listener = bind(cfg.listen.otlp_http).await?;
     // Bind gRPC ourselves too, so a busy port fails start-up instead of a background task.
-    let grpc_listener = bind(cfg.otlp_grpc_addr).await?;
+    let grpc_listener = bind(cfg.listen.otlp_grpc).await?;
     let http_addr = http_listener.local_addr()?;
     let otlp_http_addr = otlp_http_listener.local_addr()?;
     let otlp_grpc_addr = grpc_listener.local_addr()?;
@@ -199,23 +140,25 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let grpc_incoming =
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
 
-    let alerting = Alerting::new(
+    let alerting = Alerting::from_groups(
         AlertingConfig {
-            rules: cfg.rules.clone(),
+            rules: cfg.alerting.rules.clone(),
             tenant: crate::ingest::DEFAULT_TENANT.to_string(),
-            external_url: cfg.external_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
-            external_labels: cfg.external_labels.clone(),
-            resend_delay: cfg.alert_resend_delay,
+            external_url: cfg
+                .alerting
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{http_addr}")),
+            external_labels: cfg.alerting.external_labels.clone(),
+            resend_delay: cfg.alerting.resend_delay,
             targets: Targets {
-                alertmanagers: cfg.alertmanager_urls.clone(),
-                webhooks: cfg.alert_webhook_url.iter().cloned().collect(),
+                alertmanagers: cfg.alerting.alertmanager_urls.clone(),
+                webhooks: cfg.alerting.webhook_url.iter().cloned().collect(),
             },
         },
+        cfg.alerting.groups.clone(),
         metrics_gen.clone(),
-    )
-    .map_err(|errors| {
-        ServeError::Rules(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-    })?;
+    );
     // The Prometheus API finds the rules' state (and recorded series) as an extension, so the
     // shared AppState stays as it is.
     let app = api::router(AppState {
@@ -241,18 +184,9 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         ingest::grpc::serve(grpc_incoming, ing, s).await?;
         Ok(())
     }));
-    let maint = Maintenance {
-        store,
-        head,
-        writer: writer.clone(),
-        max_spans: cfg.head_max_spans,
-        max_age: cfg.head_max_age,
-        target_spans: cfg.block_target_spans,
-        retention: cfg.retention,
-    };
-    let s = stopped(rx.clone());
+    let (t, s) = (traces.clone(), stopped(rx.clone()));
     tasks.push(tokio::spawn(async move {
-        maint.run(s).await;
+        t.run(s).await;
         Ok(())
     }));
     let (p, s) = (profiles.clone(), stopped(rx.clone()));
@@ -274,7 +208,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         otlp_grpc = %otlp_grpc_addr,
         otlp_http = %otlp_http_addr,
         http = %http_addr,
-        storage = cfg.storage,
+        storage = cfg.store.url,
         "skein ready"
     );
     Ok(Running {
@@ -286,99 +220,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         otlp_http_addr,
         otlp_grpc_addr,
         ingestor,
-        writer,
-        writer_thread,
+        traces,
         shutdown: tx,
         tasks,
     })
-}
-
-fn replay(head: &Head, records: Vec<crate::wal::WalRecord>) -> usize {
-    let mut n = 0;
-    for r in records {
-        match ExportTraceServiceRequest::decode(r.payload.as_slice()) {
-            Ok(req) => match head.apply(r.seq, &r.tenant, &req) {
-                Ok(()) => n += 1,
-                Err(e) => tracing::error!(seq = r.seq, error = %e, "cannot replay WAL record"),
-            },
-            // Records were validated before they were written; this means disk damage.
-            Err(e) => tracing::error!(seq = r.seq, error = %e, "undecodable WAL record skipped"),
-        }
-    }
-    n
-}
-
-/// Aborts a background task when the owner stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Maintenance {
-    store: Arc<Store>,
-    head: Arc<Head>,
-    writer: Writer,
-    max_spans: usize,
-    max_age: Duration,
-    target_spans: usize,
-    retention: Duration,
-}
-
-impl Maintenance {
-    async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failed: Vec<Arc<SealedRows>> = Vec::new();
-        let mut last_retention: Option<Instant> = None;
-        // Compaction runs beside flushing so a long merge never delays the next flush.
-        let (store, target) = (self.store.clone(), self.target_spans);
-        let compactor = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(e) = store.compact(target).await {
-                    tracing::error!(error = %e, "compaction failed");
-                }
-            }
-        });
-        let _abort_compactor = AbortOnDrop(compactor);
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tick.tick() => {}
-            }
-            let mut due = std::mem::take(&mut failed);
-            match self.head.freeze_due(self.max_spans, self.max_age, false) {
-                Ok(f) => due.extend(f),
-                Err(e) => tracing::error!(error = %e, "freezing head failed"),
-            }
-            let flushed = !due.is_empty();
-            for f in due {
-                match self.store.flush(&f, || self.head.release(&f)).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        // Still visible from the head and still in the WAL; retry next tick.
-                        tracing::error!(tenant = f.tenant, error = %e, "flush failed");
-                        failed.push(f);
-                    }
-                }
-            }
-            if flushed && let Err(e) = self.writer.truncate().await {
-                tracing::error!(error = %e, "WAL truncation failed");
-            }
-            if last_retention.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                last_retention = Some(Instant::now());
-                if let Err(e) = self.store.apply_retention(self.retention).await {
-                    tracing::error!(error = %e, "retention failed");
-                }
-            }
-        }
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -103,6 +103,15 @@ impl Alerting {
             Some(p) => rules::load(p)?,
             None => Vec::new(),
         };
+        Ok(Self::from_groups(cfg, groups, generator))
+    }
+
+    /// Runs rules already loaded (`serve` has them from its configuration, parsed once).
+    pub fn from_groups(
+        cfg: AlertingConfig,
+        groups: Vec<Group>,
+        generator: Arc<Generator>,
+    ) -> Arc<Self> {
         let groups = groups
             .into_iter()
             .map(|group| {
@@ -128,13 +137,13 @@ impl Alerting {
                 }
             })
             .collect();
-        Ok(Arc::new(Alerting {
+        Arc::new(Alerting {
             cfg,
             generator,
             recorded: Arc::new(Recorded::default()),
             groups,
             notifier: Mutex::new(None),
-        }))
+        })
     }
 
     /// What PromQL reads for `tenant`: its span metrics, plus rule output for the rules' tenant.

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
 use crate::spanrows::{DedicatedColumns, SealedRows, SpanBatchBuilder, TagKeys, tag_keys_of};
-use tenants::{TenantPart, Tenants};
+use tenants::{TenantFlushState, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
@@ -66,7 +66,7 @@ impl TenantHead {
     }
 }
 
-impl TenantPart for TenantHead {
+impl TenantFlushState for TenantHead {
     fn first_unflushed_seq(&self) -> u64 {
         self.frozen.iter().map(|f| f.min_seq).fold(self.min_seq, u64::min)
     }
@@ -89,15 +89,16 @@ pub struct HeadStats {
     pub tenants: u64,
 }
 
-pub struct Head {
+/// The span head: every tenant's recent spans, in WAL sequence order.
+pub struct SpanHead {
     dedicated: DedicatedColumns,
     /// Counts spans as the rows not yet in a committed block.
     tenants: Tenants<TenantHead>,
 }
 
-impl Head {
+impl SpanHead {
     pub fn new(dedicated: DedicatedColumns) -> Self {
-        Head { dedicated, tenants: Tenants::default() }
+        SpanHead { dedicated, tenants: Tenants::default() }
     }
 
     pub fn dedicated(&self) -> &DedicatedColumns {

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// A tenant's head: active data plus frozen parts waiting for their block.
-pub trait TenantPart {
+/// What the flush bookkeeping needs from a tenant's head (its active data plus the frozen
+/// parts waiting for their block).
+pub trait TenantFlushState {
     /// The lowest WAL sequence this tenant holds that no committed block covers yet
     /// (`u64::MAX` when there is none).
     fn first_unflushed_seq(&self) -> u64;
@@ -38,7 +39,7 @@ impl<T> Default for Tenants<T> {
     }
 }
 
-impl<T: TenantPart> Tenants<T> {
+impl<T: TenantFlushState> Tenants<T> {
     pub fn get_or_insert_with(&self, tenant: &str, make: impl FnOnce() -> T) -> Arc<Mutex<T>> {
         self.map
             .lock()
@@ -75,7 +76,7 @@ impl<T: TenantPart> Tenants<T> {
         self.unflushed.load(Ordering::Relaxed)
     }
 
-    /// Drops a frozen part once its block is published (see [`TenantPart::release`]).
+    /// Drops a frozen part once its block is published (see [`TenantFlushState::release`]).
     pub fn release(&self, tenant: &str, id: u64) {
         let released = self.get(tenant).and_then(|t| t.lock().release(id));
         if let Some(rows) = released {
@@ -124,7 +125,7 @@ mod tests {
 
     struct Part(u64, Vec<(u64, usize)>);
 
-    impl TenantPart for Part {
+    impl TenantFlushState for Part {
         fn active(&self) -> (usize, Option<Instant>) {
             (self.1.len(), None)
         }

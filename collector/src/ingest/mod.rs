@@ -1,12 +1,11 @@
-//! OTLP trace ingest: decoding, per-span validation and the hand-off to the durable writer.
+//! OTLP trace ingest: decoding, per-span validation and the hand-off to the span write path.
 //!
 //! gRPC and HTTP front ends (`grpc`, `http`) decode a request and call [`Ingestor::export`],
 //! which drops spans with invalid ids (reported through `partial_success`), then waits until
-//! the writer has made the rest durable in the WAL and visible in the head.
+//! [`Traces`] has made the rest durable in the WAL and visible in the head.
 
 pub mod grpc;
 pub mod http;
-pub mod writer;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use crate::metrics::Metrics;
-use writer::{WriteError, Writer};
+use crate::traces::{Traces, WriteError};
 
 /// Tenant used when `X-Scope-OrgID` is absent.
 pub const DEFAULT_TENANT: &str = "single-tenant";
@@ -155,14 +154,14 @@ impl Protocol {
 
 #[derive(Clone)]
 pub struct Ingestor {
-    writer: Writer,
+    traces: Arc<Traces>,
     metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
 }
 
 impl Ingestor {
-    pub fn new(writer: Writer, metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
-        Ingestor { writer, metrics, max_body_bytes }
+    pub fn new(traces: Arc<Traces>, metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
+        Ingestor { traces, metrics, max_body_bytes }
     }
 
     /// Validates and durably stores `req`. `raw` is the original protobuf body when the caller
@@ -186,7 +185,7 @@ impl Ingestor {
                 Some(raw) if v.rejected == 0 => raw,
                 _ => bytes::Bytes::from(req.encode_to_vec()),
             };
-            match self.writer.write(tenant.clone(), req, payload).await {
+            match self.traces.write(tenant.clone(), req, payload).await {
                 Ok(()) => {}
                 Err(WriteError::Overloaded) => {
                     self.metrics.requests_refused.with_label_values(&[protocol.label()]).inc();

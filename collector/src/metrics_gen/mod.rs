@@ -20,10 +20,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use parking_lot::{Mutex, RwLock};
 
-use crate::ingest::writer::ApplyObserver;
 use crate::promql::labels::Labels;
 use crate::promql::value::Series;
 use crate::promql::{PromqlError, Storage};
+use crate::traces::ApplyObserver;
 use registry::{Exemplar, Registry};
 use servicegraph::ServiceGraph;
 use spanmetrics::SpanMetrics;

@@ -46,7 +46,22 @@ pub struct BlockMeta {
     pub created_unix: i64,
 }
 
+impl crate::store::blocks::BlockMetaFile for BlockMeta {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn compacted_from(&self) -> &[String] {
+        &self.compacted_from
+    }
+}
+
 impl crate::store::catalog::CatalogEntry for BlockMeta {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
     fn id(&self) -> &str {
         &self.id
     }
@@ -58,6 +73,12 @@ impl crate::store::catalog::CatalogEntry for BlockMeta {
     }
     fn wal_seq(&self) -> u64 {
         self.wal_seq
+    }
+    fn rows(&self) -> u64 {
+        self.samples
+    }
+    fn created_unix(&self) -> i64 {
+        self.created_unix
     }
 }
 

@@ -16,7 +16,7 @@ use super::ProfileError;
 use super::model::Batch;
 use super::schema::{Row, RowsBuilder, col};
 use super::stack::{StackTable, stack_id};
-use crate::head::tenants::{TenantPart, Tenants};
+use crate::head::tenants::{TenantFlushState, Tenants};
 
 /// Seal the open builder into an immutable batch after this many rows.
 const SEAL_ROWS: usize = 16 * 1024;
@@ -26,9 +26,9 @@ pub const UNKNOWN_SERVICE: &str = "unknown";
 
 pub type SharedStacks = Arc<RwLock<StackTable>>;
 
-/// Samples of one tenant frozen for flushing.
+/// Samples of one tenant (and the stacks they refer to) frozen for flushing.
 #[derive(Debug)]
-pub struct Frozen {
+pub struct FrozenSamples {
     pub id: u64,
     pub tenant: String,
     pub batches: Vec<RecordBatch>,
@@ -53,12 +53,12 @@ pub struct Snapshot {
     pub max_time: i64,
 }
 
-/// One tenant's head (see [`Head::parts`]).
+/// One tenant's head (see [`ProfileHead::parts`]).
 pub struct TenantHead {
     rows: RowsBuilder,
     sealed: Vec<RecordBatch>,
     stacks: SharedStacks,
-    frozen: Vec<Arc<Frozen>>,
+    frozen: Vec<Arc<FrozenSamples>>,
     samples: usize,
     min_time: i64,
     max_time: i64,
@@ -96,7 +96,7 @@ impl TenantHead {
     }
 }
 
-impl TenantPart for TenantHead {
+impl TenantFlushState for TenantHead {
     fn first_unflushed_seq(&self) -> u64 {
         self.frozen.iter().map(|f| f.min_seq).fold(self.min_seq, u64::min)
     }
@@ -130,13 +130,14 @@ fn trace_id(s: &str) -> Option<[u8; 16]> {
     }
 }
 
+/// The profile head: every tenant's recent samples, in profile WAL sequence order.
 #[derive(Default)]
-pub struct Head {
+pub struct ProfileHead {
     /// Counts sample rows as the rows not yet in a committed block.
     tenants: Tenants<TenantHead>,
 }
 
-impl Head {
+impl ProfileHead {
     /// Adds a durable push. Called in WAL sequence order.
     pub fn apply(&self, seq: u64, tenant: &str, batch: &Batch) -> Result<(), ProfileError> {
         let t = self.tenants.get_or_insert_with(tenant, || TenantHead::new(tenant));
@@ -257,10 +258,10 @@ impl Head {
         max_samples: usize,
         max_age: Duration,
         force: bool,
-    ) -> Result<Vec<Arc<Frozen>>, ProfileError> {
+    ) -> Result<Vec<Arc<FrozenSamples>>, ProfileError> {
         self.tenants.freeze_due(max_samples, max_age, force, |name, h| {
             h.seal()?;
-            let frozen = Arc::new(Frozen {
+            let frozen = Arc::new(FrozenSamples {
                 id: self.tenants.next_frozen_id(),
                 tenant: name.to_string(),
                 batches: std::mem::take(&mut h.sealed),
@@ -316,7 +317,7 @@ mod tests {
 
     #[test]
     fn pushes_become_one_row_per_nonzero_value_with_sample_labels_winning() {
-        let head = Head::default();
+        let head = ProfileHead::default();
         head.apply(1, "t", &batch()).unwrap();
         let snap = head.snapshot("t").unwrap();
         let v = BatchView::new(&snap.batches[0]).unwrap();
@@ -333,7 +334,7 @@ mod tests {
 
     #[test]
     fn freezing_moves_samples_and_stacks_and_release_makes_the_wal_truncatable() {
-        let head = Head::default();
+        let head = ProfileHead::default();
         head.apply(1, "t", &batch()).unwrap();
         head.apply(2, "t", &batch()).unwrap();
         assert_eq!(head.parts().unflushed(), 6);
@@ -353,7 +354,7 @@ mod tests {
         let mut b = batch();
         b.profiles[0].samples[0].labels =
             vec![Label::new("span_id", "nope"), Label::new("trace_id", "0102030405060708")];
-        let head = Head::default();
+        let head = ProfileHead::default();
         head.apply(1, "t", &b).unwrap();
         let snap = head.snapshot("t").unwrap();
         let v = BatchView::new(&snap.batches[0]).unwrap();

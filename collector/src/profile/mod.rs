@@ -101,6 +101,18 @@ impl From<object_store::Error> for ProfileError {
     }
 }
 
+impl From<crate::store::blocks::BlockDirError> for ProfileError {
+    fn from(e: crate::store::blocks::BlockDirError) -> Self {
+        use crate::store::blocks::BlockDirError;
+        match e {
+            BlockDirError::ObjectStore(e) => e.into(),
+            meta @ BlockDirError::Meta { .. } => {
+                ProfileError::Internal(format!("profile block {meta}"))
+            }
+        }
+    }
+}
+
 impl From<crate::wal::WalError> for ProfileError {
     fn from(e: crate::wal::WalError) -> Self {
         ProfileError::Storage(e.to_string())

@@ -11,7 +11,7 @@ use prost::Message;
 
 use super::ProfileError;
 use super::block::BlockMeta;
-use super::head::{Frozen, Head};
+use super::head::{FrozenSamples, ProfileHead};
 use super::model::Batch;
 use super::store::BlockStore;
 use crate::metrics::Metrics;
@@ -35,12 +35,12 @@ pub struct ProfileConfig {
 
 pub struct Profiles {
     wal: Mutex<Wal>,
-    pub(crate) head: Head,
+    pub(crate) head: ProfileHead,
     pub(crate) store: BlockStore,
     pub(crate) cfg: ProfileConfig,
     metrics: Arc<Metrics>,
     /// Frozen parts whose flush failed; still visible from the head, retried next tick.
-    failed: Mutex<Vec<Arc<Frozen>>>,
+    failed: Mutex<Vec<Arc<FrozenSamples>>>,
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -73,7 +73,7 @@ impl Profiles {
             })?)
         })
         .await?;
-        let head = Head::default();
+        let head = ProfileHead::default();
         let mut replayed = 0;
         for r in records {
             // Records were parsed and validated before they were written; a failure here

@@ -1,7 +1,9 @@
-//! Profile blocks on the object store: loading the catalog at start (cleaning up interrupted
-//! writes and compactions), flushing frozen head parts, compaction and retention. Every change
-//! ends in a catalog update (`store::catalog`), so a query sees either the old blocks or the new
-//! one.
+//! Profile blocks on the object store: loading the catalog at start, flushing frozen head
+//! parts, compaction and retention. The directory plumbing (clean-up of interrupted writes and
+//! compactions, deletion, retention, which blocks to merge) is the span store's
+//! (`store::blocks`); this file says what a profile block is made of and how two are merged.
+//! Every change ends in a catalog update (`store::catalog`), so a query sees either the old
+//! blocks or the new one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -9,14 +11,15 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::ProfileError;
 use super::block::{self, BlockMeta, META_FILE, PREFIX, SAMPLES_FILE, STACKS_FILE, now_unix};
-use super::head::Frozen;
+use super::head::FrozenSamples;
+use super::service::blocking;
 use super::stack::{StackTable, frames_from_batch};
+use crate::store::blocks::{self, BlockDir, CompactionPolicy};
 use crate::store::catalog::Catalog;
 
 /// Blocks with fewer samples than half of this are merged together, up to this size. A merge
@@ -26,14 +29,11 @@ pub const COMPACT_TARGET_SAMPLES: u64 = 500_000;
 /// Most blocks merged at once.
 const MAX_MERGE_INPUTS: usize = 16;
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ProfileError> + Send + 'static,
-) -> Result<T, ProfileError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ProfileError::Internal(e.to_string()))?
-}
+/// Files of a profile block besides `meta.json`.
+const DATA_FILES: &[&str] = &[SAMPLES_FILE, STACKS_FILE];
 
 pub struct BlockStore {
-    object_store: Arc<dyn ObjectStore>,
+    dir: BlockDir,
     catalog: Catalog<BlockMeta>,
 }
 
@@ -50,70 +50,15 @@ struct NewBlock {
 
 impl BlockStore {
     pub async fn open(object_store: Arc<dyn ObjectStore>) -> Result<BlockStore, ProfileError> {
-        let s = BlockStore { object_store, catalog: Catalog::default() };
-        s.load().await?;
+        let dir = BlockDir::new(object_store, Some(PREFIX), META_FILE, DATA_FILES, "profile block");
+        let s = BlockStore { dir, catalog: Catalog::default() };
+        let metas = s.dir.scan::<BlockMeta>().await?;
+        s.catalog.replace(metas.into_iter().map(|m| (m.tenant.clone(), Arc::new(m))));
         Ok(s)
     }
 
-    async fn load(&self) -> Result<(), ProfileError> {
-        let prefix = Path::from(PREFIX);
-        let objects: Vec<object_store::ObjectMeta> =
-            self.object_store.list(Some(&prefix)).try_collect().await?;
-        let mut dirs: HashMap<(String, String), Vec<Path>> = HashMap::new();
-        for o in objects {
-            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
-            if let [_, tenant, id, _] = parts.as_slice() {
-                dirs.entry((tenant.clone(), id.clone())).or_default().push(o.location);
-            }
-        }
-        let mut metas = Vec::new();
-        for ((tenant, id), files) in &dirs {
-            if !files.iter().any(|p| p.filename() == Some(META_FILE)) {
-                tracing::warn!(tenant, block = id, "removing incomplete profile block");
-                self.delete_files(files).await;
-                continue;
-            }
-            let bytes = self.get(&BlockMeta::dir(tenant, id).join(META_FILE)).await?;
-            let meta: BlockMeta = serde_json::from_slice(&bytes).map_err(|e| {
-                ProfileError::Internal(format!("profile block {tenant}/{id}/meta.json: {e}"))
-            })?;
-            metas.push(meta);
-        }
-        let superseded = crate::store::catalog::superseded(
-            metas.iter().map(|m| (m.tenant.as_str(), m.compacted_from.as_slice())),
-        );
-        let mut catalog = Vec::new();
-        for meta in metas {
-            let key = (meta.tenant.clone(), meta.id.clone());
-            if superseded.contains(&key) {
-                if let Some(files) = dirs.get(&key) {
-                    self.delete_files(files).await;
-                }
-                continue;
-            }
-            catalog.push((meta.tenant.clone(), Arc::new(meta)));
-        }
-        self.catalog.replace(catalog);
-        Ok(())
-    }
-
-    async fn delete_files(&self, files: &[Path]) {
-        for f in files {
-            if let Err(e) = self.object_store.delete(f).await {
-                tracing::warn!(path = %f, error = %e, "delete failed");
-            }
-        }
-    }
-
-    async fn delete_block(&self, meta: &BlockMeta) {
-        // Meta first: a half-deleted block is then an incomplete one, cleaned up on start.
-        let files: Vec<Path> =
-            [META_FILE, SAMPLES_FILE, STACKS_FILE].iter().map(|f| meta.file(f)).collect();
-        self.delete_files(&files).await;
-    }
-
     pub async fn get(&self, path: &Path) -> Result<Bytes, ProfileError> {
-        Ok(self.object_store.get(path).await?.bytes().await?)
+        Ok(self.dir.get(path).await?)
     }
 
     /// The tenants' committed blocks (see `store::catalog` for the consistency rules).
@@ -144,11 +89,12 @@ impl BlockStore {
             compacted_from: nb.compacted_from,
             created_unix: now_unix(),
         };
-        self.object_store.put(&meta.file(SAMPLES_FILE), samples_pq.into()).await?;
-        self.object_store.put(&meta.file(STACKS_FILE), stacks_pq.into()).await?;
+        let object_store = self.dir.object_store();
+        object_store.put(&meta.file(SAMPLES_FILE), samples_pq.into()).await?;
+        object_store.put(&meta.file(STACKS_FILE), stacks_pq.into()).await?;
         let json =
             serde_json::to_vec_pretty(&meta).map_err(|e| ProfileError::Internal(e.to_string()))?;
-        self.object_store.put(&meta.file(META_FILE), Bytes::from(json).into()).await?;
+        object_store.put(&meta.file(META_FILE), Bytes::from(json).into()).await?;
         Ok(meta)
     }
 
@@ -158,7 +104,7 @@ impl BlockStore {
     /// [`view`]: BlockStore::view
     pub async fn flush(
         &self,
-        frozen: &Frozen,
+        frozen: &FrozenSamples,
         on_publish: impl FnOnce(),
     ) -> Result<Arc<BlockMeta>, ProfileError> {
         let (batches, stacks) = (frozen.batches.clone(), frozen.stacks.clone());
@@ -192,35 +138,17 @@ impl BlockStore {
     }
 
     /// Merges runs of small blocks of each tenant (see [`COMPACT_TARGET_SAMPLES`]) once a run
-    /// adds up to half the target or its oldest block is `after` old. Returns blocks merged away.
+    /// adds up to half the target or its oldest block is `after` old (the span store's policy,
+    /// [`blocks::compaction_plan`]). Returns blocks merged away.
     pub async fn compact(&self, after: Duration) -> Result<usize, ProfileError> {
-        let now = now_unix();
+        let policy = CompactionPolicy {
+            target_rows: COMPACT_TARGET_SAMPLES,
+            max_inputs: MAX_MERGE_INPUTS,
+            after,
+        };
         let mut merged = 0;
-        for tenant in self.catalog.tenants() {
-            let small: Vec<Arc<BlockMeta>> = self
-                .catalog
-                .blocks(&tenant)
-                .into_iter()
-                .filter(|b| b.samples < COMPACT_TARGET_SAMPLES / 2)
-                .collect();
-            let mut group: Vec<Arc<BlockMeta>> = Vec::new();
-            let mut groups = Vec::new();
-            for b in small {
-                let total: u64 = group.iter().map(|g| g.samples).sum();
-                if group.len() >= MAX_MERGE_INPUTS || total + b.samples > COMPACT_TARGET_SAMPLES {
-                    groups.push(std::mem::take(&mut group));
-                }
-                group.push(b);
-            }
-            groups.push(group);
-            for g in groups {
-                let total: u64 = g.iter().map(|b| b.samples).sum();
-                let oldest = g.iter().map(|b| b.created_unix).min().unwrap_or(now);
-                let old_enough = now - oldest >= after.as_secs() as i64;
-                if g.len() >= 2 && (total >= COMPACT_TARGET_SAMPLES / 2 || old_enough) {
-                    merged += self.merge(&tenant, g).await?;
-                }
-            }
+        for (tenant, group) in blocks::compaction_plan(&self.catalog, &policy, now_unix()) {
+            merged += self.merge(&tenant, group).await?;
         }
         Ok(merged)
     }
@@ -270,7 +198,7 @@ impl BlockStore {
             .await?;
         self.catalog.swap(tenant, &inputs, Arc::new(meta));
         for b in &inputs {
-            self.delete_block(b).await;
+            self.dir.delete(&b.tenant, &b.id).await;
         }
         tracing::info!(tenant, inputs = inputs.len(), "compacted profile blocks");
         Ok(inputs.len())
@@ -278,13 +206,7 @@ impl BlockStore {
 
     /// Deletes blocks whose newest sample is older than `now - retention`.
     pub async fn apply_retention(&self, retention: Duration) -> Result<usize, ProfileError> {
-        let cutoff = now_unix()
-            .saturating_mul(1_000_000_000)
-            .saturating_sub(retention.as_nanos().min(i64::MAX as u128) as i64);
-        let expired = self.catalog.expire(cutoff);
-        for b in &expired {
-            self.delete_block(b).await;
-        }
+        let expired = self.dir.expire(&self.catalog, retention).await;
         if !expired.is_empty() {
             tracing::info!(blocks = expired.len(), "retention deleted profile blocks");
         }

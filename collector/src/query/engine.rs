@@ -18,7 +18,7 @@ use super::{
     QueryError, Tables, compare, critical_path, metrics_eval, operation, search, tables, tags,
     trace,
 };
-use crate::head::Head;
+use crate::head::SpanHead;
 use crate::metrics::Metrics;
 use crate::store::{Block, Store};
 
@@ -27,7 +27,7 @@ pub(super) const BLOCKS_URL: &str = "skein://blocks";
 
 pub struct QueryEngine {
     pub store: Arc<Store>,
-    pub head: Arc<Head>,
+    pub head: Arc<SpanHead>,
     pub metrics: Arc<Metrics>,
     pub(super) runtime: Arc<RuntimeEnv>,
 }
@@ -35,7 +35,7 @@ pub struct QueryEngine {
 impl QueryEngine {
     pub fn new(
         store: Arc<Store>,
-        head: Arc<Head>,
+        head: Arc<SpanHead>,
         metrics: Arc<Metrics>,
         memory_bytes: usize,
     ) -> Result<Self, QueryError> {

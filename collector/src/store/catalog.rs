@@ -8,26 +8,19 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-/// (tenant, block id) of every block a committed compaction replaced, from the blocks'
-/// `(tenant, compacted_from)`: leftovers of a crash between committing a merged block and
-/// deleting its inputs.
-pub fn superseded<'a>(
-    blocks: impl IntoIterator<Item = (&'a str, &'a [String])>,
-) -> HashSet<(String, String)> {
-    blocks
-        .into_iter()
-        .flat_map(|(t, from)| from.iter().map(move |id| (t.to_string(), id.clone())))
-        .collect()
-}
-
-/// What the catalog needs to know about a block.
+/// What the catalog (and the block directory, `blocks.rs`) needs to know about a block.
 pub trait CatalogEntry {
+    fn tenant(&self) -> &str;
     fn id(&self) -> &str;
     /// Earliest and latest data in the block, unix nanoseconds.
     fn min_time(&self) -> i64;
     fn max_time(&self) -> i64;
     /// Every WAL record of the block's tenant at or below this sequence is in blocks.
     fn wal_seq(&self) -> u64;
+    /// Rows (spans, samples): what compaction sizes merges by.
+    fn rows(&self) -> u64;
+    /// When the block was written, unix seconds.
+    fn created_unix(&self) -> i64;
 }
 
 pub struct Catalog<B> {
@@ -122,6 +115,9 @@ mod tests {
     struct B(&'static str, i64, i64, u64);
 
     impl CatalogEntry for B {
+        fn tenant(&self) -> &str {
+            "t"
+        }
         fn id(&self) -> &str {
             self.0
         }
@@ -133,6 +129,12 @@ mod tests {
         }
         fn wal_seq(&self) -> u64 {
             self.3
+        }
+        fn rows(&self) -> u64 {
+            0
+        }
+        fn created_unix(&self) -> i64 {
+            0
         }
     }
 

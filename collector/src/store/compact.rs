@@ -75,7 +75,8 @@ impl Cursor {
     }
 }
 
-struct Head {
+/// The decoded chunk one input is being merged from, and the next row to take from it.
+struct InputChunk {
     batch: RecordBatch,
     row: usize,
     /// Index of `batch` in the current output's source list.
@@ -102,46 +103,46 @@ pub fn merge_into(
         cursors.push(Cursor::open(bytes, schema.clone())?);
     }
     let mut sources: Vec<RecordBatch> = Vec::new();
-    let mut heads: Vec<Option<Head>> = Vec::with_capacity(cursors.len());
+    let mut chunks: Vec<Option<InputChunk>> = Vec::with_capacity(cursors.len());
     let mut heap = BinaryHeap::new();
     for (i, c) in cursors.iter_mut().enumerate() {
         let h = c.next_chunk()?.map(|batch| {
             sources.push(batch.clone());
-            Head { batch, row: 0, source: sources.len() - 1 }
+            InputChunk { batch, row: 0, source: sources.len() - 1 }
         });
         if let Some(h) = &h {
             heap.push(Reverse((key(&h.batch, 0), i)));
         }
-        heads.push(h);
+        chunks.push(h);
     }
     let mut picks: Vec<(usize, usize)> = Vec::with_capacity(chunk_rows + 1024);
     let mut last_trace: Option<[u8; 16]> = None;
     while let Some(Reverse(((trace, _), i))) = heap.pop() {
         if picks.len() >= chunk_rows && last_trace != Some(trace) {
-            flush(&mut sources, &mut picks, &mut heads, &schema, out)?;
+            flush(&mut sources, &mut picks, &mut chunks, &schema, out)?;
         }
         last_trace = Some(trace);
-        let Some(h) = heads[i].as_mut() else { continue };
+        let Some(h) = chunks[i].as_mut() else { continue };
         picks.push((h.source, h.row));
         h.row += 1;
         if h.row >= h.batch.num_rows() {
-            heads[i] = cursors[i].next_chunk()?.map(|batch| {
+            chunks[i] = cursors[i].next_chunk()?.map(|batch| {
                 sources.push(batch.clone());
-                Head { batch, row: 0, source: sources.len() - 1 }
+                InputChunk { batch, row: 0, source: sources.len() - 1 }
             });
         }
-        if let Some(h) = &heads[i] {
+        if let Some(h) = &chunks[i] {
             heap.push(Reverse((key(&h.batch, h.row), i)));
         }
     }
-    flush(&mut sources, &mut picks, &mut heads, &schema, out)
+    flush(&mut sources, &mut picks, &mut chunks, &schema, out)
 }
 
 /// Writes the picked rows as one chunk and drops source batches no longer needed.
 fn flush(
     sources: &mut Vec<RecordBatch>,
     picks: &mut Vec<(usize, usize)>,
-    heads: &mut [Option<Head>],
+    chunks: &mut [Option<InputChunk>],
     schema: &SchemaRef,
     out: &mut BlockWriter,
 ) -> Result<(), StoreError> {
@@ -158,7 +159,7 @@ fn flush(
     }
     // Keep only the batches the cursors are still reading, renumbered.
     let mut kept = Vec::new();
-    for h in heads.iter_mut().flatten() {
+    for h in chunks.iter_mut().flatten() {
         kept.push(h.batch.clone());
         h.source = kept.len() - 1;
     }

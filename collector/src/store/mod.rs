@@ -3,6 +3,7 @@
 //! query sees either the old blocks or the new one, never both or neither.
 
 pub mod block;
+pub mod blocks;
 pub mod bloom;
 pub mod catalog;
 pub mod compact;
@@ -12,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::error::ArrowError;
-use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 
 use crate::metrics::Metrics;
 use crate::spanrows::{DedicatedColumns, SealedRows, TagKeys};
 use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
+use blocks::{BlockDir, BlockDirError, BlockMetaFile, CompactionPolicy};
 use bloom::Bloom;
 use catalog::{Catalog, CatalogEntry};
 
@@ -60,7 +60,34 @@ pub struct Block {
     pub bloom: Bloom,
 }
 
+impl From<BlockDirError> for StoreError {
+    fn from(e: BlockDirError) -> Self {
+        match e {
+            BlockDirError::ObjectStore(e) => StoreError::ObjectStore(e),
+            meta @ BlockDirError::Meta { .. } => StoreError::Corrupt(meta.to_string()),
+        }
+    }
+}
+
+/// Files of a span block besides `meta.json`.
+const DATA_FILES: &[&str] = &[SPANS_FILE, block::TRACES_FILE, BLOOM_FILE];
+
+impl BlockMetaFile for BlockMeta {
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn compacted_from(&self) -> &[String] {
+        &self.compacted_from
+    }
+}
+
 impl CatalogEntry for Block {
+    fn tenant(&self) -> &str {
+        &self.meta.tenant
+    }
     fn id(&self) -> &str {
         &self.meta.id
     }
@@ -72,6 +99,12 @@ impl CatalogEntry for Block {
     }
     fn wal_seq(&self) -> u64 {
         self.meta.wal_seq
+    }
+    fn rows(&self) -> u64 {
+        self.meta.spans
+    }
+    fn created_unix(&self) -> i64 {
+        self.meta.created_unix
     }
 }
 
@@ -103,6 +136,7 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
 
 pub struct Store {
     pub object_store: Arc<dyn ObjectStore>,
+    dir: BlockDir,
     dedicated: DedicatedColumns,
     catalog: Catalog<Block>,
     metrics: Arc<Metrics>,
@@ -116,56 +150,16 @@ impl Store {
         dedicated: DedicatedColumns,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
-        let store = Store { object_store, dedicated, catalog: Catalog::default(), metrics };
+        let dir = BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block");
+        let store = Store { object_store, dir, dedicated, catalog: Catalog::default(), metrics };
         store.load().await?;
         Ok(store)
     }
 
     async fn load(&self) -> Result<(), StoreError> {
-        let objects: Vec<object_store::ObjectMeta> =
-            self.object_store.list(None).try_collect().await?;
-        let mut dirs: HashMap<(String, String), Vec<Path>> = HashMap::new();
-        for o in objects {
-            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
-            if parts.len() == 3 {
-                dirs.entry((parts[0].clone(), parts[1].clone())).or_default().push(o.location);
-            }
-        }
-        let mut metas = Vec::new();
-        for ((tenant, id), files) in &dirs {
-            if !files.iter().any(|p| p.filename() == Some(META_FILE)) {
-                tracing::warn!(tenant, block = id, "removing incomplete block");
-                self.delete_files(files).await;
-                continue;
-            }
-            let bytes = self
-                .object_store
-                .get(&BlockMeta::dir(tenant, id).join(META_FILE))
-                .await?
-                .bytes()
-                .await?;
-            let meta: BlockMeta = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("{tenant}/{id}/meta.json: {e}")))?;
-            metas.push(meta);
-        }
-        let superseded = catalog::superseded(
-            metas.iter().map(|m| (m.tenant.as_str(), m.compacted_from.as_slice())),
-        );
         let mut catalog = Vec::new();
-        for meta in metas {
-            let key = (meta.tenant.clone(), meta.id.clone());
-            if superseded.contains(&key) {
-                tracing::info!(
-                    tenant = meta.tenant,
-                    block = meta.id,
-                    "removing compacted-away block"
-                );
-                if let Some(files) = dirs.get(&key) {
-                    self.delete_files(files).await;
-                }
-                continue;
-            }
-            let bloom_bytes = self.object_store.get(&meta.file(BLOOM_FILE)).await?.bytes().await?;
+        for meta in self.dir.scan::<BlockMeta>().await? {
+            let bloom_bytes = self.dir.get(&meta.file(BLOOM_FILE)).await?;
             let bloom = Bloom::from_bytes(&bloom_bytes)
                 .ok_or_else(|| StoreError::Corrupt(format!("{}/{} bloom", meta.tenant, meta.id)))?;
             catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom })));
@@ -173,14 +167,6 @@ impl Store {
         self.catalog.replace(catalog);
         self.update_metrics();
         Ok(())
-    }
-
-    async fn delete_files(&self, files: &[Path]) {
-        for f in files {
-            if let Err(e) = self.object_store.delete(f).await {
-                tracing::warn!(path = %f, error = %e, "delete failed");
-            }
-        }
     }
 
     fn update_metrics(&self) {
@@ -266,39 +252,20 @@ impl Store {
         Ok(block)
     }
 
-    /// Merges small blocks of one tenant into blocks of up to `target_spans`. A group is merged
-    /// only once it adds up to half the target (or its oldest block is older than
-    /// `COMPACT_AFTER`), so each span is rewritten about once instead of at every few flushes.
-    /// Returns how many blocks were merged away.
+    /// Merges small blocks of one tenant into blocks of up to `target_spans`, at most
+    /// [`MAX_MERGE_INPUTS`] at a time. A group is merged only once it adds up to half the target
+    /// (or its oldest block is older than `COMPACT_AFTER`), so each span is rewritten about once
+    /// instead of at every few flushes (see [`blocks::compaction_plan`]). Returns how many blocks
+    /// were merged away.
     pub async fn compact(&self, target_spans: usize) -> Result<usize, StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let policy = CompactionPolicy {
+            target_rows: target_spans as u64,
+            max_inputs: MAX_MERGE_INPUTS,
+            after: COMPACT_AFTER,
+        };
         let mut merged = 0;
-        for tenant in self.tenants() {
-            let small: Vec<Arc<Block>> = self
-                .blocks(&tenant)
-                .into_iter()
-                .filter(|b| (b.meta.spans as usize) < target_spans / 2)
-                .collect();
-            let mut group: Vec<Arc<Block>> = Vec::new();
-            let mut spans = 0usize;
-            for b in small {
-                let full =
-                    spans + b.meta.spans as usize > target_spans || group.len() >= MAX_MERGE_INPUTS;
-                if full && group.len() >= 2 {
-                    merged += self.merge(&tenant, std::mem::take(&mut group)).await?;
-                    spans = 0;
-                }
-                spans += b.meta.spans as usize;
-                group.push(b);
-            }
-            let oldest = group.iter().map(|b| b.meta.created_unix).min().unwrap_or(now);
-            let old_enough = now - oldest >= COMPACT_AFTER.as_secs() as i64;
-            if group.len() >= 2 && (spans >= target_spans / 2 || old_enough) {
-                merged += self.merge(&tenant, group).await?;
-            }
+        for (tenant, group) in blocks::compaction_plan(&self.catalog, &policy, block_now_unix()) {
+            merged += self.merge(&tenant, group).await?;
         }
         Ok(merged)
     }
@@ -311,7 +278,7 @@ impl Store {
         let dedicated = self.dedicated_columns(&inputs);
         let mut files = Vec::with_capacity(inputs.len());
         for b in &inputs {
-            files.push(self.object_store.get(&b.meta.file(SPANS_FILE)).await?.bytes().await?);
+            files.push(self.dir.get(&b.meta.file(SPANS_FILE)).await?);
         }
         let l = dedicated.clone();
         let prepared = blocking(move || {
@@ -340,7 +307,7 @@ impl Store {
         .await?;
         self.catalog.swap(tenant, &inputs, Arc::new(Block { meta, bloom }));
         for b in &inputs {
-            self.delete_block(&b.meta).await;
+            self.dir.delete(&b.meta.tenant, &b.meta.id).await;
         }
         self.metrics.compactions.inc();
         self.update_metrics();
@@ -348,33 +315,24 @@ impl Store {
         Ok(inputs.len())
     }
 
-    async fn delete_block(&self, meta: &BlockMeta) {
-        // Meta first: a half-deleted block is then an incomplete one, cleaned up on start.
-        let mut files = vec![meta.file(META_FILE)];
-        for f in [SPANS_FILE, block::TRACES_FILE, BLOOM_FILE] {
-            files.push(meta.file(f));
-        }
-        self.delete_files(&files).await;
-    }
-
     /// Deletes blocks whose newest span ended before `now - retention`.
     pub async fn apply_retention(&self, retention: Duration) -> Result<usize, StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        let cutoff = now.saturating_sub(retention.as_nanos() as i64);
-        let expired = self.catalog.expire(cutoff);
-        for b in &expired {
-            self.delete_block(&b.meta).await;
-            self.metrics.blocks_deleted_retention.inc();
-        }
+        let expired = self.dir.expire(&self.catalog, retention).await;
         if !expired.is_empty() {
+            self.metrics.blocks_deleted_retention.inc_by(expired.len() as u64);
             self.update_metrics();
             tracing::info!(blocks = expired.len(), "retention deleted blocks");
         }
         Ok(expired.len())
     }
+}
+
+/// Now, unix seconds (what `created_unix` in block metas counts in).
+fn block_now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -389,7 +389,7 @@ groups:
 }
 
 fn rules_path_of(c: &Collector) -> PathBuf {
-    c.cfg.rules.clone().unwrap()
+    c.cfg.alerting.rules.clone().unwrap()
 }
 
 fn rules_file_display(p: &Path) -> String {

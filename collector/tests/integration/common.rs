@@ -187,7 +187,7 @@ pub async fn store_and_head(
     dir: &std::path::Path,
 ) -> (
     std::sync::Arc<skein_collector::store::Store>,
-    std::sync::Arc<skein_collector::head::Head>,
+    std::sync::Arc<skein_collector::head::SpanHead>,
     std::sync::Arc<skein_collector::metrics::Metrics>,
 ) {
     use skein_collector::spanrows::DedicatedColumns;
@@ -197,9 +197,9 @@ pub async fn store_and_head(
     let metrics = Arc::new(skein_collector::metrics::Metrics::new());
     let dedicated = DedicatedColumns { span: vec!["http.route".into()], resource: vec![] };
     let store = Arc::new(
-        Store::open(open_object_store(&cfg.storage).unwrap(), dedicated.clone(), metrics.clone())
+        Store::open(open_object_store(&cfg.store.url).unwrap(), dedicated.clone(), metrics.clone())
             .await
             .unwrap(),
     );
-    (store, Arc::new(skein_collector::head::Head::new(dedicated)), metrics)
+    (store, Arc::new(skein_collector::head::SpanHead::new(dedicated)), metrics)
 }

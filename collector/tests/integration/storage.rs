@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::common::*;
 use prost::Message;
-use skein_collector::head::Head;
+use skein_collector::head::SpanHead;
 use skein_collector::metrics::Metrics;
 use skein_collector::query::{QueryEngine, QueryError};
 use skein_collector::spanrows::DedicatedColumns;
@@ -61,13 +61,13 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
         let seq = wal.append_batch(&[(T, &req.encode_to_vec())]).unwrap();
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(
-            open_object_store(&cfg.storage).unwrap(),
+            open_object_store(&cfg.store.url).unwrap(),
             DedicatedColumns::default(),
             metrics,
         )
         .await
         .unwrap();
-        let head = Head::new(DedicatedColumns::default());
+        let head = SpanHead::new(DedicatedColumns::default());
         head.apply(seq, T, &req).unwrap();
         for f in head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap() {
             store.flush(&f, || {}).await.unwrap();
@@ -84,31 +84,31 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
     running.stop().await.unwrap();
 }
 
-async fn offline_store(dir: &std::path::Path) -> (Arc<Store>, Arc<Head>, QueryEngine) {
+async fn offline_store(dir: &std::path::Path) -> (Arc<Store>, Arc<SpanHead>, QueryEngine) {
     offline_store_with_memory(dir, 64 << 20).await
 }
 
 async fn offline_store_with_memory(
     dir: &std::path::Path,
     memory: usize,
-) -> (Arc<Store>, Arc<Head>, QueryEngine) {
+) -> (Arc<Store>, Arc<SpanHead>, QueryEngine) {
     let cfg = config(dir, |_| {});
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
         Store::open(
-            open_object_store(&cfg.storage).unwrap(),
+            open_object_store(&cfg.store.url).unwrap(),
             DedicatedColumns::default(),
             metrics.clone(),
         )
         .await
         .unwrap(),
     );
-    let head = Arc::new(Head::new(DedicatedColumns::default()));
+    let head = Arc::new(SpanHead::new(DedicatedColumns::default()));
     let engine = QueryEngine::new(store.clone(), head.clone(), metrics, memory).unwrap();
     (store, head, engine)
 }
 
-async fn flush_all(store: &Store, head: &Head) {
+async fn flush_all(store: &Store, head: &SpanHead) {
     for f in head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap() {
         store.flush(&f, || head.release(&f)).await.unwrap();
     }

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::oneshot;
 
-use crate::head::Head;
+use crate::head::SpanHead;
 use crate::metrics::Metrics;
 use crate::wal::Wal;
 
@@ -84,7 +84,7 @@ pub struct Writer {
     tx: mpsc::Sender<Msg>,
     inflight: Arc<AtomicUsize>,
     max_inflight: usize,
-    head: Arc<Head>,
+    head: Arc<SpanHead>,
     max_unflushed_spans: usize,
 }
 
@@ -92,7 +92,7 @@ impl Writer {
     /// Starts the writer thread. It stops when every `Writer` clone is dropped.
     pub fn start(
         wal: Wal,
-        head: Arc<Head>,
+        head: Arc<SpanHead>,
         metrics: Arc<Metrics>,
         max_inflight: usize,
         max_unflushed_spans: usize,
@@ -151,7 +151,7 @@ impl Writer {
 }
 
 fn apply_loop(
-    head: &Head,
+    head: &SpanHead,
     applied_seq: &AtomicU64,
     observer: Option<&dyn ApplyObserver>,
     rx: mpsc::Receiver<Durable>,
@@ -178,7 +178,7 @@ fn apply_loop(
 
 fn run(
     mut wal: Wal,
-    head: Arc<Head>,
+    head: Arc<SpanHead>,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Msg>,
     applier: mpsc::Sender<Durable>,
@@ -296,7 +296,7 @@ mod tests {
     async fn refuses_while_unflushed_spans_exceed_the_limit_and_recovers_after_flush() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
-        let head = Arc::new(Head::new(DedicatedColumns::default()));
+        let head = Arc::new(SpanHead::new(DedicatedColumns::default()));
         let (writer, thread) =
             Writer::start(wal, head.clone(), Arc::new(Metrics::new()), 1 << 20, 5, None).unwrap();
         let write = |n| writer.write("t".into(), request(n), bytes::Bytes::from_static(b"x"));

@@ -1,0 +1,295 @@
+//! The block-directory plumbing span blocks and profile blocks share. Both kinds live at
+//! `[<prefix>/]<tenant>/<id>/` on the object store, with `meta.json` written last (a block
+//! exists once its meta exists) and `compacted_from` naming the blocks a merge replaced. So
+//! loading the directory at start (deleting interrupted writes and the inputs of committed
+//! compactions), deleting a block, retention and the choice of which blocks compaction merges
+//! are the same for both; each store only names its files and says how to write and merge.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::de::DeserializeOwned;
+
+use super::catalog::{Catalog, CatalogEntry};
+
+/// What the directory scan reads from a block's `meta.json`.
+pub trait BlockMetaFile: DeserializeOwned {
+    fn tenant(&self) -> &str;
+    fn id(&self) -> &str;
+    /// Ids of the blocks (same tenant) this one was merged from.
+    fn compacted_from(&self) -> &[String];
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockDirError {
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("{tenant}/{id}/meta.json: {source}")]
+    Meta { tenant: String, id: String, source: serde_json::Error },
+}
+
+/// One kind of block on the object store.
+pub struct BlockDir {
+    object_store: Arc<dyn ObjectStore>,
+    /// Top-level directory of this kind (`None`: the root).
+    prefix: Option<&'static str>,
+    meta_file: &'static str,
+    /// Every other file a block may have.
+    data_files: &'static [&'static str],
+    /// What the logs call these blocks ("block", "profile block").
+    kind: &'static str,
+}
+
+impl BlockDir {
+    pub fn new(
+        object_store: Arc<dyn ObjectStore>,
+        prefix: Option<&'static str>,
+        meta_file: &'static str,
+        data_files: &'static [&'static str],
+        kind: &'static str,
+    ) -> Self {
+        BlockDir { object_store, prefix, meta_file, data_files, kind }
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.object_store
+    }
+
+    /// The directory of block `id` of `tenant`.
+    pub fn dir(&self, tenant: &str, id: &str) -> Path {
+        match self.prefix {
+            Some(p) => Path::from(format!("{p}/{tenant}/{id}")),
+            None => Path::from(format!("{tenant}/{id}")),
+        }
+    }
+
+    pub async fn get(&self, path: &Path) -> Result<Bytes, object_store::Error> {
+        self.object_store.get(path).await?.bytes().await
+    }
+
+    /// Reads every committed block's meta. Directories without a meta (interrupted writes) and
+    /// blocks a committed compaction replaced (a crash before their deletion) are deleted and
+    /// left out.
+    pub async fn scan<M: BlockMetaFile>(&self) -> Result<Vec<M>, BlockDirError> {
+        let prefix = self.prefix.map(Path::from);
+        let objects: Vec<object_store::ObjectMeta> =
+            self.object_store.list(prefix.as_ref()).try_collect().await?;
+        // `[prefix/]tenant/id/file`: anything shallower or deeper is not a block file of ours.
+        let depth = 3 + usize::from(prefix.is_some());
+        let mut dirs: HashMap<(String, String), Vec<Path>> = HashMap::new();
+        for o in objects {
+            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
+            if parts.len() == depth {
+                let key = (parts[depth - 3].clone(), parts[depth - 2].clone());
+                dirs.entry(key).or_default().push(o.location);
+            }
+        }
+        let mut metas: Vec<M> = Vec::new();
+        for ((tenant, id), files) in &dirs {
+            if !files.iter().any(|p| p.filename() == Some(self.meta_file)) {
+                tracing::warn!(tenant, block = id, kind = self.kind, "removing incomplete block");
+                self.delete_files(files).await;
+                continue;
+            }
+            let bytes = self.get(&self.dir(tenant, id).join(self.meta_file)).await?;
+            let meta = serde_json::from_slice(&bytes).map_err(|source| BlockDirError::Meta {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                source,
+            })?;
+            metas.push(meta);
+        }
+        let superseded = superseded(metas.iter().map(|m| (m.tenant(), m.compacted_from())));
+        let mut kept = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let key = (meta.tenant().to_string(), meta.id().to_string());
+            if superseded.contains(&key) {
+                tracing::info!(
+                    tenant = meta.tenant(),
+                    block = meta.id(),
+                    kind = self.kind,
+                    "removing compacted-away block"
+                );
+                if let Some(files) = dirs.get(&key) {
+                    self.delete_files(files).await;
+                }
+                continue;
+            }
+            kept.push(meta);
+        }
+        Ok(kept)
+    }
+
+    async fn delete_files(&self, files: &[Path]) {
+        for f in files {
+            if let Err(e) = self.object_store.delete(f).await {
+                tracing::warn!(path = %f, error = %e, "delete failed");
+            }
+        }
+    }
+
+    /// Deletes a block's files, meta first: a half-deleted block is then an incomplete one,
+    /// cleaned up on start.
+    pub async fn delete(&self, tenant: &str, id: &str) {
+        let files: Vec<Path> = std::iter::once(self.meta_file)
+            .chain(self.data_files.iter().copied())
+            .map(|f| self.dir(tenant, id).join(f))
+            .collect();
+        self.delete_files(&files).await;
+    }
+
+    /// Removes from `catalog` and deletes every block whose newest data ended before
+    /// `now - retention`; returns them.
+    pub async fn expire<B: CatalogEntry>(
+        &self,
+        catalog: &Catalog<B>,
+        retention: Duration,
+    ) -> Vec<Arc<B>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
+        let expired = catalog.expire(cutoff);
+        for b in &expired {
+            self.delete(b.tenant(), b.id()).await;
+        }
+        expired
+    }
+}
+
+/// (tenant, block id) of every block a committed compaction replaced, from the blocks'
+/// `(tenant, compacted_from)`: leftovers of a crash between committing a merged block and
+/// deleting its inputs.
+pub fn superseded<'a>(
+    blocks: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> HashSet<(String, String)> {
+    blocks
+        .into_iter()
+        .flat_map(|(t, from)| from.iter().map(move |id| (t.to_string(), id.clone())))
+        .collect()
+}
+
+/// Which blocks compaction merges.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionPolicy {
+    /// Blocks with fewer rows than half of this are merged together, up to this many rows.
+    pub target_rows: u64,
+    /// Most blocks merged at once (each input costs memory while merging).
+    pub max_inputs: usize,
+    /// A run of small blocks that never adds up to half the target is merged once its oldest
+    /// block is this old.
+    pub after: Duration,
+}
+
+/// The groups of each tenant's blocks to merge, in catalog (start time) order. Runs of small
+/// blocks are cut where the next block would pass the target or the input limit; a cut run is
+/// merged, and the last run only once it adds up to half the target or its oldest block is
+/// `after` old, so each row is rewritten about once instead of at every few flushes.
+pub fn compaction_plan<B: CatalogEntry>(
+    catalog: &Catalog<B>,
+    policy: &CompactionPolicy,
+    now_unix: i64,
+) -> Vec<(String, Vec<Arc<B>>)> {
+    let mut plan = Vec::new();
+    for tenant in catalog.tenants() {
+        for group in compaction_groups(catalog.blocks(&tenant), policy, now_unix) {
+            plan.push((tenant.clone(), group));
+        }
+    }
+    plan
+}
+
+fn compaction_groups<B: CatalogEntry>(
+    blocks: Vec<Arc<B>>,
+    policy: &CompactionPolicy,
+    now_unix: i64,
+) -> Vec<Vec<Arc<B>>> {
+    let target = policy.target_rows;
+    let mut groups = Vec::new();
+    let mut group: Vec<Arc<B>> = Vec::new();
+    let mut rows = 0u64;
+    for b in blocks.into_iter().filter(|b| b.rows() < target / 2) {
+        let full = rows + b.rows() > target || group.len() >= policy.max_inputs;
+        if full && group.len() >= 2 {
+            groups.push(std::mem::take(&mut group));
+            rows = 0;
+        }
+        rows += b.rows();
+        group.push(b);
+    }
+    let oldest = group.iter().map(|b| b.created_unix()).min().unwrap_or(now_unix);
+    let old_enough = now_unix - oldest >= i64::try_from(policy.after.as_secs()).unwrap_or(i64::MAX);
+    if group.len() >= 2 && (rows >= target / 2 || old_enough) {
+        groups.push(group);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (id, rows, created_unix)
+    struct B(&'static str, u64, i64);
+
+    impl CatalogEntry for B {
+        fn tenant(&self) -> &str {
+            "t"
+        }
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn min_time(&self) -> i64 {
+            0
+        }
+        fn max_time(&self) -> i64 {
+            0
+        }
+        fn wal_seq(&self) -> u64 {
+            0
+        }
+        fn rows(&self) -> u64 {
+            self.1
+        }
+        fn created_unix(&self) -> i64 {
+            self.2
+        }
+    }
+
+    fn ids(groups: &[Vec<Arc<B>>]) -> Vec<Vec<&'static str>> {
+        groups.iter().map(|g| g.iter().map(|b| b.0).collect()).collect()
+    }
+
+    const POLICY: CompactionPolicy =
+        CompactionPolicy { target_rows: 100, max_inputs: 3, after: Duration::from_secs(600) };
+
+    #[test]
+    fn runs_are_cut_at_the_target_and_the_input_limit_and_big_blocks_are_left_alone() {
+        let blocks = [B("a", 30, 0), B("b", 30, 0), B("big", 60, 0), B("c", 45, 0), B("d", 40, 0)]
+            .map(Arc::new)
+            .to_vec();
+        // a+b+c would pass 100 rows: a, b are cut; c, d hold 85 ≥ 50 rows.
+        assert_eq!(
+            ids(&compaction_groups(blocks, &POLICY, 0)),
+            vec![vec!["a", "b"], vec!["c", "d"]]
+        );
+        let blocks = [1, 2, 3, 4].map(|_| Arc::new(B("x", 1, 0))).to_vec();
+        let groups = compaction_groups(blocks, &POLICY, 0);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![3], "the rest waits");
+    }
+
+    #[test]
+    fn a_small_last_run_waits_until_its_oldest_block_is_old_enough() {
+        let blocks = || [B("a", 10, 100), B("b", 10, 200)].map(Arc::new).to_vec();
+        assert!(compaction_groups(blocks(), &POLICY, 699).is_empty());
+        assert_eq!(ids(&compaction_groups(blocks(), &POLICY, 700)), vec![vec!["a", "b"]]);
+        let one = vec![Arc::new(B("a", 10, 0))];
+        assert!(compaction_groups(one, &POLICY, 10_000).is_empty(), "nothing to merge with");
+    }
+}

@@ -1,0 +1,149 @@
+//! [`Traces`]: the span write path behind one handle, as [`crate::profile::Profiles`] is for
+//! profiles. `open` loads the block catalog, opens the WAL and replays into the head what no
+//! block holds yet, then starts the writer and applier threads (`writer.rs`); `write` is what
+//! OTLP ingest hands each validated export to; `run` is the maintenance loop
+//! (`maintenance.rs`: flush, WAL truncation, compaction, retention). Design notes: `DESIGN.md`.
+//!
+//! Dependencies point one way: `ingest` → `traces` → {`wal`, `head`, `store`}.
+
+mod maintenance;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use object_store::ObjectStore;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parking_lot::Mutex;
+use prost::Message;
+
+use crate::config::{HeadSection, StoreSection};
+use crate::head::SpanHead;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::wal::{Wal, WalConfig, WalError, WalRecord};
+pub use writer::{ApplyObserver, WriteError};
+use writer::{Writer, WriterThread};
+
+/// What the span write path is opened with (sections of [`crate::config::Config`]).
+#[derive(Debug, Clone)]
+pub struct TracesConfig {
+    pub wal: WalConfig,
+    pub head: HeadSection,
+    pub store: StoreSection,
+    /// Bytes of accepted-but-not-yet-durable exports before writes are refused.
+    pub max_inflight_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracesError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("WAL: {0}")]
+    Wal(#[from] WalError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Traces {
+    store: Arc<Store>,
+    head: Arc<SpanHead>,
+    writer: Writer,
+    /// Taken by [`Traces::stop`].
+    writer_thread: Mutex<Option<WriterThread>>,
+    head_cfg: HeadSection,
+    block_target_spans: usize,
+    retention: std::time::Duration,
+}
+
+impl Traces {
+    /// Loads the block catalog, opens the WAL, replays what no block holds yet and starts the
+    /// writer. `observer` sees every export applied from then on (not the replayed ones).
+    pub async fn open(
+        object_store: Arc<dyn ObjectStore>,
+        cfg: TracesConfig,
+        metrics: Arc<Metrics>,
+        observer: Option<Arc<dyn ApplyObserver>>,
+    ) -> Result<Arc<Traces>, TracesError> {
+        let dedicated = cfg.store.dedicated.clone();
+        let store = Arc::new(Store::open(object_store, dedicated.clone(), metrics.clone()).await?);
+        let head = Arc::new(SpanHead::new(dedicated));
+
+        let watermarks = store.watermarks();
+        let replay_started = Instant::now();
+        let (wal, records) = Wal::open_filtered(cfg.wal, |seq, tenant| {
+            seq > watermarks.get(tenant).copied().unwrap_or(0)
+        })?;
+        let replayed = replay(&head, records);
+        tracing::info!(
+            records = replayed,
+            ms = replay_started.elapsed().as_millis() as u64,
+            "WAL replayed"
+        );
+
+        let (writer, writer_thread) = Writer::start(
+            wal,
+            head.clone(),
+            metrics,
+            cfg.max_inflight_bytes,
+            cfg.head.max_unflushed_spans,
+            observer,
+        )?;
+        Ok(Arc::new(Traces {
+            store,
+            head,
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
+            head_cfg: cfg.head,
+            block_target_spans: cfg.store.block_target_spans,
+            retention: cfg.store.retention,
+        }))
+    }
+
+    /// Committed blocks (what queries read besides the head).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Recent spans not yet (or only just) in blocks.
+    pub fn head(&self) -> &Arc<SpanHead> {
+        &self.head
+    }
+
+    /// Resolves once the export is durable in the WAL and visible in the head. `payload` is the
+    /// export's protobuf encoding, written to the WAL as it is.
+    pub async fn write(
+        &self,
+        tenant: String,
+        req: ExportTraceServiceRequest,
+        payload: bytes::Bytes,
+    ) -> Result<(), WriteError> {
+        self.writer.write(tenant, req, payload).await
+    }
+
+    /// Stops the writer threads once every queued export is in the head and the WAL is closed.
+    /// Call it after [`Traces::run`] has returned; later writes fail with
+    /// [`WriteError::Closed`].
+    pub fn stop(&self) {
+        if let Some(t) = self.writer_thread.lock().take() {
+            t.stop();
+        }
+    }
+}
+
+/// Applies WAL records (already filtered by the block watermarks) to the head; returns how
+/// many were applied.
+fn replay(head: &SpanHead, records: Vec<WalRecord>) -> usize {
+    let mut n = 0;
+    for r in records {
+        match ExportTraceServiceRequest::decode(r.payload.as_slice()) {
+            Ok(req) => match head.apply(r.seq, &r.tenant, &req) {
+                Ok(()) => n += 1,
+                Err(e) => tracing::error!(seq = r.seq, error = %e, "cannot replay WAL record"),
+            },
+            // Records were validated before they were written; this means disk damage.
+            Err(e) => tracing::error!(seq = r.seq, error = %e, "undecodable WAL record skipped"),
+        }
+    }
+    n
+}
