@@ -43,8 +43,32 @@ pub enum ServeError {
     Profiles(#[from] crate::profile::ProfileError),
     #[error("span metrics: {0}")]
     MetricsGen(#[from] crate::metrics_gen::MetricsGenError),
-    #[error("rules: {0}")]
-    Rules(String),
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("rules: {}", join(.0))]
+    Rules(Vec<crate::alert::AlertError>),
+}
+
+fn join(errors: &[crate::alert::AlertError]) -> String {
+    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+impl crate::error::Coded for ServeError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::{Coded, ErrorCode};
+        match self {
+            ServeError::Store(e) => e.code(),
+            ServeError::Wal(e) => e.code(),
+            ServeError::Query(e) => e.code(),
+            ServeError::Profiles(e) => e.code(),
+            ServeError::MetricsGen(e) => e.code(),
+            ServeError::Bind { .. } | ServeError::Io(_) | ServeError::Grpc(_) => {
+                ErrorCode::Unavailable
+            }
+            ServeError::Task(_) => ErrorCode::Internal,
+            ServeError::Rules(_) => ErrorCode::InvalidArgument,
+        }
+    }
 }
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
@@ -88,7 +112,7 @@ impl Running {
         self.tasks = rest;
         match r {
             Ok(r) => r,
-            Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
+            Err(e) => Err(ServeError::Task(e)),
         }
     }
 }
@@ -202,7 +226,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let alerting = Alerting::new(
         AlertingConfig {
             rules: cfg.rules.clone(),
-            tenant: crate::ingest::DEFAULT_TENANT.to_string(),
+            tenant: crate::tenant::DEFAULT_TENANT.to_string(),
             external_url: cfg.external_url.clone().unwrap_or_else(|| format!("http://{http_addr}")),
             external_labels: cfg.external_labels.clone(),
             resend_delay: cfg.alert_resend_delay,
@@ -213,9 +237,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         },
         metrics_gen.clone(),
     )
-    .map_err(|errors| {
-        ServeError::Rules(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-    })?;
+    .map_err(ServeError::Rules)?;
     // The Prometheus API finds the rules' state (and recorded series) as an extension, so the
     // shared AppState stays as it is.
     let app = api::router(AppState {

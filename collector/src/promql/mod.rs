@@ -30,6 +30,20 @@ pub enum PromqlError {
     Execution(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    InvalidTenant(#[from] crate::tenant::InvalidTenant),
+}
+
+impl crate::error::Coded for PromqlError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            PromqlError::BadData(_) | PromqlError::Unsupported(_) => ErrorCode::InvalidArgument,
+            PromqlError::InvalidTenant(e) => e.code(),
+            PromqlError::Execution(_) => ErrorCode::Unprocessable,
+            PromqlError::Internal(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// Staleness lookback of instant selectors, as Prometheus' default.

@@ -42,6 +42,20 @@ pub enum StoreError {
     Task(String),
 }
 
+impl crate::error::Coded for StoreError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            StoreError::ObjectStore(_) | StoreError::Io(_) => ErrorCode::Unavailable,
+            StoreError::Url(_) => ErrorCode::InvalidArgument,
+            StoreError::Parquet(_)
+            | StoreError::Arrow(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Task(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 /// Most blocks merged at once: each open input holds a decoded row group in memory.
 pub const MAX_MERGE_INPUTS: usize = 8;
 
