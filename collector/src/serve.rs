@@ -55,7 +55,7 @@ fn join(errors: &[crate::alert::AlertError]) -> String {
 
 impl crate::error::Coded for ServeError {
     fn code(&self) -> crate::error::ErrorCode {
-        use crate::error::{Coded, ErrorCode};
+        use crate::error::ErrorCode;
         match self {
             ServeError::Store(e) => e.code(),
             ServeError::Wal(e) => e.code(),

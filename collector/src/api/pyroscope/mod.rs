@@ -27,7 +27,7 @@ use axum::routing::post;
 use super::AppState;
 use crate::profile::model::{Batch, Label, ProfileType};
 use crate::profile::push::{self, IngestParams};
-use crate::profile::{self, MergeRequest, ProfileError, Profiles, SeriesRequest};
+use crate::profile::{MergeRequest, ProfileError, Profiles, SeriesRequest};
 use crate::tenant::Tenant;
 use connect::{Codec, ConnectError, read_body};
 use proto::querier::v1 as q;
