@@ -5,6 +5,9 @@
 //! take the same path inside `profile` (its own WAL and head, blocks beside the span blocks).
 //! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
+//!
+//! Below everything: `error` (which kind of failure an error is, so the API answers it
+//! consistently) and `tenant` (the one reader of `X-Scope-OrgID`, for HTTP and gRPC).
 
 pub mod alert;
 pub mod api;

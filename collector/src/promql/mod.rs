@@ -32,6 +32,9 @@ pub enum PromqlError {
     Internal(String),
     #[error(transparent)]
     InvalidTenant(#[from] crate::tenant::InvalidTenant),
+    /// Evaluation runs off the async workers; the task panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl crate::error::Coded for PromqlError {
@@ -41,7 +44,7 @@ impl crate::error::Coded for PromqlError {
             PromqlError::BadData(_) | PromqlError::Unsupported(_) => ErrorCode::InvalidArgument,
             PromqlError::InvalidTenant(e) => e.code(),
             PromqlError::Execution(_) => ErrorCode::Unprocessable,
-            PromqlError::Internal(_) => ErrorCode::Internal,
+            PromqlError::Internal(_) | PromqlError::Task(_) => ErrorCode::Internal,
         }
     }
 }

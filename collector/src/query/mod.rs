@@ -45,8 +45,6 @@ const BLOCKS_URL: &str = "skein://blocks";
 pub enum QueryError {
     #[error("{0}")]
     BadRequest(String),
-    #[error(transparent)]
-    InvalidTenant(#[from] crate::tenant::InvalidTenant),
     #[error("invalid TraceQL: {0}")]
     TraceQl(#[from] traceql::ParseError),
     #[error("not found")]
@@ -79,7 +77,6 @@ impl crate::error::Coded for QueryError {
         use crate::error::ErrorCode;
         match self {
             QueryError::BadRequest(_) | QueryError::TraceQl(_) => ErrorCode::InvalidArgument,
-            QueryError::InvalidTenant(e) => e.code(),
             QueryError::NotFound => ErrorCode::NotFound,
             QueryError::ResourcesExhausted(_) => ErrorCode::ResourceExhausted,
             QueryError::Internal(_)

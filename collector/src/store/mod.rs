@@ -39,7 +39,7 @@ pub enum StoreError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl crate::error::Coded for StoreError {
@@ -66,7 +66,7 @@ pub const COMPACT_AFTER: Duration = Duration::from_secs(600);
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))?
+    tokio::task::spawn_blocking(f).await.map_err(StoreError::Task)?
 }
 
 /// A committed block and its trace-id filter.

@@ -92,7 +92,7 @@ fn success(data: Json) -> Response {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PromqlError> + Send + 'static,
 ) -> Result<T, PromqlError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| PromqlError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 async fn query(
