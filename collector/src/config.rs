@@ -27,6 +27,12 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+impl crate::error::Coded for ConfigError {
+    fn code(&self) -> crate::error::ErrorCode {
+        crate::error::ErrorCode::InvalidArgument
+    }
+}
+
 /// WAL fsync policy as configured; `always` is the default and survives `kill -9` and power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -8,12 +8,16 @@
 //! uses none of them.
 //! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
+//!
+//! Below everything: `error` (which kind of failure an error is, so the API answers it
+//! consistently) and `tenant` (the one reader of `X-Scope-OrgID`, for HTTP and gRPC).
 
 pub mod alert;
 pub mod api;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod error;
 pub mod head;
 pub mod ingest;
 pub mod metrics;
@@ -24,5 +28,6 @@ pub mod query;
 pub mod serve;
 pub mod spanrows;
 pub mod store;
+pub mod tenant;
 pub mod traces;
 pub mod wal;

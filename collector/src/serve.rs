@@ -38,6 +38,25 @@ pub enum ServeError {
     Profiles(#[from] crate::profile::ProfileError),
     #[error("span metrics: {0}")]
     MetricsGen(#[from] crate::metrics_gen::MetricsGenError),
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl crate::error::Coded for ServeError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            ServeError::Store(e) => e.code(),
+            ServeError::Traces(e) => e.code(),
+            ServeError::Query(e) => e.code(),
+            ServeError::Profiles(e) => e.code(),
+            ServeError::MetricsGen(e) => e.code(),
+            ServeError::Bind { .. } | ServeError::Io(_) | ServeError::Grpc(_) => {
+                ErrorCode::Unavailable
+            }
+            ServeError::Task(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
@@ -81,7 +100,7 @@ impl Running {
         self.tasks = rest;
         match r {
             Ok(r) => r,
-            Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
+            Err(e) => Err(ServeError::Task(e)),
         }
     }
 }
@@ -143,7 +162,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let alerting = Alerting::from_groups(
         AlertingConfig {
             rules: cfg.alerting.rules.clone(),
-            tenant: crate::ingest::DEFAULT_TENANT.to_string(),
+            tenant: crate::tenant::DEFAULT_TENANT.to_string(),
             external_url: cfg
                 .alerting
                 .external_url

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::error::{Coded, ErrorCode};
 use crate::promql::PromqlError;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,20 @@ pub enum AlertError {
     Config(String),
     #[error("notifying {url}: {message}")]
     Notify { url: String, message: String },
+}
+
+impl Coded for AlertError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AlertError::Read { .. } | AlertError::Notify { .. } => ErrorCode::Unavailable,
+            AlertError::Yaml { .. }
+            | AlertError::Group { .. }
+            | AlertError::Rule { .. }
+            | AlertError::Template(_)
+            | AlertError::Config(_) => ErrorCode::InvalidArgument,
+            AlertError::Query(e) => e.code(),
+        }
+    }
 }
 
 impl AlertError {

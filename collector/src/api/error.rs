@@ -1,4 +1,7 @@
-//! The one place where internal errors become HTTP and gRPC statuses.
+//! How errors are answered: the one place that turns an [`ErrorCode`] into an HTTP status
+//! (with `Retry-After` where the client should come back) and a gRPC status (with RetryInfo),
+//! and the wire formats built on them: plain text, Prometheus JSON, skein's JSON, Connect
+//! JSON and `tonic::Status`.
 
 use std::time::Duration;
 
@@ -8,180 +11,209 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::native::NativeError;
 use crate::api::pyroscope::connect::ConnectError;
+use crate::error::{Coded, ErrorCode};
 use crate::ingest::IngestError;
 use crate::profile::ProfileError;
 use crate::promql::PromqlError;
 use crate::query::QueryError;
+use crate::tenant::InvalidTenant;
 
 /// Clients are told to come back after this long when the write path is full.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-fn text(status: StatusCode, msg: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg).into_response()
+/// The HTTP status of a code.
+pub fn http_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Unprocessable | ErrorCode::ResourceExhausted => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gRPC code of a code. OTLP exporters retry UNAVAILABLE (with RetryInfo) and give up on
+/// the others, so the write path being full is UNAVAILABLE rather than RESOURCE_EXHAUSTED.
+pub fn grpc_code(code: ErrorCode) -> tonic::Code {
+    match code {
+        ErrorCode::InvalidArgument | ErrorCode::UnsupportedMediaType => {
+            tonic::Code::InvalidArgument
+        }
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::TooLarge | ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::Unprocessable => tonic::Code::FailedPrecondition,
+        ErrorCode::Overloaded | ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorCode::Unimplemented => tonic::Code::Unimplemented,
+        ErrorCode::Internal => tonic::Code::Internal,
+    }
+}
+
+/// A `tonic::Status` for `code`; retryable codes carry RetryInfo.
+pub fn grpc_status(code: ErrorCode, msg: String) -> tonic::Status {
+    if code.retryable() {
+        tonic::Status::with_error_details(
+            grpc_code(code),
+            msg,
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        )
+    } else {
+        tonic::Status::new(grpc_code(code), msg)
+    }
+}
+
+/// Adds `Retry-After` when `code` is worth retrying.
+fn with_retry(code: ErrorCode, mut resp: Response) -> Response {
+    if code.retryable() {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+    }
+    resp
+}
+
+/// The plain-text answer of an error (ingest endpoints, Tempo API, Pyroscope `/ingest`).
+fn text(code: ErrorCode, msg: String) -> Response {
+    let resp = (http_status(code), [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg);
+    with_retry(code, resp.into_response())
 }
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            IngestError::Malformed(_) | IngestError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
-            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            IngestError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            IngestError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let retry = matches!(self, IngestError::Overloaded | IngestError::Storage(_));
-        let resp = text(status, self.to_string());
-        if retry { retry_later(resp) } else { resp }
+        text(self.code(), self.to_string())
     }
 }
 
 impl From<IngestError> for tonic::Status {
     fn from(e: IngestError) -> Self {
-        let msg = e.to_string();
-        match e {
-            IngestError::Malformed(_)
-            | IngestError::InvalidTenant(_)
-            | IngestError::UnsupportedMediaType(_)
-            | IngestError::UnsupportedEncoding(_) => tonic::Status::invalid_argument(msg),
-            IngestError::TooLarge { .. } => tonic::Status::resource_exhausted(msg),
-            // OTLP: UNAVAILABLE with RetryInfo tells exporters to back off and retry.
-            IngestError::Overloaded | IngestError::Storage(_) => tonic::Status::with_error_details(
-                tonic::Code::Unavailable,
-                msg,
-                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-            ),
-        }
+        grpc_status(e.code(), e.to_string())
     }
 }
 
-fn query_status(e: &QueryError) -> StatusCode {
-    let status = match e {
-        QueryError::BadRequest(_) | QueryError::TraceQl(_) => StatusCode::BAD_REQUEST,
-        QueryError::NotFound => StatusCode::NOT_FOUND,
-        QueryError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    if !matches!(e, QueryError::BadRequest(_) | QueryError::TraceQl(_) | QueryError::NotFound) {
+/// The rejection of the [`crate::tenant::Tenant`] extractor.
+impl IntoResponse for InvalidTenant {
+    fn into_response(self) -> Response {
+        text(self.code(), self.to_string())
+    }
+}
+
+impl From<InvalidTenant> for tonic::Status {
+    fn from(e: InvalidTenant) -> Self {
+        grpc_status(e.code(), e.to_string())
+    }
+}
+
+/// Failures of the server, not of the request, are logged.
+fn log_query_failure(e: &QueryError) {
+    if matches!(e.code(), ErrorCode::ResourceExhausted | ErrorCode::Internal) {
         tracing::warn!(error = %e, "query failed");
     }
-    status
 }
 
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
-        text(query_status(&self), self.to_string())
+        log_query_failure(&self);
+        text(self.code(), self.to_string())
     }
 }
 
-/// Prometheus API errors: `{"status":"error","errorType":…,"error":…}` with Prometheus'
-/// statuses. Unsupported PromQL is `bad_data` (400), so clients never mistake it for data.
-fn promql_status(e: &PromqlError) -> (StatusCode, &'static str) {
-    match e {
-        PromqlError::BadData(_) | PromqlError::Unsupported(_) => {
-            (StatusCode::BAD_REQUEST, "bad_data")
-        }
-        PromqlError::Execution(_) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
-        PromqlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+/// Prometheus' `errorType` of a code (its API answers these with the same statuses as
+/// [`http_status`]). Unsupported PromQL is `bad_data` (400), so clients never mistake it for
+/// data.
+fn prometheus_error_type(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::NotFound => "not_found",
+        ErrorCode::Unprocessable | ErrorCode::ResourceExhausted => "execution",
+        ErrorCode::Overloaded | ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Internal | ErrorCode::Unimplemented => "internal",
+        ErrorCode::InvalidArgument
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::TooLarge
+        | ErrorCode::Unauthenticated
+        | ErrorCode::PermissionDenied => "bad_data",
     }
 }
 
+/// Prometheus API errors: `{"status":"error","errorType":…,"error":…}`.
 impl IntoResponse for PromqlError {
     fn into_response(self) -> Response {
-        let (status, kind) = promql_status(&self);
+        let code = self.code();
+        let status = http_status(code);
         if status.is_server_error() {
             tracing::warn!(error = %self, "PromQL request failed");
         }
-        let body =
-            serde_json::json!({"status": "error", "errorType": kind, "error": self.to_string()});
-        (status, axum::Json(body)).into_response()
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": prometheus_error_type(code),
+            "error": self.to_string(),
+        });
+        with_retry(code, (status, axum::Json(body)).into_response())
     }
-}
-
-fn retry_later(mut resp: Response) -> Response {
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
-    resp
 }
 
 /// skein's own API answers `{"error": "..."}`, with the status of the underlying error.
 impl IntoResponse for NativeError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            NativeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            NativeError::Query(e) => query_status(e),
-            NativeError::Profile(e) => e.status(),
-            NativeError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            NativeError::Series(e) => promql_status(e).0,
-        };
-        if status.is_server_error() && !matches!(self, NativeError::Query(_)) {
-            tracing::warn!(error = %self, "native API request failed");
+        let code = self.code();
+        let status = http_status(code);
+        match &self {
+            NativeError::Query(e) => log_query_failure(e),
+            _ if status.is_server_error() => {
+                tracing::warn!(error = %self, "native API request failed")
+            }
+            _ => {}
         }
         let body = serde_json::json!({ "error": self.to_string() });
-        (status, axum::Json(body)).into_response()
-    }
-}
-
-impl ProfileError {
-    fn status(&self) -> StatusCode {
-        match self {
-            ProfileError::BadRequest(_)
-            | ProfileError::Malformed(_)
-            | ProfileError::InvalidTenant(_) => StatusCode::BAD_REQUEST,
-            ProfileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProfileError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ProfileError::ResourcesExhausted(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ProfileError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProfileError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        with_retry(code, (status, axum::Json(body)).into_response())
     }
 }
 
 /// `/ingest` answers in plain text, as Pyroscope does.
 impl IntoResponse for ProfileError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
+        let code = self.code();
+        if http_status(code).is_server_error() {
             tracing::warn!(error = %self, "profile request failed");
         }
-        let retry = matches!(self, ProfileError::Overloaded | ProfileError::Storage(_));
-        let resp = text(status, self.to_string());
-        if retry { retry_later(resp) } else { resp }
+        text(code, self.to_string())
     }
 }
 
-/// Connect error codes and the HTTP statuses the Connect protocol assigns them.
-fn connect_code(e: &ConnectError) -> (&'static str, StatusCode) {
-    match e {
-        ConnectError::Profile(p) => match p {
-            ProfileError::BadRequest(_)
-            | ProfileError::Malformed(_)
-            | ProfileError::InvalidTenant(_) => ("invalid_argument", StatusCode::BAD_REQUEST),
-            ProfileError::TooLarge { .. } | ProfileError::ResourcesExhausted(_) => {
-                ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS)
-            }
-            ProfileError::Overloaded | ProfileError::Storage(_) => {
-                ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
-            }
-            ProfileError::Internal(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
-        },
-        ConnectError::Decode(_) => ("invalid_argument", StatusCode::BAD_REQUEST),
+/// The Connect protocol's name of a code and the HTTP status the protocol assigns it.
+fn connect_code(code: ErrorCode) -> (&'static str, StatusCode) {
+    match code {
+        ErrorCode::InvalidArgument => ("invalid_argument", StatusCode::BAD_REQUEST),
         // Connect servers answer an unsupported codec with a bare 415.
-        ConnectError::UnsupportedMediaType(_) => {
-            ("invalid_argument", StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        ErrorCode::UnsupportedMediaType => ("invalid_argument", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ErrorCode::NotFound => ("not_found", StatusCode::NOT_FOUND),
+        ErrorCode::TooLarge | ErrorCode::ResourceExhausted => {
+            ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS)
         }
-        ConnectError::UnknownMethod(_) => ("unimplemented", StatusCode::NOT_IMPLEMENTED),
+        ErrorCode::Unprocessable => ("failed_precondition", StatusCode::BAD_REQUEST),
+        ErrorCode::Overloaded | ErrorCode::Unavailable => {
+            ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
+        }
+        ErrorCode::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED),
+        ErrorCode::PermissionDenied => ("permission_denied", StatusCode::FORBIDDEN),
+        ErrorCode::Unimplemented => ("unimplemented", StatusCode::NOT_IMPLEMENTED),
+        ErrorCode::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
 
 /// Connect errors: `{"code": "...", "message": "..."}` with the code's HTTP status.
 impl IntoResponse for ConnectError {
     fn into_response(self) -> Response {
-        let (code, status) = connect_code(&self);
+        let code = self.code();
+        let (name, status) = connect_code(code);
         if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
             tracing::warn!(error = %self, "Pyroscope API request failed");
         }
-        let body = serde_json::json!({ "code": code, "message": self.to_string() }).to_string();
+        let body = serde_json::json!({ "code": name, "message": self.to_string() }).to_string();
         let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
             resp.headers_mut().insert(
@@ -189,39 +221,104 @@ impl IntoResponse for ConnectError {
                 HeaderValue::from_static("application/proto, application/json"),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE { retry_later(resp) } else { resp }
+        with_retry(code, resp)
     }
 }
 
-/// tonic reports codec failures with codes OTLP clients misread: an uncompressed message above
-/// the decode limit is OUT_OF_RANGE (OTLP: RESOURCE_EXHAUSTED, as tonic already says for
-/// inflated gzip), an undecodable protobuf or corrupt gzip is INTERNAL (OTLP: INVALID_ARGUMENT,
-/// a client error not to be retried). The ingest service itself answers neither code, so the
-/// code alone identifies the case.
-#[derive(Clone, Copy)]
-pub struct GrpcCodecStatusLayer;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<S> tower::Layer<S> for GrpcCodecStatusLayer {
-    type Service = tower::util::MapResponse<
-        S,
-        fn(axum::http::Response<tonic::body::Body>) -> axum::http::Response<tonic::body::Body>,
-    >;
-    fn layer(&self, inner: S) -> Self::Service {
-        tower::util::MapResponse::new(inner, remap_out_of_range)
-    }
-}
+    const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::Unprocessable,
+        ErrorCode::ResourceExhausted,
+        ErrorCode::Overloaded,
+        ErrorCode::Unavailable,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Unimplemented,
+        ErrorCode::Internal,
+    ];
 
-fn remap_out_of_range(
-    mut resp: axum::http::Response<tonic::body::Body>,
-) -> axum::http::Response<tonic::body::Body> {
-    let h = resp.headers_mut();
-    let remapped = match h.get("grpc-status").map(|v| v.as_bytes()) {
-        Some(b"11") => Some("8"),
-        Some(b"13") => Some("3"),
-        _ => None,
-    };
-    if let Some(code) = remapped {
-        h.insert("grpc-status", HeaderValue::from_static(code));
+    #[test]
+    fn codes_map_to_http_statuses_and_retry_after() {
+        let expected = [400, 415, 404, 413, 422, 422, 429, 503, 401, 403, 501, 500];
+        for (code, status) in ALL.into_iter().zip(expected) {
+            let resp = text(code, String::new());
+            assert_eq!(resp.status().as_u16(), status, "{code:?}");
+            let retry = resp.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap());
+            let want = matches!(code, ErrorCode::Overloaded | ErrorCode::Unavailable);
+            assert_eq!(retry, want.then_some("1"), "{code:?}");
+        }
     }
-    resp
+
+    #[test]
+    fn codes_map_to_grpc_codes_and_retry_info() {
+        use tonic::Code;
+        let expected = [
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+            Code::Unavailable,
+            Code::Unavailable,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+            Code::Internal,
+        ];
+        for (code, grpc) in ALL.into_iter().zip(expected) {
+            let status = grpc_status(code, "m".into());
+            assert_eq!(status.code(), grpc, "{code:?}");
+            assert_eq!(status.message(), "m");
+            let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+            let want = matches!(code, ErrorCode::Overloaded | ErrorCode::Unavailable);
+            assert_eq!(retry, want.then_some(RETRY_AFTER), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn ingest_errors_keep_their_statuses() {
+        let cases: [(IngestError, u16, tonic::Code); 5] = [
+            (IngestError::Malformed("x".into()), 400, tonic::Code::InvalidArgument),
+            (IngestError::TooLarge { limit: 1 }, 413, tonic::Code::ResourceExhausted),
+            (IngestError::UnsupportedEncoding("br".into()), 415, tonic::Code::InvalidArgument),
+            (
+                IngestError::InvalidTenant(InvalidTenant("a/b".into())),
+                400,
+                tonic::Code::InvalidArgument,
+            ),
+            (IngestError::Overloaded, 429, tonic::Code::Unavailable),
+        ];
+        for (e, http, grpc) in cases {
+            assert_eq!(grpc_code(e.code()), grpc);
+            assert_eq!(e.into_response().status().as_u16(), http);
+        }
+        let status = tonic::Status::from(IngestError::Overloaded);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn prometheus_and_connect_names_follow_the_code() {
+        assert_eq!(prometheus_error_type(PromqlError::BadData(String::new()).code()), "bad_data");
+        assert_eq!(
+            prometheus_error_type(PromqlError::Execution(String::new()).code()),
+            "execution"
+        );
+        assert_eq!(prometheus_error_type(PromqlError::Internal(String::new()).code()), "internal");
+        let c = |e: ProfileError| connect_code(e.code());
+        assert_eq!(
+            c(ProfileError::TooLarge { limit: 1 }),
+            ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS)
+        );
+        assert_eq!(c(ProfileError::Overloaded), ("unavailable", StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(connect_code(ConnectError::UnknownMethod("X".into()).code()).0, "unimplemented");
+    }
 }

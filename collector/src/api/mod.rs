@@ -12,12 +12,10 @@ pub mod ui;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::HeaderMap;
 
-use crate::ingest::tenant_from;
 use crate::metrics_gen::Generator;
 use crate::profile::Profiles;
-use crate::query::{QueryEngine, QueryError};
+use crate::query::QueryEngine;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,10 +33,4 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(ui::router())
         .with_state(state)
-}
-
-/// The tenant of a read request (`X-Scope-OrgID`).
-pub fn tenant(headers: &HeaderMap) -> Result<String, QueryError> {
-    tenant_from(headers.get("x-scope-orgid").map(|v| v.as_bytes()))
-        .map_err(|e| QueryError::BadRequest(e.to_string()))
 }

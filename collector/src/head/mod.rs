@@ -24,6 +24,14 @@ pub enum HeadError {
     Arrow(#[from] ArrowError),
 }
 
+impl crate::error::Coded for HeadError {
+    fn code(&self) -> crate::error::ErrorCode {
+        match self {
+            HeadError::Arrow(_) => crate::error::ErrorCode::Internal,
+        }
+    }
+}
+
 /// Seal the open builder into an immutable batch after this many rows.
 const SEAL_ROWS: usize = 16 * 1024;
 

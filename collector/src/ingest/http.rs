@@ -8,9 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
 
-use super::{
-    IngestError, Ingestor, Protocol, decode_json, decode_protobuf, gunzip_bounded, tenant_from,
-};
+use super::{IngestError, Ingestor, Protocol, decode_json, decode_protobuf, gunzip_bounded};
+use crate::tenant::Tenant;
 
 pub fn router(ingestor: Ingestor) -> Router {
     // The raw (possibly compressed) body may not exceed the limit either; the decompressed
@@ -23,9 +22,10 @@ pub fn router(ingestor: Ingestor) -> Router {
 }
 
 async fn export(State(ing): State<Ingestor>, headers: HeaderMap, body: Bytes) -> Response {
-    let tenant = match tenant_from(headers.get("x-scope-orgid").map(|v| v.as_bytes())) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
+    // Looked at after the body extractor, so an oversized body is still refused first.
+    let tenant = match Tenant::from_headers(&headers) {
+        Ok(Tenant(t)) => t,
+        Err(e) => return IngestError::from(e).into_response(),
     };
     let json = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(ct) if ct.starts_with("application/json") => true,
@@ -68,11 +68,7 @@ async fn export(State(ing): State<Ingestor>, headers: HeaderMap, body: Bytes) ->
         Ok(resp) => {
             // Answer in the encoding the client used, as the OTLP/HTTP spec requires.
             if json {
-                match serde_json::to_vec(&resp) {
-                    Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], b)
-                        .into_response(),
-                    Err(e) => IngestError::Storage(e.to_string()).into_response(),
-                }
+                json_response(serde_json::to_vec(&resp))
             } else {
                 (
                     StatusCode::OK,
@@ -83,5 +79,33 @@ async fn export(State(ing): State<Ingestor>, headers: HeaderMap, body: Bytes) ->
             }
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// The JSON answer to a stored export. If it cannot be serialised the spans are durable
+/// already, so the answer must not be one OTLP exporters retry (429, 502, 503, 504): that
+/// would store the spans twice. It is 200 with the empty response, which tells the truth
+/// (everything was stored), rather than a 500 that would report the export as lost.
+fn json_response(body: Result<Vec<u8>, serde_json::Error>) -> Response {
+    let body = body.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot serialise the OTLP export response; answering {{}}");
+        b"{}".to_vec()
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unserialisable_response_after_the_write_is_not_retryable() {
+        let err = serde_json::from_str::<u8>("x").unwrap_err();
+        let resp = json_response(Err(err));
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        let ok = json_response(Ok(b"{\"partialSuccess\":null}".to_vec()));
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

@@ -15,11 +15,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
+use crate::error::{Coded, ErrorCode};
 use crate::metrics::Metrics;
+use crate::tenant::InvalidTenant;
 use crate::traces::{Traces, WriteError};
 
-/// Tenant used when `X-Scope-OrgID` is absent.
-pub const DEFAULT_TENANT: &str = "single-tenant";
+/// Kept for callers outside the crate; the tenant module owns it.
+pub use crate::tenant::DEFAULT_TENANT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -31,35 +33,35 @@ pub enum IngestError {
     UnsupportedMediaType(String),
     #[error("unsupported content encoding {0:?}: use gzip or none")]
     UnsupportedEncoding(String),
-    #[error("invalid tenant id {0:?}: use 1-150 characters from [A-Za-z0-9_.-]")]
-    InvalidTenant(String),
+    #[error(transparent)]
+    InvalidTenant(#[from] InvalidTenant),
     #[error("write path is full, retry later")]
     Overloaded,
     #[error("storage failure: {0}")]
-    Storage(String),
+    Storage(#[source] WriteError),
 }
 
 impl From<WriteError> for IngestError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Overloaded => IngestError::Overloaded,
-            other => IngestError::Storage(other.to_string()),
+            other => IngestError::Storage(other),
         }
     }
 }
 
-/// Validates a tenant header value; absent means the default tenant.
-pub fn tenant_from(value: Option<&[u8]>) -> Result<String, IngestError> {
-    let Some(v) = value else { return Ok(DEFAULT_TENANT.to_string()) };
-    let ok = !v.is_empty()
-        && v.len() <= 150
-        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        && v != b"."
-        && v != b"..";
-    if ok {
-        Ok(String::from_utf8_lossy(v).into_owned())
-    } else {
-        Err(IngestError::InvalidTenant(String::from_utf8_lossy(v).into_owned()))
+impl Coded for IngestError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            IngestError::Malformed(_) => ErrorCode::InvalidArgument,
+            IngestError::InvalidTenant(e) => e.code(),
+            IngestError::TooLarge { .. } => ErrorCode::TooLarge,
+            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                ErrorCode::UnsupportedMediaType
+            }
+            IngestError::Overloaded => ErrorCode::Overloaded,
+            IngestError::Storage(_) => ErrorCode::Unavailable,
+        }
     }
 }
 
@@ -255,15 +257,6 @@ mod tests {
             other => panic!("expected TooLarge, got {other:?}"),
         }
         assert_eq!(gunzip_bounded(&bomb, 8 << 20).unwrap().len(), 8 << 20);
-    }
-
-    #[test]
-    fn tenant_ids_are_validated() {
-        assert_eq!(tenant_from(None).unwrap(), DEFAULT_TENANT);
-        assert_eq!(tenant_from(Some(b"team-a.prod_1")).unwrap(), "team-a.prod_1");
-        assert!(tenant_from(Some(b"../etc")).is_err());
-        assert!(tenant_from(Some(b"")).is_err());
-        assert!(tenant_from(Some(b"a/b")).is_err());
     }
 
     #[test]

@@ -41,6 +41,18 @@ pub enum MetricsGenError {
     Corrupt(String),
 }
 
+impl crate::error::Coded for MetricsGenError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            MetricsGenError::Io(_) => ErrorCode::Unavailable,
+            MetricsGenError::Parquet(_)
+            | MetricsGenError::Arrow(_)
+            | MetricsGenError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 /// Series not updated for this long are no longer sampled nor exposed (Tempo's default
 /// stale duration), so finished operations drop out of dashboards after the lookback.
 pub const STALE_MS: i64 = 15 * 60 * 1000;

@@ -49,7 +49,9 @@ pub use query::{MergeRequest, Series, SeriesRequest};
 pub use service::{ProfileConfig, Profiles};
 pub use tree::{Tree, TreeNode};
 
+use crate::error::{Coded, ErrorCode};
 use crate::ingest::IngestError;
+use crate::tenant::InvalidTenant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -59,16 +61,22 @@ pub enum ProfileError {
     Malformed(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("invalid tenant id {0:?}: use 1-150 characters from [A-Za-z0-9_.-]")]
-    InvalidTenant(String),
+    #[error(transparent)]
+    InvalidTenant(#[from] InvalidTenant),
     #[error("profile write path is full, retry later")]
     Overloaded,
     #[error("query needs more memory than allowed: {0}")]
     ResourcesExhausted(String),
+    #[error("storage failure: object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
     #[error("storage failure: {0}")]
-    Storage(String),
+    Wal(#[from] crate::wal::WalError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("internal error: arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("internal error: parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
 }
 
 impl From<IngestError> for ProfileError {
@@ -80,24 +88,6 @@ impl From<IngestError> for ProfileError {
             IngestError::Overloaded => ProfileError::Overloaded,
             other => ProfileError::Internal(other.to_string()),
         }
-    }
-}
-
-impl From<arrow::error::ArrowError> for ProfileError {
-    fn from(e: arrow::error::ArrowError) -> Self {
-        ProfileError::Internal(format!("arrow: {e}"))
-    }
-}
-
-impl From<parquet::errors::ParquetError> for ProfileError {
-    fn from(e: parquet::errors::ParquetError) -> Self {
-        ProfileError::Internal(format!("parquet: {e}"))
-    }
-}
-
-impl From<object_store::Error> for ProfileError {
-    fn from(e: object_store::Error) -> Self {
-        ProfileError::Storage(format!("object store: {e}"))
     }
 }
 
@@ -113,18 +103,23 @@ impl From<crate::store::blocks::BlockDirError> for ProfileError {
     }
 }
 
-impl From<crate::wal::WalError> for ProfileError {
-    fn from(e: crate::wal::WalError) -> Self {
-        ProfileError::Storage(e.to_string())
+impl Coded for ProfileError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ProfileError::BadRequest(_) | ProfileError::Malformed(_) => ErrorCode::InvalidArgument,
+            ProfileError::InvalidTenant(e) => e.code(),
+            ProfileError::TooLarge { .. } => ErrorCode::TooLarge,
+            ProfileError::Overloaded => ErrorCode::Overloaded,
+            ProfileError::ResourcesExhausted(_) => ErrorCode::ResourceExhausted,
+            ProfileError::ObjectStore(_) | ProfileError::Wal(_) => ErrorCode::Unavailable,
+            ProfileError::Internal(_) | ProfileError::Arrow(_) | ProfileError::Parquet(_) => {
+                ErrorCode::Internal
+            }
+        }
     }
 }
 
 /// Inflates gzip up to `limit` bytes (a bomb stops there).
 pub fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, ProfileError> {
     Ok(crate::ingest::gunzip_bounded(raw, limit)?)
-}
-
-/// The tenant of a request (`X-Scope-OrgID`; absent means the default tenant).
-pub fn tenant(value: Option<&[u8]>) -> Result<String, ProfileError> {
-    Ok(crate::ingest::tenant_from(value)?)
 }

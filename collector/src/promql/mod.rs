@@ -30,6 +30,23 @@ pub enum PromqlError {
     Execution(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    InvalidTenant(#[from] crate::tenant::InvalidTenant),
+    /// Evaluation runs off the async workers; the task panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl crate::error::Coded for PromqlError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            PromqlError::BadData(_) | PromqlError::Unsupported(_) => ErrorCode::InvalidArgument,
+            PromqlError::InvalidTenant(e) => e.code(),
+            PromqlError::Execution(_) => ErrorCode::Unprocessable,
+            PromqlError::Internal(_) | PromqlError::Task(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// Staleness lookback of instant selectors, as Prometheus' default.

@@ -42,32 +42,38 @@ pub enum QueryError {
     ResourcesExhausted(String),
     #[error("query failed: {0}")]
     Internal(String),
+    #[error("query failed: {0}")]
+    DataFusion(#[source] DataFusionError),
+    #[error("query failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("query failed: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("query failed: {0}")]
+    Head(#[from] crate::head::HeadError),
 }
 
 impl From<DataFusionError> for QueryError {
     fn from(e: DataFusionError) -> Self {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(m) => QueryError::ResourcesExhausted(m.clone()),
-            _ => QueryError::Internal(e.to_string()),
+            _ => QueryError::DataFusion(e),
         }
     }
 }
 
-impl From<StoreError> for QueryError {
-    fn from(e: StoreError) -> Self {
-        QueryError::Internal(e.to_string())
-    }
-}
-
-impl From<arrow::error::ArrowError> for QueryError {
-    fn from(e: arrow::error::ArrowError) -> Self {
-        QueryError::Internal(e.to_string())
-    }
-}
-
-impl From<crate::head::HeadError> for QueryError {
-    fn from(e: crate::head::HeadError) -> Self {
-        QueryError::Internal(e.to_string())
+impl crate::error::Coded for QueryError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            QueryError::BadRequest(_) | QueryError::TraceQl(_) => ErrorCode::InvalidArgument,
+            QueryError::NotFound => ErrorCode::NotFound,
+            QueryError::ResourcesExhausted(_) => ErrorCode::ResourceExhausted,
+            QueryError::Internal(_)
+            | QueryError::DataFusion(_)
+            | QueryError::Store(_)
+            | QueryError::Arrow(_)
+            | QueryError::Head(_) => ErrorCode::Internal,
+        }
     }
 }
 

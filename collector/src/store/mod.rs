@@ -37,7 +37,21 @@ pub enum StoreError {
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl crate::error::Coded for StoreError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            StoreError::ObjectStore(_) | StoreError::Io(_) => ErrorCode::Unavailable,
+            StoreError::Url(_) => ErrorCode::InvalidArgument,
+            StoreError::Parquet(_)
+            | StoreError::Arrow(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Task(_) => ErrorCode::Internal,
+        }
+    }
 }
 
 /// Most blocks merged at once: each open input holds a decoded row group in memory.
@@ -50,7 +64,7 @@ pub const COMPACT_AFTER: Duration = Duration::from_secs(600);
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Task(e.to_string()))?
+    tokio::task::spawn_blocking(f).await.map_err(StoreError::Task)?
 }
 
 /// A committed block and its trace-id filter.

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use prost::Message;
 
 use crate::config::{HeadSection, StoreSection};
+use crate::error::{Coded, ErrorCode};
 use crate::head::SpanHead;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -43,6 +44,16 @@ pub enum TracesError {
     Wal(#[from] WalError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Coded for TracesError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            TracesError::Store(e) => e.code(),
+            TracesError::Wal(e) => e.code(),
+            TracesError::Io(_) => ErrorCode::Unavailable,
+        }
+    }
 }
 
 pub struct Traces {

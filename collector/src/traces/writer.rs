@@ -14,20 +14,34 @@ use std::sync::mpsc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::oneshot;
 
-use crate::head::SpanHead;
+use crate::error::{Coded, ErrorCode};
+use crate::head::{HeadError, SpanHead};
 use crate::metrics::Metrics;
-use crate::wal::Wal;
+use crate::wal::{Wal, WalError};
 
+/// Clone, because one WAL failure answers every export of its group commit: the errors it
+/// carries are shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     #[error("write path is full")]
     Overloaded,
     #[error("WAL write failed: {0}")]
-    Wal(String),
+    Wal(#[source] Arc<WalError>),
     #[error("head update failed: {0}")]
-    Head(String),
+    Head(#[source] Arc<HeadError>),
     #[error("writer has stopped")]
     Closed,
+}
+
+impl Coded for WriteError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            WriteError::Overloaded => ErrorCode::Overloaded,
+            WriteError::Wal(e) => e.code(),
+            WriteError::Head(e) => e.code(),
+            WriteError::Closed => ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// Sees every export once, right after it is applied to the head. WAL replay on start does not
@@ -162,7 +176,7 @@ fn apply_loop(
         for (i, p) in group.into_iter().enumerate() {
             let r = head
                 .apply(first_seq + i as u64, &p.tenant, &p.req)
-                .map_err(|e| WriteError::Head(e.to_string()));
+                .map_err(|e| WriteError::Head(Arc::new(e)));
             // Aggregated before the ack, so an acknowledged span is already counted.
             if let (Some(o), Ok(())) = (observer, &r) {
                 o.applied(&p.tenant, &p.req);
@@ -217,7 +231,7 @@ fn run(
                     let r = wal
                         .truncate_through(through)
                         .map(|()| through)
-                        .map_err(|e| WriteError::Wal(e.to_string()));
+                        .map_err(|e| WriteError::Wal(Arc::new(e)));
                     let stats = wal.stats();
                     metrics.wal_bytes.set(stats.bytes as i64);
                     metrics.wal_segments.set(stats.segments as i64);
@@ -264,7 +278,7 @@ fn commit(wal: &mut Wal, metrics: &Metrics, group: &mut Vec<Pending>) -> Option<
         Ok(first_seq) => Some(Durable { first_seq, group: std::mem::take(group) }),
         Err(e) => {
             tracing::error!(error = %e, "WAL append failed; refusing the group");
-            let err = WriteError::Wal(e.to_string());
+            let err = WriteError::Wal(Arc::new(e));
             for p in group.drain(..) {
                 let _ = p.done.send(Err(err.clone()));
             }

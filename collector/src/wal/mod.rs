@@ -90,6 +90,20 @@ pub enum WalError {
     Poisoned,
 }
 
+impl crate::error::Coded for WalError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            WalError::Io { .. } | WalError::Locked { .. } | WalError::Poisoned => {
+                ErrorCode::Unavailable
+            }
+            WalError::Corrupt { .. } => ErrorCode::Internal,
+            WalError::TenantTooLong { .. } => ErrorCode::InvalidArgument,
+            WalError::PayloadTooLarge { .. } => ErrorCode::TooLarge,
+        }
+    }
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
     let path = path.to_path_buf();
     move |source| WalError::Io { op, path, source }

@@ -19,10 +19,10 @@ use skein_collector::alert::exemplars::{FLAMEGRAPH_UI_URL, FLAMEGRAPH_URL, SLOW_
 use skein_collector::alert::notify::Targets;
 use skein_collector::alert::state::AlertState;
 use skein_collector::alert::{Alerting, AlertingConfig};
-use skein_collector::ingest::DEFAULT_TENANT;
 use skein_collector::metrics_gen::spanmetrics::DEFAULT_BUCKETS;
 use skein_collector::metrics_gen::{Generator, GeneratorConfig};
 use skein_collector::promql::{self, value::Value as PValue};
+use skein_collector::tenant::DEFAULT_TENANT;
 
 use crate::common::*;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use serde_json::Value;
-use skein_collector::ingest::DEFAULT_TENANT;
+use skein_collector::tenant::DEFAULT_TENANT;
 
 use crate::common::*;
 

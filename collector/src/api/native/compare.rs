@@ -10,12 +10,12 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 
 use super::{NativeError, params, range_ns, required};
 use crate::api::AppState;
 use crate::query::compare::{CompareRequest, Comparison};
+use crate::tenant::{InvalidTenant, Tenant};
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 200;
@@ -56,11 +56,11 @@ pub fn request(p: &CompareParams) -> Result<CompareRequest, NativeError> {
 
 pub async fn handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     q: Result<Query<CompareParams>, QueryRejection>,
 ) -> Result<Json<Comparison>, NativeError> {
     let p = params(q)?;
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let req = request(&p)?;
     Ok(Json(state.engine.compare(&tenant, &req).await?))
 }

@@ -5,13 +5,13 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use serde::Serialize;
 
 use super::NativeError;
 use crate::api::AppState;
 use crate::query::critical_path::{TraceSpan, critical_path};
 use crate::query::parse_trace_id;
+use crate::tenant::{InvalidTenant, Tenant};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct CriticalPath {
@@ -55,10 +55,10 @@ pub fn response(trace_id: [u8; 16], spans: &[TraceSpan]) -> CriticalPath {
 
 pub async fn handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     Path(trace_id): Path<String>,
 ) -> Result<Json<CriticalPath>, NativeError> {
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let id = parse_trace_id(&trace_id)?;
     let spans = state.engine.trace_spans(&tenant, id).await?;
     Ok(Json(response(id, &spans)))

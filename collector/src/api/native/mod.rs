@@ -25,18 +25,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
+use crate::error::{Coded, ErrorCode};
 use crate::profile::ProfileError;
 use crate::profile::tree::Tree;
 use crate::promql::PromqlError;
 use crate::query::QueryError;
 use crate::query::operation::OperationQuery;
+use crate::tenant::{InvalidTenant, Tenant};
 
 /// What CPU flame graphs show unless `profile_type` says otherwise.
 pub const DEFAULT_PROFILE_TYPE: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
@@ -58,6 +60,21 @@ pub enum NativeError {
     Render(String),
     #[error(transparent)]
     Series(#[from] PromqlError),
+    #[error(transparent)]
+    InvalidTenant(#[from] InvalidTenant),
+}
+
+impl Coded for NativeError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            NativeError::BadRequest(_) => ErrorCode::InvalidArgument,
+            NativeError::Query(e) => e.code(),
+            NativeError::Profile(e) => e.code(),
+            NativeError::Render(_) => ErrorCode::Internal,
+            NativeError::Series(e) => e.code(),
+            NativeError::InvalidTenant(e) => e.code(),
+        }
+    }
 }
 
 pub fn router() -> Router<AppState> {
@@ -70,11 +87,6 @@ pub fn router() -> Router<AppState> {
         .route("/skein/api/operations", get(services::operations_handler))
         .route("/skein/api/red", get(red::handler))
         .route("/skein/api/sql", post(sql::handler))
-}
-
-/// The tenant of a request.
-fn tenant(headers: &HeaderMap) -> Result<String, NativeError> {
-    Ok(super::tenant(headers)?)
 }
 
 /// Query parameters, or a 400 naming what is wrong with them.
@@ -248,10 +260,10 @@ fn svg_response(svg: String) -> Response {
 
 async fn flamegraph_handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     Query(p): Query<Params>,
 ) -> Result<Response, NativeError> {
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let fmt = format(&p)?;
     let range = window(
         &p,
@@ -276,10 +288,10 @@ async fn flamegraph_handler(
 
 async fn diff_handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     Query(p): Query<Params>,
 ) -> Result<Response, NativeError> {
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let fmt = format(&p)?;
     let (service, _) = operation(&p)?;
     let threshold = p

@@ -10,7 +10,6 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::series::{Buckets, add_buckets, boundaries, buckets_by, quantile_ns, sum_by};
@@ -19,6 +18,7 @@ use crate::api::AppState;
 use crate::metrics_gen::spanmetrics::{CALLS, LATENCY};
 use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
+use crate::tenant::{InvalidTenant, Tenant};
 
 const DEFAULT_STEP_MS: i64 = 15_000;
 /// Points per series at most (as Prometheus' limit).
@@ -123,11 +123,11 @@ pub fn red(
 
 pub async fn handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     q: Result<Query<RedParams>, QueryRejection>,
 ) -> Result<Json<RedResponse>, NativeError> {
     let p = params(q)?;
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let service = super::required("service", p.service.as_deref())?;
     let step = match p.step.as_deref() {
         None => DEFAULT_STEP_MS,

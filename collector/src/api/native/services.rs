@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::series::{Buckets, add_buckets, boundaries, buckets_by, quantile_ns, ratio, sum_by};
@@ -18,6 +17,7 @@ use crate::metrics_gen::servicegraph::{REQUEST_FAILED_TOTAL, REQUEST_TOTAL, SERV
 use crate::metrics_gen::spanmetrics::{CALLS, LATENCY};
 use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
+use crate::tenant::{InvalidTenant, Tenant};
 
 const SERVER: &str = "SPAN_KIND_SERVER";
 const ERROR: &str = "STATUS_CODE_ERROR";
@@ -217,22 +217,22 @@ pub fn operations(
 
 pub async fn services_handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     q: Result<Query<WindowParams>, QueryRejection>,
 ) -> Result<Json<ServicesResponse>, NativeError> {
     let p = params(q)?;
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let (start, end) = range_ms(p.start, p.end)?;
     Ok(Json(services(state.metrics_gen.storage(&tenant).as_ref(), start, end)?))
 }
 
 pub async fn operations_handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     q: Result<Query<WindowParams>, QueryRejection>,
 ) -> Result<Json<OperationsResponse>, NativeError> {
     let p = params(q)?;
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let service = super::required("service", p.service.as_deref())?;
     let (start, end) = range_ms(p.start, p.end)?;
     Ok(Json(operations(state.metrics_gen.storage(&tenant).as_ref(), service, start, end)?))

@@ -31,7 +31,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{col, lit};
 use datafusion::sql::parser::{DFParser, Statement};
@@ -43,6 +42,7 @@ use super::{NativeError, params, range_ns};
 use crate::api::AppState;
 use crate::query::QueryError;
 use crate::spanrows::col as c;
+use crate::tenant::{InvalidTenant, Tenant};
 
 /// Rows returned at most.
 pub const MAX_ROWS: usize = 10_000;
@@ -160,12 +160,12 @@ pub fn to_json(
 
 pub async fn handler(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    tenant: Result<Tenant, InvalidTenant>,
     q: Result<Query<SqlParams>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<SqlResponse>, NativeError> {
     let p = params(q)?;
-    let tenant = super::tenant(&headers)?;
+    let Tenant(tenant) = tenant?;
     let sql = query_text(&body)?;
     check_read_only(&sql)?;
     let (start, end) = range_ns(p.start, p.end, std::time::Duration::from_secs(3600))?;

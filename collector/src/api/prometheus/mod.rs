@@ -1,4 +1,4 @@
-//! Prometheus-compatible HTTP API under `/prometheus` (shared/reference/grafana-apis.md §2)
+//! Prometheus-compatible HTTP API under `/prometheus`
 //! over the span metrics and service-graph series, and their text exposition at
 //! `/prometheus/metrics` for a real Prometheus to scrape. `X-Scope-OrgID` selects the tenant
 //! (the exposition also takes `?tenant=`, since Prometheus 2.x scrape configs cannot set
@@ -21,10 +21,10 @@ use serde_json::{Value as Json, json};
 use super::AppState;
 use crate::alert::Alerting;
 use crate::alert::api::RuleFilter;
-use crate::ingest::tenant_from;
 use crate::metrics_gen::exposition::FAMILIES;
 use crate::promql::value::{format_time, format_value, to_json};
 use crate::promql::{self, PromqlError, now_ms, selector_matches};
+use crate::tenant::Tenant;
 use params::{Params, parse_step};
 
 pub fn router() -> Router<AppState> {
@@ -88,16 +88,11 @@ fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
 }
 
-fn tenant(headers: &HeaderMap) -> Result<String, PromqlError> {
-    tenant_from(headers.get("x-scope-orgid").map(|v| v.as_bytes()))
-        .map_err(|e| PromqlError::BadData(e.to_string()))
-}
-
 /// Runs CPU-bound evaluation off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PromqlError> + Send + 'static,
 ) -> Result<T, PromqlError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| PromqlError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 async fn query(
@@ -108,7 +103,7 @@ async fn query(
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let storage = storage(&s, &rules, &tenant(&headers)?);
+    let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
     let expr = promql::parse(p.required("query")?)?;
     let t = p.time("time", now_ms())?;
     let v = blocking(move || promql::instant(storage.as_ref(), &expr, t)).await?;
@@ -123,7 +118,7 @@ async fn query_range(
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let storage = storage(&s, &rules, &tenant(&headers)?);
+    let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
     let expr = promql::parse(p.required("query")?)?;
     let start = p.required("start").and_then(|_| p.time("start", 0))?;
     let end = p.required("end").and_then(|_| p.time("end", 0))?;
@@ -152,7 +147,7 @@ fn matching_series(
     headers: &HeaderMap,
     p: &Params,
 ) -> Result<Vec<promql::labels::Labels>, PromqlError> {
-    let storage = storage(s, rules, &tenant(headers)?);
+    let storage = storage(s, rules, Tenant::from_headers(headers)?.as_str());
     let sel = selectors(p)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
@@ -227,7 +222,7 @@ async fn metadata(headers: HeaderMap, RawQuery(q): RawQuery) -> Answer {
 }
 
 async fn buildinfo() -> Response {
-    // No `features`: a non-empty one makes Grafana treat the server as Mimir (reference §2).
+    // No `features`: a non-empty one makes Grafana treat the server as Mimir.
     success(json!({
         "version": "2.42.0",
         "revision": env!("CARGO_PKG_VERSION"),
@@ -262,7 +257,7 @@ async fn exemplars(
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let tenant = tenant(&headers)?;
+    let Tenant(tenant) = Tenant::from_headers(&headers)?;
     let expr = promql::parse(p.required("query")?)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
@@ -293,12 +288,7 @@ async fn exposition(
     RawQuery(q): RawQuery,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &[]);
-    let tenant = match p.get("tenant") {
-        Some(t) => {
-            tenant_from(Some(t.as_bytes())).map_err(|e| PromqlError::BadData(e.to_string()))?
-        }
-        None => tenant(&headers)?,
-    };
+    let Tenant(tenant) = Tenant::from_query_override(p.get("tenant"), &headers)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         s.metrics_gen.exposition(&tenant),

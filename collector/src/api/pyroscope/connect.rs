@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prost::Message;
 
+use crate::error::{Coded, ErrorCode};
 use crate::profile::{self, ProfileError};
+use crate::tenant::InvalidTenant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -23,6 +25,23 @@ pub enum ConnectError {
     Decode(String),
     #[error("unknown method {0}")]
     UnknownMethod(String),
+}
+
+impl From<InvalidTenant> for ConnectError {
+    fn from(e: InvalidTenant) -> Self {
+        ConnectError::Profile(e.into())
+    }
+}
+
+impl Coded for ConnectError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ConnectError::Profile(e) => e.code(),
+            ConnectError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ConnectError::Decode(_) => ErrorCode::InvalidArgument,
+            ConnectError::UnknownMethod(_) => ErrorCode::Unimplemented,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

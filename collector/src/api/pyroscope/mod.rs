@@ -1,4 +1,4 @@
-//! Pyroscope-compatible HTTP surface (shared/reference/grafana-apis.md §3):
+//! Pyroscope-compatible HTTP surface:
 //!
 //! - Connect unary `POST /pyroscope/querier.v1.QuerierService/{ProfileTypes, LabelNames,
 //!   LabelValues, SelectSeries, SelectMergeStacktraces, SelectMergeSpanProfile}` for Grafana's
@@ -27,7 +27,8 @@ use axum::routing::post;
 use super::AppState;
 use crate::profile::model::{Batch, Label, ProfileType};
 use crate::profile::push::{self, IngestParams};
-use crate::profile::{self, MergeRequest, ProfileError, Profiles, SeriesRequest};
+use crate::profile::{MergeRequest, ProfileError, Profiles, SeriesRequest};
+use crate::tenant::Tenant;
 use connect::{Codec, ConnectError, read_body};
 use proto::querier::v1 as q;
 use proto::types::v1 as t;
@@ -43,10 +44,6 @@ pub fn router() -> Router<AppState> {
 
 /// Grafana's default step when a request has none, in seconds.
 const DEFAULT_STEP_SECS: f64 = 15.0;
-
-fn tenant(headers: &HeaderMap) -> Result<String, ProfileError> {
-    profile::tenant(headers.get("x-scope-orgid").map(|v| v.as_bytes()))
-}
 
 fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -121,7 +118,7 @@ async fn call(
     body: Body,
 ) -> Result<Response, ConnectError> {
     let codec = Codec::of(headers)?;
-    let tenant = tenant(headers)?;
+    let Tenant(tenant) = Tenant::from_headers(headers)?;
     let p = &s.profiles;
     let body = read_body(body, headers, p.max_body_bytes()).await?;
     Ok(match method {
@@ -225,7 +222,7 @@ async fn ingest(
     body: Body,
 ) -> Response {
     let run = async {
-        let tenant = tenant(&headers)?;
+        let Tenant(tenant) = Tenant::from_headers(&headers)?;
         let limit = s.profiles.max_body_bytes();
         let params = IngestParams::parse(&params, now_ns())?;
         let body_len = content_length(&headers);
@@ -256,7 +253,7 @@ async fn push_v1(State(s): State<AppState>, headers: HeaderMap, body: Body) -> R
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             return Err(ConnectError::UnsupportedMediaType(ct.unwrap_or_default().to_string()));
         }
-        let tenant = tenant(&headers)?;
+        let Tenant(tenant) = Tenant::from_headers(&headers)?;
         let limit = s.profiles.max_body_bytes();
         let body = read_body(body, &headers, limit).await?;
         let req = <proto::push::v1::PushRequest as prost::Message>::decode(body.as_ref())

@@ -1,5 +1,5 @@
 //! `GET /api/metrics/query_range` and `GET /api/metrics/query`: TraceQL metrics as Grafana's
-//! Tempo datasource requests them (shared/reference/grafana-apis.md §1.2): `q` (or the older
+//! Tempo datasource requests them: `q` (or the older
 //! `query`), `start`/`end` (unix seconds, or nanoseconds when longer than 10 digits, or
 //! fractional seconds, or RFC 3339, as Tempo's `parseTimestamp`), `since` (default 1h),
 //! `step` (seconds or a Go duration; Tempo's default for the range otherwise) and `exemplars`.
@@ -7,18 +7,17 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::{Query as QueryParams, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
 
-use super::super::{AppState, tenant};
-use super::json_body;
+use super::super::AppState;
 use crate::query::QueryError;
 use crate::query::metrics_eval::{
     DEFAULT_EXEMPLARS, Grid, MAX_EXEMPLARS, MetricsRequest, QueryInstantResponse,
     QueryRangeResponse,
 };
 use crate::query::traceql::{self, parse_duration};
+use crate::tenant::Tenant;
 
 type Params = QueryParams<HashMap<String, String>>;
 
@@ -148,36 +147,29 @@ fn request(p: &HashMap<String, String>, instant: bool) -> Result<MetricsRequest,
 
 async fn run(
     s: &AppState,
-    headers: &HeaderMap,
+    tenant: &str,
     p: &HashMap<String, String>,
     instant: bool,
 ) -> Result<QueryRangeResponse, QueryError> {
-    let tenant = tenant(headers)?;
     let req = request(p, instant)?;
-    s.engine.traceql_metrics(&tenant, &req).await
+    s.engine.traceql_metrics(tenant, &req).await
 }
 
 pub async fn query_range(
     State(s): State<AppState>,
-    headers: HeaderMap,
     QueryParams(p): Params,
-) -> Response {
-    match run(&s, &headers, &p, false).await {
-        Ok(r) => json_body(&r),
-        Err(e) => e.into_response(),
-    }
+    Tenant(tenant): Tenant,
+) -> Result<Json<QueryRangeResponse>, QueryError> {
+    Ok(Json(run(&s, &tenant, &p, false).await?))
 }
 
 /// The range computation over a single bucket, answered as `QueryInstantResponse`.
 pub async fn query_instant(
     State(s): State<AppState>,
-    headers: HeaderMap,
     QueryParams(p): Params,
-) -> Response {
-    match run(&s, &headers, &p, true).await {
-        Ok(r) => json_body(&QueryInstantResponse::from(r)),
-        Err(e) => e.into_response(),
-    }
+    Tenant(tenant): Tenant,
+) -> Result<Json<QueryInstantResponse>, QueryError> {
+    Ok(Json(QueryInstantResponse::from(run(&s, &tenant, &p, true).await?)))
 }
 
 #[cfg(test)]

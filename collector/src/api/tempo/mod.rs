@@ -1,5 +1,4 @@
-//! Tempo-compatible HTTP API, as Grafana's Tempo datasource calls it
-//! (shared/reference/grafana-apis.md §1).
+//! Tempo-compatible HTTP API, as Grafana's Tempo datasource calls it.
 
 mod metrics;
 
@@ -8,19 +7,20 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 use prost::Message;
 use serde_json::json;
 
-use super::{AppState, tenant};
+use super::AppState;
 use crate::query::search::SearchRequest;
 use crate::query::traceql::{
     self, Attribute, CmpOp, Comparison, FieldExpr, Filter, Intrinsic, Literal, Query, Scope,
 };
 use crate::query::{QueryError, parse_trace_id, secs_to_nanos};
+use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -98,40 +98,35 @@ struct TraceByIdResponse {
 
 async fn load_trace(
     s: &AppState,
-    headers: &HeaderMap,
+    tenant: &str,
     id: &str,
     p: &HashMap<String, String>,
 ) -> Result<TracesData, QueryError> {
-    let tenant = tenant(headers)?;
     let id = parse_trace_id(id)?;
-    s.engine.trace_by_id(&tenant, id, range(p)?).await
+    s.engine.trace_by_id(tenant, id, range(p)?).await
 }
 
 fn protobuf(body: Vec<u8>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/protobuf")], body).into_response()
+    ([(header::CONTENT_TYPE, "application/protobuf")], body).into_response()
 }
 
-fn json_body<T: serde::Serialize>(v: &T) -> Response {
-    match serde_json::to_vec(v) {
-        Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
-        Err(e) => QueryError::Internal(e.to_string()).into_response(),
-    }
-}
-
+// The tenant is extracted after the path and query, so their rejections come first.
 async fn trace_v2(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     QueryParams(p): Params,
-) -> Response {
-    match load_trace(&s, &headers, &id, &p).await {
-        Ok(trace) if wants_protobuf(&headers) => protobuf(
+    Tenant(tenant): Tenant,
+) -> Result<Response, QueryError> {
+    let trace = load_trace(&s, &tenant, &id, &p).await?;
+    Ok(if wants_protobuf(&headers) {
+        protobuf(
             TraceByIdResponse { trace: Some(trace), status: 0, message: String::new() }
                 .encode_to_vec(),
-        ),
-        Ok(trace) => json_body(&json!({ "trace": protojson(&trace) })),
-        Err(e) => e.into_response(),
-    }
+        )
+    } else {
+        Json(json!({ "trace": protojson(&trace) })).into_response()
+    })
 }
 
 async fn trace_v1(
@@ -139,12 +134,14 @@ async fn trace_v1(
     headers: HeaderMap,
     Path(id): Path<String>,
     QueryParams(p): Params,
-) -> Response {
-    match load_trace(&s, &headers, &id, &p).await {
-        Ok(trace) if wants_protobuf(&headers) => protobuf(trace.encode_to_vec()),
-        Ok(trace) => json_body(&json!({ "batches": protojson(&trace)["resourceSpans"] })),
-        Err(e) => e.into_response(),
-    }
+    Tenant(tenant): Tenant,
+) -> Result<Response, QueryError> {
+    let trace = load_trace(&s, &tenant, &id, &p).await?;
+    Ok(if wants_protobuf(&headers) {
+        protobuf(trace.encode_to_vec())
+    } else {
+        Json(json!({ "batches": protojson(&trace)["resourceSpans"] })).into_response()
+    })
 }
 
 const ANY_VALUE_KEYS: [&str; 7] = [
@@ -297,61 +294,51 @@ fn usize_param(
     })
 }
 
-async fn search(State(s): State<AppState>, headers: HeaderMap, QueryParams(p): Params) -> Response {
-    let run = async {
-        let tenant = tenant(&headers)?;
-        let q = p.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
-        let mut query = match q {
-            Some(q) => Some(traceql::parse(q)?),
-            None => None,
-        };
-        if let Some(f) = legacy_filter(&p)? {
-            let legacy = Query::Filter(f);
-            query = Some(match query {
-                Some(q) => Query::And(Box::new(q), Box::new(legacy)),
-                None => legacy,
-            });
-        }
-        let req = SearchRequest {
-            query: query.unwrap_or(Query::Filter(Filter { expr: None })),
-            limit: usize_param(&p, "limit", 20, 10_000)?,
-            spss: usize_param(&p, "spss", 3, 1_000)?,
-            range: range(&p)?,
-        };
-        s.engine.search(&tenant, req).await
+async fn search(
+    State(s): State<AppState>,
+    QueryParams(p): Params,
+    Tenant(tenant): Tenant,
+) -> Result<Json<crate::query::search::SearchResponse>, QueryError> {
+    let q = p.get("q").map(|q| q.trim()).filter(|q| !q.is_empty());
+    let mut query = match q {
+        Some(q) => Some(traceql::parse(q)?),
+        None => None,
     };
-    match run.await {
-        Ok(r) => json_body(&r),
-        Err(e) => e.into_response(),
+    if let Some(f) = legacy_filter(&p)? {
+        let legacy = Query::Filter(f);
+        query = Some(match query {
+            Some(q) => Query::And(Box::new(q), Box::new(legacy)),
+            None => legacy,
+        });
     }
+    let req = SearchRequest {
+        query: query.unwrap_or(Query::Filter(Filter { expr: None })),
+        limit: usize_param(&p, "limit", 20, 10_000)?,
+        spss: usize_param(&p, "spss", 3, 1_000)?,
+        range: range(&p)?,
+    };
+    Ok(Json(s.engine.search(&tenant, req).await?))
 }
 
 async fn tags_v2(
     State(s): State<AppState>,
-    headers: HeaderMap,
     QueryParams(p): Params,
-) -> Response {
-    match tenant(&headers).and_then(|t| s.engine.tag_scopes(&t, p.get("scope").map(|x| x.as_str())))
-    {
-        Ok(scopes) => json_body(&json!({ "scopes": scopes })),
-        Err(e) => e.into_response(),
-    }
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, QueryError> {
+    let scopes = s.engine.tag_scopes(&tenant, p.get("scope").map(|x| x.as_str()))?;
+    Ok(Json(json!({ "scopes": scopes })))
 }
 
-async fn tags_v1(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    match tenant(&headers).and_then(|t| s.engine.tag_scopes(&t, None)) {
-        Ok(scopes) => {
-            let mut names: Vec<String> = scopes
-                .into_iter()
-                .filter(|sc| sc.name != "intrinsic")
-                .flat_map(|sc| sc.tags)
-                .collect();
-            names.sort();
-            names.dedup();
-            json_body(&json!({ "tagNames": names }))
-        }
-        Err(e) => e.into_response(),
-    }
+async fn tags_v1(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, QueryError> {
+    let scopes = s.engine.tag_scopes(&tenant, None)?;
+    let mut names: Vec<String> =
+        scopes.into_iter().filter(|sc| sc.name != "intrinsic").flat_map(|sc| sc.tags).collect();
+    names.sort();
+    names.dedup();
+    Ok(Json(json!({ "tagNames": names })))
 }
 
 /// A tag name as Grafana sends it: scoped (`resource.x`, `span.x`, `.x`), an intrinsic
@@ -405,44 +392,36 @@ fn values_filter(p: &HashMap<String, String>) -> Option<Filter> {
 
 async fn values(
     s: &AppState,
-    headers: &HeaderMap,
+    tenant: &str,
     tag: &str,
     p: &HashMap<String, String>,
 ) -> Result<Vec<crate::query::tags::TagValue>, QueryError> {
-    let tenant = tenant(headers)?;
     let attr = parse_tag(tag);
     let filter = values_filter(p);
-    s.engine.tag_values(&tenant, &attr, filter.as_ref(), range(p)?).await
+    s.engine.tag_values(tenant, &attr, filter.as_ref(), range(p)?).await
 }
 
 async fn tag_values_v2(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(tag): Path<String>,
     QueryParams(p): Params,
-) -> Response {
-    match values(&s, &headers, &tag, &p).await {
-        Ok(v) if v.is_empty() => json_body(&json!({})),
-        Ok(v) => json_body(&json!({ "tagValues": v })),
-        Err(e) => e.into_response(),
-    }
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, QueryError> {
+    let v = values(&s, &tenant, &tag, &p).await?;
+    Ok(Json(if v.is_empty() { json!({}) } else { json!({ "tagValues": v }) }))
 }
 
 async fn tag_values_v1(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(tag): Path<String>,
     QueryParams(p): Params,
-) -> Response {
-    match values(&s, &headers, &tag, &p).await {
-        Ok(v) => {
-            let mut names: Vec<String> = v.into_iter().map(|t| t.value).collect();
-            names.sort();
-            names.dedup();
-            json_body(&json!({ "tagValues": names }))
-        }
-        Err(e) => e.into_response(),
-    }
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, QueryError> {
+    let mut names: Vec<String> =
+        values(&s, &tenant, &tag, &p).await?.into_iter().map(|t| t.value).collect();
+    names.sort();
+    names.dedup();
+    Ok(Json(json!({ "tagValues": names })))
 }
 
 #[cfg(test)]
