@@ -29,8 +29,8 @@ use super::procs::{self, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_mib, fmt_ms, machine_line};
 use super::{BenchError, parse_duration};
 use skein_collector::ingest::DEFAULT_TENANT;
-use skein_collector::metrics_gen::{Generator, GeneratorConfig, spanmetrics};
 use skein_collector::promql::labels::Labels;
+use skein_collector::span_metrics::{SpanMetrics, SpanMetricsConfig, calls};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedArgs {
@@ -267,8 +267,8 @@ fn build_history(
 ) -> Result<History, BenchError> {
     let failed = |e: &dyn std::fmt::Display| BenchError::Failed(e.to_string());
     let interval = spanmetrics_interval();
-    let generator = Generator::open(GeneratorConfig {
-        buckets: spanmetrics::DEFAULT_BUCKETS.to_vec(),
+    let generator = SpanMetrics::open(SpanMetricsConfig {
+        buckets: calls::DEFAULT_BUCKETS.to_vec(),
         dimensions: Vec::new(),
         wait: Duration::from_secs(10),
         interval,

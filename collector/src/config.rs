@@ -12,8 +12,8 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::alert::rules::Group;
-use crate::metrics_gen::GeneratorConfig;
 use crate::profile::ProfileConfig;
+use crate::span_metrics::SpanMetricsConfig;
 use crate::spanrows::DedicatedColumns;
 use crate::wal::{FsyncPolicy, WalConfig};
 
@@ -139,7 +139,7 @@ pub struct Config {
     pub head: HeadSection,
     pub store: StoreSection,
     pub query: QuerySection,
-    pub span_metrics: GeneratorConfig,
+    pub span_metrics: SpanMetricsConfig,
     pub alerting: AlertingSection,
     pub profiles: ProfileConfig,
 }
@@ -261,7 +261,7 @@ impl ServeArgs {
         }
         let spanmetrics_buckets = a
             .spanmetrics_buckets
-            .unwrap_or_else(|| crate::metrics_gen::spanmetrics::DEFAULT_BUCKETS.to_vec());
+            .unwrap_or_else(|| crate::span_metrics::calls::DEFAULT_BUCKETS.to_vec());
         let ascending = spanmetrics_buckets.windows(2).all(|w| w[0] < w[1]);
         if spanmetrics_buckets.is_empty()
             || !ascending
@@ -368,7 +368,7 @@ impl ServeArgs {
                 retention,
             },
             query: QuerySection { memory_bytes: query_memory_bytes },
-            span_metrics: GeneratorConfig {
+            span_metrics: SpanMetricsConfig {
                 buckets: spanmetrics_buckets,
                 dimensions: spanmetrics_dimensions,
                 wait: duration("servicegraph-wait", a.servicegraph_wait.as_deref(), "10s")?,

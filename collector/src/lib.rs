@@ -6,7 +6,7 @@
 //! beside the span blocks). `serve` only wires the subsystems together. `spanrows` (the span
 //! table's Arrow schema and the OTLP ↔ rows codec) sits below `head`, `store` and `query`, and
 //! uses none of them.
-//! `metrics_gen` aggregates spans into span-metrics and service-graph series at ingest;
+//! `span_metrics` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
 //!
 //! Below everything: `error` (which kind of failure an error is, so the API answers it
@@ -20,14 +20,14 @@ pub mod demo;
 pub mod error;
 pub mod head;
 pub mod ingest;
-pub mod metrics;
-pub mod metrics_gen;
 pub mod profile;
 pub mod promql;
 pub mod query;
 pub mod serve;
+pub mod span_metrics;
 pub mod spanrows;
 pub mod store;
+pub mod telemetry;
 pub mod tenant;
 pub mod traces;
 pub mod wal;

@@ -13,11 +13,11 @@ use crate::alert::{Alerting, AlertingConfig};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::ingest::{self, Ingestor};
-use crate::metrics::Metrics;
-use crate::metrics_gen::Generator;
 use crate::profile::Profiles;
 use crate::query::QueryEngine;
+use crate::span_metrics::SpanMetrics;
 use crate::store::open_object_store;
+use crate::telemetry::Telemetry;
 use crate::traces::{Traces, TracesConfig, TracesError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub enum ServeError {
     #[error("profiles: {0}")]
     Profiles(#[from] crate::profile::ProfileError),
     #[error("span metrics: {0}")]
-    MetricsGen(#[from] crate::metrics_gen::MetricsGenError),
+    SpanMetrics(#[from] crate::span_metrics::SpanMetricsError),
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -50,7 +50,7 @@ impl crate::error::Coded for ServeError {
             ServeError::Traces(e) => e.code(),
             ServeError::Query(e) => e.code(),
             ServeError::Profiles(e) => e.code(),
-            ServeError::MetricsGen(e) => e.code(),
+            ServeError::SpanMetrics(e) => e.code(),
             ServeError::Bind { .. } | ServeError::Io(_) | ServeError::Grpc(_) => {
                 ErrorCode::Unavailable
             }
@@ -63,7 +63,7 @@ impl crate::error::Coded for ServeError {
 pub struct Running {
     pub engine: Arc<QueryEngine>,
     pub profiles: Arc<Profiles>,
-    pub metrics_gen: Arc<Generator>,
+    pub span_metrics: Arc<SpanMetrics>,
     pub alerting: Arc<Alerting>,
     /// Bound addresses (differ from the configured ones when those use port 0).
     pub http_addr: std::net::SocketAddr,
@@ -117,9 +117,9 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Starts everything and returns once all listeners are bound and the WAL is replayed.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Telemetry::new());
     let object_store = open_object_store(&cfg.store.url)?;
-    let metrics_gen = Arc::new(Generator::open(cfg.span_metrics.clone())?);
+    let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
     let traces = Traces::open(
         object_store.clone(),
         TracesConfig {
@@ -129,7 +129,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             max_inflight_bytes: cfg.ingest.max_inflight_bytes,
         },
         metrics.clone(),
-        Some(metrics_gen.clone()),
+        Some(span_metrics.clone()),
     )
     .await?;
     let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.max_body_bytes);
@@ -176,14 +176,14 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             },
         },
         cfg.alerting.groups.clone(),
-        metrics_gen.clone(),
+        span_metrics.clone(),
     );
     // The Prometheus API finds the rules' state (and recorded series) as an extension, so the
     // shared AppState stays as it is.
     let app = api::router(AppState {
         engine: engine.clone(),
         profiles: profiles.clone(),
-        metrics_gen: metrics_gen.clone(),
+        span_metrics: span_metrics.clone(),
     })
     .layer(axum::Extension(alerting.clone()));
     let s = stopped(rx.clone());
@@ -213,7 +213,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         p.run(s).await;
         Ok(())
     }));
-    let (g, s) = (metrics_gen.clone(), stopped(rx.clone()));
+    let (g, s) = (span_metrics.clone(), stopped(rx.clone()));
     tasks.push(tokio::spawn(async move {
         g.run(s).await;
         Ok(())
@@ -233,7 +233,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     Ok(Running {
         engine,
         profiles,
-        metrics_gen,
+        span_metrics,
         alerting,
         http_addr,
         otlp_http_addr,

@@ -2,7 +2,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-pub struct Metrics {
+pub struct Telemetry {
     registry: Registry,
     pub spans_received: IntCounterVec,
     pub spans_rejected: IntCounterVec,
@@ -52,15 +52,15 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
     h
 }
 
-impl Metrics {
+impl Telemetry {
     /// Registration only fails on a duplicate or malformed name: a programming error caught by
-    /// the first test that builds `Metrics`, never by input.
+    /// the first test that builds `Telemetry`, never by input.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let r = Registry::new();
         let fast = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
         let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-        Metrics {
+        Telemetry {
             spans_received: counter_vec(
                 &r,
                 "skein_spans_received_total",

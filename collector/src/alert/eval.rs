@@ -18,10 +18,10 @@ use super::recorded::{Layered, Recorded};
 use super::rules::{self, AlertingRule, Group, RecordingRule, Rule};
 use super::state::{AlertState, Returned, RuleAlerts};
 use super::template::Data;
-use crate::metrics_gen::Generator;
 use crate::promql::labels::{Labels, METRIC_NAME};
 use crate::promql::value::Value;
 use crate::promql::{self, Storage};
+use crate::span_metrics::SpanMetrics;
 
 #[derive(Debug, Clone)]
 pub struct AlertingConfig {
@@ -79,7 +79,7 @@ pub struct GroupRuntime {
 
 pub struct Alerting {
     pub cfg: AlertingConfig,
-    generator: Arc<Generator>,
+    generator: Arc<SpanMetrics>,
     pub recorded: Arc<Recorded>,
     pub groups: Vec<GroupRuntime>,
     notifier: Mutex<Option<Notifier>>,
@@ -97,7 +97,7 @@ impl Alerting {
     /// Loads the rules; every problem in them is returned.
     pub fn new(
         cfg: AlertingConfig,
-        generator: Arc<Generator>,
+        generator: Arc<SpanMetrics>,
     ) -> Result<Arc<Self>, Vec<AlertError>> {
         let groups = match &cfg.rules {
             Some(p) => rules::load(p)?,
@@ -110,7 +110,7 @@ impl Alerting {
     pub fn from_groups(
         cfg: AlertingConfig,
         groups: Vec<Group>,
-        generator: Arc<Generator>,
+        generator: Arc<SpanMetrics>,
     ) -> Arc<Self> {
         let groups = groups
             .into_iter()

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use promql_parser::parser::Expr;
 use promql_parser::parser::token;
 
-use crate::metrics_gen::Generator;
-use crate::metrics_gen::spanmetrics::LATENCY;
 use crate::promql::labels::{Labels, METRIC_NAME};
+use crate::span_metrics::SpanMetrics;
+use crate::span_metrics::calls::LATENCY;
 
 pub const SLOW_TRACE_IDS: &str = "skein_slow_trace_ids";
 /// The native API's SVG flamegraph.
@@ -104,7 +104,7 @@ fn query_string(pairs: &[(&str, &str)]) -> String {
 /// interpolated inside a wide bucket can cross the threshold while every call stays under it,
 /// and then the slowest calls are still the ones to look at.
 pub fn annotate(
-    generator: &Generator,
+    generator: &SpanMetrics,
     tenant: &str,
     labels: &Labels,
     t: i64,

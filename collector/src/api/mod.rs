@@ -13,15 +13,15 @@ use std::sync::Arc;
 
 use axum::Router;
 
-use crate::metrics_gen::Generator;
 use crate::profile::Profiles;
 use crate::query::QueryEngine;
+use crate::span_metrics::SpanMetrics;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<QueryEngine>,
     pub profiles: Arc<Profiles>,
-    pub metrics_gen: Arc<Generator>,
+    pub span_metrics: Arc<SpanMetrics>,
 }
 
 pub fn router(state: AppState) -> Router {

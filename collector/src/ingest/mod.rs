@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use crate::error::{Coded, ErrorCode};
-use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::tenant::InvalidTenant;
 use crate::traces::{Traces, WriteError};
 
@@ -157,12 +157,12 @@ impl Protocol {
 #[derive(Clone)]
 pub struct Ingestor {
     traces: Arc<Traces>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     pub max_body_bytes: usize,
 }
 
 impl Ingestor {
-    pub fn new(traces: Arc<Traces>, metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
+    pub fn new(traces: Arc<Traces>, metrics: Arc<Telemetry>, max_body_bytes: usize) -> Self {
         Ingestor { traces, metrics, max_body_bytes }
     }
 

@@ -14,7 +14,7 @@ use super::block::BlockMeta;
 use super::head::{FrozenSamples, ProfileHead};
 use super::model::Batch;
 use super::store::BlockStore;
-use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::wal::{FsyncPolicy, Wal, WalConfig};
 
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub struct Profiles {
     pub(crate) head: ProfileHead,
     pub(crate) store: BlockStore,
     pub(crate) cfg: ProfileConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     /// Frozen parts whose flush failed; still visible from the head, retried next tick.
     failed: Mutex<Vec<Arc<FrozenSamples>>>,
 }
@@ -57,7 +57,7 @@ impl Profiles {
     pub async fn open(
         object_store: Arc<dyn ObjectStore>,
         cfg: ProfileConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
     ) -> Result<Arc<Profiles>, ProfileError> {
         let store = BlockStore::open(object_store).await?;
         let watermarks = store.catalog().watermarks();
@@ -100,7 +100,7 @@ impl Profiles {
         }))
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Telemetry {
         &self.metrics
     }
 

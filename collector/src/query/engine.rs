@@ -19,8 +19,8 @@ use super::{
     trace,
 };
 use crate::head::SpanHead;
-use crate::metrics::Metrics;
 use crate::store::{Block, Store};
+use crate::telemetry::Telemetry;
 
 /// Object-store URL under which block files are registered with DataFusion.
 pub(super) const BLOCKS_URL: &str = "skein://blocks";
@@ -28,7 +28,7 @@ pub(super) const BLOCKS_URL: &str = "skein://blocks";
 pub struct QueryEngine {
     pub store: Arc<Store>,
     pub head: Arc<SpanHead>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<Telemetry>,
     pub(super) runtime: Arc<RuntimeEnv>,
 }
 
@@ -36,7 +36,7 @@ impl QueryEngine {
     pub fn new(
         store: Arc<Store>,
         head: Arc<SpanHead>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
         memory_bytes: usize,
     ) -> Result<Self, QueryError> {
         let runtime = RuntimeEnvBuilder::new()

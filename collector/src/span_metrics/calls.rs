@@ -55,17 +55,17 @@ struct Key {
     dims: Vec<String>,
 }
 
-pub struct SpanMetrics {
+pub struct CallMetrics {
     bounds: Vec<f64>,
     /// (attribute key, label name)
     dims: Vec<(String, String)>,
     handles: HashMap<Key, (usize, Histogram)>,
 }
 
-impl SpanMetrics {
+impl CallMetrics {
     pub fn new(bounds: Vec<f64>, dimensions: &[String]) -> Self {
         let dims = dimensions.iter().map(|d| (d.clone(), sanitize_name(d))).collect();
-        SpanMetrics { bounds, dims, handles: HashMap::new() }
+        CallMetrics { bounds, dims, handles: HashMap::new() }
     }
 
     pub fn observe(
@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn calls_and_latency_use_tempos_names_and_label_values() {
         let mut r = Registry::default();
-        let mut m = SpanMetrics::new(DEFAULT_BUCKETS.to_vec(), &["http.route".into()]);
+        let mut m = CallMetrics::new(DEFAULT_BUCKETS.to_vec(), &["http.route".into()]);
         m.observe(&mut r, "shop", &[], &span("GET /x", 2, 10, false), 1);
         m.observe(&mut r, "shop", &[], &span("GET /x", 2, 30, true), 2);
         m.observe(&mut r, "shop", &[], &span("GET /x", 2, 20, true), 3);

@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
+use super::calls::{CALLS, LATENCY};
 use super::registry::LiveSeries;
 use super::servicegraph::{CLIENT_SECONDS, REQUEST_FAILED_TOTAL, REQUEST_TOTAL, SERVER_SECONDS};
-use super::spanmetrics::{CALLS, LATENCY};
 use crate::promql::labels::{METRIC_NAME, escape_value};
 use crate::promql::value::format_value;
 

@@ -4,11 +4,11 @@
 //! the retention period. Counters restart from zero when the collector restarts — a counter
 //! reset in Prometheus terms, which `rate()` and `increase()` handle.
 
+pub mod calls;
 pub mod exposition;
 pub mod registry;
 pub mod servicegraph;
 pub mod snapshot;
-pub mod spanmetrics;
 pub mod tsdb;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,13 +24,13 @@ use crate::promql::labels::Labels;
 use crate::promql::value::Series;
 use crate::promql::{PromqlError, Storage};
 use crate::traces::ApplyObserver;
+use calls::CallMetrics;
 use registry::{Exemplar, Registry};
 use servicegraph::ServiceGraph;
-use spanmetrics::SpanMetrics;
 use tsdb::Tsdb;
 
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsGenError {
+pub enum SpanMetricsError {
     #[error("metrics snapshot I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("metrics snapshot: {0}")]
@@ -41,14 +41,14 @@ pub enum MetricsGenError {
     Corrupt(String),
 }
 
-impl crate::error::Coded for MetricsGenError {
+impl crate::error::Coded for SpanMetricsError {
     fn code(&self) -> crate::error::ErrorCode {
         use crate::error::ErrorCode;
         match self {
-            MetricsGenError::Io(_) => ErrorCode::Unavailable,
-            MetricsGenError::Parquet(_)
-            | MetricsGenError::Arrow(_)
-            | MetricsGenError::Corrupt(_) => ErrorCode::Internal,
+            SpanMetricsError::Io(_) => ErrorCode::Unavailable,
+            SpanMetricsError::Parquet(_)
+            | SpanMetricsError::Arrow(_)
+            | SpanMetricsError::Corrupt(_) => ErrorCode::Internal,
         }
     }
 }
@@ -61,7 +61,7 @@ pub const STALE_MS: i64 = 15 * 60 * 1000;
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
-pub struct GeneratorConfig {
+pub struct SpanMetricsConfig {
     /// Latency histogram bounds in seconds, ascending.
     pub buckets: Vec<f64>,
     /// Extra span-metrics labels from these attributes (resource first, then span).
@@ -101,7 +101,7 @@ pub fn kv(k: &str, v: &str) -> KeyValue {
 
 struct Live {
     registry: Registry,
-    spans: SpanMetrics,
+    spans: CallMetrics,
     graph: ServiceGraph,
 }
 
@@ -140,15 +140,15 @@ impl Storage for Empty {
 
 /// Sizes for `/metrics` and benchmarks.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct GeneratorStats {
+pub struct SpanMetricsStats {
     pub live_series: usize,
     pub stored_series: usize,
     pub stored_samples: usize,
     pub pending_edges: usize,
 }
 
-pub struct Generator {
-    cfg: GeneratorConfig,
+pub struct SpanMetrics {
+    cfg: SpanMetricsConfig,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
 }
 
@@ -156,10 +156,10 @@ fn now_ms() -> i64 {
     crate::promql::now_ms()
 }
 
-impl Generator {
+impl SpanMetrics {
     /// Loads the snapshots within retention; deletes older ones.
-    pub fn open(cfg: GeneratorConfig) -> Result<Self, MetricsGenError> {
-        let generator = Generator { cfg, tenants: RwLock::new(HashMap::new()) };
+    pub fn open(cfg: SpanMetricsConfig) -> Result<Self, SpanMetricsError> {
+        let generator = SpanMetrics { cfg, tenants: RwLock::new(HashMap::new()) };
         let min_t =
             now_ms() - i64::try_from(generator.cfg.retention.as_millis()).unwrap_or(i64::MAX);
         let dirs = match std::fs::read_dir(&generator.cfg.dir) {
@@ -197,7 +197,7 @@ impl Generator {
         Ok(generator)
     }
 
-    pub fn config(&self) -> &GeneratorConfig {
+    pub fn config(&self) -> &SpanMetricsConfig {
         &self.cfg
     }
 
@@ -212,7 +212,7 @@ impl Generator {
                 Arc::new(Tenant {
                     live: Mutex::new(Live {
                         registry: Registry::default(),
-                        spans: SpanMetrics::new(self.cfg.buckets.clone(), &self.cfg.dimensions),
+                        spans: CallMetrics::new(self.cfg.buckets.clone(), &self.cfg.dimensions),
                         graph: ServiceGraph::new(self.cfg.wait),
                     }),
                     tsdb: RwLock::new(Tsdb::default()),
@@ -264,7 +264,7 @@ impl Generator {
     }
 
     /// Writes ticks since the last snapshot and applies retention.
-    pub fn persist(&self, now_ms: i64) -> Result<(), MetricsGenError> {
+    pub fn persist(&self, now_ms: i64) -> Result<(), SpanMetricsError> {
         let min_t = now_ms - i64::try_from(self.cfg.retention.as_millis()).unwrap_or(i64::MAX);
         let tenants: Vec<(String, Arc<Tenant>)> =
             self.tenants.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -360,8 +360,8 @@ impl Generator {
             .collect()
     }
 
-    pub fn stats(&self) -> GeneratorStats {
-        let mut s = GeneratorStats::default();
+    pub fn stats(&self) -> SpanMetricsStats {
+        let mut s = SpanMetricsStats::default();
         for t in self.tenants.read().values() {
             let live = t.live.lock();
             s.live_series += live.registry.len();
@@ -374,7 +374,7 @@ impl Generator {
     }
 }
 
-impl ApplyObserver for Generator {
+impl ApplyObserver for SpanMetrics {
     fn applied(&self, tenant: &str, req: &ExportTraceServiceRequest) {
         self.process(tenant, req, now_ms());
     }
@@ -386,9 +386,9 @@ mod tests {
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-    fn cfg(dir: &std::path::Path) -> GeneratorConfig {
-        GeneratorConfig {
-            buckets: spanmetrics::DEFAULT_BUCKETS.to_vec(),
+    fn cfg(dir: &std::path::Path) -> SpanMetricsConfig {
+        SpanMetricsConfig {
+            buckets: calls::DEFAULT_BUCKETS.to_vec(),
             dimensions: Vec::new(),
             wait: Duration::from_secs(10),
             interval: Duration::from_secs(15),
@@ -421,7 +421,7 @@ mod tests {
         }
     }
 
-    fn calls(g: &Generator, tenant: &str, t: i64) -> Vec<(i64, f64)> {
+    fn calls(g: &SpanMetrics, tenant: &str, t: i64) -> Vec<(i64, f64)> {
         let q = crate::promql::parse("traces_spanmetrics_calls_total[1h]").unwrap();
         let crate::promql::value::Value::Matrix(m) =
             crate::promql::instant(g.storage(tenant).as_ref(), &q, t).unwrap()
@@ -434,7 +434,7 @@ mod tests {
     #[test]
     fn tenants_are_aggregated_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let g = Generator::open(cfg(dir.path())).unwrap();
+        let g = SpanMetrics::open(cfg(dir.path())).unwrap();
         let t0 = now_ms();
         g.process("a", &request("shop", 3), t0);
         g.process("b", &request("shop", 1), t0);
@@ -450,7 +450,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t0 = now_ms();
         {
-            let g = Generator::open(cfg(dir.path())).unwrap();
+            let g = SpanMetrics::open(cfg(dir.path())).unwrap();
             g.process("a", &request("shop", 3), t0);
             g.tick(t0 + 1);
             g.tick(t0 + 2);
@@ -459,7 +459,7 @@ mod tests {
             g.tick(t0 + 3);
             g.persist(t0 + 3).unwrap();
         }
-        let g = Generator::open(cfg(dir.path())).unwrap();
+        let g = SpanMetrics::open(cfg(dir.path())).unwrap();
         assert_eq!(calls(&g, "a", t0 + 3), vec![(t0 + 1, 3.0), (t0 + 2, 3.0), (t0 + 3, 4.0)]);
         g.process("a", &request("shop", 2), t0 + 4);
         g.tick(t0 + 4);
@@ -477,7 +477,7 @@ mod tests {
     #[test]
     fn retention_deletes_old_history() {
         let dir = tempfile::tempdir().unwrap();
-        let g = Generator::open(cfg(dir.path())).unwrap();
+        let g = SpanMetrics::open(cfg(dir.path())).unwrap();
         let t0 = now_ms() - 7_200_000;
         g.process("a", &request("shop", 1), t0);
         g.tick(t0);

@@ -10,8 +10,8 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 
 use super::attr;
+use super::calls::{duration_seconds, exemplar, is_error};
 use super::registry::{Exemplar, Histogram, Registry};
-use super::spanmetrics::{duration_seconds, exemplar, is_error};
 use crate::promql::labels::Labels;
 
 pub const REQUEST_TOTAL: &str = "traces_service_graph_request_total";

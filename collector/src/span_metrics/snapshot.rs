@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::MetricsGenError;
+use super::SpanMetricsError;
 use crate::promql::labels::Labels;
 
 /// Column names of a snapshot file.
@@ -37,9 +37,9 @@ fn labels_json(l: &Labels) -> String {
     l.to_json().to_string()
 }
 
-fn parse_labels(s: &str) -> Result<Labels, MetricsGenError> {
+fn parse_labels(s: &str) -> Result<Labels, SpanMetricsError> {
     let map: std::collections::BTreeMap<String, String> = serde_json::from_str(s)
-        .map_err(|e| MetricsGenError::Corrupt(format!("label set {s:?}: {e}")))?;
+        .map_err(|e| SpanMetricsError::Corrupt(format!("label set {s:?}: {e}")))?;
     Ok(Labels::new(map))
 }
 
@@ -47,7 +47,7 @@ fn parse_labels(s: &str) -> Result<Labels, MetricsGenError> {
 pub fn write(
     dir: &Path,
     samples: &[(&Labels, i64, f64)],
-) -> Result<Option<PathBuf>, MetricsGenError> {
+) -> Result<Option<PathBuf>, SpanMetricsError> {
     let (Some(first), Some(last)) =
         (samples.iter().map(|s| s.1).min(), samples.iter().map(|s| s.1).max())
     else {
@@ -77,7 +77,7 @@ pub fn write(
 }
 
 /// Snapshot files of a tenant in time order, with their last timestamp.
-pub fn files(dir: &Path) -> Result<Vec<(PathBuf, i64)>, MetricsGenError> {
+pub fn files(dir: &Path) -> Result<Vec<(PathBuf, i64)>, SpanMetricsError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -102,7 +102,7 @@ pub fn files(dir: &Path) -> Result<Vec<(PathBuf, i64)>, MetricsGenError> {
 }
 
 /// Reads one snapshot file back.
-pub fn read(path: &Path) -> Result<Vec<(Labels, i64, f64)>, MetricsGenError> {
+pub fn read(path: &Path) -> Result<Vec<(Labels, i64, f64)>, SpanMetricsError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path)?)?.build()?;
     let mut out = Vec::new();
     let mut cache: std::collections::HashMap<String, Labels> = Default::default();
@@ -113,7 +113,7 @@ pub fn read(path: &Path) -> Result<Vec<(Labels, i64, f64)>, MetricsGenError> {
         let t = column(col::TIME).and_then(|c| c.downcast_ref::<Int64Array>());
         let v = column(col::VALUE).and_then(|c| c.downcast_ref::<Float64Array>());
         let (Some(labels), Some(t), Some(v)) = (labels, t, v) else {
-            return Err(MetricsGenError::Corrupt(format!(
+            return Err(SpanMetricsError::Corrupt(format!(
                 "{}: unexpected columns",
                 path.display()
             )));

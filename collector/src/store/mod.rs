@@ -15,8 +15,8 @@ use std::time::Duration;
 use arrow::error::ArrowError;
 use object_store::ObjectStore;
 
-use crate::metrics::Metrics;
 use crate::spanrows::{DedicatedColumns, SealedRows, TagKeys};
+use crate::telemetry::Telemetry;
 use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
 use blocks::{BlockDir, BlockDirError, BlockMetaFile, CompactionPolicy};
 use bloom::Bloom;
@@ -153,7 +153,7 @@ pub struct Store {
     dir: BlockDir,
     dedicated: DedicatedColumns,
     catalog: Catalog<Block>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
 }
 
 impl Store {
@@ -162,7 +162,7 @@ impl Store {
     pub async fn open(
         object_store: Arc<dyn ObjectStore>,
         dedicated: DedicatedColumns,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
     ) -> Result<Store, StoreError> {
         let dir = BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block");
         let store = Store { object_store, dir, dedicated, catalog: Catalog::default(), metrics };

@@ -20,8 +20,8 @@ use prost::Message;
 use crate::config::{HeadSection, StoreSection};
 use crate::error::{Coded, ErrorCode};
 use crate::head::SpanHead;
-use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Telemetry;
 use crate::wal::{Wal, WalConfig, WalError, WalRecord};
 pub use writer::{ApplyObserver, WriteError};
 use writer::{Writer, WriterThread};
@@ -73,7 +73,7 @@ impl Traces {
     pub async fn open(
         object_store: Arc<dyn ObjectStore>,
         cfg: TracesConfig,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
         observer: Option<Arc<dyn ApplyObserver>>,
     ) -> Result<Arc<Traces>, TracesError> {
         let dedicated = cfg.store.dedicated.clone();

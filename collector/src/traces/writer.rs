@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Coded, ErrorCode};
 use crate::head::{HeadError, SpanHead};
-use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 use crate::wal::{Wal, WalError};
 
 /// Clone, because one WAL failure answers every export of its group commit: the errors it
@@ -107,7 +107,7 @@ impl Writer {
     pub fn start(
         wal: Wal,
         head: Arc<SpanHead>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Telemetry>,
         max_inflight: usize,
         max_unflushed_spans: usize,
         observer: Option<Arc<dyn ApplyObserver>>,
@@ -193,7 +193,7 @@ fn apply_loop(
 fn run(
     mut wal: Wal,
     head: Arc<SpanHead>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Telemetry>,
     rx: mpsc::Receiver<Msg>,
     applier: mpsc::Sender<Durable>,
     applied_seq: Arc<AtomicU64>,
@@ -262,7 +262,7 @@ fn run(
 }
 
 /// Writes a group to the WAL; returns it for the applier once durable.
-fn commit(wal: &mut Wal, metrics: &Metrics, group: &mut Vec<Pending>) -> Option<Durable> {
+fn commit(wal: &mut Wal, metrics: &Telemetry, group: &mut Vec<Pending>) -> Option<Durable> {
     let records: Vec<(&str, &[u8])> =
         group.iter().map(|p| (p.tenant.as_str(), p.payload.as_ref())).collect();
     let fsyncs_before = wal.stats().fsyncs;
@@ -312,7 +312,7 @@ mod tests {
         let (wal, _) = Wal::open(WalConfig::new(dir.path())).unwrap();
         let head = Arc::new(SpanHead::new(DedicatedColumns::default()));
         let (writer, thread) =
-            Writer::start(wal, head.clone(), Arc::new(Metrics::new()), 1 << 20, 5, None).unwrap();
+            Writer::start(wal, head.clone(), Arc::new(Telemetry::new()), 1 << 20, 5, None).unwrap();
         let write = |n| writer.write("t".into(), request(n), bytes::Bytes::from_static(b"x"));
         write(6).await.unwrap();
         assert!(matches!(write(1).await, Err(WriteError::Overloaded)));

@@ -19,9 +19,9 @@ use skein_collector::alert::exemplars::{FLAMEGRAPH_UI_URL, FLAMEGRAPH_URL, SLOW_
 use skein_collector::alert::notify::Targets;
 use skein_collector::alert::state::AlertState;
 use skein_collector::alert::{Alerting, AlertingConfig};
-use skein_collector::metrics_gen::spanmetrics::DEFAULT_BUCKETS;
-use skein_collector::metrics_gen::{Generator, GeneratorConfig};
 use skein_collector::promql::{self, value::Value as PValue};
+use skein_collector::span_metrics::calls::DEFAULT_BUCKETS;
+use skein_collector::span_metrics::{SpanMetrics, SpanMetricsConfig};
 use skein_collector::tenant::DEFAULT_TENANT;
 
 use crate::common::*;
@@ -72,7 +72,7 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     let dir = tempfile::tempdir().unwrap();
     let rules = write(dir.path(), "latency.yml", RULES);
     let generator = Arc::new(
-        Generator::open(GeneratorConfig {
+        SpanMetrics::open(SpanMetricsConfig {
             buckets: DEFAULT_BUCKETS.to_vec(),
             dimensions: vec![],
             wait: Duration::from_secs(10),

@@ -188,13 +188,13 @@ pub async fn store_and_head(
 ) -> (
     std::sync::Arc<skein_collector::store::Store>,
     std::sync::Arc<skein_collector::head::SpanHead>,
-    std::sync::Arc<skein_collector::metrics::Metrics>,
+    std::sync::Arc<skein_collector::telemetry::Telemetry>,
 ) {
     use skein_collector::spanrows::DedicatedColumns;
     use skein_collector::store::{Store, open_object_store};
     use std::sync::Arc;
     let cfg = config(dir, |_| {});
-    let metrics = Arc::new(skein_collector::metrics::Metrics::new());
+    let metrics = Arc::new(skein_collector::telemetry::Telemetry::new());
     let dedicated = DedicatedColumns { span: vec!["http.route".into()], resource: vec![] };
     let store = Arc::new(
         Store::open(open_object_store(&cfg.store.url).unwrap(), dedicated.clone(), metrics.clone())

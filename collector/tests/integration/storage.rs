@@ -7,10 +7,10 @@ use std::sync::Arc;
 use crate::common::*;
 use prost::Message;
 use skein_collector::head::SpanHead;
-use skein_collector::metrics::Metrics;
 use skein_collector::query::{QueryEngine, QueryError};
 use skein_collector::spanrows::DedicatedColumns;
 use skein_collector::store::{Store, open_object_store};
+use skein_collector::telemetry::Telemetry;
 use skein_collector::wal::{Wal, WalConfig};
 
 const T: &str = "single-tenant";
@@ -59,7 +59,7 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
     {
         let (mut wal, _) = Wal::open(WalConfig::new(cfg.data_dir.join("wal"))).unwrap();
         let seq = wal.append_batch(&[(T, &req.encode_to_vec())]).unwrap();
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Telemetry::new());
         let store = Store::open(
             open_object_store(&cfg.store.url).unwrap(),
             DedicatedColumns::default(),
@@ -93,7 +93,7 @@ async fn offline_store_with_memory(
     memory: usize,
 ) -> (Arc<Store>, Arc<SpanHead>, QueryEngine) {
     let cfg = config(dir, |_| {});
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Telemetry::new());
     let store = Arc::new(
         Store::open(
             open_object_store(&cfg.store.url).unwrap(),

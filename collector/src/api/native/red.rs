@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::series::{Buckets, add_buckets, boundaries, buckets_by, quantile_ns, sum_by};
 use super::{NativeError, params, range_ms};
 use crate::api::AppState;
-use crate::metrics_gen::spanmetrics::{CALLS, LATENCY};
 use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
+use crate::span_metrics::calls::{CALLS, LATENCY};
 use crate::tenant::{InvalidTenant, Tenant};
 
 const DEFAULT_STEP_MS: i64 = 15_000;
@@ -144,7 +144,7 @@ pub async fn handler(
     }
     let span_name = p.span_name.as_deref().filter(|s| !s.is_empty());
     Ok(Json(red(
-        state.metrics_gen.storage(&tenant).as_ref(),
+        state.span_metrics.storage(&tenant).as_ref(),
         service,
         span_name,
         start,

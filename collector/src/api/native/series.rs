@@ -158,7 +158,7 @@ pub fn ratio(errors: f64, calls: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics_gen::tsdb::Tsdb;
+    use crate::span_metrics::tsdb::Tsdb;
 
     /// The real series store behind the `Storage` trait.
     struct Db(Tsdb);

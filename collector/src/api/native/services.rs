@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::series::{Buckets, add_buckets, boundaries, buckets_by, quantile_ns, ratio, sum_by};
 use super::{NativeError, params, range_ms};
 use crate::api::AppState;
-use crate::metrics_gen::servicegraph::{REQUEST_FAILED_TOTAL, REQUEST_TOTAL, SERVER_SECONDS};
-use crate::metrics_gen::spanmetrics::{CALLS, LATENCY};
 use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
+use crate::span_metrics::calls::{CALLS, LATENCY};
+use crate::span_metrics::servicegraph::{REQUEST_FAILED_TOTAL, REQUEST_TOTAL, SERVER_SECONDS};
 use crate::tenant::{InvalidTenant, Tenant};
 
 const SERVER: &str = "SPAN_KIND_SERVER";
@@ -223,7 +223,7 @@ pub async fn services_handler(
     let p = params(q)?;
     let Tenant(tenant) = tenant?;
     let (start, end) = range_ms(p.start, p.end)?;
-    Ok(Json(services(state.metrics_gen.storage(&tenant).as_ref(), start, end)?))
+    Ok(Json(services(state.span_metrics.storage(&tenant).as_ref(), start, end)?))
 }
 
 pub async fn operations_handler(
@@ -235,5 +235,5 @@ pub async fn operations_handler(
     let Tenant(tenant) = tenant?;
     let service = super::required("service", p.service.as_deref())?;
     let (start, end) = range_ms(p.start, p.end)?;
-    Ok(Json(operations(state.metrics_gen.storage(&tenant).as_ref(), service, start, end)?))
+    Ok(Json(operations(state.span_metrics.storage(&tenant).as_ref(), service, start, end)?))
 }

@@ -21,9 +21,9 @@ use serde_json::{Value as Json, json};
 use super::AppState;
 use crate::alert::Alerting;
 use crate::alert::api::RuleFilter;
-use crate::metrics_gen::exposition::FAMILIES;
 use crate::promql::value::{format_time, format_value, to_json};
 use crate::promql::{self, PromqlError, now_ms, selector_matches};
+use crate::span_metrics::exposition::FAMILIES;
 use crate::tenant::Tenant;
 use params::{Params, parse_step};
 
@@ -49,7 +49,7 @@ type Rules = Option<Extension<Arc<Alerting>>>;
 fn storage(s: &AppState, rules: &Rules, tenant: &str) -> Arc<dyn promql::Storage> {
     match rules {
         Some(Extension(a)) => a.storage(tenant),
-        None => s.metrics_gen.storage(tenant),
+        None => s.span_metrics.storage(tenant),
     }
 }
 
@@ -265,7 +265,7 @@ async fn exemplars(
     collect_selectors(&expr, &mut sel);
     let matches = |l: &promql::labels::Labels| sel.iter().any(|vs| selector_matches(vs, l));
     let data: Vec<Json> = s
-        .metrics_gen
+        .span_metrics
         .exemplars(&tenant, &matches, start, end)
         .into_iter()
         .map(|(labels, ex)| {
@@ -291,7 +291,7 @@ async fn exposition(
     let Tenant(tenant) = Tenant::from_query_override(p.get("tenant"), &headers)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        s.metrics_gen.exposition(&tenant),
+        s.span_metrics.exposition(&tenant),
     )
         .into_response())
 }

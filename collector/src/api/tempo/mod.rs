@@ -1,6 +1,6 @@
 //! Tempo-compatible HTTP API, as Grafana's Tempo datasource calls it.
 
-mod metrics;
+mod traceql_metrics;
 
 use std::collections::HashMap;
 
@@ -33,8 +33,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/search/tags", get(tags_v1))
         .route("/api/v2/search/tag/{tag}/values", get(tag_values_v2))
         .route("/api/search/tag/{tag}/values", get(tag_values_v1))
-        .route("/api/metrics/query_range", get(metrics::query_range))
-        .route("/api/metrics/query", get(metrics::query_instant))
+        .route("/api/metrics/query_range", get(traceql_metrics::query_range))
+        .route("/api/metrics/query", get(traceql_metrics::query_instant))
 }
 
 type Params = QueryParams<HashMap<String, String>>;
