@@ -15,6 +15,7 @@ use crate::alert::rules::Group;
 use crate::profile::ProfileConfig;
 use crate::span_metrics::SpanMetricsConfig;
 use crate::spanrows::DedicatedColumns;
+use crate::traces::{HeadConfig, StoreConfig};
 use crate::wal::{FsyncPolicy, WalConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,8 +137,8 @@ pub struct Config {
     pub ingest: IngestSection,
     /// The span WAL.
     pub wal: WalConfig,
-    pub head: HeadSection,
-    pub store: StoreSection,
+    pub head: HeadConfig,
+    pub store: StoreConfig,
     pub query: QuerySection,
     pub span_metrics: SpanMetricsConfig,
     pub alerting: AlertingSection,
@@ -160,30 +161,6 @@ pub struct IngestSection {
     pub max_body_bytes: usize,
     /// Bytes of accepted-but-not-yet-durable exports before ingest answers 429 / UNAVAILABLE.
     pub max_inflight_bytes: usize,
-}
-
-/// When the span head is flushed, and how much unflushed data it may hold.
-#[derive(Debug, Clone)]
-pub struct HeadSection {
-    /// Flush a tenant's head after this many spans ...
-    pub max_spans: usize,
-    /// ... or at the latest after this age.
-    pub max_age: Duration,
-    /// Writes are refused while this many spans are not yet in blocks.
-    pub max_unflushed_spans: usize,
-}
-
-/// Span block storage.
-#[derive(Debug, Clone)]
-pub struct StoreSection {
-    /// `file://` or `s3://` URL of the object store (profile blocks live there too).
-    pub url: String,
-    /// Attributes stored in columns of their own.
-    pub dedicated: DedicatedColumns,
-    /// Blocks smaller than half of this are compacted together, up to this size.
-    pub block_target_spans: usize,
-    /// How long blocks (and span-metrics history) are kept.
-    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -328,7 +305,7 @@ impl ServeArgs {
         let query_memory_bytes = positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?;
         let fsync = a.fsync.unwrap_or(FsyncMode::Always).policy();
         let max_spans = positive("head-max-spans", a.head_max_spans, 100_000)?;
-        let head = HeadSection {
+        let head = HeadConfig {
             max_spans,
             max_age: duration("head-max-age", a.head_max_age.as_deref(), "60s")?,
             // Back-pressure once unflushed spans reach a few heads' worth (at least 100k
@@ -354,7 +331,7 @@ impl ServeArgs {
                 fsync,
                 segment_bytes: crate::wal::DEFAULT_SEGMENT_BYTES,
             },
-            store: StoreSection {
+            store: StoreConfig {
                 url: storage,
                 dedicated: DedicatedColumns {
                     span: dedicated_span_attributes,

@@ -1,4 +1,4 @@
-//! [`Traces`]: the span write path behind one handle, as [`crate::profile::Profiles`] is for
+//! [`Traces`]: the span write path behind one handle, as `Profiles` is for
 //! profiles. `open` loads the block catalog, opens the WAL and replays into the head what no
 //! block holds yet, then starts the writer and applier threads (`writer.rs`); `write` is what
 //! OTLP ingest hands each validated export to; `run` is the maintenance loop
@@ -10,28 +10,52 @@ mod maintenance;
 pub mod writer;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 use prost::Message;
 
-use crate::config::{HeadSection, StoreSection};
 use crate::error::{Coded, ErrorCode};
 use crate::head::SpanHead;
+use crate::spanrows::DedicatedColumns;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 use crate::wal::{Wal, WalConfig, WalError, WalRecord};
 pub use writer::{ApplyObserver, WriteError};
 use writer::{Writer, WriterThread};
 
-/// What the span write path is opened with (sections of [`crate::config::Config`]).
+/// When the span head is flushed, and how much unflushed data it may hold.
+#[derive(Debug, Clone)]
+pub struct HeadConfig {
+    /// Flush a tenant's head after this many spans ...
+    pub max_spans: usize,
+    /// ... or at the latest after this age.
+    pub max_age: Duration,
+    /// Writes are refused while this many spans are not yet in blocks.
+    pub max_unflushed_spans: usize,
+}
+
+/// Span block storage.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `file://` or `s3://` URL of the object store (profile blocks live there too).
+    pub url: String,
+    /// Attributes stored in columns of their own.
+    pub dedicated: DedicatedColumns,
+    /// Blocks smaller than half of this are compacted together, up to this size.
+    pub block_target_spans: usize,
+    /// How long blocks (and span-metrics history) are kept.
+    pub retention: Duration,
+}
+
+/// What the span write path is opened with (sections of the collector's `Config`).
 #[derive(Debug, Clone)]
 pub struct TracesConfig {
     pub wal: WalConfig,
-    pub head: HeadSection,
-    pub store: StoreSection,
+    pub head: HeadConfig,
+    pub store: StoreConfig,
     /// Bytes of accepted-but-not-yet-durable exports before writes are refused.
     pub max_inflight_bytes: usize,
 }
@@ -62,7 +86,7 @@ pub struct Traces {
     writer: Writer,
     /// Taken by [`Traces::stop`].
     writer_thread: Mutex<Option<WriterThread>>,
-    head_cfg: HeadSection,
+    head_cfg: HeadConfig,
     block_target_spans: usize,
     retention: std::time::Duration,
 }

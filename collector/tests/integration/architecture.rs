@@ -8,26 +8,29 @@ use std::path::{Path, PathBuf};
 
 /// Layer of each top-level module; a module may import only strictly lower layers.
 const LAYERS: &[(&str, u32)] = &[
-    // Foundations: no knowledge of any other part of the collector.
+    // What kind of failure an error is: below everything.
     ("error", 0),
+    // Foundations that know nothing of spans' journey: tenant ids, the collector's own
+    // metrics, the write-ahead log, and the span-row codec (OTLP <-> Arrow).
     ("tenant", 1),
     ("telemetry", 1),
     ("wal", 1),
     ("spanrows", 1),
-    ("promql", 1),
-    // Span storage: the in-memory head and the block store both stand on the row codec.
+    // Span storage (the in-memory head and the block store) and the PromQL engine.
     ("head", 2),
     ("store", 2),
+    ("promql", 2),
     // Questions over head and blocks.
     ("query", 3),
-    // The span write pipeline (WAL + head + flush to blocks) and what is derived from spans.
+    // The span write path: WAL + head + flush to blocks, behind one handle.
     ("traces", 4),
-    ("span_metrics", 5),
-    ("alert", 6),
-    // Receivers: OTLP and profile push hand batches to the pipelines.
+    // What stands on the write path: OTLP receivers, and span metrics fed as spans apply.
     ("ingest", 5),
+    ("span_metrics", 5),
+    // Alerting over span metrics; the profile pipeline (its own receiver, WAL, head, blocks).
+    ("alert", 6),
     ("profile", 6),
-    // Wire surfaces, then wiring.
+    // Wire surfaces and configuration, then the wiring itself.
     ("api", 7),
     ("config", 7),
     ("serve", 8),
@@ -103,7 +106,8 @@ fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
     for file in files {
         let Some(module) = module_of(&file) else { continue };
         let source = std::fs::read_to_string(&file).unwrap();
-        let imports = imported_modules(&source).into_iter().filter(|m| *m != module);
+        let imports: Vec<String> =
+            imported_modules(&source).into_iter().filter(|m| *m != module).collect();
         graph.entry(module).or_default().extend(imports);
     }
     graph

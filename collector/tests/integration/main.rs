@@ -5,6 +5,7 @@
 mod common;
 
 mod alert;
+mod architecture;
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
