@@ -216,90 +216,18 @@ impl ServeArgs {
             }
         };
         validate_storage(&storage)?;
-        let dedicated_span_attributes = a.dedicated_span_attributes.unwrap_or_else(|| {
-            ["http.route", "rpc.service", "rpc.method"].map(String::from).to_vec()
-        });
-        let dedicated_resource_attributes = a
-            .dedicated_resource_attributes
-            .unwrap_or_else(|| vec!["service.namespace".to_string()]);
-        for (key, list) in [
-            ("dedicated-span-attributes", &dedicated_span_attributes),
-            ("dedicated-resource-attributes", &dedicated_resource_attributes),
-        ] {
-            if list.len() > MAX_DEDICATED {
-                return Err(ConfigError::Invalid {
-                    key,
-                    message: format!("at most {MAX_DEDICATED} attributes"),
-                });
-            }
-            if list.iter().any(|k| k.is_empty()) {
-                return Err(ConfigError::Invalid { key, message: "empty attribute name".into() });
-            }
-        }
-        let spanmetrics_buckets = a
-            .spanmetrics_buckets
-            .unwrap_or_else(|| crate::span_metrics::calls::DEFAULT_BUCKETS.to_vec());
-        let ascending = spanmetrics_buckets.windows(2).all(|w| w[0] < w[1]);
-        if spanmetrics_buckets.is_empty()
-            || !ascending
-            || spanmetrics_buckets.iter().any(|b| !b.is_finite())
-        {
-            return Err(ConfigError::Invalid {
-                key: "spanmetrics-buckets",
-                message: "need finite bounds in ascending order".into(),
-            });
-        }
-        let spanmetrics_dimensions = a.spanmetrics_dimensions.unwrap_or_default();
-        if spanmetrics_dimensions.iter().any(|k| k.is_empty()) {
-            return Err(ConfigError::Invalid {
-                key: "spanmetrics-dimensions",
-                message: "empty attribute name".into(),
-            });
-        }
-        let groups = match &a.rules {
-            Some(rules) => crate::alert::rules::load(rules).map_err(|errors| {
-                let more = match errors.len() {
-                    1 => String::new(),
-                    n => format!(" (and {} more; see skein rules check)", n - 1),
-                };
-                let first =
-                    errors.first().map(|e| e.to_string().replace('\n', " ")).unwrap_or_default();
-                ConfigError::Invalid { key: "rules", message: format!("{first}{more}") }
-            })?,
-            None => Vec::new(),
-        };
-        let alertmanager_urls: Vec<String> = a
-            .alertmanager_url
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(String::from)
-            .collect();
-        for u in &alertmanager_urls {
-            http_url("alertmanager-url", u)?;
-        }
-        if let Some(u) = &a.alert_webhook_url {
-            http_url("alert-webhook-url", u)?;
-        }
-        if let Some(u) = &a.external_url {
-            http_url("external-url", u)?;
-        }
-        let mut external_labels = BTreeMap::new();
-        for kv in a.external_labels.unwrap_or_default() {
-            match kv.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => {
-                    external_labels.insert(k.trim().to_string(), v.trim().to_string());
-                }
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        key: "external-labels",
-                        message: format!("{kv:?} is not name=value"),
-                    });
-                }
-            }
-        }
+        let dedicated =
+            dedicated_columns(a.dedicated_span_attributes, a.dedicated_resource_attributes)?;
+        let spanmetrics_buckets = latency_buckets(a.spanmetrics_buckets)?;
+        let spanmetrics_dimensions = span_dimensions(a.spanmetrics_dimensions)?;
+        let alerting = alerting_section(
+            a.rules,
+            a.alertmanager_url,
+            a.alert_webhook_url,
+            a.alert_resend_delay,
+            a.external_url,
+            a.external_labels,
+        )?;
         let retention = duration("retention", a.retention.as_deref(), "336h")?;
         let max_body_bytes = positive("max-body-bytes", a.max_body_bytes, 16 << 20)?;
         let query_memory_bytes = positive("query-memory-bytes", a.query_memory_bytes, 1 << 30)?;
@@ -333,10 +261,7 @@ impl ServeArgs {
             },
             store: StoreConfig {
                 url: storage,
-                dedicated: DedicatedColumns {
-                    span: dedicated_span_attributes,
-                    resource: dedicated_resource_attributes,
-                },
+                dedicated,
                 block_target_spans: positive(
                     "block-target-spans",
                     a.block_target_spans,
@@ -357,19 +282,7 @@ impl ServeArgs {
                 retention,
                 dir: data_dir.join("spanmetrics"),
             },
-            alerting: AlertingSection {
-                rules: a.rules,
-                groups,
-                alertmanager_urls,
-                webhook_url: a.alert_webhook_url,
-                resend_delay: duration(
-                    "alert-resend-delay",
-                    a.alert_resend_delay.as_deref(),
-                    "1m",
-                )?,
-                external_url: a.external_url.map(|u| u.trim_end_matches('/').to_string()),
-                external_labels,
-            },
+            alerting,
             profiles: ProfileConfig {
                 wal_dir: data_dir.join("profiles-wal"),
                 fsync,
@@ -419,6 +332,127 @@ impl ServeArgs {
             metrics_scrape_interval: self.metrics_scrape_interval.or(file.metrics_scrape_interval),
         }
     }
+}
+
+/// The dedicated attribute columns, defaulted and checked.
+fn dedicated_columns(
+    span: Option<Vec<String>>,
+    resource: Option<Vec<String>>,
+) -> Result<DedicatedColumns, ConfigError> {
+    let dedicated_span_attributes = span
+        .unwrap_or_else(|| ["http.route", "rpc.service", "rpc.method"].map(String::from).to_vec());
+    let dedicated_resource_attributes =
+        resource.unwrap_or_else(|| vec!["service.namespace".to_string()]);
+    for (key, list) in [
+        ("dedicated-span-attributes", &dedicated_span_attributes),
+        ("dedicated-resource-attributes", &dedicated_resource_attributes),
+    ] {
+        if list.len() > MAX_DEDICATED {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("at most {MAX_DEDICATED} attributes"),
+            });
+        }
+        if list.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Invalid { key, message: "empty attribute name".into() });
+        }
+    }
+    Ok(DedicatedColumns {
+        span: dedicated_span_attributes,
+        resource: dedicated_resource_attributes,
+    })
+}
+
+/// Span-metrics latency bucket bounds: finite and ascending.
+fn latency_buckets(buckets: Option<Vec<f64>>) -> Result<Vec<f64>, ConfigError> {
+    let spanmetrics_buckets =
+        buckets.unwrap_or_else(|| crate::span_metrics::calls::DEFAULT_BUCKETS.to_vec());
+    let ascending = spanmetrics_buckets.windows(2).all(|w| w[0] < w[1]);
+    if spanmetrics_buckets.is_empty()
+        || !ascending
+        || spanmetrics_buckets.iter().any(|b| !b.is_finite())
+    {
+        return Err(ConfigError::Invalid {
+            key: "spanmetrics-buckets",
+            message: "need finite bounds in ascending order".into(),
+        });
+    }
+    Ok(spanmetrics_buckets)
+}
+
+/// Extra span-metrics dimensions (attribute names).
+fn span_dimensions(dimensions: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let spanmetrics_dimensions = dimensions.unwrap_or_default();
+    if spanmetrics_dimensions.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::Invalid {
+            key: "spanmetrics-dimensions",
+            message: "empty attribute name".into(),
+        });
+    }
+    Ok(spanmetrics_dimensions)
+}
+
+/// Rules (parsed and checked once) and where their alerts go.
+fn alerting_section(
+    rules: Option<PathBuf>,
+    alertmanager_url: Option<String>,
+    alert_webhook_url: Option<String>,
+    alert_resend_delay: Option<String>,
+    external_url: Option<String>,
+    label_pairs: Option<Vec<String>>,
+) -> Result<AlertingSection, ConfigError> {
+    let groups = match &rules {
+        Some(rules) => crate::alert::rules::load(rules).map_err(|errors| {
+            let more = match errors.len() {
+                1 => String::new(),
+                n => format!(" (and {} more; see skein rules check)", n - 1),
+            };
+            let first =
+                errors.first().map(|e| e.to_string().replace('\n', " ")).unwrap_or_default();
+            ConfigError::Invalid { key: "rules", message: format!("{first}{more}") }
+        })?,
+        None => Vec::new(),
+    };
+    let alertmanager_urls: Vec<String> = alertmanager_url
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect();
+    for u in &alertmanager_urls {
+        http_url("alertmanager-url", u)?;
+    }
+    if let Some(u) = &alert_webhook_url {
+        http_url("alert-webhook-url", u)?;
+    }
+    if let Some(u) = &external_url {
+        http_url("external-url", u)?;
+    }
+    let mut external_labels = BTreeMap::new();
+    for kv in label_pairs.unwrap_or_default() {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                external_labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "external-labels",
+                    message: format!("{kv:?} is not name=value"),
+                });
+            }
+        }
+    }
+    Ok(AlertingSection {
+        rules,
+        groups,
+        alertmanager_urls,
+        webhook_url: alert_webhook_url,
+        resend_delay: duration("alert-resend-delay", alert_resend_delay.as_deref(), "1m")?,
+        external_url: external_url.map(|u| u.trim_end_matches('/').to_string()),
+        external_labels,
+    })
 }
 
 fn load_file(path: &Path) -> Result<ServeArgs, ConfigError> {
