@@ -514,8 +514,8 @@ def test_collector_dashboard_uses_only_metrics_skein_exposes(demo, warm):
     used = {m for e in exprs for m in re.findall(r"\b((?:skein|process)_[a-z_]+?)(?:_bucket|_count|_sum)?\b\{", e)}
     assert used, exprs
     # Labelled counters appear on /metrics with their first event (e.g. the first rejected span);
-    # those must at least be registered by collector/src/metrics.rs.
-    registered = set(re.findall(r'"((?:skein|process)_[a-z_]+)"', (gf.REPO / "collector/src/metrics.rs").read_text()))
+    # those must at least be registered by collector/src/telemetry.rs.
+    registered = set(re.findall(r'"((?:skein|process)_[a-z_]+)"', (gf.REPO / "collector/src/telemetry.rs").read_text()))
     assert used <= exposed | registered, f"not exposed nor registered: {sorted(used - exposed - registered)}"
     assert len(used & exposed) >= len(used) - 2, f"only {sorted(used & exposed)} of {sorted(used)} exposed"
     assert "process_resident_memory_bytes" in exposed
