@@ -10,7 +10,8 @@
 //! `promql` evaluates Prometheus queries over them.
 //!
 //! Below everything: `error` (which kind of failure an error is, so the API answers it
-//! consistently) and `tenant` (the one reader of `X-Scope-OrgID`, for HTTP and gRPC).
+//! consistently), `tenant` (the one reader of `X-Scope-OrgID`, for HTTP and gRPC) and `health`
+//! (what `/ready` and `/healthz` report, recorded by each subsystem).
 
 pub mod alert;
 pub mod api;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod head;
+pub mod health;
 pub mod ingest;
 pub mod profile;
 pub mod promql;

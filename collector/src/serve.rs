@@ -12,6 +12,7 @@ use crate::alert::notify::Targets;
 use crate::alert::{Alerting, AlertingConfig};
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::health::Health;
 use crate::ingest::{self, Ingestor};
 use crate::profile::Profiles;
 use crate::query::QueryEngine;
@@ -58,6 +59,12 @@ impl crate::error::Coded for ServeError {
         }
     }
 }
+
+/// Object storage failing for longer than this makes the collector not ready (shorter
+/// outages are retried without a word to load balancers).
+const STORAGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Background work (a flush, a group commit) running longer than this means a wedged process.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A running collector (used by `serve`, `demo`, benchmarks and tests).
 pub struct Running {
@@ -118,6 +125,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
 /// Starts everything and returns once all listeners are bound and the WAL is replayed.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let metrics = Arc::new(Telemetry::new());
+    let health = Health::new(STORAGE_GRACE, STALL_LIMIT);
     let object_store = open_object_store(&cfg.store.url)?;
     let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
     let traces = Traces::open(
@@ -129,6 +137,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             max_inflight_bytes: cfg.ingest.max_inflight_bytes,
         },
         metrics.clone(),
+        health.clone(),
         Some(span_metrics.clone()),
     )
     .await?;
@@ -184,6 +193,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         engine: engine.clone(),
         profiles: profiles.clone(),
         span_metrics: span_metrics.clone(),
+        health: health.clone(),
     })
     .layer(axum::Extension(alerting.clone()));
     let s = stopped(rx.clone());

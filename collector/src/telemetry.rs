@@ -24,6 +24,26 @@ pub struct Telemetry {
     pub profile_push_bytes: IntCounterVec,
     /// Resident set size, refreshed on every render (Linux; stays 0 elsewhere).
     pub resident_memory_bytes: IntGauge,
+    // Failures and what was done about them (the faults a durable write path must survive).
+    /// WAL I/O failures by operation (`write`, `fsync`, `create`, `remove`).
+    pub wal_failures: IntCounterVec,
+    /// Flushes of a frozen head part that failed (each retry that fails counts again).
+    pub flush_failures: IntCounter,
+    /// Object-store calls that failed, by operation (`put`, `get`, `list`, `delete`).
+    pub storage_failures: IntCounterVec,
+    /// Damaged blocks moved aside at start-up, by kind (`spans`, `profiles`).
+    pub blocks_quarantined: IntCounterVec,
+    /// WAL records replay could not apply, written to the quarantine directory.
+    pub records_quarantined: IntCounter,
+    /// Frozen head parts that could never be written as a block, written to the quarantine
+    /// directory instead.
+    pub parts_quarantined: IntCounter,
+    /// Attribute values cut to `--max-attribute-bytes`.
+    pub attributes_truncated: IntCounter,
+    /// Spans dropped at ingest because the same (trace id, span id) was stored recently.
+    pub spans_deduplicated: IntCounter,
+    /// 1 when `/ready` answers 200.
+    pub ready: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -138,6 +158,50 @@ impl Telemetry {
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
             ),
+            wal_failures: counter_vec(
+                &r,
+                "skein_wal_failures_total",
+                "WAL I/O failures by operation.",
+                &["op"],
+            ),
+            flush_failures: counter(
+                &r,
+                "skein_flush_failures_total",
+                "Failed attempts to write a frozen head part as a block.",
+            ),
+            storage_failures: counter_vec(
+                &r,
+                "skein_storage_failures_total",
+                "Object-store calls that failed, by operation.",
+                &["op"],
+            ),
+            blocks_quarantined: counter_vec(
+                &r,
+                "skein_blocks_quarantined_total",
+                "Damaged blocks moved aside at start-up.",
+                &["kind"],
+            ),
+            records_quarantined: counter(
+                &r,
+                "skein_wal_records_quarantined_total",
+                "WAL records that could not be applied, moved to the quarantine directory.",
+            ),
+            parts_quarantined: counter(
+                &r,
+                "skein_head_parts_quarantined_total",
+                "Head parts that could not be written as blocks, moved to the quarantine directory.",
+            ),
+            attributes_truncated: counter(
+                &r,
+                "skein_attributes_truncated_total",
+                "Attribute values truncated to --max-attribute-bytes.",
+            ),
+            spans_deduplicated: counter(
+                &r,
+                "skein_spans_deduplicated_total",
+                "Spans dropped at ingest as copies of a recently stored (trace id, span id).",
+            ),
+            ready: gauge(&r, "skein_ready", "1 when /ready answers 200, else 0."),
             registry: r,
         }
     }

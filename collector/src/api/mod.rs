@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 
+use crate::health::Health;
 use crate::profile::Profiles;
 use crate::query::QueryEngine;
 use crate::span_metrics::SpanMetrics;
@@ -22,6 +23,7 @@ pub struct AppState {
     pub engine: Arc<QueryEngine>,
     pub profiles: Arc<Profiles>,
     pub span_metrics: Arc<SpanMetrics>,
+    pub health: Arc<Health>,
 }
 
 pub fn router(state: AppState) -> Router {

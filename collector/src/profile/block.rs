@@ -36,8 +36,12 @@ pub struct BlockMeta {
     pub stacks: u64,
     pub samples_bytes: u64,
     pub stacks_bytes: u64,
-    /// Every profile WAL record of this tenant with a sequence at or below this is in blocks.
+    /// Highest profile WAL sequence of this tenant in the block.
     pub wal_seq: u64,
+    /// The tenant's profile WAL sequences whose records this block holds (empty in blocks
+    /// written before ranges were recorded: then `1..=wal_seq`).
+    #[serde(default)]
+    pub wal_ranges: crate::wal::SeqRanges,
     pub profile_types: BTreeSet<String>,
     /// Label names present in the block (without the ones derived from the profile type).
     pub label_names: BTreeSet<String>,
@@ -71,8 +75,8 @@ impl crate::store::catalog::CatalogEntry for BlockMeta {
     fn max_time(&self) -> i64 {
         self.max_time
     }
-    fn wal_seq(&self) -> u64 {
-        self.wal_seq
+    fn wal_ranges(&self) -> crate::wal::SeqRanges {
+        crate::store::block::legacy_covered(&self.wal_ranges, self.wal_seq)
     }
     fn rows(&self) -> u64 {
         self.samples

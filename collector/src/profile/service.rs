@@ -60,7 +60,7 @@ impl Profiles {
         metrics: Arc<Telemetry>,
     ) -> Result<Arc<Profiles>, ProfileError> {
         let store = BlockStore::open(object_store).await?;
-        let watermarks = store.catalog().watermarks();
+        let covered = store.catalog().covered();
         let wal_cfg = WalConfig {
             dir: cfg.wal_dir.clone(),
             fsync: cfg.fsync,
@@ -69,7 +69,7 @@ impl Profiles {
         let started = Instant::now();
         let (wal, records) = blocking(move || {
             Ok(Wal::open_filtered(wal_cfg, |seq, tenant| {
-                seq > watermarks.get(tenant).copied().unwrap_or(0)
+                !covered.get(tenant).is_some_and(|r| r.contains(seq))
             })?)
         })
         .await?;

@@ -17,6 +17,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use super::ProfileError;
 use super::block::{self, BlockMeta, META_FILE, PREFIX, SAMPLES_FILE, STACKS_FILE, now_unix};
 use super::head::FrozenSamples;
+use crate::store::catalog::CatalogEntry;
+use crate::wal::SeqRanges;
 use super::service::blocking;
 use super::stack::{StackTable, frames_from_batch};
 use crate::store::blocks::{self, BlockDir, CompactionPolicy};
@@ -42,7 +44,7 @@ struct NewBlock {
     tenant: String,
     samples: RecordBatch,
     stacks: RecordBatch,
-    wal_seq: u64,
+    wal_ranges: SeqRanges,
     profile_types: BTreeSet<String>,
     label_names: BTreeSet<String>,
     compacted_from: Vec<String>,
@@ -83,7 +85,8 @@ impl BlockStore {
             stacks: n_stacks,
             samples_bytes: samples_pq.len() as u64,
             stacks_bytes: stacks_pq.len() as u64,
-            wal_seq: nb.wal_seq,
+            wal_seq: nb.wal_ranges.max(),
+            wal_ranges: nb.wal_ranges,
             profile_types: nb.profile_types,
             label_names: nb.label_names,
             compacted_from: nb.compacted_from,
@@ -118,7 +121,7 @@ impl BlockStore {
                 tenant: frozen.tenant.clone(),
                 samples,
                 stacks,
-                wal_seq: frozen.max_seq,
+                wal_ranges: SeqRanges::range(frozen.min_seq, frozen.max_seq),
                 profile_types: frozen.profile_types.clone(),
                 label_names: frozen.label_names.clone(),
                 compacted_from: Vec::new(),
@@ -190,7 +193,13 @@ impl BlockStore {
                 tenant: tenant.to_string(),
                 samples,
                 stacks,
-                wal_seq: inputs.iter().map(|b| b.wal_seq).max().unwrap_or(0),
+                wal_ranges: {
+                    let mut r = SeqRanges::new();
+                    for b in &inputs {
+                        r.extend(&b.wal_ranges());
+                    }
+                    r
+                },
                 profile_types: inputs.iter().flat_map(|b| b.profile_types.clone()).collect(),
                 label_names: inputs.iter().flat_map(|b| b.label_names.clone()).collect(),
                 compacted_from: inputs.iter().map(|b| b.id.clone()).collect(),

@@ -21,6 +21,12 @@ use parquet::schema::types::ColumnPath;
 use super::StoreError;
 use super::bloom::Bloom;
 use crate::spanrows::{DedicatedColumns, TagKeys, col, span_schema};
+use crate::wal::SeqRanges;
+
+/// `ranges`, or for metas written before ranges were recorded, `1..=wal_seq`.
+pub fn legacy_covered(ranges: &SeqRanges, wal_seq: u64) -> SeqRanges {
+    if ranges.is_empty() { SeqRanges::range(1, wal_seq) } else { ranges.clone() }
+}
 
 pub const META_FILE: &str = "meta.json";
 pub const SPANS_FILE: &str = "spans.parquet";
@@ -39,8 +45,12 @@ pub struct BlockMeta {
     pub traces: u64,
     pub spans_bytes: u64,
     pub traces_bytes: u64,
-    /// Every WAL record of this tenant with a sequence at or below this is in blocks.
+    /// Highest WAL sequence of this tenant in the block (what blocks written before
+    /// `wal_ranges` existed recorded instead).
     pub wal_seq: u64,
+    /// The tenant's WAL sequences whose records this block holds.
+    #[serde(default)]
+    pub wal_ranges: SeqRanges,
     #[serde(default)]
     pub compacted_from: Vec<String>,
     pub dedicated: DedicatedColumns,
@@ -57,6 +67,11 @@ impl BlockMeta {
     }
     pub fn bytes(&self) -> u64 {
         self.spans_bytes + self.traces_bytes
+    }
+    /// WAL sequences this block holds; a block from before `wal_ranges` claims everything up
+    /// to its `wal_seq`, which is what such blocks promised.
+    pub fn covered(&self) -> SeqRanges {
+        legacy_covered(&self.wal_ranges, self.wal_seq)
     }
 }
 
@@ -349,7 +364,8 @@ pub struct NewBlock<'a> {
     /// Rows for `write_block`; unused by `commit_block`.
     pub batches: &'a [RecordBatch],
     pub dedicated: &'a DedicatedColumns,
-    pub wal_seq: u64,
+    /// WAL sequences of the tenant whose records the block holds.
+    pub wal_ranges: SeqRanges,
     pub tags: TagKeys,
     pub compacted_from: Vec<String>,
 }
@@ -434,7 +450,8 @@ pub async fn commit_block(
         traces: traces.num_rows() as u64,
         spans_bytes: spans_pq.len() as u64,
         traces_bytes: traces_pq.len() as u64,
-        wal_seq: nb.wal_seq,
+        wal_seq: nb.wal_ranges.max(),
+        wal_ranges: nb.wal_ranges,
         compacted_from: nb.compacted_from,
         dedicated: nb.dedicated.clone(),
         tags: nb.tags,

@@ -251,8 +251,8 @@ mod tests {
         fn max_time(&self) -> i64 {
             0
         }
-        fn wal_seq(&self) -> u64 {
-            0
+        fn wal_ranges(&self) -> crate::wal::SeqRanges {
+            crate::wal::SeqRanges::new()
         }
         fn rows(&self) -> u64 {
             self.1

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::wal::SeqRanges;
+
 /// What the catalog (and the block directory, `blocks.rs`) needs to know about a block.
 pub trait CatalogEntry {
     fn tenant(&self) -> &str;
@@ -15,8 +17,8 @@ pub trait CatalogEntry {
     /// Earliest and latest data in the block, unix nanoseconds.
     fn min_time(&self) -> i64;
     fn max_time(&self) -> i64;
-    /// Every WAL record of the block's tenant at or below this sequence is in blocks.
-    fn wal_seq(&self) -> u64;
+    /// The WAL sequences of the block's tenant whose records the block holds.
+    fn wal_ranges(&self) -> SeqRanges;
     /// Rows (spans, samples): what compaction sizes merges by.
     fn rows(&self) -> u64;
     /// When the block was written, unix seconds.
@@ -66,13 +68,17 @@ impl<B: CatalogEntry> Catalog<B> {
         f(map.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]))
     }
 
-    /// Per tenant, the WAL sequence through which its records are in blocks.
-    pub fn watermarks(&self) -> HashMap<String, u64> {
-        self.map
-            .read()
-            .iter()
-            .map(|(t, bs)| (t.clone(), bs.iter().map(|b| b.wal_seq()).max().unwrap_or(0)))
-            .collect()
+    /// Per tenant, the WAL sequences whose records are in its blocks.
+    pub fn covered(&self) -> HashMap<String, SeqRanges> {
+        let map = self.map.read();
+        let mut out = HashMap::with_capacity(map.len());
+        for (t, bs) in map.iter() {
+            let r: &mut SeqRanges = out.entry(t.clone()).or_default();
+            for b in bs {
+                r.extend(&b.wal_ranges());
+            }
+        }
+        out
     }
 
     /// Adds a flushed block; `on_publish` (releasing the head data it holds) runs under the same
@@ -127,8 +133,8 @@ mod tests {
         fn max_time(&self) -> i64 {
             self.2
         }
-        fn wal_seq(&self) -> u64 {
-            self.3
+        fn wal_ranges(&self) -> SeqRanges {
+            SeqRanges::range(self.3, self.3)
         }
         fn rows(&self) -> u64 {
             0
@@ -147,7 +153,7 @@ mod tests {
         assert!(published);
         let ids = |c: &Catalog<B>| c.blocks("t").iter().map(|b| b.0).collect::<Vec<_>>();
         assert_eq!(ids(&c), vec!["a", "b"]);
-        assert_eq!(c.watermarks()["t"], 2);
+        assert_eq!(c.covered()["t"].ranges(), &[(1, 2)]);
         let inputs = c.blocks("t");
         c.swap("t", &inputs, Arc::new(B("ab", 10, 30, 2)));
         assert_eq!(ids(&c), vec!["ab"]);

@@ -223,7 +223,7 @@ mod tests {
                 tenant: "t",
                 batches: &[batch],
                 dedicated: &ded,
-                wal_seq: 1,
+                wal_ranges: crate::wal::SeqRanges::range(1, 1),
                 tags: TagKeys::default(),
                 compacted_from: vec![],
             };
@@ -240,7 +240,7 @@ mod tests {
             tenant: "t",
             batches: &[],
             dedicated: &ded,
-            wal_seq: 1,
+            wal_ranges: crate::wal::SeqRanges::range(1, 1),
             tags: TagKeys::default(),
             compacted_from: vec![],
         };

@@ -17,6 +17,7 @@ use object_store::ObjectStore;
 
 use crate::spanrows::{DedicatedColumns, SealedRows, TagKeys};
 use crate::telemetry::Telemetry;
+use crate::wal::SeqRanges;
 use block::{BLOOM_FILE, BlockMeta, META_FILE, NewBlock, SPANS_FILE};
 use blocks::{BlockDir, BlockDirError, BlockMetaFile, CompactionPolicy};
 use bloom::Bloom;
@@ -111,8 +112,8 @@ impl CatalogEntry for Block {
     fn max_time(&self) -> i64 {
         self.meta.max_time
     }
-    fn wal_seq(&self) -> u64 {
-        self.meta.wal_seq
+    fn wal_ranges(&self) -> SeqRanges {
+        self.meta.covered()
     }
     fn rows(&self) -> u64 {
         self.meta.spans
@@ -208,9 +209,9 @@ impl Store {
         self.catalog.view(tenant, f)
     }
 
-    /// Per tenant, the WAL sequence through which its records are in blocks.
-    pub fn watermarks(&self) -> HashMap<String, u64> {
-        self.catalog.watermarks()
+    /// Per tenant, the WAL sequences whose records are in blocks (what replay skips).
+    pub fn covered(&self) -> HashMap<String, SeqRanges> {
+        self.catalog.covered()
     }
 
     pub fn tag_keys(&self, tenant: &str) -> TagKeys {
@@ -244,7 +245,7 @@ impl Store {
                 tenant: &frozen.tenant,
                 batches: &[],
                 dedicated: &self.dedicated,
-                wal_seq: frozen.max_seq,
+                wal_ranges: SeqRanges::range(frozen.min_seq, frozen.max_seq),
                 tags: frozen.tags.clone(),
                 compacted_from: Vec::new(),
             },
@@ -312,7 +313,7 @@ impl Store {
                 tenant,
                 batches: &[],
                 dedicated: &dedicated,
-                wal_seq: inputs.iter().map(|b| b.meta.wal_seq).max().unwrap_or(0),
+                wal_ranges: covered_by(&inputs),
                 tags,
                 compacted_from: inputs.iter().map(|b| b.meta.id.clone()).collect(),
             },
@@ -339,6 +340,15 @@ impl Store {
         }
         Ok(expired.len())
     }
+}
+
+/// The WAL sequences a merge of `blocks` holds.
+fn covered_by<B: CatalogEntry>(blocks: &[Arc<B>]) -> SeqRanges {
+    let mut r = SeqRanges::new();
+    for b in blocks {
+        r.extend(&b.wal_ranges());
+    }
+    r
 }
 
 /// Now, unix seconds (what `created_unix` in block metas counts in).

@@ -19,6 +19,7 @@ use prost::Message;
 
 use crate::error::{Coded, ErrorCode};
 use crate::head::SpanHead;
+use crate::health::Health;
 use crate::spanrows::DedicatedColumns;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
@@ -86,6 +87,8 @@ pub struct Traces {
     writer: Writer,
     /// Taken by [`Traces::stop`].
     writer_thread: Mutex<Option<WriterThread>>,
+    /// Where this write path reports what is wrong with it.
+    health: Arc<Health>,
     head_cfg: HeadConfig,
     block_target_spans: usize,
     retention: std::time::Duration,
@@ -98,16 +101,17 @@ impl Traces {
         object_store: Arc<dyn ObjectStore>,
         cfg: TracesConfig,
         metrics: Arc<Telemetry>,
+        health: Arc<Health>,
         observer: Option<Arc<dyn ApplyObserver>>,
     ) -> Result<Arc<Traces>, TracesError> {
         let dedicated = cfg.store.dedicated.clone();
         let store = Arc::new(Store::open(object_store, dedicated.clone(), metrics.clone()).await?);
         let head = Arc::new(SpanHead::new(dedicated));
 
-        let watermarks = store.watermarks();
+        let covered = store.covered();
         let replay_started = Instant::now();
         let (wal, records) = Wal::open_filtered(cfg.wal, |seq, tenant| {
-            seq > watermarks.get(tenant).copied().unwrap_or(0)
+            !covered.get(tenant).is_some_and(|r| r.contains(seq))
         })?;
         let replayed = replay(&head, records);
         tracing::info!(
@@ -129,6 +133,7 @@ impl Traces {
             head,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
+            health,
             head_cfg: cfg.head,
             block_target_spans: cfg.store.block_target_spans,
             retention: cfg.store.retention,

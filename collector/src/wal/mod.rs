@@ -5,6 +5,7 @@
 //! `DESIGN.md` next to this file.
 
 mod format;
+pub mod ranges;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use format::{DecodeError, SEGMENT_HEADER_LEN};
 pub use format::{MAX_PAYLOAD_LEN, MAX_TENANT_LEN};
+pub use ranges::SeqRanges;
 
 /// Default segment size before rolling to a new file.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -88,6 +90,20 @@ pub enum WalError {
     /// behind garbage, so the WAL refuses further writes until reopened.
     #[error("wal: disabled after an earlier I/O failure; reopen to recover")]
     Poisoned,
+}
+
+impl WalError {
+    /// The filesystem is full (or over quota): the write failed, nothing is damaged, and a
+    /// later write succeeds once space returns.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            WalError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl crate::error::Coded for WalError {
@@ -434,6 +450,11 @@ impl Wal {
 
     pub fn stats(&self) -> WalStats {
         self.stats.snapshot()
+    }
+
+    /// Whether writes are refused until the WAL is reopened (after an fsync failure).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// A handle other threads can use to read stats without the `Wal`.

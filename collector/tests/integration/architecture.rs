@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     // metrics, the write-ahead log, and the span-row codec (OTLP <-> Arrow).
     ("tenant", 1),
     ("telemetry", 1),
+    ("health", 1),
     ("wal", 1),
     ("spanrows", 1),
     // Span storage (the in-memory head and the block store) and the PromQL engine.
