@@ -122,10 +122,56 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Starts everything and returns once all listeners are bound and the WAL is replayed.
+/// The HTTP service while the collector starts: `/ready` says why it is not ready yet
+/// (replaying the WAL), `/healthz` that the process is alive, everything else 503 with
+/// Retry-After; once `app` is set, every request goes to it.
+fn front_door(app: Arc<std::sync::OnceLock<axum::Router>>, health: Arc<Health>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (app, health) = (app.clone(), health.clone());
+        async move {
+            if let Some(app) = app.get() {
+                return match app.clone().oneshot(req).await {
+                    Ok(r) => r.into_response(),
+                    Err(never) => match never {},
+                };
+            }
+            let unavailable = |body: String| {
+                (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response()
+            };
+            match req.uri().path() {
+                "/healthz" => "ok\n".into_response(),
+                "/ready" => unavailable(health.readiness().lines.join("\n") + "\n"),
+                _ => unavailable("starting: replaying the WAL\n".to_string()),
+            }
+        }
+    })
+}
+
+/// Starts everything and returns once all listeners are bound and the WAL is replayed. The
+/// HTTP listener answers from the start (`/ready` is 503 until replay is done); the OTLP
+/// listeners accept connections only once writes can be taken.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let metrics = Arc::new(Telemetry::new());
     let health = Health::new(STORAGE_GRACE, STALL_LIMIT);
+    health.fail(crate::health::Check::Replay, "opening storage and replaying the WAL");
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut tasks = Vec::new();
+    let http_listener = bind(cfg.listen.http).await?;
+    let http_addr = http_listener.local_addr()?;
+    let app_cell = Arc::new(std::sync::OnceLock::new());
+    let front = front_door(app_cell.clone(), health.clone());
+    let s = stopped(rx.clone());
+    tasks.push(tokio::spawn(async move {
+        axum::serve(http_listener.tap_io(nodelay), front).with_graceful_shutdown(s).await?;
+        Ok(())
+    }));
+
     let object_store = open_object_store(&cfg.store.url)?;
     let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
     let traces = Traces::open(
@@ -135,6 +181,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             head: cfg.head.clone(),
             store: cfg.store.clone(),
             max_inflight_bytes: cfg.ingest.max_inflight_bytes,
+            quarantine_dir: cfg.data_dir.join("quarantine"),
         },
         metrics.clone(),
         health.clone(),
@@ -150,17 +197,9 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         cfg.query.memory_bytes,
     )?);
 
-    let (tx, rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let mut tasks = Vec::new();
-
-    let http_listener = bind(cfg.listen.http).await?;
     let otlp_http_listener = bind(cfg.listen.otlp_http).await?;
     // Bind gRPC ourselves too, so a busy port fails start-up instead of a background task.
     let grpc_listener = bind(cfg.listen.otlp_grpc).await?;
-    let http_addr = http_listener.local_addr()?;
     let otlp_http_addr = otlp_http_listener.local_addr()?;
     let otlp_grpc_addr = grpc_listener.local_addr()?;
     // Small responses on long-lived connections: Nagle's algorithm would delay acks by tens of
@@ -196,11 +235,8 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         health: health.clone(),
     })
     .layer(axum::Extension(alerting.clone()));
-    let s = stopped(rx.clone());
-    tasks.push(tokio::spawn(async move {
-        axum::serve(http_listener.tap_io(nodelay), app).with_graceful_shutdown(s).await?;
-        Ok(())
-    }));
+    // The front door was answering for the starting collector; from now on it hands over.
+    let _ = app_cell.set(app);
     let otlp_app = ingest::http::router(ingestor.clone());
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
@@ -213,9 +249,13 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         ingest::grpc::serve(grpc_incoming, ing, s).await?;
         Ok(())
     }));
-    let (t, s) = (traces.clone(), stopped(rx.clone()));
+    let (t, s, h) = (traces.clone(), stopped(rx.clone()), health.clone());
     tasks.push(tokio::spawn(async move {
-        t.run(s).await;
+        // A panic in the maintenance loop must show in /ready, not only end a task.
+        if let Err(e) = tokio::spawn(async move { t.run(s).await }).await {
+            tracing::error!(error = %e, "span maintenance loop died");
+            h.fail(crate::health::Check::Flusher, format!("maintenance loop died: {e}"));
+        }
         Ok(())
     }));
     let (p, s) = (profiles.clone(), stopped(rx.clone()));

@@ -219,6 +219,16 @@ impl SpanHead {
         })
     }
 
+    /// Drops everything the head holds for `tenant`. Replay uses it to rebuild a tenant's head
+    /// after applying a record failed half-way.
+    pub fn forget(&self, tenant: &str) {
+        if let Some(t) = self.tenants.remove(tenant) {
+            let h = t.lock();
+            let rows = h.spans + h.frozen.iter().map(|f| f.spans).sum::<usize>();
+            self.tenants.sub_unflushed(rows);
+        }
+    }
+
     /// Drops frozen data once its block is committed and visible.
     pub fn release(&self, frozen: &SealedRows) {
         self.tenants.release(&frozen.tenant, frozen.id);

@@ -66,6 +66,16 @@ impl<T: TenantFlushState> Tenants<T> {
         self.next_frozen.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Removes a tenant's head; the caller uncounts its rows with [`Tenants::sub_unflushed`].
+    pub fn remove(&self, tenant: &str) -> Option<Arc<Mutex<T>>> {
+        self.map.lock().remove(tenant)
+    }
+
+    /// Uncounts rows dropped from a head without being flushed.
+    pub fn sub_unflushed(&self, rows: usize) {
+        self.unflushed.fetch_sub(rows, Ordering::Relaxed);
+    }
+
     /// Counts rows added to a head.
     pub fn add_unflushed(&self, rows: usize) {
         self.unflushed.fetch_add(rows, Ordering::Relaxed);

@@ -1,8 +1,10 @@
 //! Trace by id: bloom-pruned blocks + head, then span rows back into OTLP `TracesData`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{Expr, SessionContext, col, lit};
@@ -43,8 +45,8 @@ pub(super) async fn trace_by_id(
 }
 
 /// Rows passing `filter` (which must keep every row of a trace it keeps) from the blocks
-/// `select` keeps and the head, with parent ids restored, aligned to one schema; and the
-/// dedicated columns of that schema.
+/// `select` keeps and the head, with parent ids restored, aligned to one schema, each
+/// (trace id, span id) once; and the dedicated columns of that schema.
 pub(super) async fn whole_trace_rows(
     engine: &QueryEngine,
     tenant: &str,
@@ -71,5 +73,34 @@ pub(super) async fn whole_trace_rows(
             batches.push(align(&b, &schema)?);
         }
     }
-    Ok((batches, dedicated))
+    Ok((first_copies(batches)?, dedicated))
+}
+
+/// Keeps the first row of each (trace id, span id): a span a client sent twice (a retry after
+/// a lost ack that ingest's dedupe window no longer remembered) may sit in two blocks, or in a
+/// block and the head.
+fn first_copies(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, QueryError> {
+    let mut seen: HashSet<([u8; 16], [u8; 8])> = HashSet::new();
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let (Some(tid), Some(sid)) = (b.column_by_name(c::TRACE_ID), b.column_by_name(c::SPAN_ID))
+        else {
+            out.push(b);
+            continue;
+        };
+        let (tid, sid) = (tid.as_fixed_size_binary(), sid.as_fixed_size_binary());
+        let keep: BooleanArray = (0..b.num_rows())
+            .map(|r| {
+                let t = <[u8; 16]>::try_from(tid.value(r)).unwrap_or_default();
+                let s = <[u8; 8]>::try_from(sid.value(r)).unwrap_or_default();
+                Some(seen.insert((t, s)))
+            })
+            .collect();
+        if keep.true_count() == b.num_rows() {
+            out.push(b);
+        } else {
+            out.push(filter_record_batch(&b, &keep)?);
+        }
+    }
+    Ok(out)
 }

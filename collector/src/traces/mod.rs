@@ -1,12 +1,15 @@
 //! [`Traces`]: the span write path behind one handle, as `Profiles` is for
 //! profiles. `open` loads the block catalog, opens the WAL and replays into the head what no
-//! block holds yet, then starts the writer and applier threads (`writer.rs`); `write` is what
+//! block holds (`replay.rs`), then starts the writer and applier threads (`writer.rs`); `write` is what
 //! OTLP ingest hands each validated export to; `run` is the maintenance loop
 //! (`maintenance.rs`: flush, WAL truncation, compaction, retention). Design notes: `DESIGN.md`.
 //!
 //! Dependencies point one way: `ingest` → `traces` → {`wal`, `head`, `store`}.
 
+pub mod dedupe;
 mod maintenance;
+pub mod quarantine;
+mod replay;
 pub mod writer;
 
 use std::sync::Arc;
@@ -15,17 +18,25 @@ use std::time::{Duration, Instant};
 use object_store::ObjectStore;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
-use prost::Message;
 
 use crate::error::{Coded, ErrorCode};
 use crate::head::SpanHead;
-use crate::health::Health;
+use crate::health::{Check, Health};
 use crate::spanrows::DedicatedColumns;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
-use crate::wal::{Wal, WalConfig, WalError, WalRecord};
+use crate::wal::{Wal, WalConfig, WalError};
+use dedupe::RecentSpans;
+use quarantine::Quarantine;
 pub use writer::{ApplyObserver, WriteError};
-use writer::{Writer, WriterThread};
+use writer::{Writer, WriterConfig, WriterThread};
+
+/// Spans remembered per tenant and generation for ingest-time dedupe (`dedupe.rs`): two
+/// generations cost about 10 MiB per active tenant.
+const DEDUPE_KEYS: usize = 512 * 1024;
+/// ... and at most this long, which covers exporters' retry schedules (the OpenTelemetry SDKs
+/// give up within a few minutes).
+const DEDUPE_AGE: Duration = Duration::from_secs(600);
 
 /// When the span head is flushed, and how much unflushed data it may hold.
 #[derive(Debug, Clone)]
@@ -59,6 +70,9 @@ pub struct TracesConfig {
     pub store: StoreConfig,
     /// Bytes of accepted-but-not-yet-durable exports before writes are refused.
     pub max_inflight_bytes: usize,
+    /// Where WAL records and head parts that cannot be stored normally are kept
+    /// (`quarantine.rs`).
+    pub quarantine_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +103,9 @@ pub struct Traces {
     writer_thread: Mutex<Option<WriterThread>>,
     /// Where this write path reports what is wrong with it.
     health: Arc<Health>,
+    quarantine: Quarantine,
+    dedupe: Arc<RecentSpans>,
+    metrics: Arc<Telemetry>,
     head_cfg: HeadConfig,
     block_target_spans: usize,
     retention: std::time::Duration,
@@ -108,25 +125,35 @@ impl Traces {
         let store = Arc::new(Store::open(object_store, dedicated.clone(), metrics.clone()).await?);
         let head = Arc::new(SpanHead::new(dedicated));
 
+        let dedupe = Arc::new(RecentSpans::new(DEDUPE_KEYS, DEDUPE_AGE));
+        let quarantine = Quarantine::new(cfg.quarantine_dir);
+
+        health.fail(Check::Replay, "replaying the WAL");
         let covered = store.covered();
         let replay_started = Instant::now();
         let (wal, records) = Wal::open_filtered(cfg.wal, |seq, tenant| {
             !covered.get(tenant).is_some_and(|r| r.contains(seq))
         })?;
-        let replayed = replay(&head, records);
+        let replayed = replay::replay(&head, &dedupe, &quarantine, &metrics, &records);
+        drop(records);
         tracing::info!(
             records = replayed,
             ms = replay_started.elapsed().as_millis() as u64,
             "WAL replayed"
         );
+        health.clear(Check::Replay);
 
         let (writer, writer_thread) = Writer::start(
             wal,
             head.clone(),
-            metrics,
-            cfg.max_inflight_bytes,
-            cfg.head.max_unflushed_spans,
-            observer,
+            WriterConfig {
+                max_inflight: cfg.max_inflight_bytes,
+                max_unflushed_spans: cfg.head.max_unflushed_spans,
+                observer,
+                dedupe: dedupe.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+            },
         )?;
         Ok(Arc::new(Traces {
             store,
@@ -134,6 +161,9 @@ impl Traces {
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
             health,
+            quarantine,
+            dedupe,
+            metrics,
             head_cfg: cfg.head,
             block_target_spans: cfg.store.block_target_spans,
             retention: cfg.store.retention,
@@ -169,21 +199,4 @@ impl Traces {
             t.stop();
         }
     }
-}
-
-/// Applies WAL records (already filtered by the block watermarks) to the head; returns how
-/// many were applied.
-fn replay(head: &SpanHead, records: Vec<WalRecord>) -> usize {
-    let mut n = 0;
-    for r in records {
-        match ExportTraceServiceRequest::decode(r.payload.as_slice()) {
-            Ok(req) => match head.apply(r.seq, &r.tenant, &req) {
-                Ok(()) => n += 1,
-                Err(e) => tracing::error!(seq = r.seq, error = %e, "cannot replay WAL record"),
-            },
-            // Records were validated before they were written; this means disk damage.
-            Err(e) => tracing::error!(seq = r.seq, error = %e, "undecodable WAL record skipped"),
-        }
-    }
-    n
 }
