@@ -126,6 +126,7 @@ impl Traces {
         let head = Arc::new(SpanHead::new(dedicated));
 
         let dedupe = Arc::new(RecentSpans::new(DEDUPE_KEYS, DEDUPE_AGE));
+        seed_dedupe(&store, &dedupe).await;
         let quarantine = Quarantine::new(cfg.quarantine_dir);
 
         health.fail(Check::Replay, "replaying the WAL");
@@ -197,6 +198,30 @@ impl Traces {
     pub fn stop(&self) {
         if let Some(t) = self.writer_thread.lock().take() {
             t.stop();
+        }
+    }
+}
+
+/// Remembers the span keys of blocks written within the dedupe window, so a retry of spans
+/// flushed just before a restart is recognised. Best effort: a block that cannot be read is
+/// only logged (its spans are still answered once by trace by id).
+async fn seed_dedupe(store: &Store, dedupe: &RecentSpans) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let since = now.saturating_sub(DEDUPE_AGE.as_secs() as i64);
+    for tenant in store.tenants() {
+        let mut recent = store.blocks(&tenant);
+        recent.retain(|b| b.meta.created_unix >= since);
+        recent.sort_by_key(|b| b.meta.created_unix);
+        for b in recent {
+            match store.span_ids(&b).await {
+                Ok(ids) => {
+                    dedupe.remember(&tenant, ids.iter().map(|(t, s)| dedupe::span_key(t, s)))
+                }
+                Err(e) => tracing::warn!(tenant, block = b.meta.id, error = %e,
+                    "cannot read span ids for dedupe"),
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ mod ingest;
 mod native;
 mod profiles;
 mod promql;
+mod recovery;
 mod search;
 mod storage;
 mod traceql_metrics;
