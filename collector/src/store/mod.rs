@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod bloom;
 pub mod catalog;
 pub mod compact;
+pub mod faults;
 
 use std::collections::HashMap;
 use std::sync::Arc;
