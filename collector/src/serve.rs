@@ -126,7 +126,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let metrics = Arc::new(Telemetry::new());
     let health = Health::new(STORAGE_GRACE, STALL_LIMIT);
-    let object_store = open_object_store(&cfg.store.url)?;
+    let object_store = open_object_store(&cfg.store.url, &metrics)?;
     let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
     let traces = Traces::open(
         object_store.clone(),

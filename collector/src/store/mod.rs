@@ -7,7 +7,10 @@ pub mod blocks;
 pub mod bloom;
 pub mod catalog;
 pub mod compact;
+pub mod durable;
 pub mod faults;
+pub mod metered;
+pub mod prefix;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,14 +127,19 @@ impl CatalogEntry for Block {
     }
 }
 
-/// Opens the object store for a `file://` or `s3://` URL, rooted at the URL's path.
-pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+/// Opens the object store for a `file://` or `s3://` URL, rooted at the URL's path. Local
+/// writes are fsynced before they return ([`durable`]), an S3 prefix is applied by
+/// [`prefix::PrefixedStore`], and failed calls are counted in `metrics.storage_failures`.
+pub fn open_object_store(
+    url: &str,
+    metrics: &Telemetry,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let parsed = url::Url::parse(url).map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
-    match parsed.scheme() {
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
         "file" => {
             let path = parsed.to_file_path().map_err(|()| StoreError::Url(url.to_string()))?;
             std::fs::create_dir_all(&path)?;
-            Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(path)?))
+            Arc::new(durable::DurableStore::new(path)?)
         }
         "s3" => {
             let bucket = parsed.host_str().ok_or_else(|| StoreError::Url(url.to_string()))?;
@@ -141,13 +149,14 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
                 object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             let prefix = parsed.path().trim_matches('/');
             if prefix.is_empty() {
-                Ok(Arc::new(s3))
+                Arc::new(s3)
             } else {
-                Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
+                Arc::new(prefix::PrefixedStore::new(Arc::new(s3), prefix))
             }
         }
-        other => Err(StoreError::Url(format!("unsupported scheme {other}"))),
-    }
+        other => return Err(StoreError::Url(format!("unsupported scheme {other}"))),
+    };
+    Ok(Arc::new(metered::MeteredStore::new(store, metrics.storage_failures.clone())))
 }
 
 pub struct Store {
@@ -367,9 +376,10 @@ mod tests {
     #[test]
     fn s3_urls_open_through_the_same_code_path() {
         // Building the client needs no server: requests are made lazily.
-        assert!(open_object_store("s3://bucket/some/prefix").is_ok());
-        assert!(open_object_store("s3://bucket").is_ok());
-        assert!(matches!(open_object_store("gs://bucket"), Err(StoreError::Url(_))));
+        let m = Telemetry::new();
+        assert!(open_object_store("s3://bucket/some/prefix", &m).is_ok());
+        assert!(open_object_store("s3://bucket", &m).is_ok());
+        assert!(matches!(open_object_store("gs://bucket", &m), Err(StoreError::Url(_))));
     }
 
     #[test]
@@ -377,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b");
         let url = format!("file://{}", path.display());
-        assert!(open_object_store(&url).is_ok());
+        assert!(open_object_store(&url, &Telemetry::new()).is_ok());
         assert!(path.is_dir());
     }
 }

@@ -61,7 +61,7 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
         let seq = wal.append_batch(&[(T, &req.encode_to_vec())]).unwrap();
         let metrics = Arc::new(Telemetry::new());
         let store = Store::open(
-            open_object_store(&cfg.store.url).unwrap(),
+            open_object_store(&cfg.store.url, &metrics).unwrap(),
             DedicatedColumns::default(),
             metrics,
         )
@@ -96,7 +96,7 @@ async fn offline_store_with_memory(
     let metrics = Arc::new(Telemetry::new());
     let store = Arc::new(
         Store::open(
-            open_object_store(&cfg.store.url).unwrap(),
+            open_object_store(&cfg.store.url, &metrics).unwrap(),
             DedicatedColumns::default(),
             metrics.clone(),
         )
