@@ -101,6 +101,13 @@ impl BlockMetaFile for BlockMeta {
     fn compacted_from(&self) -> &[String] {
         &self.compacted_from
     }
+    fn recorded_size(&self, file: &str) -> Option<u64> {
+        match file {
+            SPANS_FILE => Some(self.spans_bytes),
+            block::TRACES_FILE => Some(self.traces_bytes),
+            _ => None,
+        }
+    }
 }
 
 impl CatalogEntry for Block {
@@ -175,7 +182,9 @@ impl Store {
         dedicated: DedicatedColumns,
         metrics: Arc<Telemetry>,
     ) -> Result<Store, StoreError> {
-        let dir = BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block");
+        let quarantined = metrics.blocks_quarantined.with_label_values(&["spans"]);
+        let dir =
+            BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block", quarantined);
         let store = Store { object_store, dir, dedicated, catalog: Catalog::default(), metrics };
         store.load().await?;
         Ok(store)
@@ -184,10 +193,18 @@ impl Store {
     async fn load(&self) -> Result<(), StoreError> {
         let mut catalog = Vec::new();
         for meta in self.dir.scan::<BlockMeta>().await? {
-            let bloom_bytes = self.dir.get(&meta.file(BLOOM_FILE)).await?;
-            let bloom = Bloom::from_bytes(&bloom_bytes)
-                .ok_or_else(|| StoreError::Corrupt(format!("{}/{} bloom", meta.tenant, meta.id)))?;
-            catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom })));
+            let bloom = match self.dir.get(&meta.file(BLOOM_FILE)).await {
+                Ok(bytes) => Bloom::from_bytes(&bytes).ok_or(bytes.len()),
+                Err(object_store::Error::NotFound { .. }) => Err(0),
+                Err(e) => return Err(e.into()),
+            };
+            match bloom {
+                Ok(bloom) => catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom }))),
+                Err(len) => {
+                    let reason = format!("{BLOOM_FILE} ({len} bytes) does not decode");
+                    self.dir.quarantine(&meta.tenant, &meta.id, &reason).await;
+                }
+            }
         }
         self.catalog.replace(catalog);
         self.update_metrics();
