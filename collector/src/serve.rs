@@ -172,7 +172,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         Ok(())
     }));
 
-    let object_store = open_object_store(&cfg.store.url)?;
+    let object_store = open_object_store(&cfg.store.url, &metrics)?;
     let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
     let traces = Traces::open(
         object_store.clone(),

@@ -60,6 +60,13 @@ impl crate::store::blocks::BlockMetaFile for BlockMeta {
     fn compacted_from(&self) -> &[String] {
         &self.compacted_from
     }
+    fn recorded_size(&self, file: &str) -> Option<u64> {
+        match file {
+            SAMPLES_FILE => Some(self.samples_bytes),
+            STACKS_FILE => Some(self.stacks_bytes),
+            _ => None,
+        }
+    }
 }
 
 impl crate::store::catalog::CatalogEntry for BlockMeta {

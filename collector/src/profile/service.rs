@@ -59,7 +59,8 @@ impl Profiles {
         cfg: ProfileConfig,
         metrics: Arc<Telemetry>,
     ) -> Result<Arc<Profiles>, ProfileError> {
-        let store = BlockStore::open(object_store).await?;
+        let quarantined = metrics.blocks_quarantined.with_label_values(&["profiles"]);
+        let store = BlockStore::open(object_store, quarantined).await?;
         let covered = store.catalog().covered();
         let wal_cfg = WalConfig {
             dir: cfg.wal_dir.clone(),

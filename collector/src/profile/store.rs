@@ -51,8 +51,19 @@ struct NewBlock {
 }
 
 impl BlockStore {
-    pub async fn open(object_store: Arc<dyn ObjectStore>) -> Result<BlockStore, ProfileError> {
-        let dir = BlockDir::new(object_store, Some(PREFIX), META_FILE, DATA_FILES, "profile block");
+    /// Loads the catalog; damaged blocks are quarantined and counted in `quarantined`.
+    pub async fn open(
+        object_store: Arc<dyn ObjectStore>,
+        quarantined: prometheus::IntCounter,
+    ) -> Result<BlockStore, ProfileError> {
+        let dir = BlockDir::new(
+            object_store,
+            Some(PREFIX),
+            META_FILE,
+            DATA_FILES,
+            "profile block",
+            quarantined,
+        );
         let s = BlockStore { dir, catalog: Catalog::default() };
         let metas = s.dir.scan::<BlockMeta>().await?;
         s.catalog.replace(metas.into_iter().map(|m| (m.tenant.clone(), Arc::new(m))));

@@ -4,6 +4,8 @@
 //! loading the directory at start (deleting interrupted writes and the inputs of committed
 //! compactions), deleting a block, retention and the choice of which blocks compaction merges
 //! are the same for both; each store only names its files and says how to write and merge.
+//! A damaged block (unreadable meta, missing or wrongly sized files, an undecodable bloom
+//! filter) is moved aside to `quarantine/[<prefix>/]<tenant>/<id>/` instead of stopping start-up.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::path::{Path, PathPart};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use prometheus::IntCounter;
 use serde::de::DeserializeOwned;
 
 use super::catalog::{Catalog, CatalogEntry};
@@ -23,7 +26,13 @@ pub trait BlockMetaFile: DeserializeOwned {
     fn id(&self) -> &str;
     /// Ids of the blocks (same tenant) this one was merged from.
     fn compacted_from(&self) -> &[String];
+    /// The size of data file `file` the meta records, if it records one.
+    fn recorded_size(&self, file: &str) -> Option<u64>;
 }
+
+/// Top-level directory damaged blocks are moved to. Its keys are at least one level deeper
+/// than span block files (`<tenant>/<id>/<file>`), so no scan takes them for blocks.
+pub const QUARANTINE: &str = "quarantine";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockDirError {
@@ -43,6 +52,16 @@ pub struct BlockDir {
     data_files: &'static [&'static str],
     /// What the logs call these blocks ("block", "profile block").
     kind: &'static str,
+    /// Damaged blocks moved aside (`blocks_quarantined{kind}`).
+    quarantined: IntCounter,
+}
+
+/// Why a block on the object store cannot be served.
+#[derive(Debug)]
+struct Damage {
+    tenant: String,
+    id: String,
+    reason: String,
 }
 
 impl BlockDir {
@@ -52,8 +71,9 @@ impl BlockDir {
         meta_file: &'static str,
         data_files: &'static [&'static str],
         kind: &'static str,
+        quarantined: IntCounter,
     ) -> Self {
-        BlockDir { object_store, prefix, meta_file, data_files, kind }
+        BlockDir { object_store, prefix, meta_file, data_files, kind, quarantined }
     }
 
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
@@ -74,37 +94,55 @@ impl BlockDir {
 
     /// Reads every committed block's meta. Directories without a meta (interrupted writes) and
     /// blocks a committed compaction replaced (a crash before their deletion) are deleted and
-    /// left out.
+    /// left out; damaged blocks are quarantined and left out. Fails only if the store does.
     pub async fn scan<M: BlockMetaFile>(&self) -> Result<Vec<M>, BlockDirError> {
         let prefix = self.prefix.map(Path::from);
-        let objects: Vec<object_store::ObjectMeta> =
+        let objects: Vec<ObjectMeta> =
             self.object_store.list(prefix.as_ref()).try_collect().await?;
         // `[prefix/]tenant/id/file`: anything shallower or deeper is not a block file of ours.
         let depth = 3 + usize::from(prefix.is_some());
-        let mut dirs: HashMap<(String, String), Vec<Path>> = HashMap::new();
+        let mut dirs: HashMap<(String, String), Vec<ObjectMeta>> = HashMap::new();
         for o in objects {
             let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
             if parts.len() == depth {
                 let key = (parts[depth - 3].clone(), parts[depth - 2].clone());
-                dirs.entry(key).or_default().push(o.location);
+                dirs.entry(key).or_default().push(o);
             }
         }
         let mut metas: Vec<M> = Vec::new();
+        let mut damaged = Vec::new();
         for ((tenant, id), files) in &dirs {
-            if !files.iter().any(|p| p.filename() == Some(self.meta_file)) {
+            if !files.iter().any(|o| o.location.filename() == Some(self.meta_file)) {
                 tracing::warn!(tenant, block = id, kind = self.kind, "removing incomplete block");
-                self.delete_files(files).await;
+                self.delete_files(files.iter().map(|o| &o.location)).await;
                 continue;
             }
-            let bytes = self.get(&self.dir(tenant, id).join(self.meta_file)).await?;
-            let meta = serde_json::from_slice(&bytes).map_err(|source| BlockDirError::Meta {
-                tenant: tenant.clone(),
-                id: id.clone(),
-                source,
-            })?;
-            metas.push(meta);
+            match self.check::<M>(tenant, id, files).await? {
+                Ok(meta) => metas.push(meta),
+                Err(reason) => {
+                    damaged.push(Damage { tenant: tenant.clone(), id: id.clone(), reason })
+                }
+            }
         }
         let superseded = superseded(metas.iter().map(|m| (m.tenant(), m.compacted_from())));
+        for d in damaged {
+            let key = (d.tenant.clone(), d.id.clone());
+            if superseded.contains(&key) {
+                // Its rows are in the merged block; nothing is lost by deleting it.
+                tracing::warn!(
+                    tenant = d.tenant,
+                    block = d.id,
+                    kind = self.kind,
+                    reason = d.reason,
+                    "removing damaged compacted-away block"
+                );
+                if let Some(files) = dirs.get(&key) {
+                    self.delete_files(files.iter().map(|o| &o.location)).await;
+                }
+            } else {
+                self.quarantine(&d.tenant, &d.id, &d.reason).await;
+            }
+        }
         let mut kept = Vec::with_capacity(metas.len());
         for meta in metas {
             let key = (meta.tenant().to_string(), meta.id().to_string());
@@ -116,7 +154,7 @@ impl BlockDir {
                     "removing compacted-away block"
                 );
                 if let Some(files) = dirs.get(&key) {
-                    self.delete_files(files).await;
+                    self.delete_files(files.iter().map(|o| &o.location)).await;
                 }
                 continue;
             }
@@ -125,7 +163,93 @@ impl BlockDir {
         Ok(kept)
     }
 
-    async fn delete_files(&self, files: &[Path]) {
+    /// The meta of block `tenant/id` (whose listed files are `files`) if the meta parses,
+    /// names this block and every data file is there with the size the meta records;
+    /// otherwise why not. The outer error is a failing store, which says nothing about the
+    /// block.
+    async fn check<M: BlockMetaFile>(
+        &self,
+        tenant: &str,
+        id: &str,
+        files: &[ObjectMeta],
+    ) -> Result<Result<M, String>, BlockDirError> {
+        let bytes = match self.get(&self.dir(tenant, id).join(self.meta_file)).await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Err(format!("{} vanished", self.meta_file)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let meta: M = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "{} ({} bytes) does not parse: {e}",
+                    self.meta_file,
+                    bytes.len()
+                )));
+            }
+        };
+        if meta.tenant() != tenant || meta.id() != id {
+            return Ok(Err(format!(
+                "{} names block {}/{}",
+                self.meta_file,
+                meta.tenant(),
+                meta.id()
+            )));
+        }
+        for name in self.data_files {
+            let Some(file) = files.iter().find(|o| o.location.filename() == Some(name)) else {
+                return Ok(Err(format!("{name} is missing")));
+            };
+            if let Some(size) = meta.recorded_size(name)
+                && size != file.size
+            {
+                return Ok(Err(format!("{name} is {} bytes, the meta says {size}", file.size)));
+            }
+        }
+        Ok(Ok(meta))
+    }
+
+    /// Moves block `tenant/id` aside to `quarantine/[<prefix>/]<tenant>/<id>/` (copy, then
+    /// delete, meta first) and counts it. The block is left out of the catalog whatever
+    /// happens; a failed move is logged and tried again at the next start.
+    pub async fn quarantine(&self, tenant: &str, id: &str, reason: &str) {
+        tracing::error!(tenant, block = id, kind = self.kind, reason, "quarantining damaged block");
+        self.quarantined.inc();
+        let dir = self.dir(tenant, id);
+        let files: Vec<Path> =
+            match self.object_store.list(Some(&dir)).map_ok(|o| o.location).try_collect().await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(tenant, block = id, error = %e, "cannot list damaged block");
+                    return;
+                }
+            };
+        let target = self.quarantine_dir(tenant, id);
+        let mut moved = true;
+        for f in &files {
+            let Some(rest) = f.prefix_match(&dir) else { continue };
+            let to = rest.fold(target.clone(), |p, part| p.join(part));
+            if let Err(e) = self.object_store.copy(f, &to).await {
+                tracing::error!(from = %f, to = %to, error = %e, "cannot copy damaged block file");
+                moved = false;
+            }
+        }
+        if moved {
+            let meta_first = files.iter().filter(|f| f.filename() == Some(self.meta_file));
+            let others = files.iter().filter(|f| f.filename() != Some(self.meta_file));
+            self.delete_files(meta_first.chain(others)).await;
+        }
+    }
+
+    /// Where block `tenant/id` goes when it is quarantined.
+    pub fn quarantine_dir(&self, tenant: &str, id: &str) -> Path {
+        let dir = self.dir(tenant, id);
+        std::iter::once(PathPart::from(QUARANTINE)).chain(dir.parts()).collect()
+    }
+
+    async fn delete_files<'a>(&self, files: impl IntoIterator<Item = &'a Path>) {
         for f in files {
             if let Err(e) = self.object_store.delete(f).await {
                 tracing::warn!(path = %f, error = %e, "delete failed");

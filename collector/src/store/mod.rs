@@ -7,6 +7,10 @@ pub mod blocks;
 pub mod bloom;
 pub mod catalog;
 pub mod compact;
+pub mod durable;
+pub mod faults;
+pub mod metered;
+pub mod prefix;
 mod span_ids;
 
 use std::collections::HashMap;
@@ -98,6 +102,13 @@ impl BlockMetaFile for BlockMeta {
     fn compacted_from(&self) -> &[String] {
         &self.compacted_from
     }
+    fn recorded_size(&self, file: &str) -> Option<u64> {
+        match file {
+            SPANS_FILE => Some(self.spans_bytes),
+            block::TRACES_FILE => Some(self.traces_bytes),
+            _ => None,
+        }
+    }
 }
 
 impl CatalogEntry for Block {
@@ -124,14 +135,19 @@ impl CatalogEntry for Block {
     }
 }
 
-/// Opens the object store for a `file://` or `s3://` URL, rooted at the URL's path.
-pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+/// Opens the object store for a `file://` or `s3://` URL, rooted at the URL's path. Local
+/// writes are fsynced before they return ([`durable`]), an S3 prefix is applied by
+/// [`prefix::PrefixedStore`], and failed calls are counted in `metrics.storage_failures`.
+pub fn open_object_store(
+    url: &str,
+    metrics: &Telemetry,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let parsed = url::Url::parse(url).map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
-    match parsed.scheme() {
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
         "file" => {
             let path = parsed.to_file_path().map_err(|()| StoreError::Url(url.to_string()))?;
             std::fs::create_dir_all(&path)?;
-            Ok(Arc::new(object_store::local::LocalFileSystem::new_with_prefix(path)?))
+            Arc::new(durable::DurableStore::new(path)?)
         }
         "s3" => {
             let bucket = parsed.host_str().ok_or_else(|| StoreError::Url(url.to_string()))?;
@@ -141,13 +157,14 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> 
                 object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             let prefix = parsed.path().trim_matches('/');
             if prefix.is_empty() {
-                Ok(Arc::new(s3))
+                Arc::new(s3)
             } else {
-                Ok(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)))
+                Arc::new(prefix::PrefixedStore::new(Arc::new(s3), prefix))
             }
         }
-        other => Err(StoreError::Url(format!("unsupported scheme {other}"))),
-    }
+        other => return Err(StoreError::Url(format!("unsupported scheme {other}"))),
+    };
+    Ok(Arc::new(metered::MeteredStore::new(store, metrics.storage_failures.clone())))
 }
 
 pub struct Store {
@@ -166,7 +183,9 @@ impl Store {
         dedicated: DedicatedColumns,
         metrics: Arc<Telemetry>,
     ) -> Result<Store, StoreError> {
-        let dir = BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block");
+        let quarantined = metrics.blocks_quarantined.with_label_values(&["spans"]);
+        let dir =
+            BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block", quarantined);
         let store = Store { object_store, dir, dedicated, catalog: Catalog::default(), metrics };
         store.load().await?;
         Ok(store)
@@ -175,10 +194,18 @@ impl Store {
     async fn load(&self) -> Result<(), StoreError> {
         let mut catalog = Vec::new();
         for meta in self.dir.scan::<BlockMeta>().await? {
-            let bloom_bytes = self.dir.get(&meta.file(BLOOM_FILE)).await?;
-            let bloom = Bloom::from_bytes(&bloom_bytes)
-                .ok_or_else(|| StoreError::Corrupt(format!("{}/{} bloom", meta.tenant, meta.id)))?;
-            catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom })));
+            let bloom = match self.dir.get(&meta.file(BLOOM_FILE)).await {
+                Ok(bytes) => Bloom::from_bytes(&bytes).ok_or(bytes.len()),
+                Err(object_store::Error::NotFound { .. }) => Err(0),
+                Err(e) => return Err(e.into()),
+            };
+            match bloom {
+                Ok(bloom) => catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom }))),
+                Err(len) => {
+                    let reason = format!("{BLOOM_FILE} ({len} bytes) does not decode");
+                    self.dir.quarantine(&meta.tenant, &meta.id, &reason).await;
+                }
+            }
         }
         self.catalog.replace(catalog);
         self.update_metrics();
@@ -367,9 +394,10 @@ mod tests {
     #[test]
     fn s3_urls_open_through_the_same_code_path() {
         // Building the client needs no server: requests are made lazily.
-        assert!(open_object_store("s3://bucket/some/prefix").is_ok());
-        assert!(open_object_store("s3://bucket").is_ok());
-        assert!(matches!(open_object_store("gs://bucket"), Err(StoreError::Url(_))));
+        let m = Telemetry::new();
+        assert!(open_object_store("s3://bucket/some/prefix", &m).is_ok());
+        assert!(open_object_store("s3://bucket", &m).is_ok());
+        assert!(matches!(open_object_store("gs://bucket", &m), Err(StoreError::Url(_))));
     }
 
     #[test]
@@ -377,7 +405,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b");
         let url = format!("file://{}", path.display());
-        assert!(open_object_store(&url).is_ok());
+        assert!(open_object_store(&url, &Telemetry::new()).is_ok());
         assert!(path.is_dir());
     }
 }

@@ -197,9 +197,13 @@ pub async fn store_and_head(
     let metrics = Arc::new(skein_collector::telemetry::Telemetry::new());
     let dedicated = DedicatedColumns { span: vec!["http.route".into()], resource: vec![] };
     let store = Arc::new(
-        Store::open(open_object_store(&cfg.store.url).unwrap(), dedicated.clone(), metrics.clone())
-            .await
-            .unwrap(),
+        Store::open(
+            open_object_store(&cfg.store.url, &metrics).unwrap(),
+            dedicated.clone(),
+            metrics.clone(),
+        )
+        .await
+        .unwrap(),
     );
     (store, Arc::new(skein_collector::head::SpanHead::new(dedicated)), metrics)
 }

@@ -61,7 +61,7 @@ async fn replay_after_crash_between_flush_and_wal_truncation_does_not_duplicate(
         let seq = wal.append_batch(&[(T, &req.encode_to_vec())]).unwrap();
         let metrics = Arc::new(Telemetry::new());
         let store = Store::open(
-            open_object_store(&cfg.store.url).unwrap(),
+            open_object_store(&cfg.store.url, &metrics).unwrap(),
             DedicatedColumns::default(),
             metrics,
         )
@@ -96,7 +96,7 @@ async fn offline_store_with_memory(
     let metrics = Arc::new(Telemetry::new());
     let store = Arc::new(
         Store::open(
-            open_object_store(&cfg.store.url).unwrap(),
+            open_object_store(&cfg.store.url, &metrics).unwrap(),
             DedicatedColumns::default(),
             metrics.clone(),
         )
@@ -191,4 +191,148 @@ async fn too_large_query_fails_with_resources_exhausted_and_engine_keeps_serving
     }
     // Point lookups still work within the budget.
     assert!(engine.trace_by_id(T, id16(&trace_id(5)), None).await.is_ok());
+}
+
+/// A store of `n` blocks of tenant `T`, block `k` holding trace `k` (4 spans); returns the
+/// block directory root and each block's id, in trace order.
+async fn blocks_on_disk(dir: &std::path::Path, n: u64) -> (std::path::PathBuf, Vec<String>) {
+    let (store, head, _) = offline_store(dir).await;
+    let now = now_nanos();
+    let mut ids = Vec::new();
+    for k in 0..n {
+        head.apply(k + 1, T, &request(vec![trace(k, "a", "GET /", now, 5, 3, false)])).unwrap();
+        flush_all(&store, &head).await;
+        let newest = store.blocks(T).into_iter().map(|b| b.meta.id.clone()).max().unwrap();
+        ids.push(newest);
+    }
+    let url = config(dir, |_| {}).store.url;
+    (std::path::PathBuf::from(url.trim_start_matches("file://")), ids)
+}
+
+/// Relative paths of every file under `root/sub`, sorted.
+fn files_under(root: &std::path::Path, sub: &str) -> Vec<String> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), root, out);
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root.join(sub), root, &mut out);
+    out.sort();
+    out
+}
+
+async fn open_with_metrics(dir: &std::path::Path) -> (Arc<Store>, QueryEngine, Arc<Telemetry>) {
+    let cfg = config(dir, |_| {});
+    let metrics = Arc::new(Telemetry::new());
+    let store = Arc::new(
+        Store::open(
+            open_object_store(&cfg.store.url, &metrics).unwrap(),
+            DedicatedColumns::default(),
+            metrics.clone(),
+        )
+        .await
+        .unwrap(),
+    );
+    let head = Arc::new(SpanHead::new(DedicatedColumns::default()));
+    let engine = QueryEngine::new(store.clone(), head, metrics.clone(), 64 << 20).unwrap();
+    (store, engine, metrics)
+}
+
+fn quarantined(metrics: &Telemetry) -> u64 {
+    metrics.blocks_quarantined.with_label_values(&["spans"]).get()
+}
+
+#[tokio::test]
+async fn damaged_blocks_are_quarantined_at_start_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, ids) = blocks_on_disk(dir.path(), 6).await;
+    let block = |k: usize| root.join(T).join(&ids[k]);
+    // 0: torn meta (a power loss mid-write), 1: empty meta, 2: bloom filter missing,
+    // 3: bloom filter of the wrong length, 4: spans file shorter than its meta says. 5 is intact.
+    let meta = std::fs::read(block(0).join("meta.json")).unwrap();
+    std::fs::write(block(0).join("meta.json"), &meta[..meta.len() / 2]).unwrap();
+    std::fs::write(block(1).join("meta.json"), b"").unwrap();
+    std::fs::remove_file(block(2).join("bloom.bin")).unwrap();
+    std::fs::write(block(3).join("bloom.bin"), b"12345").unwrap();
+    let spans = std::fs::read(block(4).join("spans.parquet")).unwrap();
+    std::fs::write(block(4).join("spans.parquet"), &spans[..spans.len() - 10]).unwrap();
+
+    let (store, engine, metrics) = open_with_metrics(dir.path()).await;
+    let served: Vec<String> = store.blocks(T).iter().map(|b| b.meta.id.clone()).collect();
+    assert_eq!(served, vec![ids[5].clone()]);
+    assert_eq!(quarantined(&metrics), 5);
+    let t5 = engine.trace_by_id(T, id16(&trace_id(5)), None).await.unwrap();
+    assert_eq!(span_ids(&t5).len(), 4);
+    for (k, id) in ids.iter().enumerate().take(5) {
+        assert!(files_under(&root, &format!("{T}/{id}")).is_empty(), "block {k} left in place");
+        let moved = files_under(&root, &format!("quarantine/{T}/{id}"));
+        assert!(moved.iter().any(|f| f.ends_with("meta.json")), "block {k}: {moved:?}");
+    }
+    assert_eq!(files_under(&root, &format!("quarantine/{T}/{}", ids[2])).len(), 3);
+
+    // Quarantined files are never taken for blocks again, nor deleted as incomplete ones.
+    let before = files_under(&root, "quarantine");
+    let (store, _, metrics) = open_with_metrics(dir.path()).await;
+    assert_eq!(store.blocks(T).len(), 1);
+    assert_eq!(quarantined(&metrics), 0);
+    assert_eq!(files_under(&root, "quarantine"), before);
+}
+
+#[tokio::test]
+async fn a_garbage_span_file_of_the_right_size_fails_its_queries_but_not_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, ids) = blocks_on_disk(dir.path(), 2).await;
+    let spans = root.join(T).join(&ids[0]).join("spans.parquet");
+    let len = std::fs::metadata(&spans).unwrap().len() as usize;
+    std::fs::write(&spans, vec![0x5a; len]).unwrap();
+
+    let (store, engine, metrics) = open_with_metrics(dir.path()).await;
+    assert_eq!(store.blocks(T).len(), 2, "sizes and bloom filter are fine: served");
+    assert_eq!(quarantined(&metrics), 0);
+    assert!(engine.trace_by_id(T, id16(&trace_id(0)), None).await.is_err());
+    let t1 = engine.trace_by_id(T, id16(&trace_id(1)), None).await.unwrap();
+    assert_eq!(span_ids(&t1).len(), 4);
+}
+
+#[tokio::test]
+async fn a_damaged_input_of_a_committed_compaction_is_deleted_not_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, ids) = blocks_on_disk(dir.path(), 2).await;
+    // Keep copies of the inputs, merge them, then put the inputs back (a crash before their
+    // deletion), one of them torn.
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    let saved = dir.path().join("saved");
+    for id in &ids {
+        copy(&root.join(T).join(id), &saved.join(id));
+    }
+    let (store, _, _) = offline_store(dir.path()).await;
+    // Two blocks of 4 spans are over half of a 10-span target.
+    assert_eq!(store.compact(10).await.unwrap(), 2);
+    for id in &ids {
+        copy(&saved.join(id), &root.join(T).join(id));
+    }
+    std::fs::write(root.join(T).join(&ids[0]).join("meta.json"), b"{").unwrap();
+
+    let (store, engine, metrics) = open_with_metrics(dir.path()).await;
+    assert_eq!(store.blocks(T).len(), 1);
+    assert_eq!(quarantined(&metrics), 0);
+    assert!(files_under(&root, "quarantine").is_empty());
+    for id in &ids {
+        assert!(files_under(&root, &format!("{T}/{id}")).is_empty(), "input {id} left");
+    }
+    for k in 0..2 {
+        let t = engine.trace_by_id(T, id16(&trace_id(k)), None).await.unwrap();
+        assert_eq!(span_ids(&t).len(), 4, "each span once");
+    }
 }
