@@ -97,10 +97,9 @@ impl WalError {
     /// later write succeeds once space returns.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            WalError::Io { source, .. } => matches!(
-                source.kind(),
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-            ),
+            WalError::Io { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            }
             _ => false,
         }
     }
@@ -419,8 +418,9 @@ impl Wal {
 
         match &self.active {
             None => self.roll()?,
-            Some(a) if a.seg.first_seq < self.next_seq
-                && a.seg.bytes + batch_len as u64 > self.segment_bytes =>
+            Some(a)
+                if a.seg.first_seq < self.next_seq
+                    && a.seg.bytes + batch_len as u64 > self.segment_bytes =>
             {
                 // An oversized segment is harmless; refusing the batch is not. The next
                 // append tries to roll again.
