@@ -17,12 +17,12 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use super::ProfileError;
 use super::block::{self, BlockMeta, META_FILE, PREFIX, SAMPLES_FILE, STACKS_FILE, now_unix};
 use super::head::FrozenSamples;
+use crate::store::catalog::CatalogEntry;
+use crate::wal::SeqRanges;
 use super::service::blocking;
 use super::stack::{StackTable, frames_from_batch};
 use crate::store::blocks::{self, BlockDir, CompactionPolicy};
 use crate::store::catalog::Catalog;
-use crate::store::catalog::CatalogEntry;
-use crate::wal::SeqRanges;
 
 /// Blocks with fewer samples than half of this are merged together, up to this size. A merge
 /// holds its inputs decoded in memory (roughly 100-150 bytes a row), so this also bounds the
