@@ -305,6 +305,37 @@ mod tests {
         assert!(status.get_details_retry_info().is_some());
     }
 
+    /// A full disk refuses the write, and OTLP exporters retry it later (they give up on
+    /// anything but UNAVAILABLE / 503 with a retry hint).
+    #[test]
+    fn a_write_refused_by_a_full_disk_is_unavailable_with_a_retry_hint() {
+        use crate::traces::WriteError;
+        use crate::wal::WalError;
+        let full = || {
+            IngestError::from(WriteError::Wal(std::sync::Arc::new(WalError::Io {
+                op: "write",
+                path: "/data/wal/00000000000000000001.seg".into(),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            })))
+        };
+        let resp = full().into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let status = tonic::Status::from(full());
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("WAL write failed"), "{}", status.message());
+        let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        assert_eq!(retry, Some(RETRY_AFTER));
+        let profile = ProfileError::from(WalError::Io {
+            op: "write",
+            path: "/data/profiles-wal/00000000000000000001.seg".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        let resp = profile.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    }
+
     #[test]
     fn prometheus_and_connect_names_follow_the_code() {
         assert_eq!(prometheus_error_type(PromqlError::BadData(String::new()).code()), "bad_data");

@@ -48,3 +48,46 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     m.ready.set(i64::from(s.health.readiness().ok));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::{Check, Health};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn ready_is_503_with_the_reasons_while_not_ready_and_200_naming_what_is_degraded() {
+        let h = Health::new(HOUR, HOUR);
+        assert_eq!(answer(h.readiness(), "ready"), (StatusCode::OK, "ready\n".to_string()));
+        h.fail(Check::Disk, "no space left on device");
+        assert_eq!(
+            answer(h.readiness(), "ready"),
+            (StatusCode::OK, "ready\ndegraded: disk: no space left on device\n".to_string())
+        );
+        h.fail(Check::Replay, "replaying the WAL");
+        let (status, body) = answer(h.readiness(), "ready");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "not ready: replay: replaying the WAL\ndegraded: disk: no space left on device\n"
+        );
+        h.clear(Check::Replay);
+        h.clear(Check::Disk);
+        assert_eq!(answer(h.readiness(), "ready").0, StatusCode::OK);
+    }
+
+    #[test]
+    fn healthz_is_503_naming_work_busy_past_the_stall_limit() {
+        let h = Health::new(HOUR, Duration::ZERO);
+        assert_eq!(answer(h.liveness(), "ok"), (StatusCode::OK, "ok\n".to_string()));
+        let busy = h.busy("flush");
+        let (status, body) = answer(h.liveness(), "ok");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("wedged: flush busy for "), "{body}");
+        drop(busy);
+        assert_eq!(answer(h.liveness(), "ok").0, StatusCode::OK);
+    }
+}

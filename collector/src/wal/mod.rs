@@ -140,6 +140,14 @@ pub struct WalStats {
     pub fsyncs: u64,
     pub last_fsync_seconds: f64,
     pub fsync_seconds_sum: f64,
+    /// Appends whose `write` failed (rolled back unless the WAL is poisoned).
+    pub write_failures: u64,
+    /// Failed data fsyncs; each one poisons the WAL.
+    pub fsync_failures: u64,
+    /// Segments that could not be created (rolled back; the WAL kept its previous segment).
+    pub create_failures: u64,
+    /// Segments truncation could not delete (or whose deletion could not be made durable).
+    pub remove_failures: u64,
 }
 
 /// Counters shared with [`WalStatsHandle`]s; written only by the owner of the
@@ -151,6 +159,10 @@ struct SharedStats {
     fsyncs: AtomicU64,
     last_fsync_nanos: AtomicU64,
     fsync_nanos_sum: AtomicU64,
+    write_failures: AtomicU64,
+    fsync_failures: AtomicU64,
+    create_failures: AtomicU64,
+    remove_failures: AtomicU64,
 }
 
 impl SharedStats {
@@ -161,6 +173,10 @@ impl SharedStats {
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             last_fsync_seconds: nanos_to_secs(self.last_fsync_nanos.load(Ordering::Relaxed)),
             fsync_seconds_sum: nanos_to_secs(self.fsync_nanos_sum.load(Ordering::Relaxed)),
+            write_failures: self.write_failures.load(Ordering::Relaxed),
+            fsync_failures: self.fsync_failures.load(Ordering::Relaxed),
+            create_failures: self.create_failures.load(Ordering::Relaxed),
+            remove_failures: self.remove_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -180,6 +196,10 @@ impl SharedStats {
         self.last_fsync_nanos.store(nanos, Ordering::Relaxed);
         self.fsync_nanos_sum.fetch_add(nanos, Ordering::Relaxed);
     }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 fn nanos_to_secs(n: u64) -> f64 {
@@ -204,14 +224,21 @@ struct Segment {
     bytes: u64,
 }
 
+/// The segment appends go to, and its open file.
+struct Active {
+    seg: Segment,
+    file: File,
+}
+
 pub struct Wal {
     dir: PathBuf,
     fsync: FsyncPolicy,
     segment_bytes: u64,
     /// Older segments, oldest first. Each ends exactly where the next begins.
     sealed: VecDeque<Segment>,
-    active: Segment,
-    active_file: File,
+    /// `None` when no segment could be created (a full disk at open): the next append
+    /// creates it.
+    active: Option<Active>,
     next_seq: u64,
     buf: Vec<u8>,
     last_sync: Instant,
@@ -219,6 +246,9 @@ pub struct Wal {
     dirty: bool,
     poisoned: bool,
     stats: Arc<SharedStats>,
+    /// Makes the next data fsync fail, as a failing device would.
+    #[cfg(test)]
+    fail_next_fsync: bool,
     /// Held for the lifetime of the `Wal`; the OS lock drops with the handle.
     _lock: File,
 }
@@ -229,7 +259,7 @@ impl std::fmt::Debug for Wal {
             .field("dir", &self.dir)
             .field("fsync", &self.fsync)
             .field("next_seq", &self.next_seq)
-            .field("segments", &(self.sealed.len() + 1))
+            .field("segments", &(self.sealed.len() + usize::from(self.active.is_some())))
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
@@ -287,7 +317,20 @@ impl Wal {
             }
             // Newest segment: make its intact prefix durable and exact, so it
             // can safely become a non-last segment (where damage is fatal).
-            let seg = repair_last_segment(seg, &data, &scan)?;
+            let seg = match repair_last_segment(seg, &data, &scan) {
+                Ok(seg) => seg,
+                // An interrupted creation after older segments, whose header cannot be
+                // rewritten (a full disk): the older segments record the next seq as well, so
+                // the file can go and a new one is created like after any other open.
+                Err(e) if scan.bad_header && i > 0 => {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "wal: removing an interrupted segment creation");
+                    fs::remove_file(path).map_err(io_err("remove", path))?;
+                    sync_dir(&dir)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if scan.next_seq == first_seq {
                 reuse_last = Some(seg); // holds no records: append to it directly
             } else {
@@ -296,21 +339,35 @@ impl Wal {
             }
         }
 
-        let (active, active_file) = match reuse_last {
+        let mut poisoned = false;
+        let active = match reuse_last {
             Some(seg) => {
                 let file = OpenOptions::new()
                     .append(true)
                     .open(&seg.path)
                     .map_err(io_err("open", &seg.path))?;
-                (seg, file)
+                Some(Active { seg, file })
             }
-            None => create_segment(&dir, next_seq)?,
+            // Replay must not depend on free space: without a new segment the WAL opens
+            // anyway (queries can be served) and the first append tries again.
+            None => match create_segment(&dir, next_seq) {
+                Ok((seg, file)) => Some(Active { seg, file }),
+                Err(failed) => {
+                    count(&stats.create_failures);
+                    poisoned = failed.stranded;
+                    tracing::warn!(error = %failed.error, next_seq,
+                        "wal: cannot create a segment; appends are refused until one can be");
+                    None
+                }
+            },
         };
-        stats.add_segment(active.bytes);
+        if let Some(a) = &active {
+            stats.add_segment(a.seg.bytes);
+        }
 
         tracing::info!(
             dir = %dir.display(),
-            segments = sealed.len() + 1,
+            segments = stats.segments.load(Ordering::Relaxed),
             replayed = records.len(),
             last_seq = next_seq - 1,
             "wal opened"
@@ -322,13 +379,14 @@ impl Wal {
             segment_bytes: cfg.segment_bytes,
             sealed,
             active,
-            active_file,
             next_seq,
             buf: Vec::new(),
             last_sync: Instant::now(),
             dirty: false,
-            poisoned: false,
+            poisoned,
             stats,
+            #[cfg(test)]
+            fail_next_fsync: false,
             _lock: lock,
         };
         Ok((wal, records))
@@ -358,10 +416,28 @@ impl Wal {
             batch_len += format::encoded_len(tenant.as_bytes(), payload);
         }
 
-        let active_has_records = self.active.first_seq < self.next_seq;
-        if active_has_records && self.active.bytes + batch_len as u64 > self.segment_bytes {
-            self.roll()?;
+        match &self.active {
+            None => self.roll()?,
+            Some(a)
+                if a.seg.first_seq < self.next_seq
+                    && a.seg.bytes + batch_len as u64 > self.segment_bytes =>
+            {
+                // An oversized segment is harmless; refusing the batch is not. The next
+                // append tries to roll again.
+                if let Err(e) = self.roll() {
+                    if self.poisoned {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e,
+                        "wal: cannot start a new segment; appending to the current one");
+                }
+            }
+            Some(_) => {}
         }
+        let Some(active) = self.active.as_mut() else {
+            // `roll` either installed a segment or returned its error above.
+            return Err(WalError::Poisoned);
+        };
 
         self.buf.clear();
         self.buf.reserve(batch_len);
@@ -369,18 +445,20 @@ impl Wal {
             format::encode_record(&mut self.buf, seq, tenant.as_bytes(), payload);
         }
 
-        if let Err(e) = self.active_file.write_all(&self.buf) {
+        if let Err(e) = active.file.write_all(&self.buf) {
+            count(&self.stats.write_failures);
             // A partial batch must not stay in front of future appends: later
             // records would sit behind damage and replay would reject them.
+            // Shrinking a file needs no free space, so this works on a full disk.
             self.dirty = true;
-            if let Err(undo) = self.active_file.set_len(self.active.bytes) {
-                tracing::error!(path = %self.active.path.display(), error = %undo,
+            if let Err(undo) = active.file.set_len(active.seg.bytes) {
+                tracing::error!(path = %active.seg.path.display(), error = %undo,
                     "wal: cannot roll back partial write; disabling wal");
                 self.poisoned = true;
             }
-            return Err(WalError::Io { op: "write", path: self.active.path.clone(), source: e });
+            return Err(WalError::Io { op: "write", path: active.seg.path.clone(), source: e });
         }
-        self.active.bytes += batch_len as u64;
+        active.seg.bytes += batch_len as u64;
         self.stats.bytes.fetch_add(batch_len as u64, Ordering::Relaxed);
         self.next_seq += records.len() as u64;
         self.dirty = true;
@@ -412,28 +490,52 @@ impl Wal {
     /// Deletes every segment all of whose records have seq <= `seq`, oldest
     /// first. The active segment is only removed when it is fully covered
     /// too, after rolling to a fresh (empty) one, which keeps the next seq
-    /// recorded on disk in its file name.
+    /// recorded on disk in its file name. Sealed segments go first, which frees
+    /// space for that roll on a full disk; a failed roll only keeps the active
+    /// segment until a later call.
     pub fn truncate_through(&mut self, seq: u64) -> Result<(), WalError> {
         if self.poisoned {
             return Err(WalError::Poisoned);
         }
-        let active_has_records = self.active.first_seq < self.next_seq;
-        if active_has_records && self.next_seq - 1 <= seq {
-            self.roll()?;
+        self.delete_sealed_through(seq)?;
+        let newest_has_records = match &self.active {
+            Some(a) => a.seg.first_seq < self.next_seq,
+            None => !self.sealed.is_empty(),
+        };
+        if newest_has_records && self.next_seq - 1 <= seq {
+            match self.roll() {
+                Ok(()) => self.delete_sealed_through(seq)?,
+                Err(e) if self.poisoned => return Err(e),
+                Err(e) => tracing::warn!(error = %e,
+                    "wal: cannot start a new segment; the covered active one stays for now"),
+            }
         }
-        // Oldest first, with a directory fsync after each removal, so a crash
-        // can only ever leave a suffix of segments (never a gap).
+        Ok(())
+    }
+
+    /// Deletes sealed segments whose records all have seq <= `seq`, oldest first, with a
+    /// directory fsync after each, so a crash only ever leaves a suffix of segments (never a
+    /// gap). The newest file on disk always stays: its name records the next seq.
+    fn delete_sealed_through(&mut self, seq: u64) -> Result<(), WalError> {
         while let Some(oldest) = self.sealed.front() {
-            let next_first = self.sealed.get(1).map_or(self.active.first_seq, |s| s.first_seq);
+            let next_first = match (self.sealed.get(1), &self.active) {
+                (Some(next), _) => next.first_seq,
+                (None, Some(a)) => a.seg.first_seq,
+                (None, None) => break,
+            };
             if next_first - 1 > seq {
                 break;
             }
-            match fs::remove_file(&oldest.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &oldest.path)(e)),
+            let removed = match fs::remove_file(&oldest.path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove", &oldest.path)(e)),
+            };
+            if let Err(e) = removed.and_then(|()| sync_dir(&self.dir)) {
+                // Still listed, so the next call retries (a missing file is fine then).
+                count(&self.stats.remove_failures);
+                return Err(e);
             }
-            sync_dir(&self.dir)?;
             self.stats.remove_segment(oldest.bytes);
             tracing::debug!(path = %oldest.path.display(), "wal segment deleted");
             self.sealed.pop_front();
@@ -462,12 +564,25 @@ impl Wal {
     }
 
     fn sync_active(&mut self) -> Result<(), WalError> {
+        let Some(active) = &self.active else {
+            self.dirty = false;
+            return Ok(());
+        };
         let started = Instant::now();
-        if let Err(e) = self.active_file.sync_data() {
+        #[cfg(test)]
+        let synced = if std::mem::take(&mut self.fail_next_fsync) {
+            Err(io::Error::from_raw_os_error(5)) // EIO
+        } else {
+            active.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = active.file.sync_data();
+        if let Err(e) = synced {
             // After a failed fsync the kernel may have dropped the dirty pages
             // and a retry can falsely succeed; the only safe state is to stop.
+            count(&self.stats.fsync_failures);
             self.poisoned = true;
-            return Err(io_err("fsync", &self.active.path)(e));
+            return Err(io_err("fsync", &active.seg.path)(e));
         }
         self.stats.record_fsync(started.elapsed());
         self.last_sync = Instant::now();
@@ -477,21 +592,26 @@ impl Wal {
 
     /// Seals the active segment (durably, whatever the policy, so that only
     /// the newest segment can ever have a torn tail) and starts a new one at
-    /// `next_seq`.
+    /// `next_seq`; with no active segment, just creates one. A failed creation
+    /// leaves the WAL as it was (poisoned only if the half-created file could
+    /// not be removed).
     fn roll(&mut self) -> Result<(), WalError> {
         if self.dirty {
             self.sync_active()?;
         }
-        let (seg, file) = create_segment(&self.dir, self.next_seq).inspect_err(|_| {
-            // A half-created segment file may be left behind; appending to
-            // the old one and later creating another would strand it in the
-            // middle of the log.
-            self.poisoned = true;
+        let (seg, file) = create_segment(&self.dir, self.next_seq).map_err(|failed| {
+            count(&self.stats.create_failures);
+            if failed.stranded {
+                // Appending to the old segment and later creating another would
+                // strand this file in the middle of the log.
+                self.poisoned = true;
+            }
+            failed.error
         })?;
         self.stats.add_segment(seg.bytes);
-        let old = std::mem::replace(&mut self.active, seg);
-        self.active_file = file;
-        self.sealed.push_back(old);
+        if let Some(old) = self.active.replace(Active { seg, file }) {
+            self.sealed.push_back(old.seg);
+        }
         Ok(())
     }
 }
@@ -646,18 +766,45 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(out)
 }
 
+/// A segment creation that failed.
+struct CreateFailed {
+    error: WalError,
+    /// A file by the new segment's name may remain: it could not be removed (or its
+    /// removal made durable), or it already existed.
+    stranded: bool,
+}
+
 /// Creates, writes the header of and syncs a new segment, then syncs the
-/// directory so the file (and with it the next seq) survives power loss.
-fn create_segment(dir: &Path, first_seq: u64) -> Result<(Segment, File), WalError> {
+/// directory so the file (and with it the next seq) survives power loss. On
+/// failure the half-created file is removed again, so the log is as before.
+fn create_segment(dir: &Path, first_seq: u64) -> Result<(Segment, File), CreateFailed> {
     let path = segment_path(dir, first_seq);
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_err("create", &path))?;
-    file.write_all(&format::segment_header(first_seq)).map_err(io_err("write", &path))?;
-    file.sync_all().map_err(io_err("fsync", &path))?;
-    sync_dir(dir)?;
+    let mut file = match OpenOptions::new().append(true).create_new(true).open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            // Not ours to remove; a file there would sit in the middle of the log.
+            let stranded = e.kind() == io::ErrorKind::AlreadyExists;
+            return Err(CreateFailed { error: io_err("create", &path)(e), stranded });
+        }
+    };
+    let written = file
+        .write_all(&format::segment_header(first_seq))
+        .map_err(io_err("write", &path))
+        .and_then(|()| file.sync_all().map_err(io_err("fsync", &path)))
+        .and_then(|()| sync_dir(dir));
+    if let Err(error) = written {
+        drop(file);
+        let removed = match fs::remove_file(&path) {
+            Ok(()) => sync_dir(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        };
+        if let Err(undo) = &removed {
+            tracing::error!(path = %path.display(), error = %undo,
+                "wal: cannot remove a half-created segment");
+        }
+        return Err(CreateFailed { error, stranded: removed.is_err() });
+    }
     tracing::debug!(path = %path.display(), "wal segment created");
     let seg = Segment { first_seq, path, bytes: SEGMENT_HEADER_LEN as u64 };
     Ok((seg, file))

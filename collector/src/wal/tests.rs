@@ -424,3 +424,281 @@ fn large_batch_round_trips() {
         assert_eq!(r.payload, payloads[i % 64]);
     }
 }
+
+/// A tmpfs of `size` bytes mounted for one test, so "no space left on device" comes from a real
+/// filesystem. Mounting needs root; elsewhere the test is skipped with the reason printed.
+struct TinyFs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyFs {
+    fn mount(size: u64) -> Option<TinyFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(TinyFs { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Takes all free space with a filler file; deleting it gives the space back.
+    fn fill(&self) -> PathBuf {
+        let path = self.path().join("filler");
+        let mut f = File::create(&path).unwrap();
+        let chunk = [0u8; 4096];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+                    return path;
+                }
+            }
+        }
+    }
+
+    fn resize(&self, size: u64) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount failed");
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// A record larger than a page, so it always needs a newly allocated page of the filesystem.
+const BIG: usize = 10_000;
+
+fn big(seq: u64) -> Vec<u8> {
+    vec![seq as u8; BIG]
+}
+
+fn append_big(wal: &mut Wal, seq: u64) -> Result<u64, WalError> {
+    let p = big(seq);
+    wal.append_batch(&[("t", p.as_slice())])
+}
+
+fn replayed_seqs(dir: &Path, segment_bytes: u64) -> Vec<u64> {
+    let (_, replayed) = Wal::open(cfg(dir, segment_bytes)).unwrap();
+    for r in &replayed {
+        assert_eq!(r.payload, big(r.seq), "payload of seq {}", r.seq);
+    }
+    replayed.iter().map(|r| r.seq).collect()
+}
+
+#[test]
+fn append_on_a_full_disk_fails_without_poisoning_and_succeeds_once_space_is_freed() {
+    let Some(fs) = TinyFs::mount(256 << 10) else { return };
+    let dir = fs.path().join("wal");
+    let (mut wal, _) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(append_big(&mut wal, 1).unwrap(), 1);
+    let filler = fs.fill();
+
+    let err = append_big(&mut wal, 2).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(!wal.is_poisoned());
+    let err = append_big(&mut wal, 2).unwrap_err();
+    assert!(err.is_disk_full(), "a retry fails the same way: {err}");
+    assert_eq!(wal.stats().write_failures, 2);
+    assert_eq!(wal.stats().fsync_failures, 0);
+    // The failed writes were cut off again: the file holds exactly what was acknowledged.
+    let on_disk: u64 = segment_files(&dir).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(wal.stats().bytes, on_disk);
+
+    fs::remove_file(filler).unwrap();
+    assert_eq!(append_big(&mut wal, 2).unwrap(), 2, "the refused seq is reused");
+    assert_eq!(append_big(&mut wal, 3).unwrap(), 3);
+    drop(wal);
+    assert_eq!(replayed_seqs(&dir, 1 << 20), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_segment_that_cannot_be_created_is_removed_and_the_wal_keeps_its_current_one() {
+    let Some(fs) = TinyFs::mount(256 << 10) else { return };
+    let dir = fs.path().join("wal");
+    // Every batch rolls to a new segment.
+    let (mut wal, _) = Wal::open(cfg(&dir, 1)).unwrap();
+    append_big(&mut wal, 1).unwrap();
+    append_big(&mut wal, 2).unwrap();
+    let files_before = segment_files(&dir);
+    let filler = fs.fill();
+
+    let err = append_big(&mut wal, 3).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(!wal.is_poisoned());
+    let s = wal.stats();
+    assert!(s.create_failures >= 1 && s.write_failures == 1, "{s:?}");
+    assert_eq!(segment_files(&dir), files_before, "no half-created segment is left behind");
+
+    // Some space: the roll (a header) fits again, and so does the record.
+    fs::remove_file(filler).unwrap();
+    assert_eq!(append_big(&mut wal, 3).unwrap(), 3);
+    assert_eq!(segment_files(&dir).len(), files_before.len() + 1);
+    drop(wal);
+    assert_eq!(replayed_seqs(&dir, 1), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_failed_roll_appends_to_the_current_segment_when_the_record_still_fits() {
+    let Some(fs) = TinyFs::mount(256 << 10) else { return };
+    let dir = fs.path().join("wal");
+    let (mut wal, _) = Wal::open(cfg(&dir, 1)).unwrap();
+    wal.append_batch(&[("t", b"first")]).unwrap();
+    let files_before = segment_files(&dir);
+    let filler = fs.fill();
+    // A new segment needs a page the filesystem no longer has; the current segment's last
+    // page still has room for a small record.
+    assert_eq!(wal.append_batch(&[("t", b"second")]).unwrap(), 2);
+    assert_eq!(wal.stats().create_failures, 1);
+    assert_eq!(segment_files(&dir), files_before);
+    fs::remove_file(filler).unwrap();
+    assert_eq!(wal.append_batch(&[("t", b"third")]).unwrap(), 3);
+    assert_eq!(segment_files(&dir).len(), files_before.len() + 1, "rolled once space returned");
+    drop(wal);
+    let (_, replayed) = Wal::open(cfg(&dir, 1)).unwrap();
+    let payloads: Vec<&[u8]> = replayed.iter().map(|r| r.payload.as_slice()).collect();
+    assert_eq!(payloads, vec![&b"first"[..], b"second", b"third"]);
+}
+
+#[test]
+fn a_file_in_the_way_of_a_new_segment_poisons_the_wal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(tmp.path(), 1)).unwrap();
+    append_big(&mut wal, 1).unwrap();
+    // Something else took the name of the next segment: creating it fails.
+    let squatter = segment_path(tmp.path(), 2);
+    fs::write(&squatter, b"").unwrap();
+    let err = append_big(&mut wal, 2).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "create", .. }), "{err}");
+    // A file by that name would sit in the middle of the log once the current segment grew.
+    assert!(wal.is_poisoned(), "a file in the way of the log poisons");
+    assert_eq!(wal.stats().create_failures, 1);
+    drop(wal);
+    fs::remove_file(squatter).unwrap();
+    assert_eq!(replayed_seqs(tmp.path(), 1), vec![1]);
+}
+
+#[test]
+fn truncation_on_a_full_disk_deletes_sealed_segments_first_and_frees_space_for_appends() {
+    let Some(fs) = TinyFs::mount(256 << 10) else { return };
+    let dir = fs.path().join("wal");
+    let (mut wal, _) = Wal::open(cfg(&dir, 1)).unwrap();
+    for seq in 1..=4 {
+        append_big(&mut wal, seq).unwrap();
+    }
+    let filler = fs.fill();
+    assert!(append_big(&mut wal, 5).unwrap_err().is_disk_full());
+
+    // Everything is covered: the sealed segments go, the active one rolls into the freed space.
+    wal.truncate_through(4).unwrap();
+    assert!(!wal.is_poisoned());
+    let firsts: Vec<u64> = segment_files(&dir).iter().map(|p| first_seq_of(p)).collect();
+    assert_eq!(firsts, vec![5], "only the fresh active segment remains");
+    assert_eq!(append_big(&mut wal, 5).unwrap(), 5, "appends resume without a reopen");
+    drop(wal);
+    fs::remove_file(filler).unwrap();
+    assert_eq!(replayed_seqs(&dir, 1), vec![5]);
+}
+
+#[test]
+fn truncation_whose_roll_fails_keeps_the_active_segment_and_finishes_later() {
+    let Some(fs) = TinyFs::mount(256 << 10) else { return };
+    let dir = fs.path().join("wal");
+    let (mut wal, _) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    append_big(&mut wal, 1).unwrap();
+    append_big(&mut wal, 2).unwrap();
+    let filler = fs.fill();
+
+    // The only segment is covered, but no new one fits: not an error, nothing deleted.
+    wal.truncate_through(2).unwrap();
+    assert!(!wal.is_poisoned());
+    assert_eq!(wal.stats().create_failures, 1);
+    assert_eq!(segment_files(&dir).len(), 1);
+
+    fs::remove_file(filler).unwrap();
+    wal.truncate_through(2).unwrap();
+    let firsts: Vec<u64> = segment_files(&dir).iter().map(|p| first_seq_of(p)).collect();
+    assert_eq!(firsts, vec![3]);
+    assert_eq!(append_big(&mut wal, 3).unwrap(), 3);
+    drop(wal);
+    assert_eq!(replayed_seqs(&dir, 1 << 20), vec![3]);
+}
+
+#[test]
+fn open_on_a_full_disk_replays_and_creates_the_segment_on_the_first_append_with_space() {
+    let Some(fs) = TinyFs::mount(256 << 10) else { return };
+    let dir = fs.path().join("wal");
+    let (mut wal, _) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    append_big(&mut wal, 1).unwrap();
+    append_big(&mut wal, 2).unwrap();
+    drop(wal);
+    let filler = fs.fill();
+
+    let (mut wal, replayed) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(replayed.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(!wal.is_poisoned());
+    assert_eq!(wal.stats().create_failures, 1);
+    assert_eq!(wal.last_seq(), 2);
+    let err = append_big(&mut wal, 3).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    wal.sync().unwrap();
+    // Truncating everything keeps the newest file: its name is the only record of the seq.
+    wal.truncate_through(2).unwrap();
+    assert!(!wal.is_poisoned());
+    assert_eq!(segment_files(&dir).len(), 1);
+
+    // Growing the filesystem is enough; the filler stays.
+    fs.resize(512 << 10);
+    assert_eq!(append_big(&mut wal, 3).unwrap(), 3);
+    drop(wal);
+    assert!(filler.exists());
+    assert_eq!(replayed_seqs(&dir, 1 << 20), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_wal_until_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(cfg(tmp.path(), 1 << 20)).unwrap();
+    append_big(&mut wal, 1).unwrap();
+    wal.fail_next_fsync = true;
+    let err = append_big(&mut wal, 2).unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "fsync", .. }), "{err}");
+    assert!(!err.is_disk_full());
+    assert!(wal.is_poisoned());
+    assert_eq!(wal.stats().fsync_failures, 1);
+    assert!(matches!(append_big(&mut wal, 2), Err(WalError::Poisoned)));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+    assert!(matches!(wal.truncate_through(1), Err(WalError::Poisoned)));
+    drop(wal);
+    // The refused record reached the file and may come back: at-least-once, never a gap.
+    let seqs = replayed_seqs(tmp.path(), 1 << 20);
+    assert!(seqs == vec![1] || seqs == vec![1, 2], "{seqs:?}");
+    let (mut wal, _) = Wal::open(cfg(tmp.path(), 1 << 20)).unwrap();
+    assert!(!wal.is_poisoned());
+    append_big(&mut wal, seqs.len() as u64 + 1).unwrap();
+}
