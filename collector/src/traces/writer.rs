@@ -181,7 +181,12 @@ impl Writer {
             metrics: cfg.metrics.clone(),
             health: cfg.health.clone(),
         };
-        let wal_thread = WalThread { head: head.clone(), metrics: cfg.metrics, health: cfg.health };
+        let wal_thread = WalThread {
+            head: head.clone(),
+            metrics: cfg.metrics,
+            health: cfg.health,
+            counted: parking_lot::Mutex::new([0; 4]),
+        };
         let handle = head;
         let applier = std::thread::Builder::new()
             .name("skein-head-applier".into())
@@ -306,6 +311,8 @@ struct WalThread {
     head: Arc<SpanHead>,
     metrics: Arc<Telemetry>,
     health: Arc<Health>,
+    /// WAL failure counts already added to `metrics.wal_failures`.
+    counted: parking_lot::Mutex<[u64; 4]>,
 }
 
 impl WalThread {
@@ -416,6 +423,15 @@ impl WalThread {
     /// Tells `Health` what a WAL failure means: a full disk degrades (writes are refused until
     /// space returns), a poisoned WAL makes the collector not ready until it is restarted.
     fn report(&self, wal: &Wal, e: &WalError) {
+        let s = wal.stats();
+        let now = [s.write_failures, s.fsync_failures, s.create_failures, s.remove_failures];
+        let mut counted = self.counted.lock();
+        for (i, op) in ["write", "fsync", "create", "remove"].into_iter().enumerate() {
+            let new = now[i].saturating_sub(counted[i]);
+            self.metrics.wal_failures.with_label_values(&[op]).inc_by(new);
+        }
+        *counted = now;
+        drop(counted);
         if e.is_disk_full() {
             self.health.fail(Check::Disk, e.to_string());
         }
