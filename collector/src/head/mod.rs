@@ -386,3 +386,7 @@ impl SpanHead {
         s
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
