@@ -269,6 +269,19 @@ mod tests {
     }
 
     #[test]
+    fn a_head_refusal_is_a_client_error_and_other_head_failures_are_retryable() {
+        use crate::head::HeadError;
+        let refused = WriteError::Head(Arc::new(HeadError::Refused("too big".into())));
+        let e = IngestError::from(refused);
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.to_string().contains("too big"), "{e}");
+        let broken = WriteError::Head(Arc::new(HeadError::Arrow(
+            arrow::error::ArrowError::ComputeError("bug".into()),
+        )));
+        assert_eq!(IngestError::from(broken).code(), ErrorCode::Unavailable);
+    }
+
+    #[test]
     fn gzip_bomb_stops_at_the_limit() {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
