@@ -227,7 +227,8 @@ impl SpanHead {
     }
 
     /// Adds a durable export. Called in WAL sequence order. On error the tenant's head holds
-    /// exactly what it held before.
+    /// exactly the rows it held before (Arrow failing to seal the rows it already held, which
+    /// only a bug can cause, would lose those too).
     pub fn apply(
         &self,
         seq: u64,
