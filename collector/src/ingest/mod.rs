@@ -1,7 +1,8 @@
 //! OTLP trace ingest: decoding, per-span validation and the hand-off to the span write path.
 //!
 //! gRPC and HTTP front ends (`grpc`, `http`) decode a request and call [`Ingestor::export`],
-//! which drops spans with invalid ids (reported through `partial_success`), then waits until
+//! which drops spans with invalid ids (reported through `partial_success`), refuses whole (400 /
+//! INVALID_ARGUMENT, with the reason) a request the head would not hold, then waits until
 //! [`Traces`] has made the rest durable in the WAL and visible in the head.
 
 pub mod grpc;
