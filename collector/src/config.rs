@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// Largest accepted OTLP request after decompression, in bytes.
     #[arg(long, env = "SKEIN_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Attribute values (strings and bytes, also inside arrays and kvlists) longer than this are
+    /// cut to it, at a UTF-8 character boundary, and counted in
+    /// skein_attributes_truncated_total; keys are kept whole. 0: no limit. Default 65536, like
+    /// OpenTelemetry's attribute value length limit.
+    #[arg(long, env = "SKEIN_MAX_ATTRIBUTE_BYTES")]
+    pub max_attribute_bytes: Option<usize>,
     /// Bytes of accepted-but-not-yet-durable exports before ingest answers 429 / UNAVAILABLE.
     #[arg(long, env = "SKEIN_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
@@ -161,6 +167,8 @@ pub struct IngestSection {
     pub max_body_bytes: usize,
     /// Bytes of accepted-but-not-yet-durable exports before ingest answers 429 / UNAVAILABLE.
     pub max_inflight_bytes: usize,
+    /// Attribute values are cut to this many bytes when spans enter the head; 0: no limit.
+    pub max_attribute_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +261,9 @@ impl ServeArgs {
                     a.max_inflight_bytes,
                     256 << 20,
                 )?,
+                max_attribute_bytes: a
+                    .max_attribute_bytes
+                    .unwrap_or(crate::spanrows::DEFAULT_MAX_ATTRIBUTE_BYTES),
             },
             wal: WalConfig {
                 dir: data_dir.join("wal"),
@@ -315,6 +326,7 @@ impl ServeArgs {
             retention: self.retention.or(file.retention),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             max_inflight_bytes: self.max_inflight_bytes.or(file.max_inflight_bytes),
+            max_attribute_bytes: self.max_attribute_bytes.or(file.max_attribute_bytes),
             fsync: self.fsync.or(file.fsync),
             head_max_spans: self.head_max_spans.or(file.head_max_spans),
             head_max_age: self.head_max_age.or(file.head_max_age),
@@ -530,6 +542,23 @@ mod tests {
         assert_eq!(cfg.ingest.max_body_bytes, 16 << 20);
         assert!(cfg.store.url.starts_with("file:///"));
         assert!(cfg.store.url.ends_with("skein-data/blocks"));
+    }
+
+    #[test]
+    fn attribute_value_limit_defaults_to_64_kib_and_zero_means_none() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        assert_eq!(cfg.ingest.max_attribute_bytes, 65536);
+        let cfg =
+            ServeArgs { max_attribute_bytes: Some(0), ..Default::default() }.resolve().unwrap();
+        assert_eq!(cfg.ingest.max_attribute_bytes, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skein.toml");
+        std::fs::write(&path, "max-attribute-bytes = 1024\n").unwrap();
+        let cfg = ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(cfg.ingest.max_attribute_bytes, 1024);
+        let args =
+            ServeArgs { config: Some(path), max_attribute_bytes: Some(8), ..Default::default() };
+        assert_eq!(args.resolve().unwrap().ingest.max_attribute_bytes, 8, "the flag wins");
     }
 
     #[test]

@@ -4,10 +4,22 @@
 //! knows the highest sequence it holds. Flushing freezes the active data (still visible to
 //! queries) until its block is committed; then the frozen part is released and the WAL can be
 //! truncated up to its sequence.
+//!
+//! # Limits
+//! Whatever a request holds, applying it never panics and never half-applies: a request is
+//! measured before anything is appended (see [`SpanHead::check`]), and refused whole
+//! ([`HeadError::Refused`], a client error) when its rows would exceed
+//! [`HeadLimits::max_request_bytes`] — only requests whose scope attributes repeat on every
+//! span can expand that much. Attribute values longer than
+//! [`HeadLimits::max_attribute_bytes`] (`--max-attribute-bytes`) are cut, and counted. The
+//! open builder is sealed into a batch by rows and by bytes ([`HeadLimits::seal_bytes`]),
+//! so no Arrow column (i32 offsets: 2 GiB) can overflow, and a tenant's active data is due
+//! for a flush once it holds [`HeadLimits::freeze_bytes`].
 
 pub mod tenants;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -15,25 +27,64 @@ use arrow::error::ArrowError;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
-use crate::spanrows::{DedicatedColumns, SealedRows, SpanBatchBuilder, TagKeys, tag_keys_of};
+use crate::spanrows::{
+    BuildLimits, DEFAULT_MAX_ATTRIBUTE_BYTES, DedicatedColumns, SealedRows, SpanBatchBuilder,
+    TagKeys, resource_spans_cost, tag_keys_of,
+};
 use tenants::{TenantFlushState, Tenants};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
     #[error("building head batch: {0}")]
     Arrow(#[from] ArrowError),
+    /// The request itself cannot be stored; retrying it will not help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl crate::error::Coded for HeadError {
     fn code(&self) -> crate::error::ErrorCode {
         match self {
             HeadError::Arrow(_) => crate::error::ErrorCode::Internal,
+            HeadError::Refused(_) => crate::error::ErrorCode::InvalidArgument,
         }
     }
 }
 
 /// Seal the open builder into an immutable batch after this many rows.
 const SEAL_ROWS: usize = 16 * 1024;
+
+/// What the head stores of a request, and how large its batches and parts grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Attribute values (strings and bytes, also inside arrays and kvlists) are cut to this
+    /// many bytes; 0 keeps them whole.
+    pub max_attribute_bytes: usize,
+    /// A batch is sealed before a request would take its variable-length columns past this.
+    pub seal_bytes: usize,
+    /// A request whose rows would hold more than this is refused.
+    pub max_request_bytes: usize,
+    /// A tenant's active data is due for a flush once it holds this many bytes.
+    pub freeze_bytes: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_attribute_bytes: DEFAULT_MAX_ATTRIBUTE_BYTES,
+            // Four largest (16 MiB) requests per batch, and 32 times below Arrow's 2 GiB column
+            // limit; rows usually seal first (16k spans of ordinary size are a few MiB).
+            seal_bytes: 64 << 20,
+            // A request larger than the seal size gets batches of its own, each at most this
+            // big: still 8 times below 2 GiB. Ordinary requests stay near their encoded size
+            // (16 MiB by default); only a scope's attributes repeated on every span of a large
+            // request can blow one up this far, and such a request is refused.
+            max_request_bytes: 256 << 20,
+            // A block sorts a frozen part into one batch: keep that well below 2 GiB too.
+            freeze_bytes: 512 << 20,
+        }
+    }
+}
 
 struct TenantHead {
     builder: SpanBatchBuilder,
@@ -46,12 +97,17 @@ struct TenantHead {
     min_seq: u64,
     max_seq: u64,
     since: Option<Instant>,
+    freeze_bytes: usize,
 }
 
 impl TenantHead {
-    fn new(dedicated: &DedicatedColumns) -> Self {
+    fn new(dedicated: &DedicatedColumns, limits: &HeadLimits) -> Self {
         TenantHead {
-            builder: SpanBatchBuilder::new(dedicated),
+            builder: SpanBatchBuilder::with_limits(
+                dedicated,
+                BuildLimits { max_attribute_bytes: limits.max_attribute_bytes },
+            ),
+            freeze_bytes: limits.freeze_bytes,
             sealed: Vec::new(),
             frozen: Vec::new(),
             spans: 0,
@@ -66,8 +122,8 @@ impl TenantHead {
 
     fn seal(&mut self) -> Result<(), ArrowError> {
         if self.builder.rows() > 0 {
-            self.bytes += self.builder.bytes();
             let batch = self.builder.finish()?;
+            self.bytes = self.bytes.saturating_add(batch.get_array_memory_size());
             self.sealed.push(batch);
         }
         Ok(())
@@ -87,6 +143,10 @@ impl TenantFlushState for TenantHead {
     fn active(&self) -> (usize, Option<Instant>) {
         (self.spans, self.since)
     }
+
+    fn oversized(&self) -> bool {
+        self.bytes.saturating_add(self.builder.bytes()) >= self.freeze_bytes
+    }
 }
 
 /// Head statistics for /metrics.
@@ -95,18 +155,40 @@ pub struct HeadStats {
     pub spans: u64,
     pub bytes: u64,
     pub tenants: u64,
+    /// Attribute values cut since the head was created (replayed records included).
+    pub attributes_truncated: u64,
 }
 
 /// The span head: every tenant's recent spans, in WAL sequence order.
 pub struct SpanHead {
     dedicated: DedicatedColumns,
+    limits: HeadLimits,
     /// Counts spans as the rows not yet in a committed block.
     tenants: Tenants<TenantHead>,
+    /// Attribute values cut, in total ...
+    truncated: AtomicU64,
+    /// ... and not yet taken by [`SpanHead::take_attributes_truncated`].
+    truncated_untaken: AtomicU64,
 }
 
 impl SpanHead {
+    /// A head with the default [`HeadLimits`].
     pub fn new(dedicated: DedicatedColumns) -> Self {
-        SpanHead { dedicated, tenants: Tenants::default() }
+        Self::with_limits(dedicated, HeadLimits::default())
+    }
+
+    pub fn with_limits(dedicated: DedicatedColumns, limits: HeadLimits) -> Self {
+        SpanHead {
+            dedicated,
+            limits,
+            tenants: Tenants::default(),
+            truncated: AtomicU64::new(0),
+            truncated_untaken: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> &HeadLimits {
+        &self.limits
     }
 
     pub fn dedicated(&self) -> &DedicatedColumns {
@@ -114,7 +196,7 @@ impl SpanHead {
     }
 
     fn tenant(&self, tenant: &str) -> Arc<Mutex<TenantHead>> {
-        self.tenants.get_or_insert_with(tenant, || TenantHead::new(&self.dedicated))
+        self.tenants.get_or_insert_with(tenant, || TenantHead::new(&self.dedicated, &self.limits))
     }
 
     fn existing(&self, tenant: &str) -> Option<Arc<Mutex<TenantHead>>> {
@@ -125,23 +207,72 @@ impl SpanHead {
         self.tenants.names()
     }
 
-    /// Adds a durable export. Called in WAL sequence order.
+    /// How many bytes the rows of `req` would hold (an upper bound), or why the head refuses
+    /// it. Depends on the request alone, so ingest can ask before the request is written to
+    /// the WAL, and [`SpanHead::apply`] refuses nothing this accepts.
+    pub fn check(&self, req: &ExportTraceServiceRequest) -> Result<usize, HeadError> {
+        let limits = BuildLimits { max_attribute_bytes: self.limits.max_attribute_bytes };
+        let cost = req
+            .resource_spans
+            .iter()
+            .fold(0usize, |n, rs| n.saturating_add(resource_spans_cost(rs, limits)));
+        if cost > self.limits.max_request_bytes {
+            return Err(HeadError::Refused(format!(
+                "the request's spans would take {cost} bytes in memory, more than the limit of {} \
+                 (attribute values count up to {} bytes each; scope attributes count once per span)",
+                self.limits.max_request_bytes, self.limits.max_attribute_bytes
+            )));
+        }
+        Ok(cost)
+    }
+
+    /// Adds a durable export. Called in WAL sequence order. On error the tenant's head holds
+    /// exactly the rows it held before (Arrow failing to seal the rows it already held, which
+    /// only a bug can cause, would lose those too).
     pub fn apply(
         &self,
         seq: u64,
         tenant: &str,
         req: &ExportTraceServiceRequest,
     ) -> Result<(), HeadError> {
+        let cost = self.check(req)?;
         let t = self.tenant(tenant);
         let mut t = t.lock();
         let h = &mut *t;
+        let seal_bytes = self.limits.seal_bytes;
+        // Sealing first (it changes how rows are batched, not which are held) means that if the
+        // request does not fit the open batch, the builder starts out empty, so a failure below
+        // can drop exactly this request's rows.
+        if h.builder.rows() >= SEAL_ROWS || h.builder.cost().saturating_add(cost) > seal_bytes {
+            h.seal()?;
+        }
         let (mut min, mut max, mut n) = (h.min_time, h.max_time, 0usize);
+        let mut sealed = Vec::new();
+        let mut truncated = 0usize;
         for rs in &req.resource_spans {
-            h.builder.append_resource_spans(rs, |row| {
-                min = min.min(row.start);
-                max = max.max(row.end.max(row.start));
-                n += 1;
-            });
+            let appended = h.builder.append_resource_spans_sealing(
+                rs,
+                |row| {
+                    min = min.min(row.start);
+                    max = max.max(row.end.max(row.start));
+                    n += 1;
+                },
+                seal_bytes,
+                &mut sealed,
+            );
+            match appended {
+                Ok(a) => truncated += a.truncated,
+                Err(e) => {
+                    // Only a request larger than one batch seals on the way, and it started on
+                    // an empty builder: what the builder holds is this request's, like `sealed`.
+                    let _ = h.builder.finish();
+                    return Err(e.into());
+                }
+            }
+        }
+        for b in sealed {
+            h.bytes = h.bytes.saturating_add(b.get_array_memory_size());
+            h.sealed.push(b);
         }
         h.min_time = min;
         h.max_time = max;
@@ -152,10 +283,17 @@ impl SpanHead {
         if n > 0 && h.since.is_none() {
             h.since = Some(Instant::now());
         }
-        if h.builder.rows() >= SEAL_ROWS {
-            h.seal()?;
+        if truncated > 0 {
+            self.truncated.fetch_add(truncated as u64, Ordering::Relaxed);
+            self.truncated_untaken.fetch_add(truncated as u64, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Attribute values cut since the last call: for whoever counts them in the collector's
+    /// metrics (each cut value is handed out once).
+    pub fn take_attributes_truncated(&self) -> u64 {
+        self.truncated_untaken.swap(0, Ordering::Relaxed)
     }
 
     /// Every batch a query must see for `tenant`: active and frozen-but-unflushed data.
@@ -246,7 +384,11 @@ impl SpanHead {
 
     pub fn stats(&self) -> HeadStats {
         let tenants = self.tenants.all();
-        let mut s = HeadStats { tenants: tenants.len() as u64, ..Default::default() };
+        let mut s = HeadStats {
+            tenants: tenants.len() as u64,
+            attributes_truncated: self.truncated.load(Ordering::Relaxed),
+            ..Default::default()
+        };
         for (_, t) in tenants {
             let h = t.lock();
             s.spans += h.spans as u64 + h.frozen.iter().map(|f| f.spans as u64).sum::<u64>();
@@ -255,3 +397,7 @@ impl SpanHead {
         s
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -20,6 +20,11 @@ pub trait TenantFlushState {
     fn release(&mut self, id: u64) -> Option<usize>;
     /// Rows in the active (not frozen) part, and when the first of them arrived.
     fn active(&self) -> (usize, Option<Instant>);
+    /// Whether the active part holds so many bytes that it is due for a flush whatever its
+    /// row count and age.
+    fn oversized(&self) -> bool {
+        false
+    }
 }
 
 pub struct Tenants<T> {
@@ -95,7 +100,8 @@ impl<T: TenantFlushState> Tenants<T> {
     }
 
     /// Calls `freeze` on every tenant whose active part is due for a flush — it holds rows and
-    /// has `max_rows` of them or is `max_age` old; any with rows when `force` — and collects
+    /// has `max_rows` of them, is `max_age` old or is oversized; any with rows when `force` —
+    /// and collects
     /// what it returns. Each tenant is locked while `freeze` runs.
     pub fn freeze_due<F, E>(
         &self,
@@ -109,7 +115,10 @@ impl<T: TenantFlushState> Tenants<T> {
             let mut h = t.lock();
             let (rows, since) = h.active();
             let due = rows > 0
-                && (force || rows >= max_rows || since.is_some_and(|s| s.elapsed() >= max_age));
+                && (force
+                    || rows >= max_rows
+                    || h.oversized()
+                    || since.is_some_and(|s| s.elapsed() >= max_age));
             if due {
                 out.push(freeze(&name, &mut h)?);
             }

@@ -1,7 +1,8 @@
 //! OTLP trace ingest: decoding, per-span validation and the hand-off to the span write path.
 //!
 //! gRPC and HTTP front ends (`grpc`, `http`) decode a request and call [`Ingestor::export`],
-//! which drops spans with invalid ids (reported through `partial_success`), then waits until
+//! which drops spans with invalid ids (reported through `partial_success`), refuses whole (400 /
+//! INVALID_ARGUMENT, with the reason) a request the head would not hold, then waits until
 //! [`Traces`] has made the rest durable in the WAL and visible in the head.
 
 pub mod grpc;
@@ -37,6 +38,9 @@ pub enum IngestError {
     InvalidTenant(#[from] InvalidTenant),
     #[error("write path is full, retry later")]
     Overloaded,
+    /// The spans cannot be stored as sent (the head refuses them); do not retry.
+    #[error("cannot store the request: {0}")]
+    Refused(String),
     #[error("storage failure: {0}")]
     Storage(#[source] WriteError),
 }
@@ -45,6 +49,9 @@ impl From<WriteError> for IngestError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Overloaded => IngestError::Overloaded,
+            WriteError::Head(h) if h.code() == ErrorCode::InvalidArgument => {
+                IngestError::Refused(h.to_string())
+            }
             other => IngestError::Storage(other),
         }
     }
@@ -53,7 +60,7 @@ impl From<WriteError> for IngestError {
 impl Coded for IngestError {
     fn code(&self) -> ErrorCode {
         match self {
-            IngestError::Malformed(_) => ErrorCode::InvalidArgument,
+            IngestError::Malformed(_) | IngestError::Refused(_) => ErrorCode::InvalidArgument,
             IngestError::InvalidTenant(e) => e.code(),
             IngestError::TooLarge { .. } => ErrorCode::TooLarge,
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
@@ -183,11 +190,27 @@ impl Ingestor {
                 .inc_by(v.rejected as u64);
         }
         if v.accepted > 0 {
+            // Refused here, before the WAL: a request the head cannot apply never becomes a
+            // record that replay would have to skip.
+            if let Err(e) = self.traces.head().check(&req) {
+                self.metrics
+                    .spans_rejected
+                    .with_label_values(&[tenant.as_str(), "too_large"])
+                    .inc_by(v.accepted as u64);
+                return Err(IngestError::Refused(e.to_string()));
+            }
             let payload = match raw {
                 Some(raw) if v.rejected == 0 => raw,
                 _ => bytes::Bytes::from(req.encode_to_vec()),
             };
-            match self.traces.write(tenant.clone(), req, payload).await {
+            let written = self.traces.write(tenant.clone(), req, payload).await;
+            // Whatever the outcome, values cut by this or any earlier apply (replay too) are
+            // counted once.
+            let truncated = self.traces.head().take_attributes_truncated();
+            if truncated > 0 {
+                self.metrics.attributes_truncated.inc_by(truncated);
+            }
+            match written {
                 Ok(()) => {}
                 Err(WriteError::Overloaded) => {
                     self.metrics.requests_refused.with_label_values(&[protocol.label()]).inc();
@@ -244,6 +267,19 @@ mod tests {
         assert_eq!((v.accepted, v.rejected), (1, 4));
         assert!(v.message.unwrap().contains("4 span(s) rejected"));
         assert_eq!(req.resource_spans[0].scope_spans.len(), 1, "empty scope dropped");
+    }
+
+    #[test]
+    fn a_head_refusal_is_a_client_error_and_other_head_failures_are_retryable() {
+        use crate::head::HeadError;
+        let refused = WriteError::Head(Arc::new(HeadError::Refused("too big".into())));
+        let e = IngestError::from(refused);
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.to_string().contains("too big"), "{e}");
+        let broken = WriteError::Head(Arc::new(HeadError::Arrow(
+            arrow::error::ArrowError::ComputeError("bug".into()),
+        )));
+        assert_eq!(IngestError::from(broken).code(), ErrorCode::Unavailable);
     }
 
     #[test]

@@ -253,3 +253,237 @@ fn tag_keys_come_from_dictionaries_and_dedicated_columns() {
         "span attribute keys only, not those of events or links"
     );
 }
+
+/// Every string and bytes value in `data` (attributes at any depth), with where it was found.
+fn leaf_values(data: &TracesData) -> Vec<(String, Vec<u8>)> {
+    fn walk(at: &str, v: &Value, out: &mut Vec<(String, Vec<u8>)>) {
+        match v {
+            Value::StringValue(s) => out.push((at.to_string(), s.clone().into_bytes())),
+            Value::BytesValue(b) => out.push((at.to_string(), b.clone())),
+            Value::ArrayValue(a) => {
+                for v in a.values.iter().filter_map(|v| v.value.as_ref()) {
+                    walk(at, v, out);
+                }
+            }
+            Value::KvlistValue(l) => attrs(at, &l.values, out),
+            _ => {}
+        }
+    }
+    fn attrs(at: &str, kvs: &[KeyValue], out: &mut Vec<(String, Vec<u8>)>) {
+        for kv in kvs {
+            if let Some(v) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                walk(&format!("{at}/{}", kv.key), v, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for rs in &data.resource_spans {
+        attrs("resource", rs.resource.as_ref().map_or(&[][..], |r| &r.attributes), &mut out);
+        for ss in &rs.scope_spans {
+            attrs("scope", ss.scope.as_ref().map_or(&[][..], |s| &s.attributes), &mut out);
+            for span in &ss.spans {
+                attrs("span", &span.attributes, &mut out);
+                for e in &span.events {
+                    attrs("event", &e.attributes, &mut out);
+                }
+                for l in &span.links {
+                    attrs("link", &l.attributes, &mut out);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn attribute_values_of_every_kind_are_cut_at_a_char_boundary_and_counted_once() {
+    // 9 bytes: the limit of 8 falls inside the last "é", so 7 bytes are kept.
+    let long = "aéééé";
+    let mut span = plain_span(7);
+    span.attributes = vec![
+        kv("str", s(long)),
+        kv("http.route", s(long)),
+        kv("short", s("12345678")),
+        kv("bytes", Value::BytesValue(vec![1; 9])),
+        kv("array", array(vec![s(long), s("ok"), Value::IntValue(1 << 40)])),
+        kv("kvlist", kvlist(vec![kv("inner", s(long))])),
+    ];
+    span.events =
+        vec![Event { name: "e".into(), attributes: vec![kv("ev", s(long))], ..Default::default() }];
+    span.links = vec![Link {
+        trace_id: vec![3; 16],
+        span_id: vec![4; 8],
+        attributes: vec![kv("lk", s(long))],
+        ..Default::default()
+    }];
+    let input = TracesData {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv(SERVICE_NAME_KEY, s(long)),
+                    kv("deployment.environment", s(long)),
+                    kv("host.name", s(long)),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "lib".into(),
+                    attributes: vec![kv("scope.attr", s(long))],
+                    ..Default::default()
+                }),
+                // The scope's attribute is one value, however many spans repeat it.
+                spans: vec![span, plain_span(8), plain_span(9)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut builder =
+        SpanBatchBuilder::with_limits(&dedicated(), BuildLimits { max_attribute_bytes: 8 });
+    let appended = builder.append_resource_spans(&input.resource_spans[0], |_| {});
+    // resource: 3, scope: 1, span: str, route, bytes, one in the array, one in the kvlist;
+    // event: 1, link: 1.
+    assert_eq!(appended, Appended { rows: 3, truncated: 11 });
+    let out = to_traces_data(&[builder.finish().unwrap()], &dedicated()).unwrap();
+
+    let cut = "aééé".as_bytes().to_vec();
+    let got = leaf_values(&out);
+    let want: Vec<(String, Vec<u8>)> = [
+        ("event/ev", cut.clone()),
+        ("link/lk", cut.clone()),
+        ("resource/deployment.environment", cut.clone()),
+        ("resource/host.name", cut.clone()),
+        ("resource/service.name", cut.clone()),
+        ("scope/scope.attr", cut.clone()),
+        ("span/array", cut.clone()),
+        ("span/array", b"ok".to_vec()),
+        ("span/bytes", vec![1; 8]),
+        ("span/http.route", cut.clone()),
+        ("span/kvlist/inner", cut.clone()),
+        ("span/short", b"12345678".to_vec()),
+        ("span/str", cut.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+    let span = &out.resource_spans[0].scope_spans[0].spans[0];
+    assert!(
+        span.attributes.iter().any(|a| a.key == "array"
+            && matches!(&a.value, Some(AnyValue { value: Some(Value::ArrayValue(v)) })
+                if v.values.get(2) == Some(&AnyValue { value: Some(Value::IntValue(1 << 40)) }))),
+        "non-string values are kept: {span:?}"
+    );
+
+    // No limit: everything comes back whole.
+    let mut builder =
+        SpanBatchBuilder::with_limits(&dedicated(), BuildLimits { max_attribute_bytes: 0 });
+    let appended = builder.append_resource_spans(&input.resource_spans[0], |_| {});
+    assert_eq!(appended.truncated, 0);
+    let out = to_traces_data(&[builder.finish().unwrap()], &dedicated()).unwrap();
+    assert!(leaf_values(&out).iter().any(|(_, v)| v == long.as_bytes()));
+}
+
+/// A request with large values everywhere, a scope attribute repeated on many spans and
+/// several resources and scopes.
+fn heavy_request(spans_per_scope: u8, value_bytes: usize) -> TracesData {
+    let big = "v".repeat(value_bytes);
+    let rs = |r: u8| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![
+                kv(SERVICE_NAME_KEY, s(&format!("svc-{r}"))),
+                kv("deployment.environment", s(&big)),
+                kv("host.name", s(&format!("{r}{big}"))),
+                kv("bytes", Value::BytesValue(big.clone().into_bytes())),
+            ],
+            ..Default::default()
+        }),
+        scope_spans: (0..2u8)
+            .map(|sc| ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: format!("scope-{r}-{sc}"),
+                    version: big.clone(),
+                    attributes: vec![kv("scope.attr", s(&big))],
+                    ..Default::default()
+                }),
+                spans: (0..spans_per_scope)
+                    .map(|i| {
+                        let mut span = rich_span();
+                        span.span_id = vec![r, sc, i, 1, 1, 1, 1, 1];
+                        span.name = format!("{i}{big}");
+                        span.attributes.push(kv("big", s(&big)));
+                        span.attributes.push(kv("http.route", s(&big)));
+                        span.events[0].attributes.push(kv("big", s(&big)));
+                        span.links[0].attributes.push(kv("big", array(vec![s(&big)])));
+                        span.links[0].trace_state = big.clone();
+                        span
+                    })
+                    .collect(),
+                schema_url: big.clone(),
+            })
+            .collect(),
+        schema_url: big.clone(),
+    };
+    TracesData { resource_spans: vec![rs(1), rs(2)] }
+}
+
+#[test]
+fn the_cost_bounds_every_variable_length_column() {
+    let input = heavy_request(20, 3000);
+    let limits = BuildLimits { max_attribute_bytes: 0 };
+    let mut builder = SpanBatchBuilder::with_limits(&dedicated(), limits);
+    let mut claimed = 0;
+    for rs in &input.resource_spans {
+        claimed += resource_spans_cost(rs, limits);
+        builder.append_resource_spans(rs, |_| {});
+    }
+    let cost = builder.cost();
+    assert!(cost <= claimed, "measured before building: {claimed}, built: {cost}");
+    let batch = builder.finish().unwrap();
+    let largest = build::largest_column(&batch);
+    // The scope attribute alone is repeated 3000 bytes × 40 spans.
+    assert!(largest >= 40 * 3000, "{largest}");
+    assert!(largest <= cost, "largest column {largest} > cost {cost}");
+    assert_eq!(builder.cost(), 0, "finish resets the cost");
+}
+
+#[test]
+fn a_sealing_builder_splits_a_request_into_batches_within_the_limit() {
+    let input = heavy_request(25, 1000);
+    let mut whole = SpanBatchBuilder::new(&dedicated());
+    let mut sealing = SpanBatchBuilder::new(&dedicated());
+    let seal = 40_000;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    for rs in &input.resource_spans {
+        whole.append_resource_spans(rs, |_| {});
+        let a =
+            sealing.append_resource_spans_sealing(rs, |_| rows += 1, seal, &mut batches).unwrap();
+        assert_eq!(a.rows, 50);
+    }
+    assert!(sealing.cost() <= seal);
+    batches.push(sealing.finish().unwrap());
+    assert_eq!(rows, 100);
+    assert!(batches.len() >= 10, "{} batches", batches.len());
+    for b in &batches {
+        let largest = build::largest_column(b);
+        assert!(largest <= seal, "a batch of {} rows has a column of {largest}", b.num_rows());
+    }
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+    // Cut anywhere (within scopes too), the rows read back as the unsplit request does.
+    let want = to_traces_data(&[whole.finish().unwrap()], &dedicated()).unwrap();
+    assert_eq!(to_traces_data(&batches, &dedicated()).unwrap(), want);
+    assert_eq!(want.resource_spans.len(), 2);
+
+    // A span costing more than the limit on its own gets a batch of its own.
+    let mut batches = Vec::new();
+    let mut b = SpanBatchBuilder::new(&dedicated());
+    for rs in &input.resource_spans {
+        b.append_resource_spans_sealing(rs, |_| {}, 1, &mut batches).unwrap();
+    }
+    batches.push(b.finish().unwrap());
+    assert!(batches.iter().all(|b| b.num_rows() == 1), "one span per batch");
+    assert_eq!(to_traces_data(&batches, &dedicated()).unwrap(), want);
+}

@@ -168,3 +168,94 @@ async fn http_protobuf_json_and_errors() {
     assert_eq!(span_ids(&data5).len() + span_ids(&data6).len(), 4);
     c.stop().await;
 }
+
+/// The value of `key` on the first span of `data`, as a string.
+fn string_attr(data: &opentelemetry_proto::tonic::trace::v1::TracesData, key: &str) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let span = &data.resource_spans[0].scope_spans[0].spans[0];
+    match span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone()) {
+        Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+            value: Some(Value::StringValue(v)),
+        }) => v,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+async fn metric(c: &Collector, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test]
+async fn exports_with_huge_attributes_keep_being_acked_cut_and_survive_a_restart() {
+    // The poison pill: exports of one span with an attribute as large as the body limit
+    // allows used to overflow the head's string column, and kill the applier, after ~130.
+    const PILLS: u64 = 130;
+    let mut c = Collector::start(|_| {}).await;
+    let mut client = TraceServiceClient::connect(c.grpc()).await.unwrap();
+    let huge = "é".repeat(((16 << 20) - 1024) / 2);
+    for n in 0..PILLS {
+        let mut rs = trace(7000 + n, "shop", "GET /", now_nanos(), 5, 0, false);
+        rs.scope_spans[0].spans[0].attributes.push(s("blob", &huge));
+        client.export(request(vec![rs])).await.unwrap();
+        // Other exports are acknowledged in between, as ever.
+        client
+            .export(request(vec![trace(8000 + n, "shop", "GET /", now_nanos(), 5, 1, false)]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(metric(&c, "skein_attributes_truncated_total").await, PILLS as f64);
+    for n in [0, PILLS - 1] {
+        let data = c.r().engine.trace_by_id(TENANT, id16(&trace_id(7000 + n)), None).await.unwrap();
+        let blob = string_attr(&data, "blob");
+        assert_eq!(blob.len(), 65536, "cut to the limit, at a character boundary");
+        assert!(huge.starts_with(&blob));
+    }
+
+    // A request whose scope attributes would repeat on thousands of spans is refused whole, as
+    // a client error, before it reaches the WAL.
+    let mut bomb = trace(9000, "shop", "GET /", now_nanos(), 5, 0, false);
+    let template = bomb.scope_spans[0].spans[0].clone();
+    bomb.scope_spans[0].spans = (0..5000u64)
+        .map(|i| {
+            let mut sp = template.clone();
+            sp.span_id = span_id(9000, i);
+            sp
+        })
+        .collect();
+    bomb.scope_spans[0]
+        .scope
+        .get_or_insert_default()
+        .attributes
+        .push(s("big", &"b".repeat(60_000)));
+    let err = client.export(request(vec![bomb.clone()])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("limit"), "{err:?}");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/traces", c.otlp_http()))
+        .header("content-type", "application/x-protobuf")
+        .body(request(vec![bomb]).encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("limit"));
+    assert!(c.r().engine.trace_by_id(TENANT, id16(&trace_id(9000)), None).await.is_err());
+
+    // Replay applies every record again (cutting them again) and the collector comes up.
+    c.restart().await;
+    let mut client = TraceServiceClient::connect(c.grpc()).await.unwrap();
+    client
+        .export(request(vec![trace(9001, "shop", "GET /", now_nanos(), 5, 0, false)]))
+        .await
+        .unwrap();
+    for id in [7000, 7000 + PILLS - 1, 8000, 9001] {
+        let data = c.r().engine.trace_by_id(TENANT, id16(&trace_id(id)), None).await.unwrap();
+        assert!(!span_ids(&data).is_empty(), "trace {id}");
+    }
+    let data = c.r().engine.trace_by_id(TENANT, id16(&trace_id(7000)), None).await.unwrap();
+    assert_eq!(string_attr(&data, "blob").len(), 65536);
+    c.stop().await;
+}
