@@ -182,6 +182,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             store: cfg.store.clone(),
             max_inflight_bytes: cfg.ingest.max_inflight_bytes,
             quarantine_dir: cfg.data_dir.join("quarantine"),
+            max_attribute_bytes: cfg.ingest.max_attribute_bytes,
         },
         metrics.clone(),
         health.clone(),

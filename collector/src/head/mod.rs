@@ -278,10 +278,14 @@ impl SpanHead {
         h.max_time = max;
         h.spans += n;
         self.tenants.add_unflushed(n);
-        h.max_seq = h.max_seq.max(seq);
-        h.min_seq = h.min_seq.min(seq);
-        if n > 0 && h.since.is_none() {
-            h.since = Some(Instant::now());
+        // A record left without spans (all of them copies) is in no part: it must not hold
+        // back WAL truncation, and replay drops its copies again.
+        if n > 0 {
+            h.max_seq = h.max_seq.max(seq);
+            h.min_seq = h.min_seq.min(seq);
+            if h.since.is_none() {
+                h.since = Some(Instant::now());
+            }
         }
         if truncated > 0 {
             self.truncated.fetch_add(truncated as u64, Ordering::Relaxed);

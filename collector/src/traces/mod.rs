@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::Mutex;
 
 use crate::error::{Coded, ErrorCode};
-use crate::head::SpanHead;
+use crate::head::{HeadLimits, SpanHead};
 use crate::health::{Check, Health};
 use crate::spanrows::DedicatedColumns;
 use crate::store::{Store, StoreError};
@@ -73,6 +73,8 @@ pub struct TracesConfig {
     /// Where WAL records and head parts that cannot be stored normally are kept
     /// (`quarantine.rs`).
     pub quarantine_dir: std::path::PathBuf,
+    /// Attribute values are cut to this many bytes (0: kept whole).
+    pub max_attribute_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +125,9 @@ impl Traces {
     ) -> Result<Arc<Traces>, TracesError> {
         let dedicated = cfg.store.dedicated.clone();
         let store = Arc::new(Store::open(object_store, dedicated.clone(), metrics.clone()).await?);
-        let head = Arc::new(SpanHead::new(dedicated));
+        let limits =
+            HeadLimits { max_attribute_bytes: cfg.max_attribute_bytes, ..Default::default() };
+        let head = Arc::new(SpanHead::with_limits(dedicated, limits));
 
         let dedupe = Arc::new(RecentSpans::new(DEDUPE_KEYS, DEDUPE_AGE));
         seed_dedupe(&store, &dedupe).await;
