@@ -28,6 +28,11 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const SEGMENT_SUFFIX: &str = ".seg";
 const SEGMENT_NAME_DIGITS: usize = 20;
 const LOCK_FILE: &str = "wal.lock";
+/// How long `open` waits for a lock that is taken before reporting `Locked`. The lock is
+/// on the open file, so a child process holds it too between its fork and exec (the
+/// descriptor is close-on-exec, but the fork copied it): a process that spawns anything while
+/// it closes and reopens its WAL sees the lock taken for a moment.
+const LOCK_WAIT: Duration = Duration::from_millis(200);
 /// The append buffer is kept across batches; an unusually large batch should
 /// not pin that much memory for the rest of the process lifetime.
 const RETAINED_BUF_BYTES: usize = 16 << 20;
@@ -836,9 +841,17 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err("open", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(WalError::Locked { path: dir.to_path_buf() }),
-        Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(WalError::Locked { path: dir.to_path_buf() });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+        }
     }
 }
