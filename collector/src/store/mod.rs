@@ -323,15 +323,15 @@ impl Store {
             files.push(self.dir.get(&b.meta.file(SPANS_FILE)).await?);
         }
         let l = dedicated.clone();
-        let prepared = blocking(move || {
+        let (prepared, duplicates) = blocking(move || {
             let mut writer = block::BlockWriter::new(&l)?;
-            compact::merge_into(
+            let duplicates = compact::merge_into(
                 files,
                 crate::spanrows::span_schema(&l),
                 &mut writer,
                 compact::CHUNK_ROWS,
             )?;
-            writer.finish()
+            Ok((writer.finish()?, duplicates))
         })
         .await?;
         let (meta, bloom) = block::commit_block(
@@ -353,7 +353,7 @@ impl Store {
         }
         self.metrics.compactions.inc();
         self.update_metrics();
-        tracing::info!(tenant, inputs = inputs.len(), "compacted blocks");
+        tracing::info!(tenant, inputs = inputs.len(), duplicates, "compacted blocks");
         Ok(inputs.len())
     }
 
