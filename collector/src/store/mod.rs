@@ -298,7 +298,8 @@ impl Store {
     /// [`MAX_MERGE_INPUTS`] at a time. A group is merged only once it adds up to half the target
     /// (or its oldest block is older than `COMPACT_AFTER`), so each span is rewritten about once
     /// instead of at every few flushes (see [`blocks::compaction_plan`]). Returns how many blocks
-    /// were merged away.
+    /// were merged away. A group that fails to merge keeps its inputs served and does not stop
+    /// the other groups; the first failure is returned after all were tried.
     pub async fn compact(&self, target_spans: usize) -> Result<usize, StoreError> {
         let policy = CompactionPolicy {
             target_rows: target_spans as u64,
@@ -306,10 +307,20 @@ impl Store {
             after: COMPACT_AFTER,
         };
         let mut merged = 0;
+        let mut failed = None;
         for (tenant, group) in blocks::compaction_plan(&self.catalog, &policy, block_now_unix()) {
-            merged += self.merge(&tenant, group).await?;
+            match self.merge(&tenant, group).await {
+                Ok(n) => merged += n,
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "compaction of a block group failed");
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(merged)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(merged),
+        }
     }
 
     async fn merge(&self, tenant: &str, inputs: Vec<Arc<Block>>) -> Result<usize, StoreError> {
