@@ -10,6 +10,7 @@ use skein_collector::head::SpanHead;
 use skein_collector::query::{QueryEngine, QueryError};
 use skein_collector::spanrows::DedicatedColumns;
 use skein_collector::store::faults::FaultyStore;
+use skein_collector::store::prefix::PrefixedStore;
 use skein_collector::store::{Store, open_object_store};
 use skein_collector::telemetry::Telemetry;
 use skein_collector::wal::{Wal, WalConfig};
@@ -389,4 +390,43 @@ async fn a_failing_compaction_group_does_not_stop_the_others() {
     assert_eq!((store.blocks("a").len(), store.blocks("b").len()), (2, 1));
     assert_eq!(store.compact(10).await.unwrap(), 2, "retried at the next round");
     assert_eq!(store.blocks("a").len(), 1);
+}
+
+#[tokio::test]
+async fn blocks_under_a_key_prefix_are_found_by_trace_by_id_and_search() {
+    // A bucket shared with other data, the store under `team/skein` (what s3://bucket/prefix
+    // opens): DataFusion must see keys relative to the prefix to find the block files.
+    let bucket: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let prefixed = Arc::new(PrefixedStore::new(bucket.clone(), "team/skein"));
+    let metrics = Arc::new(Telemetry::new());
+    let store = Arc::new(
+        Store::open(prefixed.clone(), DedicatedColumns::default(), metrics.clone()).await.unwrap(),
+    );
+    let head = Arc::new(SpanHead::new(DedicatedColumns::default()));
+    let engine = QueryEngine::new(store.clone(), head.clone(), metrics.clone(), 64 << 20).unwrap();
+    head.apply(1, T, &request(vec![trace(1, "a", "GET /", now_nanos(), 5, 3, false)])).unwrap();
+    flush_all(&store, &head).await;
+    assert!(head.snapshot(T).unwrap().is_empty(), "only the block can answer");
+    let keys: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(bucket.list(None))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    assert!(keys.iter().all(|k| k.starts_with(&format!("team/skein/{T}/"))), "{keys:?}");
+
+    let t = engine.trace_by_id(T, id16(&trace_id(1)), None).await.unwrap();
+    assert_eq!(span_ids(&t).len(), 4);
+    let all = skein_collector::query::search::SearchRequest {
+        query: skein_collector::query::traceql::parse("{}").unwrap(),
+        limit: 20,
+        spss: 3,
+        range: None,
+    };
+    let found = engine.search(T, all).await.unwrap();
+    assert_eq!(found.traces.len(), 1, "{found:?}");
+    // And after a restart over the same bucket.
+    let reopened = Store::open(prefixed, DedicatedColumns::default(), metrics).await.unwrap();
+    assert_eq!(reopened.blocks(T).len(), 1);
 }
