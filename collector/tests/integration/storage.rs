@@ -9,6 +9,7 @@ use prost::Message;
 use skein_collector::head::SpanHead;
 use skein_collector::query::{QueryEngine, QueryError};
 use skein_collector::spanrows::DedicatedColumns;
+use skein_collector::store::durable::DurableStore;
 use skein_collector::store::faults::FaultyStore;
 use skein_collector::store::prefix::PrefixedStore;
 use skein_collector::store::{Store, open_object_store};
@@ -429,4 +430,31 @@ async fn blocks_under_a_key_prefix_are_found_by_trace_by_id_and_search() {
     // And after a restart over the same bucket.
     let reopened = Store::open(prefixed, DedicatedColumns::default(), metrics).await.unwrap();
     assert_eq!(reopened.blocks(T).len(), 1);
+}
+
+#[tokio::test]
+async fn a_flushed_block_is_fsynced_file_and_directories_before_flush_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let synced = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = synced.clone();
+    let hook_root = root.clone();
+    let hook: skein_collector::store::durable::SyncHook = Arc::new(move |p: &std::path::Path| {
+        let rel = p.strip_prefix(&hook_root).unwrap().to_string_lossy().into_owned();
+        log.lock().unwrap().push(rel);
+    });
+    let durable = DurableStore::with_sync_hook(&root, hook).unwrap();
+    let metrics = Arc::new(Telemetry::new());
+    let store = Store::open(Arc::new(durable), DedicatedColumns::default(), metrics).await.unwrap();
+    let head = SpanHead::new(DedicatedColumns::default());
+    head.apply(1, T, &request(vec![trace(1, "a", "GET /", now_nanos(), 5, 3, false)])).unwrap();
+    flush_all(&store, &head).await;
+    let id = store.blocks(T)[0].meta.id.clone();
+    let synced = synced.lock().unwrap().clone();
+    let b = format!("{T}/{id}");
+    let mut want = Vec::new();
+    for f in ["spans.parquet", "traces.parquet", "bloom.bin", "meta.json"] {
+        want.extend([format!("{b}/{f}"), b.clone(), T.to_string(), String::new()]);
+    }
+    assert_eq!(synced, want, "each file, then its directories, meta last");
 }
