@@ -460,12 +460,35 @@ pub async fn commit_block(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
-    store.put(&meta.file(SPANS_FILE), spans_pq.into()).await?;
-    store.put(&meta.file(TRACES_FILE), traces_pq.into()).await?;
-    store.put(&meta.file(BLOOM_FILE), Bytes::from(bloom.to_bytes()).into()).await?;
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    store.put(&meta.file(META_FILE), Bytes::from(json).into()).await?;
+    let files = [
+        (SPANS_FILE, spans_pq),
+        (TRACES_FILE, traces_pq),
+        (BLOOM_FILE, Bytes::from(bloom.to_bytes())),
+        (META_FILE, Bytes::from(json)),
+    ];
+    for (name, bytes) in files {
+        if let Err(e) = store.put(&meta.file(name), bytes.into()).await {
+            abandon(store, &meta).await;
+            return Err(e.into());
+        }
+    }
     Ok((meta, bloom))
+}
+
+/// Best-effort removal of a block whose upload failed, meta first: a put that timed out may
+/// still have been stored, and the caller writes the same rows again under a new id. What
+/// cannot be deleted now is an incomplete block, removed at the next start.
+async fn abandon(store: &Arc<dyn ObjectStore>, meta: &BlockMeta) {
+    for name in [META_FILE, SPANS_FILE, TRACES_FILE, BLOOM_FILE] {
+        match store.delete(&meta.file(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(tenant = meta.tenant, block = meta.id, error = %e, "cannot remove a failed block upload");
+                return;
+            }
+        }
+    }
 }
 
 fn time_range(traces: &RecordBatch) -> (i64, i64) {

@@ -416,4 +416,79 @@ mod tests {
         let one = vec![Arc::new(B("a", 10, 0))];
         assert!(compaction_groups(one, &POLICY, 10_000).is_empty(), "nothing to merge with");
     }
+
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        tenant: String,
+        id: String,
+        size: u64,
+    }
+
+    impl BlockMetaFile for Meta {
+        fn tenant(&self) -> &str {
+            &self.tenant
+        }
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn compacted_from(&self) -> &[String] {
+            &[]
+        }
+        fn recorded_size(&self, file: &str) -> Option<u64> {
+            (file == "data").then_some(self.size)
+        }
+    }
+
+    #[tokio::test]
+    async fn damaged_blocks_under_a_prefix_go_to_quarantine_under_the_same_prefix() {
+        use futures::TryStreamExt;
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let quarantined = IntCounter::new("q", "q").unwrap();
+        let dir = BlockDir::new(
+            store.clone(),
+            Some("p"),
+            "meta.json",
+            &["data"],
+            "test",
+            quarantined.clone(),
+        );
+        let put = |path: &'static str, body: &'static str| {
+            let store = store.clone();
+            async move { store.put(&Path::from(path), body.into()).await.unwrap() }
+        };
+        put("p/t/ok/meta.json", r#"{"tenant":"t","id":"ok","size":4}"#).await;
+        put("p/t/ok/data", "1234").await;
+        put("p/t/short/meta.json", r#"{"tenant":"t","id":"short","size":4}"#).await;
+        put("p/t/short/data", "12").await;
+        put("p/t/other/meta.json", r#"{"tenant":"t","id":"ok","size":4}"#).await;
+        put("p/t/other/data", "1234").await;
+        put("p/t/nodata/meta.json", r#"{"tenant":"t","id":"nodata","size":4}"#).await;
+
+        let kept: Vec<String> =
+            dir.scan::<Meta>().await.unwrap().into_iter().map(|m| m.id).collect();
+        assert_eq!(kept, vec!["ok"]);
+        assert_eq!(quarantined.get(), 3);
+        let mut keys: Vec<String> =
+            store.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "p/t/ok/data",
+                "p/t/ok/meta.json",
+                "quarantine/p/t/nodata/meta.json",
+                "quarantine/p/t/other/data",
+                "quarantine/p/t/other/meta.json",
+                "quarantine/p/t/short/data",
+                "quarantine/p/t/short/meta.json",
+            ]
+        );
+        // Nothing is taken for a block again, by this scan or one of the root.
+        assert_eq!(dir.scan::<Meta>().await.unwrap().len(), 1);
+        let root =
+            BlockDir::new(store.clone(), None, "meta.json", &["data"], "test", quarantined.clone());
+        assert!(root.scan::<Meta>().await.unwrap().is_empty());
+        assert_eq!(quarantined.get(), 3);
+        assert_eq!(store.list(None).try_collect::<Vec<_>>().await.unwrap().len(), 7);
+    }
 }

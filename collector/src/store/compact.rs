@@ -3,10 +3,12 @@
 //! Each input's compressed file (fetched by the caller) is decoded batch by batch, in whole-trace chunks (parent offsets only
 //! make sense within a trace's rows of one file); a heap picks the next row; output is cut
 //! into whole-trace chunks for the [`BlockWriter`]. Memory stays at a few batches per input
-//! instead of the merged blocks' size.
+//! instead of the merged blocks' size. A span stored twice (a client's retry after a lost ack)
+//! is written once: the heap yields a trace's rows together, so the span ids seen since the
+//! trace began are enough to drop repeats.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::{concat_batches, interleave};
@@ -90,14 +92,25 @@ fn key(b: &RecordBatch, row: usize) -> ([u8; 16], i64) {
     (tid.unwrap_or_default(), start.unwrap_or(0))
 }
 
-/// Merges the span files `inputs` (each sorted) into `out`, streaming. CPU-bound: run it on a
+fn span_key(b: &RecordBatch, row: usize) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    if let Some(c) = b.column_by_name(col::SPAN_ID) {
+        let v = c.as_fixed_size_binary().value(row);
+        let n = v.len().min(8);
+        k[..n].copy_from_slice(&v[..n]);
+    }
+    k
+}
+
+/// Merges the span files `inputs` (each sorted) into `out`, streaming, keeping one row per
+/// (trace id, span id). Returns how many repeated rows were dropped. CPU-bound: run it on a
 /// blocking thread.
 pub fn merge_into(
     inputs: Vec<Bytes>,
     schema: SchemaRef,
     out: &mut BlockWriter,
     chunk_rows: usize,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let mut cursors = Vec::with_capacity(inputs.len());
     for bytes in inputs {
         cursors.push(Cursor::open(bytes, schema.clone())?);
@@ -117,13 +130,23 @@ pub fn merge_into(
     }
     let mut picks: Vec<(usize, usize)> = Vec::with_capacity(chunk_rows + 1024);
     let mut last_trace: Option<[u8; 16]> = None;
+    // Span ids of `last_trace` written so far.
+    let mut seen: HashSet<[u8; 8]> = HashSet::new();
+    let mut dropped = 0u64;
     while let Some(Reverse(((trace, _), i))) = heap.pop() {
-        if picks.len() >= chunk_rows && last_trace != Some(trace) {
-            flush(&mut sources, &mut picks, &mut chunks, &schema, out)?;
+        if last_trace != Some(trace) {
+            if picks.len() >= chunk_rows {
+                flush(&mut sources, &mut picks, &mut chunks, &schema, out)?;
+            }
+            seen.clear();
         }
         last_trace = Some(trace);
         let Some(h) = chunks[i].as_mut() else { continue };
-        picks.push((h.source, h.row));
+        if seen.insert(span_key(&h.batch, h.row)) {
+            picks.push((h.source, h.row));
+        } else {
+            dropped += 1;
+        }
         h.row += 1;
         if h.row >= h.batch.num_rows() {
             chunks[i] = cursors[i].next_chunk()?.map(|batch| {
@@ -135,7 +158,8 @@ pub fn merge_into(
             heap.push(Reverse((key(&h.batch, h.row), i)));
         }
     }
-    flush(&mut sources, &mut picks, &mut chunks, &schema, out)
+    flush(&mut sources, &mut picks, &mut chunks, &schema, out)?;
+    Ok(dropped)
 }
 
 /// Writes the picked rows as one chunk and drops source batches no longer needed.
@@ -235,7 +259,7 @@ mod tests {
             files.push(store.get(&b.meta.file(SPANS_FILE)).await.unwrap().bytes().await.unwrap());
         }
         let mut w = BlockWriter::new(&ded).unwrap();
-        merge_into(files, span_schema(&ded), &mut w, 7).unwrap();
+        assert_eq!(merge_into(files, span_schema(&ded), &mut w, 7).unwrap(), 0);
         let nb = NewBlock {
             tenant: "t",
             batches: &[],
@@ -277,5 +301,70 @@ mod tests {
             })
             .sum();
         assert_eq!(counts, meta.spans);
+    }
+
+    #[tokio::test]
+    async fn a_span_stored_twice_is_merged_into_one_row() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let ded = DedicatedColumns::default();
+        let twice = |a: ResourceSpans, b: ResourceSpans| {
+            let mut a = a;
+            a.scope_spans[0].spans.extend(b.scope_spans[0].spans.clone());
+            a
+        };
+        // Traces 5..10 are in both A and B (a retried export flushed twice); C holds traces
+        // 20, 21 twice over, and trace 256, whose span ids equal trace 0's (another trace).
+        let inputs = [
+            spans(0..10, 1),
+            spans(5..15, 1),
+            twice(twice(spans(20..22, 1), spans(20..22, 1)), spans(256..257, 1)),
+        ];
+        let mut files = Vec::new();
+        for rs in &inputs {
+            let mut b = SpanBatchBuilder::new(&ded);
+            b.append_resource_spans(rs, |_| {});
+            let nb = NewBlock {
+                tenant: "t",
+                batches: &[b.finish().unwrap()],
+                dedicated: &ded,
+                wal_ranges: crate::wal::SeqRanges::range(1, 1),
+                tags: TagKeys::default(),
+                compacted_from: vec![],
+            };
+            let (meta, _): (_, Bloom) = write_block(&store, nb).await.unwrap();
+            files.push(store.get(&meta.file(SPANS_FILE)).await.unwrap().bytes().await.unwrap());
+        }
+        let mut w = BlockWriter::new(&ded).unwrap();
+        let dropped = merge_into(files, span_schema(&ded), &mut w, 7).unwrap();
+        assert_eq!(dropped, 5 * 5 + 2 * 5);
+        let nb = NewBlock {
+            tenant: "t",
+            batches: &[],
+            dedicated: &ded,
+            wal_ranges: crate::wal::SeqRanges::range(1, 1),
+            tags: TagKeys::default(),
+            compacted_from: vec![],
+        };
+        let (meta, _) = commit_block(&store, nb, w.finish().unwrap()).await.unwrap();
+        assert_eq!((meta.spans, meta.traces), ((15 + 2 + 1) * 5, 15 + 2 + 1));
+        let bytes = store.get(&meta.file(SPANS_FILE)).await.unwrap().bytes().await.unwrap();
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let merged = decode_parents(&batches).unwrap().unwrap();
+        let tid = merged.column_by_name(col::TRACE_ID).unwrap().as_fixed_size_binary();
+        let sid = merged.column_by_name(col::SPAN_ID).unwrap().as_fixed_size_binary();
+        let parent = merged.column_by_name(col::PARENT_SPAN_ID).unwrap().as_fixed_size_binary();
+        let mut keys = std::collections::HashSet::new();
+        for r in 0..merged.num_rows() {
+            assert!(keys.insert((tid.value(r).to_vec(), sid.value(r).to_vec())), "row {r} twice");
+        }
+        for r in (0..merged.num_rows()).filter(|&r| parent.is_valid(r)) {
+            let p = (tid.value(r).to_vec(), parent.value(r).to_vec());
+            assert!(keys.contains(&p), "row {r} lost its parent");
+        }
     }
 }

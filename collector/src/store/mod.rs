@@ -299,7 +299,8 @@ impl Store {
     /// [`MAX_MERGE_INPUTS`] at a time. A group is merged only once it adds up to half the target
     /// (or its oldest block is older than `COMPACT_AFTER`), so each span is rewritten about once
     /// instead of at every few flushes (see [`blocks::compaction_plan`]). Returns how many blocks
-    /// were merged away.
+    /// were merged away. A group that fails to merge keeps its inputs served and does not stop
+    /// the other groups; the first failure is returned after all were tried.
     pub async fn compact(&self, target_spans: usize) -> Result<usize, StoreError> {
         let policy = CompactionPolicy {
             target_rows: target_spans as u64,
@@ -307,10 +308,20 @@ impl Store {
             after: COMPACT_AFTER,
         };
         let mut merged = 0;
+        let mut failed = None;
         for (tenant, group) in blocks::compaction_plan(&self.catalog, &policy, block_now_unix()) {
-            merged += self.merge(&tenant, group).await?;
+            match self.merge(&tenant, group).await {
+                Ok(n) => merged += n,
+                Err(e) => {
+                    tracing::warn!(tenant, error = %e, "compaction of a block group failed");
+                    failed.get_or_insert(e);
+                }
+            }
         }
-        Ok(merged)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(merged),
+        }
     }
 
     async fn merge(&self, tenant: &str, inputs: Vec<Arc<Block>>) -> Result<usize, StoreError> {
@@ -324,15 +335,15 @@ impl Store {
             files.push(self.dir.get(&b.meta.file(SPANS_FILE)).await?);
         }
         let l = dedicated.clone();
-        let prepared = blocking(move || {
+        let (prepared, duplicates) = blocking(move || {
             let mut writer = block::BlockWriter::new(&l)?;
-            compact::merge_into(
+            let duplicates = compact::merge_into(
                 files,
                 crate::spanrows::span_schema(&l),
                 &mut writer,
                 compact::CHUNK_ROWS,
             )?;
-            writer.finish()
+            Ok((writer.finish()?, duplicates))
         })
         .await?;
         let (meta, bloom) = block::commit_block(
@@ -354,7 +365,7 @@ impl Store {
         }
         self.metrics.compactions.inc();
         self.update_metrics();
-        tracing::info!(tenant, inputs = inputs.len(), "compacted blocks");
+        tracing::info!(tenant, inputs = inputs.len(), duplicates, "compacted blocks");
         Ok(inputs.len())
     }
 

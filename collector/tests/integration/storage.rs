@@ -9,6 +9,9 @@ use prost::Message;
 use skein_collector::head::SpanHead;
 use skein_collector::query::{QueryEngine, QueryError};
 use skein_collector::spanrows::DedicatedColumns;
+use skein_collector::store::durable::DurableStore;
+use skein_collector::store::faults::FaultyStore;
+use skein_collector::store::prefix::PrefixedStore;
 use skein_collector::store::{Store, open_object_store};
 use skein_collector::telemetry::Telemetry;
 use skein_collector::wal::{Wal, WalConfig};
@@ -335,4 +338,123 @@ async fn a_damaged_input_of_a_committed_compaction_is_deleted_not_quarantined() 
         let t = engine.trace_by_id(T, id16(&trace_id(k)), None).await.unwrap();
         assert_eq!(span_ids(&t).len(), 4, "each span once");
     }
+}
+
+/// A store over `FaultyStore` wrapping the real local block directory.
+async fn faulty_store(dir: &std::path::Path) -> (Arc<Store>, Arc<SpanHead>, Arc<FaultyStore>) {
+    let cfg = config(dir, |_| {});
+    let metrics = Arc::new(Telemetry::new());
+    let faulty = FaultyStore::new(open_object_store(&cfg.store.url, &metrics).unwrap());
+    let store = Store::open(faulty.clone(), DedicatedColumns::default(), metrics).await.unwrap();
+    (Arc::new(store), Arc::new(SpanHead::new(DedicatedColumns::default())), faulty)
+}
+
+#[tokio::test]
+async fn a_failed_flush_leaves_no_block_behind_and_its_retry_stores_the_spans_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, head, faulty) = faulty_store(dir.path()).await;
+    head.apply(1, T, &request(vec![trace(1, "a", "GET /", now_nanos(), 5, 3, false)])).unwrap();
+    let parts = head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap();
+    // The meta's PUT fails after the data files were stored.
+    faulty.fail_puts_where(|p| p.filename() == Some("meta.json"), 1);
+    for f in &parts {
+        assert!(store.flush(f, || head.release(f)).await.is_err());
+    }
+    assert_eq!(faulty.injected(), 1);
+    assert!(store.blocks(T).is_empty());
+    let url = config(dir.path(), |_| {}).store.url;
+    let root = std::path::PathBuf::from(url.trim_start_matches("file://"));
+    assert!(files_under(&root, T).is_empty(), "failed upload removed: {:?}", files_under(&root, T));
+    for f in &parts {
+        store.flush(f, || head.release(f)).await.unwrap();
+    }
+    let (reopened, engine, _) = open_with_metrics(dir.path()).await;
+    assert_eq!(reopened.blocks(T).len(), 1);
+    let t = engine.trace_by_id(T, id16(&trace_id(1)), None).await.unwrap();
+    assert_eq!(span_ids(&t).len(), 4);
+}
+
+#[tokio::test]
+async fn a_failing_compaction_group_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, head, faulty) = faulty_store(dir.path()).await;
+    let now = now_nanos();
+    for (seq, tenant) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
+        head.apply(seq, tenant, &request(vec![trace(seq, "s", "GET /", now, 5, 3, false)]))
+            .unwrap();
+        for f in head.freeze_due(1, std::time::Duration::from_secs(3600), true).unwrap() {
+            store.flush(&f, || head.release(&f)).await.unwrap();
+        }
+    }
+    faulty.fail_puts_where(|p| p.as_ref().starts_with("a/"), 1);
+    assert!(store.compact(10).await.is_err(), "the failure is reported");
+    assert_eq!((store.blocks("a").len(), store.blocks("b").len()), (2, 1));
+    assert_eq!(store.compact(10).await.unwrap(), 2, "retried at the next round");
+    assert_eq!(store.blocks("a").len(), 1);
+}
+
+#[tokio::test]
+async fn blocks_under_a_key_prefix_are_found_by_trace_by_id_and_search() {
+    // A bucket shared with other data, the store under `team/skein` (what s3://bucket/prefix
+    // opens): DataFusion must see keys relative to the prefix to find the block files.
+    let bucket: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let prefixed = Arc::new(PrefixedStore::new(bucket.clone(), "team/skein"));
+    let metrics = Arc::new(Telemetry::new());
+    let store = Arc::new(
+        Store::open(prefixed.clone(), DedicatedColumns::default(), metrics.clone()).await.unwrap(),
+    );
+    let head = Arc::new(SpanHead::new(DedicatedColumns::default()));
+    let engine = QueryEngine::new(store.clone(), head.clone(), metrics.clone(), 64 << 20).unwrap();
+    head.apply(1, T, &request(vec![trace(1, "a", "GET /", now_nanos(), 5, 3, false)])).unwrap();
+    flush_all(&store, &head).await;
+    assert!(head.snapshot(T).unwrap().is_empty(), "only the block can answer");
+    let keys: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(bucket.list(None))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    assert!(keys.iter().all(|k| k.starts_with(&format!("team/skein/{T}/"))), "{keys:?}");
+
+    let t = engine.trace_by_id(T, id16(&trace_id(1)), None).await.unwrap();
+    assert_eq!(span_ids(&t).len(), 4);
+    let all = skein_collector::query::search::SearchRequest {
+        query: skein_collector::query::traceql::parse("{}").unwrap(),
+        limit: 20,
+        spss: 3,
+        range: None,
+    };
+    let found = engine.search(T, all).await.unwrap();
+    assert_eq!(found.traces.len(), 1, "{found:?}");
+    // And after a restart over the same bucket.
+    let reopened = Store::open(prefixed, DedicatedColumns::default(), metrics).await.unwrap();
+    assert_eq!(reopened.blocks(T).len(), 1);
+}
+
+#[tokio::test]
+async fn a_flushed_block_is_fsynced_file_and_directories_before_flush_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let synced = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = synced.clone();
+    let hook_root = root.clone();
+    let hook: skein_collector::store::durable::SyncHook = Arc::new(move |p: &std::path::Path| {
+        let rel = p.strip_prefix(&hook_root).unwrap().to_string_lossy().into_owned();
+        log.lock().unwrap().push(rel);
+    });
+    let durable = DurableStore::with_sync_hook(&root, hook).unwrap();
+    let metrics = Arc::new(Telemetry::new());
+    let store = Store::open(Arc::new(durable), DedicatedColumns::default(), metrics).await.unwrap();
+    let head = SpanHead::new(DedicatedColumns::default());
+    head.apply(1, T, &request(vec![trace(1, "a", "GET /", now_nanos(), 5, 3, false)])).unwrap();
+    flush_all(&store, &head).await;
+    let id = store.blocks(T)[0].meta.id.clone();
+    let synced = synced.lock().unwrap().clone();
+    let b = format!("{T}/{id}");
+    let mut want = Vec::new();
+    for f in ["spans.parquet", "traces.parquet", "bloom.bin", "meta.json"] {
+        want.extend([format!("{b}/{f}"), b.clone(), T.to_string(), String::new()]);
+    }
+    assert_eq!(synced, want, "each file, then its directories, meta last");
 }
