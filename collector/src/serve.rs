@@ -123,14 +123,19 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// The HTTP service while the collector starts: `/ready` says why it is not ready yet
-/// (replaying the WAL), `/healthz` that the process is alive, everything else 503 with
-/// Retry-After; once `app` is set, every request goes to it.
-fn front_door(app: Arc<std::sync::OnceLock<axum::Router>>, health: Arc<Health>) -> axum::Router {
+/// (replaying the WAL), `/healthz` that the process is alive, `/metrics` the collector's own
+/// metrics (`skein_ready 0`), everything else 503 with Retry-After; once `app` is set, every
+/// request goes to it.
+fn front_door(
+    app: Arc<std::sync::OnceLock<axum::Router>>,
+    health: Arc<Health>,
+    metrics: Arc<Telemetry>,
+) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use tower::ServiceExt;
     axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let (app, health) = (app.clone(), health.clone());
+        let (app, health, metrics) = (app.clone(), health.clone(), metrics.clone());
         async move {
             if let Some(app) = app.get() {
                 return match app.clone().oneshot(req).await {
@@ -143,6 +148,11 @@ fn front_door(app: Arc<std::sync::OnceLock<axum::Router>>, health: Arc<Health>) 
             };
             match req.uri().path() {
                 "/healthz" => "ok\n".into_response(),
+                "/metrics" => {
+                    metrics.ready.set(0);
+                    ([("content-type", "text/plain; version=0.0.4")], metrics.render())
+                        .into_response()
+                }
                 "/ready" => unavailable(health.readiness().lines.join("\n") + "\n"),
                 _ => unavailable("starting: replaying the WAL\n".to_string()),
             }
@@ -165,7 +175,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let http_listener = bind(cfg.listen.http).await?;
     let http_addr = http_listener.local_addr()?;
     let app_cell = Arc::new(std::sync::OnceLock::new());
-    let front = front_door(app_cell.clone(), health.clone());
+    let front = front_door(app_cell.clone(), health.clone(), metrics.clone());
     let s = stopped(rx.clone());
     tasks.push(tokio::spawn(async move {
         axum::serve(http_listener.tap_io(nodelay), front).with_graceful_shutdown(s).await?;

@@ -102,10 +102,9 @@ impl WalError {
     /// later write succeeds once space returns.
     pub fn is_disk_full(&self) -> bool {
         match self {
-            WalError::Io { source, .. } => matches!(
-                source.kind(),
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-            ),
+            WalError::Io { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+            }
             _ => false,
         }
     }
