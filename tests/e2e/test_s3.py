@@ -7,12 +7,13 @@ restarts."""
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
 from support import client, otlp
 from support.poll import wait_until
-from support.s3 import BLOCK_DIR, FaultProxy, MotoS3, skein_env
+from support.s3 import BLOCK_DIR, META, FaultProxy, MotoS3, skein_env
 
 pytestmark = pytest.mark.slow
 
@@ -115,9 +116,10 @@ def test_flush_compaction_retention_and_restart_on_s3(skein_factory, moto, bucke
                what="compaction inputs deleted from the bucket")
     assert _all_ids(sk, cmp) == {t.hex() for t in compacted}, "search after compaction on S3"
 
-    # retention runs at start: the expired block goes, the rest is served exactly once
+    # retention runs at start (and every minute): the expired block goes, the rest is served exactly once
+    deleted = client.metric_total(sk, "skein_retention_deleted_blocks_total")
     sk.restart(graceful=True)
-    wait_until(lambda: client.metric_total(sk, "skein_retention_deleted_blocks_total") >= 1, timeout=20,
+    wait_until(lambda: deleted + client.metric_total(sk, "skein_retention_deleted_blocks_total") >= 1, timeout=20,
                what="retention deleting the expired block on S3")
     assert client.trace_v2_json(sk, old_tid.hex(), ret).status_code == 404, "expired trace still served"
     ret_prefix = f"{prefix}/{ret}/" if prefix else f"{ret}/"
@@ -169,16 +171,20 @@ def test_storage_outage_then_recovery_loses_no_acknowledged_span(skein_factory, 
     _exactly_once(sk, expected)
 
 
-def test_older_block_failing_while_newer_ones_succeed_loses_nothing_on_restart(skein_factory, proxy, bucket):
-    """Replay must skip exactly what blocks hold: one frozen part's PUTs answer 400 RequestTimeout
-    (what S3 says when it gives up reading a request), later parts are written, then kill -9."""
+def test_older_part_failing_while_newer_ones_succeed_loses_nothing_on_restart(skein_factory, proxy, bucket):
+    """Replay must skip exactly what blocks hold: every attempt to write one frozen part (found by
+    its meta.json's min_time, since each retry names a new block) is answered 400 RequestTimeout
+    (what S3 says when it gives up reading a request, not retried by the client), newer parts are
+    written, then kill -9."""
     sk = _skein(skein_factory, proxy.url, bucket, "", "--head-max-spans", "3")
-    stuck = proxy.fail(method="PUT", latch=BLOCK_DIR, times=None, status=400, code="RequestTimeout")
-    expected = dict([_export(sk, "s3-stuck")])
-    wait_until(lambda: stuck.served >= 1, timeout=20, what="the first part's PUT refused")
+    t0 = otlp.now_ns() - 60 * otlp.SEC  # earlier than every other span: this part's min_time
+    stuck = proxy.fail(method="PUT", key=META, body=re.compile(rb'"min_time":\s*%d\b' % t0), times=None,
+                       status=400, code="RequestTimeout")
+    expected = dict([_export(sk, "s3-stuck", start=t0)])
+    wait_until(lambda: stuck.served >= 2, timeout=20, what="the older part refused, and refused again on retry")
     for i in range(3):
         expected.update([_export(sk, f"s3-after-{i}", via="proto")])
-    wait_until(lambda: proxy.committed_block_dirs() - {stuck.latched}, timeout=30,
+    wait_until(lambda: proxy.committed_block_dirs(), timeout=30,
                what="a newer part committed while the older one still fails")
     wait_until(lambda: client.metric_total(sk, "skein_blocks") >= 1, timeout=10, what="skein_blocks >= 1")
     _exactly_once(sk, expected, timeout=5)

@@ -4,7 +4,8 @@ front of it that answers chosen requests with S3 errors, stalls them or drops th
     server = MotoS3(log_dir); server.create_bucket("b")
     proxy = FaultProxy(server.url)                 # skein talks to proxy.url
     proxy.fail(method="PUT", times=3, status=503, code="SlowDown")
-    proxy.fail(method="PUT", latch=BLOCK_DIR, status=400, code="RequestTimeout")  # one block, until cleared
+    proxy.fail(method="PUT", latch=BLOCK_DIR, status=400, code="RequestTimeout")  # one block dir, until cleared
+    proxy.fail(method="PUT", key=META, body=re.compile(rb'"min_time": 42\b'))    # one part, on every retry
     skein_factory("--storage", "s3://b/prefix", env=skein_env(proxy.url))
 
 Everything the proxy forwards is forwarded unchanged (moto does not check signatures, and the
@@ -35,6 +36,9 @@ SECRET_KEY = "skein-e2e-secret"
 
 # `/<bucket>/[<prefix>/]<tenant>/<ULID>/`: the directory of one span block (path-style URLs).
 BLOCK_DIR = re.compile(r"^/[^/?]+/(?:[^?]*/)?[^/?]+/[0-9A-HJKMNP-TV-Z]{26}/")
+
+# the last file of a block written: a block exists iff its meta.json does
+META = re.compile(r"/meta\.json$")
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 
@@ -119,13 +123,16 @@ class MotoS3:
 
 @dataclass
 class Fault:
-    """Requests this fault answers: `method` (None = any) and path regex `key`; with `latch`, the
-    first matching path's `latch` match (e.g. one block's directory) and only paths under it.
+    """Requests this fault answers: `method` (None = any), path regex `key`, body regex `body`
+    (bytes; e.g. one block's meta.json by its contents, whatever its name on each retry); with
+    `latch`, the first matching path's `latch` match (e.g. one block's directory) and only paths
+    under it.
     `times` None means until cleared. Action: `status` + S3 error `code`, or `stall` seconds
     (then forwarded), or `reset` (connection closed without an answer)."""
 
     method: str | None = "PUT"
     key: re.Pattern | None = None
+    body: re.Pattern | None = None
     latch: re.Pattern | None = None
     times: int | None = None
     status: int = 503
@@ -136,12 +143,14 @@ class Fault:
     latched: str | None = None
     paths: list[str] = field(default_factory=list)
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes) -> bool:
         if self.times is not None and self.served >= self.times:
             return False
         if self.method is not None and method != self.method:
             return False
         if self.key is not None and not self.key.search(path):
+            return False
+        if self.body is not None and not self.body.search(body):
             return False
         if self.latch is not None:
             if self.latched is None:
@@ -205,10 +214,10 @@ class FaultProxy:
                 out.add(m.group(0))
         return out
 
-    def _match(self, method: str, path: str) -> Fault | None:
+    def _match(self, method: str, path: str, body: bytes) -> Fault | None:
         with self.lock:
             for f in self.faults:
-                if f.matches(method, path):
+                if f.matches(method, path, body):
                     f.served += 1
                     f.paths.append(path)
                     return f
@@ -259,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _proxy(self):
         proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self._read_body()
-        fault = proxy._match(self.command, self.path)
+        fault = proxy._match(self.command, self.path, body)
         if fault is not None and fault.reset:
             proxy._record(Seen(self.command, self.path, None, True))
             self.close_connection = True
