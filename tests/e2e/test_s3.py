@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 
 import pytest
 
@@ -143,6 +144,38 @@ def test_transient_5xx_on_block_puts_are_retried_and_nothing_is_lost(skein_facto
     client.assert_healthy(sk)
     sk.kill9()
     sk.start()
+    _exactly_once(sk, expected)
+
+
+def test_dropped_connections_on_block_puts_lose_nothing(skein_factory, proxy, bucket):
+    sk = _skein(skein_factory, proxy.url, bucket, "", "--head-max-spans", "3")
+    reset = proxy.fail(method="PUT", key=BLOCK_DIR, times=3, reset=True)
+    expected = dict(_export(sk, "s3-reset", via=via) for via in ("grpc", "proto"))
+    client.wait_flushed(sk, min_blocks=1, timeout=60)
+    assert reset.served == 3, f"the proxy dropped {reset.served} PUT connections, expected 3"
+    sk.kill9()
+    sk.start()
+    _exactly_once(sk, expected)
+
+
+def test_stalled_block_puts_neither_delay_acks_nor_lose_spans_across_kill9(skein_factory, proxy, bucket):
+    """PUTs hang for seconds (a slow S3): exports are still acknowledged at WAL speed, and a kill -9
+    in the middle of a stalled flush loses nothing."""
+    sk = _skein(skein_factory, proxy.url, bucket, "", "--head-max-spans", "3")
+    stall = proxy.fail(method="PUT", key=BLOCK_DIR, times=None, stall=3.0)
+    expected = dict([_export(sk, "s3-stall")])
+    wait_until(lambda: stall.served >= 1, timeout=20, what="a flush stalled in a PUT")
+    for i in range(5):
+        t = time.monotonic()
+        expected.update([_export(sk, f"s3-stall-{i}", via="proto")])
+        took = time.monotonic() - t
+        assert took < 1.5, f"export {i} took {took:.1f}s while a block PUT was stalled"
+    sk.kill9()  # with a PUT hanging
+    proxy.clear()
+    sk.start()
+    _exactly_once(sk, expected)
+    client.wait_flushed(sk, min_blocks=1, timeout=30)
+    sk.restart(graceful=True)
     _exactly_once(sk, expected)
 
 
