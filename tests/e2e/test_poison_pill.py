@@ -53,7 +53,8 @@ def _check(sk, pills: list[bytes], normal: dict):
 
 
 def test_poison_pill_exports_are_truncated_and_the_collector_stays_up(skein_factory):
-    sk = skein_factory("--max-body-bytes", str(PILL_BYTES + (4 << 20)))
+    # no flush by age while the pills arrive: they all meet in one head builder, as under steady load
+    sk = skein_factory("--max-body-bytes", str(PILL_BYTES + (4 << 20)), "--head-max-age", "10m")
     pills: list[bytes] = []
     normal: dict = {}
     started = time.monotonic()

@@ -71,9 +71,10 @@ def parse(text: str) -> list[Call]:
             if body.endswith("<unfinished ...>"):
                 pending[(pid, name)] = (body[: -len("<unfinished ...>")], idx)
                 continue
-        ret = _RET.search(body)
-        if not ret:
+        rets = list(_RET.finditer(body))
+        if not rets:
             continue
+        ret = rets[-1]  # the return value follows the last ") = "
         args = body[: ret.start()]
         calls.append(Call(name, args, int(ret.group(1)), start, idx, pid))
     calls.sort(key=lambda c: c.end)
@@ -146,7 +147,8 @@ class Durability:
                 if ch.kind == "create" and ch.path in self.exists:
                     continue  # opening an existing file with O_CREAT changes no entry
                 self.exists.add(ch.path)
-                self.data_dirty[ch.path] = call.end
+                if not re.search(r"\bO_D?SYNC\b", call.args):  # synchronous writes need no fsync
+                    self.data_dirty[ch.path] = call.end
                 self.entry_dirty[ch.path] = call.end
             elif ch.kind == "rename-in":
                 self.exists.add(ch.path)
