@@ -154,10 +154,11 @@ def test_every_acknowledged_span_survives_repeated_kill9_exactly_once(skein_fact
             tid = t.traceID.rjust(32, "0")
             assert tid not in found, f"search returns trace {tid} twice (seed {seed})"
             found[tid] = max([t.spanSet.matched] + [s.matched for s in t.spanSets])
-        assert set(found) == {t.hex() for t in e.acked}, (
-            f"{e.service}: search finds {len(found)} traces, {len(e.acked)} acked; missing "
-            f"{sorted({t.hex() for t in e.acked} - set(found))[:5]}, extra {sorted(set(found) - {t.hex() for t in e.acked})[:5]}"
-            f" (seed {seed})")
+        want = {t.hex() for t in e.acked}
+        assert set(found) == want, (
+            f"{e.service}: search finds {len(found)} traces, {len(want)} acked; missing "
+            f"{sorted(want - set(found))[:5]}, extra {sorted(set(found) - want)[:5]} (seed {seed})")
         doubled = {t: n for t, n in found.items() if n != SPANS_PER_EXPORT}
-        assert not doubled, f"{e.service}: matched span counts != {SPANS_PER_EXPORT}: {list(doubled.items())[:5]} (seed {seed})"
+        assert not doubled, (f"{e.service}: matched span counts != {SPANS_PER_EXPORT}: "
+                             f"{list(doubled.items())[:5]} (seed {seed})")
     client.assert_healthy(sk)

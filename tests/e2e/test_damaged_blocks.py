@@ -74,7 +74,8 @@ def test_damaged_block_is_quarantined_and_the_rest_is_served(skein_factory, dama
     resp, _ = client.search(sk, {"q": "{}", "limit": "100"}, tenant=INTACT)
     assert {t.traceID.rjust(32, "0") for t in resp.traces} == {t.hex() for t in intact}
     quarantine = storage / "quarantine"
-    moved = [p for p in quarantine.rglob("*") if block.name in str(p.relative_to(quarantine))] if quarantine.is_dir() else []
+    moved = [p for p in quarantine.rglob("*") if block.name in str(p.relative_to(quarantine))] \
+        if quarantine.is_dir() else []
     assert moved, f"block {block.name} ({damage}) not moved under {quarantine}"
     assert not block.exists(), f"damaged block {block} still in place"
     assert client.metric_total(sk, "skein_blocks_quarantined_total") == 1

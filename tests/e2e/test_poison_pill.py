@@ -32,7 +32,8 @@ def _pill(i: int):
 def _normal(sk, i: int, expected: dict):
     req, tid, sids = otlp.simple_request(f"beside-pills-{i}", 3)
     res = client.grpc_export(sk, req)
-    assert res.code == grpc.StatusCode.OK, f"normal export {i} refused beside the pills: {res.code.name} {res.details!r}"
+    assert res.code == grpc.StatusCode.OK, (
+        f"normal export {i} refused beside the pills: {res.code.name} {res.details!r}")
     expected[tid] = sids
 
 
