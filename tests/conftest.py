@@ -2,7 +2,8 @@
 
 `skein`            a fresh collector per test (own data dir and ports)
 `skein_module`     one collector shared by a test module
-`skein_factory`    start collectors with extra flags, e.g. skein_factory("--max-body-bytes", "1048576")
+`skein_factory`    start collectors with extra flags, e.g. skein_factory("--max-body-bytes", "1048576"),
+                   optionally with extra environment: skein_factory(..., env={"AWS_REGION": "us-east-1"})
 `skein_module_factory`  the same, module-scoped
 
 The binary is $SKEIN_BIN, default <repo>/target/debug/skein. Module collectors' data dirs are
@@ -33,10 +34,10 @@ class _Factory:
         self.base = base
         self.instances: list[Skein] = []
 
-    def __call__(self, *extra_args: str, data_dir: pathlib.Path | None = None) -> Skein:
+    def __call__(self, *extra_args: str, data_dir: pathlib.Path | None = None, env: dict | None = None) -> Skein:
         n = len(self.instances)
         d = pathlib.Path(data_dir) if data_dir else self.base / f"data-{n}"
-        s = Skein(d, self.base / f"logs-{n}", extra_args)
+        s = Skein(d, self.base / f"logs-{n}", extra_args, env=env)
         self.instances.append(s)
         _live.add(s)
         s.start()

@@ -49,13 +49,15 @@ def post_traces(
     gzip: bool = False,
     headers: dict | None = None,
     timeout: float = HTTP_TIMEOUT,
+    session: requests.Session | None = None,
 ) -> requests.Response:
+    """`session`: a thread's own session (requests.Session is not thread-safe); default the collector's."""
     h = _tenant_headers(tenant, headers)
     h["Content-Type"] = content_type
     if gzip:
         body = gzip_mod.compress(body)
         h["Content-Encoding"] = "gzip"
-    return skein.session.post(skein.otlp_http_url + "/v1/traces", data=body, headers=h, timeout=timeout)
+    return (session or skein.session).post(skein.otlp_http_url + "/v1/traces", data=body, headers=h, timeout=timeout)
 
 
 def post_proto(skein, req: ExportTraceServiceRequest | bytes, **kw) -> requests.Response:
@@ -126,6 +128,17 @@ def grpc_channel(skein) -> grpc.Channel:
     return ch
 
 
+def new_grpc_channel(addr: str, reconnect_ms: int | None = None) -> grpc.Channel:
+    """A channel of its own (not cached); `reconnect_ms` caps the reconnect backoff (gRPC's default
+    starts at 1 s), for clients that keep exporting across collector restarts."""
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    if reconnect_ms is not None:
+        options += [("grpc.initial_reconnect_backoff_ms", reconnect_ms),
+                    ("grpc.min_reconnect_backoff_ms", reconnect_ms),
+                    ("grpc.max_reconnect_backoff_ms", reconnect_ms)]
+    return grpc.insecure_channel(addr, options=options)
+
+
 def close_channels() -> None:
     for ch in _channels.values():
         ch.close()
@@ -139,9 +152,10 @@ def grpc_export(
     tenant: str | None = None,
     compression: grpc.Compression | None = None,
     timeout: float = 30,
+    channel: grpc.Channel | None = None,
 ) -> GrpcResult:
     body = req if isinstance(req, (bytes, bytearray)) else req.SerializeToString()
-    call = grpc_channel(skein).unary_unary(
+    call = (channel or grpc_channel(skein)).unary_unary(
         EXPORT_METHOD,
         request_serializer=lambda b: bytes(b),
         response_deserializer=ExportTraceServiceResponse.FromString,

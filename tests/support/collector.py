@@ -40,8 +40,9 @@ class SkeinNotReady(RuntimeError):
 class Skein:
     """One `skein serve` process on loopback ports; ports and data dir survive restarts."""
 
-    def __init__(self, data_dir: pathlib.Path, log_dir: pathlib.Path, extra_args=()):
+    def __init__(self, data_dir: pathlib.Path, log_dir: pathlib.Path, extra_args=(), env: dict | None = None):
         self.bin = skein_bin()
+        self.env = dict(env or {})  # extra environment (e.g. AWS_* for s3:// storage)
         self.data_dir = pathlib.Path(data_dir)
         self.log_dir = pathlib.Path(log_dir)
         self.extra_args = list(extra_args)
@@ -99,6 +100,7 @@ class Skein:
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
         env.setdefault("NO_COLOR", "1")
+        env.update(self.env)
         self.proc = subprocess.Popen(
             self.argv(),
             stdin=subprocess.DEVNULL,
