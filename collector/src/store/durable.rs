@@ -70,16 +70,26 @@ impl Syncer {
         .await
     }
 
-    /// Syncs the directory a file was removed from.
+    /// Syncs the directory a file was removed from, and removes that directory once it is
+    /// empty (a deleted block's directory would stay behind otherwise: one per block ever
+    /// deleted by compaction or retention). Directories above it are left alone: a flush may be
+    /// creating a block in them right now.
     async fn removed(&self, file: PathBuf) -> Result<()> {
         let s = self.clone();
+        let err = |dir: &std::path::Path, e: std::io::Error| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: format!("fsync {}: {e}", dir.display()).into(),
+        };
         blocking(move || match file.parent() {
-            Some(dir) if dir.starts_with(&s.root) => {
-                s.sync(dir).map_err(|e| object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("fsync {}: {e}", dir.display()).into(),
-                })
+            Some(dir) if dir.starts_with(&s.root) && dir != s.root => {
+                s.sync(dir).map_err(|e| err(dir, e))?;
+                match (std::fs::remove_dir(dir), dir.parent()) {
+                    (Ok(()), Some(up)) => s.sync(up).map_err(|e| err(up, e)),
+                    // Not empty (or already gone): nothing more to make durable.
+                    _ => Ok(()),
+                }
             }
+            Some(dir) if dir == s.root => s.sync(dir).map_err(|e| err(dir, e)),
             _ => Ok(()),
         })
         .await
@@ -300,15 +310,21 @@ mod tests {
 
     #[tokio::test]
     async fn delete_syncs_the_parent_and_copy_and_rename_sync_the_target() {
-        let (_dir, s, synced) = store();
+        let (dir, s, synced) = store();
         s.put(&Path::from("t/b/meta.json"), "x".into()).await.unwrap();
         take(&synced);
         s.copy(&Path::from("t/b/meta.json"), &Path::from("q/t/b/meta.json")).await.unwrap();
         assert_eq!(take(&synced), vec!["q/t/b/meta.json", "q/t/b", "q/t", "q", ""]);
         s.rename(&Path::from("q/t/b/meta.json"), &Path::from("q/t/c/meta.json")).await.unwrap();
-        assert_eq!(take(&synced), vec!["q/t/c/meta.json", "q/t/c", "q/t", "q", "", "q/t/b"]);
+        assert_eq!(take(&synced), vec!["q/t/c/meta.json", "q/t/c", "q/t", "q", "", "q/t/b", "q/t"]);
         s.delete(&Path::from("t/b/meta.json")).await.unwrap();
-        assert_eq!(take(&synced), vec!["t/b"]);
+        assert_eq!(take(&synced), vec!["t/b", "t"], "the emptied block directory is removed");
+        assert!(!dir.path().join("t/b").exists());
+        s.put(&Path::from("t/c/a"), "x".into()).await.unwrap();
+        s.put(&Path::from("t/c/b"), "x".into()).await.unwrap();
+        take(&synced);
+        s.delete(&Path::from("t/c/a")).await.unwrap();
+        assert_eq!(take(&synced), vec!["t/c"], "a directory still holding files stays");
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::error::ArrowError;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::spanrows::{DedicatedColumns, SealedRows, TagKeys};
 use crate::telemetry::Telemetry;
@@ -199,17 +199,58 @@ impl Store {
                 Err(object_store::Error::NotFound { .. }) => Err(0),
                 Err(e) => return Err(e.into()),
             };
-            match bloom {
-                Ok(bloom) => catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom }))),
-                Err(len) => {
-                    let reason = format!("{BLOOM_FILE} ({len} bytes) does not decode");
-                    self.dir.quarantine(&meta.tenant, &meta.id, &reason).await;
-                }
+            let damaged = match bloom {
+                Err(len) => Some(format!("{BLOOM_FILE} ({len} bytes) does not decode")),
+                Ok(bloom) => match self.parquet_damage(&meta).await? {
+                    None => {
+                        catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom })));
+                        continue;
+                    }
+                    some => some,
+                },
+            };
+            if let Some(reason) = damaged {
+                self.dir.quarantine(&meta.tenant, &meta.id, &reason).await;
             }
         }
         self.catalog.replace(catalog);
         self.update_metrics();
         Ok(())
+    }
+
+    /// Checks the Parquet framing of the block's data files: the magic at both ends and a
+    /// footer length that fits in the file (two small reads each). Garbage that happens to have
+    /// the right size would otherwise fail every query and compaction touching it, and a footer
+    /// length past the start of the file makes the Parquet reader overflow. Returns what is
+    /// wrong, if anything.
+    async fn parquet_damage(&self, meta: &BlockMeta) -> Result<Option<String>, StoreError> {
+        const MAGIC: &[u8] = b"PAR1";
+        for (file, len) in [(SPANS_FILE, meta.spans_bytes), (block::TRACES_FILE, meta.traces_bytes)]
+        {
+            let Some(tail) = len.checked_sub(8).filter(|&t| t >= 4) else {
+                return Ok(Some(format!("{file} ({len} bytes) is too short for Parquet")));
+            };
+            let path = meta.file(file);
+            let head = self.object_store.get_range(&path, 0..4).await;
+            let end = self.object_store.get_range(&path, tail..len).await;
+            let (head, end) = match (head, end) {
+                (Ok(h), Ok(e)) => (h, e),
+                (Err(object_store::Error::NotFound { .. }), _)
+                | (_, Err(object_store::Error::NotFound { .. })) => {
+                    return Ok(Some(format!("{file} is missing")));
+                }
+                (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+            };
+            let footer = end.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+            let footer_len = footer.map_or(u64::MAX, |b| u64::from(u32::from_le_bytes(b)));
+            if head.as_ref() != MAGIC || end.get(4..) != Some(MAGIC) {
+                return Ok(Some(format!("{file} is not a Parquet file")));
+            }
+            if footer_len > tail.saturating_sub(4) {
+                return Ok(Some(format!("{file}: footer of {footer_len} bytes in {len}")));
+            }
+        }
+        Ok(None)
     }
 
     fn update_metrics(&self) {

@@ -287,7 +287,7 @@ async fn damaged_blocks_are_quarantined_at_start_and_the_rest_is_served() {
 }
 
 #[tokio::test]
-async fn a_garbage_span_file_of_the_right_size_fails_its_queries_but_not_start_up() {
+async fn a_span_file_that_is_not_parquet_is_quarantined_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (root, ids) = blocks_on_disk(dir.path(), 2).await;
     let spans = root.join(T).join(&ids[0]).join("spans.parquet");
@@ -295,7 +295,27 @@ async fn a_garbage_span_file_of_the_right_size_fails_its_queries_but_not_start_u
     std::fs::write(&spans, vec![0x5a; len]).unwrap();
 
     let (store, engine, metrics) = open_with_metrics(dir.path()).await;
-    assert_eq!(store.blocks(T).len(), 2, "sizes and bloom filter are fine: served");
+    assert_eq!(store.blocks(T).len(), 1, "the block without Parquet magic is moved aside");
+    assert_eq!(quarantined(&metrics), 1);
+    let t1 = engine.trace_by_id(T, id16(&trace_id(1)), None).await.unwrap();
+    assert_eq!(span_ids(&t1).len(), 4);
+}
+
+#[tokio::test]
+async fn garbage_inside_a_well_framed_span_file_fails_its_queries_but_not_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, ids) = blocks_on_disk(dir.path(), 2).await;
+    let spans = root.join(T).join(&ids[0]).join("spans.parquet");
+    let len = std::fs::metadata(&spans).unwrap().len() as usize;
+    let mut garbage = vec![0x5a; len];
+    garbage[..4].copy_from_slice(b"PAR1");
+    // A footer length that fits: the framing is right, the metadata is garbage.
+    garbage[len - 8..len - 4].copy_from_slice(&100u32.to_le_bytes());
+    garbage[len - 4..].copy_from_slice(b"PAR1");
+    std::fs::write(&spans, garbage).unwrap();
+
+    let (store, engine, metrics) = open_with_metrics(dir.path()).await;
+    assert_eq!(store.blocks(T).len(), 2, "sizes, magic and bloom filter are fine: served");
     assert_eq!(quarantined(&metrics), 0);
     assert!(engine.trace_by_id(T, id16(&trace_id(0)), None).await.is_err());
     let t1 = engine.trace_by_id(T, id16(&trace_id(1)), None).await.unwrap();
