@@ -15,7 +15,7 @@ use crate::alert::rules::Group;
 use crate::profile::ProfileConfig;
 use crate::span_metrics::SpanMetricsConfig;
 use crate::spanrows::DedicatedColumns;
-use crate::traces::{HeadConfig, StoreConfig};
+use crate::traces::{HeadConfig, StoreConfig, TracesConfig};
 use crate::wal::{FsyncPolicy, WalConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +149,20 @@ pub struct Config {
     pub span_metrics: SpanMetricsConfig,
     pub alerting: AlertingSection,
     pub profiles: ProfileConfig,
+}
+
+impl Config {
+    /// What the span write path is opened with.
+    pub fn traces(&self) -> TracesConfig {
+        TracesConfig {
+            wal: self.wal.clone(),
+            head: self.head.clone(),
+            store: self.store.clone(),
+            max_inflight_bytes: self.ingest.max_inflight_bytes,
+            quarantine_dir: self.data_dir.join("quarantine"),
+            max_attribute_bytes: self.ingest.max_attribute_bytes,
+        }
+    }
 }
 
 /// The three listeners.

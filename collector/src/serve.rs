@@ -19,7 +19,7 @@ use crate::query::QueryEngine;
 use crate::span_metrics::SpanMetrics;
 use crate::store::open_object_store;
 use crate::telemetry::Telemetry;
-use crate::traces::{Traces, TracesConfig, TracesError};
+use crate::traces::{Traces, TracesError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -186,14 +186,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
     let traces = Traces::open(
         object_store.clone(),
-        TracesConfig {
-            wal: cfg.wal.clone(),
-            head: cfg.head.clone(),
-            store: cfg.store.clone(),
-            max_inflight_bytes: cfg.ingest.max_inflight_bytes,
-            quarantine_dir: cfg.data_dir.join("quarantine"),
-            max_attribute_bytes: cfg.ingest.max_attribute_bytes,
-        },
+        cfg.traces(),
         metrics.clone(),
         health.clone(),
         Some(span_metrics.clone()),

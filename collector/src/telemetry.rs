@@ -29,7 +29,7 @@ pub struct Telemetry {
     pub wal_failures: IntCounterVec,
     /// Flushes of a frozen head part that failed (each retry that fails counts again).
     pub flush_failures: IntCounter,
-    /// Object-store calls that failed, by operation (`put`, `get`, `list`, `delete`).
+    /// Object-store calls that failed, by operation (`put`, `get`, `list`, `delete`, `copy`).
     pub storage_failures: IntCounterVec,
     /// Damaged blocks moved aside at start-up, by kind (`spans`, `profiles`).
     pub blocks_quarantined: IntCounterVec,

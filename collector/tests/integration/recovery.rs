@@ -15,7 +15,7 @@ use skein_collector::query::QueryEngine;
 use skein_collector::store::faults::FaultyStore;
 use skein_collector::store::open_object_store;
 use skein_collector::telemetry::Telemetry;
-use skein_collector::traces::{Traces, TracesConfig};
+use skein_collector::traces::Traces;
 
 const T: &str = "recovery";
 
@@ -68,22 +68,10 @@ async fn a_retried_export_is_answered_once_wherever_its_first_copy_is() {
 /// Opens the span write path of `cfg` over `store` (no maintenance loop: tests drive flushes).
 async fn open_traces(cfg: &Config, store: Arc<dyn ObjectStore>) -> (Arc<Traces>, Arc<Health>) {
     let health = Health::new(Duration::ZERO, Duration::from_secs(600));
-    let traces = Traces::open(
-        store,
-        TracesConfig {
-            wal: cfg.wal.clone(),
-            head: cfg.head.clone(),
-            store: cfg.store.clone(),
-            max_inflight_bytes: cfg.ingest.max_inflight_bytes,
-            quarantine_dir: cfg.data_dir.join("quarantine"),
-            max_attribute_bytes: cfg.ingest.max_attribute_bytes,
-        },
-        Arc::new(Telemetry::new()),
-        health.clone(),
-        None,
-    )
-    .await
-    .unwrap();
+    let traces =
+        Traces::open(store, cfg.traces(), Arc::new(Telemetry::new()), health.clone(), None)
+            .await
+            .unwrap();
     (traces, health)
 }
 
