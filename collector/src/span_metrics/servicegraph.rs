@@ -4,14 +4,14 @@
 //! span with a peer attribute becomes an edge to a virtual node named by it, an unpaired root
 //! server span an edge from the virtual client `user`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 
 use super::attr;
 use super::calls::{duration_seconds, exemplar, is_error};
-use super::registry::{Exemplar, Histogram, Registry};
+use super::registry::{Exemplar, Histogram, Registry, renumber};
 use crate::promql::labels::Labels;
 
 pub const REQUEST_TOTAL: &str = "traces_service_graph_request_total";
@@ -186,8 +186,15 @@ impl ServiceGraph {
 
     fn complete(&mut self, reg: &mut Registry, e: Edge, now_ms: i64) {
         let conn = e.connection.unwrap_or(Connection::Direct);
+        let key = (e.client.clone(), e.server.clone(), conn);
+        // A new edge needs two counters and two histograms (buckets, +Inf, sum, count).
+        if !self.handles.contains_key(&key)
+            && !reg.room_for(BUCKETS.len().saturating_add(3).saturating_mul(2).saturating_add(2))
+        {
+            return;
+        }
         let (total, failed, server, client) =
-            self.handles.entry((e.client.clone(), e.server.clone(), conn)).or_insert_with(|| {
+            self.handles.entry(key).or_insert_with(|| {
                 let base = Labels::new([
                     ("client", e.client.as_str()),
                     ("server", e.server.as_str()),
@@ -215,6 +222,44 @@ impl ServiceGraph {
 
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Forgets edges whose request counter was last updated before `cutoff_ms`; their
+    /// series ids go to `dead` (for [`Registry::remove`], then [`ServiceGraph::renumber`]).
+    pub fn evict(&mut self, reg: &Registry, cutoff_ms: i64, dead: &mut HashSet<usize>) {
+        self.handles.retain(|_, (total, failed, server, client)| {
+            let live = reg.series.get(*total).is_some_and(|s| s.touched_ms >= cutoff_ms);
+            if !live {
+                dead.extend([*total, *failed]);
+                for h in [&*server, &*client] {
+                    dead.extend(h.buckets.iter().copied());
+                    dead.extend([h.sum, h.count]);
+                }
+            }
+            live
+        });
+    }
+
+    pub fn renumber(&mut self, map: &[Option<usize>]) {
+        self.handles.retain(|_, (total, failed, server, client)| {
+            let ids = (
+                renumber(map, *total),
+                renumber(map, *failed),
+                server.renumber(map),
+                client.renumber(map),
+            );
+            match ids {
+                (Some(t), Some(f), Some(s), Some(c)) => {
+                    (*total, *failed, *server, *client) = (t, f, s, c);
+                    true
+                }
+                _ => false,
+            }
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
     }
 }
 
