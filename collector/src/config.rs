@@ -620,6 +620,20 @@ mod tests {
     }
 
     #[test]
+    fn hostile_ingest_limits_default_to_what_one_node_survives() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        let l = cfg.ingest.limits();
+        assert_eq!(l.max_spans_per_request, 100_000);
+        assert_eq!(l.max_decoded_bytes, 8 * (16 << 20));
+        assert_eq!(l.max_spans_per_second_per_tenant, 250_000);
+        assert_eq!(l.max_tenants, 1000);
+        assert_eq!(cfg.span_metrics.max_series, 50_000);
+        let cfg = ServeArgs { max_body_bytes: Some(1 << 20), ..Default::default() }.resolve().unwrap();
+        assert_eq!(cfg.ingest.limits().max_decoded_bytes, 8 << 20);
+        assert!(ServeArgs { max_spans_per_request: Some(0), ..Default::default() }.resolve().is_err());
+    }
+
+    #[test]
     fn attribute_value_limit_defaults_to_64_kib_and_zero_means_none() {
         let cfg = ServeArgs::default().resolve().unwrap();
         assert_eq!(cfg.ingest.max_attribute_bytes, 65536);

@@ -306,8 +306,8 @@ mod tests {
     fn client_chosen_label_values_are_bounded() {
         let t = Telemetry::new();
         for i in 0..MAX_CLIENT_LABEL_SETS + 50 {
-            t.spans_received.with_label_values(&[&format!("t{i}"), "grpc"]).inc();
-            t.profile_push_bytes.with_label_values(&["a", &format!("app{i}")]).inc();
+            t.spans_received.with_label_values(&[format!("t{i}").as_str(), "grpc"]).inc();
+            t.profile_push_bytes.with_label_values(&["a", format!("app{i}").as_str()]).inc();
         }
         t.spans_received.with_label_values(&["t0", "http_json"]).inc();
         let out = t.render();
