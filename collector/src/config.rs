@@ -325,7 +325,9 @@ impl ServeArgs {
                     a.max_decoded_bytes,
                     max_body_bytes.saturating_mul(8),
                 )?,
-                max_spans_per_second_per_tenant: a.max_spans_per_second_per_tenant.unwrap_or(250_000),
+                max_spans_per_second_per_tenant: a
+                    .max_spans_per_second_per_tenant
+                    .unwrap_or(250_000),
                 max_tenants: a.max_tenants.unwrap_or(1000),
             },
             wal: WalConfig {
@@ -628,9 +630,12 @@ mod tests {
         assert_eq!(l.max_spans_per_second_per_tenant, 250_000);
         assert_eq!(l.max_tenants, 1000);
         assert_eq!(cfg.span_metrics.max_series, 50_000);
-        let cfg = ServeArgs { max_body_bytes: Some(1 << 20), ..Default::default() }.resolve().unwrap();
+        let cfg =
+            ServeArgs { max_body_bytes: Some(1 << 20), ..Default::default() }.resolve().unwrap();
         assert_eq!(cfg.ingest.limits().max_decoded_bytes, 8 << 20);
-        assert!(ServeArgs { max_spans_per_request: Some(0), ..Default::default() }.resolve().is_err());
+        assert!(
+            ServeArgs { max_spans_per_request: Some(0), ..Default::default() }.resolve().is_err()
+        );
     }
 
     #[test]

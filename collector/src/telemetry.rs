@@ -314,7 +314,9 @@ mod tests {
         let count = |name: &str| out.lines().filter(|l| l.starts_with(name)).count();
         assert_eq!(count("skein_spans_received_total{"), MAX_CLIENT_LABEL_SETS + 2);
         assert_eq!(count("skein_profile_push_bytes_total{"), MAX_CLIENT_LABEL_SETS + 1);
-        assert!(out.contains("skein_spans_received_total{protocol=\"grpc\",tenant=\"__other__\"} 50"));
+        assert!(
+            out.contains("skein_spans_received_total{protocol=\"grpc\",tenant=\"__other__\"} 50")
+        );
         assert!(out.contains("app=\"__other__\",tenant=\"__other__\"} 50"), "{out}");
     }
 }

@@ -40,7 +40,9 @@ impl IngestLimits {
 pub enum Refusal {
     #[error("tenant {tenant:?} is over its rate of {rate} spans/s, retry in {retry_after:?}")]
     RateLimited { tenant: String, rate: u64, retry_after: Duration },
-    #[error("tenant {tenant:?} is new and the collector already serves {limit} tenants (--max-tenants)")]
+    #[error(
+        "tenant {tenant:?} is new and the collector already serves {limit} tenants (--max-tenants)"
+    )]
     TooManyTenants { tenant: String, limit: usize },
 }
 

@@ -119,8 +119,9 @@ where
         let ingestor = self.ingestor.clone();
         Box::pin(async move {
             if req.uri().path() != EXPORT_PATH {
-                return Ok(Status::unimplemented(format!("no method {}", req.uri().path()))
-                    .into_http());
+                return Ok(
+                    Status::unimplemented(format!("no method {}", req.uri().path())).into_http()
+                );
             }
             // The decode limit applies to the decompressed message; tonic inflates gzip into a
             // buffer capped at that limit.

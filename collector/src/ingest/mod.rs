@@ -222,8 +222,7 @@ impl Ingestor {
                 return Err(e.into());
             }
         };
-        if let Err(refusal) =
-            self.admission.admit(&tenant, census.spans, std::time::Instant::now())
+        if let Err(refusal) = self.admission.admit(&tenant, census.spans, std::time::Instant::now())
         {
             self.limited(refusal.reason());
             return Err(refusal.into());

@@ -155,8 +155,8 @@ impl<'a> Wire<'a> {
             1 => self.skip(8).map(|()| Some(Field::Scalar)),
             5 => self.skip(4).map(|()| Some(Field::Scalar)),
             2 => {
-                let len = usize::try_from(self.varint()?)
-                    .map_err(|_| ScanError::Malformed("length"))?;
+                let len =
+                    usize::try_from(self.varint()?).map_err(|_| ScanError::Malformed("length"))?;
                 let Some((payload, rest)) = self.buf.split_at_checked(len) else {
                     return Err(ScanError::Malformed("length beyond the end of the message"));
                 };
@@ -372,11 +372,7 @@ fn array_element(t: &mut Tally, stack: &[Frame<'_>]) -> Result<()> {
     match stack.last() {
         Some(Frame { array: Some(owner) }) => {
             let owner = owner.unwrap_or_default();
-            if owner == b"spans" {
-                t.span()
-            } else {
-                t.element(json_element_size(owner))
-            }
+            if owner == b"spans" { t.span() } else { t.element(json_element_size(owner)) }
         }
         _ => Ok(()),
     }
@@ -415,7 +411,11 @@ mod tests {
             span_id: vec![i; 8],
             name: format!("span-{i}"),
             attributes: vec![kv("a", "b"), kv("http.route", "/x")],
-            events: vec![Event { name: "e".into(), attributes: vec![kv("x", "y")], ..Default::default() }],
+            events: vec![Event {
+                name: "e".into(),
+                attributes: vec![kv("x", "y")],
+                ..Default::default()
+            }],
             links: vec![Link { trace_id: vec![1; 16], ..Default::default() }],
             ..Default::default()
         }

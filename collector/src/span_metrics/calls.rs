@@ -91,8 +91,7 @@ impl CallMetrics {
                 .collect(),
         };
         // A new label set needs its counter and histogram (buckets, +Inf, sum, count).
-        if !self.handles.contains_key(&key) && !reg.room_for(self.bounds.len().saturating_add(4))
-        {
+        if !self.handles.contains_key(&key) && !reg.room_for(self.bounds.len().saturating_add(4)) {
             return;
         }
         let (bounds, dims) = (&self.bounds, &self.dims);
@@ -135,15 +134,13 @@ impl CallMetrics {
     }
 
     pub fn renumber(&mut self, map: &[Option<usize>]) {
-        self.handles.retain(|_, (calls, hist)| {
-            match (renumber(map, *calls), hist.renumber(map)) {
-                (Some(c), Some(h)) => {
-                    *calls = c;
-                    *hist = h;
-                    true
-                }
-                _ => false,
+        self.handles.retain(|_, (calls, hist)| match (renumber(map, *calls), hist.renumber(map)) {
+            (Some(c), Some(h)) => {
+                *calls = c;
+                *hist = h;
+                true
             }
+            _ => false,
         });
     }
 

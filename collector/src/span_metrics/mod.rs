@@ -12,9 +12,9 @@ pub mod snapshot;
 pub mod tsdb;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -567,7 +567,11 @@ mod tests {
         let later = t0 + EVICT_MS;
         g.process("a", &named("shop", std::iter::once("GET /order/0".to_string())), later);
         g.tick(later + 1);
-        assert_eq!(g.stats().live_series, per_key + per_key, "a keeps its refreshed series, b its recent one");
+        assert_eq!(
+            g.stats().live_series,
+            per_key + per_key,
+            "a keeps its refreshed series, b its recent one"
+        );
         g.process("a", &named("shop", (100..109).map(|i| format!("GET /order/{i}"))), later + 2);
         assert_eq!(g.stats().dropped_series, 15);
         let exp = g.exposition("a");

@@ -193,20 +193,19 @@ impl ServiceGraph {
         {
             return;
         }
-        let (total, failed, server, client) =
-            self.handles.entry(key).or_insert_with(|| {
-                let base = Labels::new([
-                    ("client", e.client.as_str()),
-                    ("server", e.server.as_str()),
-                    ("connection_type", conn.label()),
-                ]);
-                (
-                    reg.counter(REQUEST_TOTAL, &base),
-                    reg.counter(REQUEST_FAILED_TOTAL, &base),
-                    reg.histogram(SERVER_SECONDS, &base, &BUCKETS),
-                    reg.histogram(CLIENT_SECONDS, &base, &BUCKETS),
-                )
-            });
+        let (total, failed, server, client) = self.handles.entry(key).or_insert_with(|| {
+            let base = Labels::new([
+                ("client", e.client.as_str()),
+                ("server", e.server.as_str()),
+                ("connection_type", conn.label()),
+            ]);
+            (
+                reg.counter(REQUEST_TOTAL, &base),
+                reg.counter(REQUEST_FAILED_TOTAL, &base),
+                reg.histogram(SERVER_SECONDS, &base, &BUCKETS),
+                reg.histogram(CLIENT_SECONDS, &base, &BUCKETS),
+            )
+        });
         reg.add(*total, 1.0, now_ms);
         if e.failed {
             // Touch before adding so a failure-only series starts with its first increment.
@@ -313,6 +312,35 @@ mod tests {
             .0;
         assert!((sum - 0.055).abs() < 1e-12, "{sum}");
         assert_eq!(g.pending(), 0);
+    }
+
+    #[test]
+    fn edges_beyond_the_series_cap_are_dropped_and_idle_edges_evicted() {
+        let per_edge = 2 + 2 * (BUCKETS.len() + 3);
+        let (mut r, mut g) = (
+            Registry::with_limit(2 * per_edge),
+            ServiceGraph::new(std::time::Duration::from_secs(10)),
+        );
+        // Client-chosen service names: one edge each.
+        for (i, client) in ["a", "b", "c", "d"].iter().enumerate() {
+            let id = 10 * (i as u8 + 1);
+            g.observe(&mut r, client, &[], &span(SpanKind::Client, id, Some(1), 5), 0);
+            g.observe(&mut r, "server", &[], &span(SpanKind::Server, id + 1, Some(id), 5), 0);
+        }
+        assert_eq!((g.len(), r.len(), r.take_dropped()), (2, 2 * per_edge, 2));
+        g.observe(&mut r, "a", &[], &span(SpanKind::Client, 90, Some(1), 5), 100);
+        g.observe(&mut r, "server", &[], &span(SpanKind::Server, 91, Some(90), 5), 100);
+        let mut dead = HashSet::new();
+        g.evict(&r, 50, &mut dead);
+        assert_eq!(dead.len(), per_edge, "b's edge is idle");
+        let map = r.remove(&dead);
+        g.renumber(&map);
+        assert_eq!((g.len(), r.len()), (1, per_edge));
+        assert_eq!(value(&r, REQUEST_TOTAL, "a", "server").map(|v| v.0), Some(2.0));
+        g.observe(&mut r, "c", &[], &span(SpanKind::Client, 30, Some(1), 5), 200);
+        g.observe(&mut r, "server", &[], &span(SpanKind::Server, 31, Some(30), 5), 200);
+        assert_eq!((g.len(), r.take_dropped()), (2, 0), "room again");
+        assert_eq!(value(&r, REQUEST_TOTAL, "a", "server").map(|v| v.0), Some(2.0));
     }
 
     #[test]

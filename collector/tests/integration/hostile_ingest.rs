@@ -76,7 +76,13 @@ fn peak_rss() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-async fn post(c: &Collector, ct: &str, gz: bool, tenant: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+async fn post(
+    c: &Collector,
+    ct: &str,
+    gz: bool,
+    tenant: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::Response {
     let mut r = reqwest::Client::new()
         .post(format!("{}/v1/traces", c.otlp_http()))
         .header("content-type", ct);
@@ -131,7 +137,10 @@ impl Decoder for ResponseDecoder {
     }
 }
 
-async fn grpc_raw(c: &Collector, body: Vec<u8>) -> Result<ExportTraceServiceResponse, tonic::Status> {
+async fn grpc_raw(
+    c: &Collector,
+    body: Vec<u8>,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::new(c.grpc()).unwrap().connect().await.unwrap();
     let mut grpc = tonic::client::Grpc::new(channel).send_compressed(CompressionEncoding::Gzip);
     grpc.ready().await.unwrap();
@@ -196,7 +205,10 @@ async fn amplification_bombs_are_refused_by_the_scan_before_decoding() {
     let r = post(&c, "application/x-protobuf", true, None, ok.encode_to_vec()).await;
     assert_eq!(r.status(), 200);
     let mut client = TraceServiceClient::connect(c.grpc()).await.unwrap();
-    client.export(request(vec![trace(2, "shop", "GET /", now_nanos(), 5, 3, false)])).await.unwrap();
+    client
+        .export(request(vec![trace(2, "shop", "GET /", now_nanos(), 5, 3, false)]))
+        .await
+        .unwrap();
     c.stop().await;
 }
 
@@ -243,7 +255,8 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_then_recovers() {
 #[tokio::test]
 async fn a_new_tenant_beyond_the_cap_is_forbidden() {
     let c = Collector::start(|a| a.max_tenants = Some(2)).await;
-    let body = |n| request(vec![trace(n, "shop", "GET /", now_nanos(), 5, 0, false)]).encode_to_vec();
+    let body =
+        |n| request(vec![trace(n, "shop", "GET /", now_nanos(), 5, 0, false)]).encode_to_vec();
     for (n, t) in [(20, "a"), (21, "b")] {
         assert_eq!(post(&c, "application/x-protobuf", false, Some(t), body(n)).await.status(), 200);
     }
@@ -251,7 +264,8 @@ async fn a_new_tenant_beyond_the_cap_is_forbidden() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("--max-tenants"));
     let mut client = TraceServiceClient::connect(c.grpc()).await.unwrap();
-    let mut req = tonic::Request::new(request(vec![trace(23, "shop", "GET /", now_nanos(), 5, 0, false)]));
+    let mut req =
+        tonic::Request::new(request(vec![trace(23, "shop", "GET /", now_nanos(), 5, 0, false)]));
     req.metadata_mut().insert("x-scope-orgid", "d".parse().unwrap());
     assert_eq!(client.export(req).await.unwrap_err().code(), tonic::Code::PermissionDenied);
     // Known tenants go on.
