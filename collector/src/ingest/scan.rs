@@ -91,10 +91,9 @@ impl Tally {
         self.element(size_of::<Span>())
     }
 
-    /// A string or bytes field: its payload (and, as it may be an element of a repeated
-    /// string, its `String`).
+    /// A string or bytes field: its payload (the `String`/`Vec` itself is inside its struct).
     fn payload(&mut self, len: usize) -> Result<()> {
-        self.bytes(len.saturating_add(size_of::<String>()))
+        self.bytes(len)
     }
 }
 
@@ -210,7 +209,8 @@ fn resource(t: &mut Tally, msg: &[u8]) -> Result<()> {
         1 => key_value(t, b, 0),
         3 => {
             t.element(size_of::<EntityRef>())?;
-            fields(b, |_, s| t.payload(s.len()))
+            // Its key lists are repeated strings: each is a `String` of its own.
+            fields(b, |_, s| t.payload(s.len().saturating_add(size_of::<String>())))
         }
         _ => t.payload(b.len()),
     })
