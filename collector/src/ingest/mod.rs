@@ -3,9 +3,10 @@
 //! gRPC and HTTP front ends (`grpc`, `http`) hand the raw (inflated) body to
 //! [`Ingestor::export_body`], which first counts it without decoding (`scan`, refusing
 //! amplification bombs), admits it (`admission`: tenant cap, per-tenant rate), decodes it and
-//! calls [`Ingestor::export`], which drops spans with invalid ids (reported through `partial_success`), refuses whole (400 /
-//! INVALID_ARGUMENT, with the reason) a request the head would not hold, then waits until
-//! [`Traces`] has made the rest durable in the WAL and visible in the head.
+//! calls [`Ingestor::export`], which drops spans with invalid ids (reported through
+//! `partial_success`), refuses whole (400 / INVALID_ARGUMENT, with the reason) a request the
+//! head would not hold, then waits until [`Traces`] has made the rest durable in the WAL and
+//! visible in the head. Design notes: `ingest/DESIGN.md`.
 
 pub mod admission;
 pub mod grpc;
