@@ -550,6 +550,8 @@ mod tests {
         let per_key = calls::DEFAULT_BUCKETS.len() + 4;
         let mut c = cfg(dir.path());
         c.max_series = 10 * per_key;
+        // No service-graph edge completes (root spans wait for their client side).
+        c.wait = Duration::from_secs(86_400);
         let counter = prometheus::IntCounter::new("d", "d").unwrap();
         let g = SpanMetrics::open(c).unwrap().counting_drops_in(counter.clone());
         let t0 = now_ms();
