@@ -274,6 +274,8 @@ fn build_history(
         interval,
         retention: Duration::from_secs(336 * 3600),
         dir: dir.join("spanmetrics"),
+        // History is built offline from the bench's own spans: no cap.
+        max_series: usize::MAX,
     })
     .map_err(|e| failed(&e))?;
     let ticks = ((end_ms - start_ms) / millis(interval)).max(1) as u64;

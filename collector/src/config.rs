@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::alert::rules::Group;
+use crate::ingest::admission::IngestLimits;
 use crate::profile::ProfileConfig;
 use crate::span_metrics::SpanMetricsConfig;
 use crate::spanrows::DedicatedColumns;
@@ -97,6 +98,25 @@ pub struct ServeArgs {
     /// Bytes of accepted-but-not-yet-durable exports before ingest answers 429 / UNAVAILABLE.
     #[arg(long, env = "SKEIN_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
+    /// Spans one OTLP export may hold, counted before decoding (413 / RESOURCE_EXHAUSTED).
+    #[arg(long, env = "SKEIN_MAX_SPANS_PER_REQUEST")]
+    pub max_spans_per_request: Option<usize>,
+    /// Estimated in-memory size of one decoded export, checked before decoding; default 8 ×
+    /// --max-body-bytes (413 / RESOURCE_EXHAUSTED).
+    #[arg(long, env = "SKEIN_MAX_DECODED_BYTES")]
+    pub max_decoded_bytes: Option<usize>,
+    /// Sustained spans per second one tenant may send, with a burst of twice that (429 with
+    /// Retry-After / RESOURCE_EXHAUSTED with RetryInfo). 0: unlimited.
+    #[arg(long, env = "SKEIN_MAX_SPANS_PER_SECOND_PER_TENANT")]
+    pub max_spans_per_second_per_tenant: Option<u64>,
+    /// Distinct tenants ingest accepts spans from; a new one beyond it gets 403 /
+    /// PERMISSION_DENIED. 0: unlimited.
+    #[arg(long, env = "SKEIN_MAX_TENANTS")]
+    pub max_tenants: Option<usize>,
+    /// Span-metric and service-graph series per tenant; new series beyond it are dropped and
+    /// counted in skein_span_metric_series_dropped_total.
+    #[arg(long, env = "SKEIN_MAX_SPAN_METRIC_SERIES")]
+    pub max_span_metric_series: Option<usize>,
     #[arg(long, env = "SKEIN_FSYNC", value_enum)]
     pub fsync: Option<FsyncMode>,
     /// Flush the in-memory head to a block after this many spans (per tenant).
@@ -183,6 +203,23 @@ pub struct IngestSection {
     pub max_inflight_bytes: usize,
     /// Attribute values are cut to this many bytes when spans enter the head; 0: no limit.
     pub max_attribute_bytes: usize,
+    pub max_spans_per_request: usize,
+    pub max_decoded_bytes: usize,
+    pub max_spans_per_second_per_tenant: u64,
+    pub max_tenants: usize,
+}
+
+impl IngestSection {
+    /// What the ingestor admits.
+    pub fn limits(&self) -> IngestLimits {
+        IngestLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_spans_per_request: self.max_spans_per_request,
+            max_decoded_bytes: self.max_decoded_bytes,
+            max_spans_per_second_per_tenant: self.max_spans_per_second_per_tenant,
+            max_tenants: self.max_tenants,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +315,20 @@ impl ServeArgs {
                 max_attribute_bytes: a
                     .max_attribute_bytes
                     .unwrap_or(crate::spanrows::DEFAULT_MAX_ATTRIBUTE_BYTES),
+                max_spans_per_request: positive(
+                    "max-spans-per-request",
+                    a.max_spans_per_request,
+                    100_000,
+                )?,
+                max_decoded_bytes: positive(
+                    "max-decoded-bytes",
+                    a.max_decoded_bytes,
+                    max_body_bytes.saturating_mul(8),
+                )?,
+                max_spans_per_second_per_tenant: a
+                    .max_spans_per_second_per_tenant
+                    .unwrap_or(250_000),
+                max_tenants: a.max_tenants.unwrap_or(1000),
             },
             wal: WalConfig {
                 dir: data_dir.join("wal"),
@@ -306,6 +357,11 @@ impl ServeArgs {
                 )?,
                 retention,
                 dir: data_dir.join("spanmetrics"),
+                max_series: positive(
+                    "max-span-metric-series",
+                    a.max_span_metric_series,
+                    crate::span_metrics::DEFAULT_MAX_SERIES,
+                )?,
             },
             alerting,
             profiles: ProfileConfig {
@@ -340,6 +396,13 @@ impl ServeArgs {
             retention: self.retention.or(file.retention),
             max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
             max_inflight_bytes: self.max_inflight_bytes.or(file.max_inflight_bytes),
+            max_spans_per_request: self.max_spans_per_request.or(file.max_spans_per_request),
+            max_decoded_bytes: self.max_decoded_bytes.or(file.max_decoded_bytes),
+            max_spans_per_second_per_tenant: self
+                .max_spans_per_second_per_tenant
+                .or(file.max_spans_per_second_per_tenant),
+            max_tenants: self.max_tenants.or(file.max_tenants),
+            max_span_metric_series: self.max_span_metric_series.or(file.max_span_metric_series),
             max_attribute_bytes: self.max_attribute_bytes.or(file.max_attribute_bytes),
             fsync: self.fsync.or(file.fsync),
             head_max_spans: self.head_max_spans.or(file.head_max_spans),
@@ -556,6 +619,23 @@ mod tests {
         assert_eq!(cfg.ingest.max_body_bytes, 16 << 20);
         assert!(cfg.store.url.starts_with("file:///"));
         assert!(cfg.store.url.ends_with("skein-data/blocks"));
+    }
+
+    #[test]
+    fn hostile_ingest_limits_default_to_what_one_node_survives() {
+        let cfg = ServeArgs::default().resolve().unwrap();
+        let l = cfg.ingest.limits();
+        assert_eq!(l.max_spans_per_request, 100_000);
+        assert_eq!(l.max_decoded_bytes, 8 * (16 << 20));
+        assert_eq!(l.max_spans_per_second_per_tenant, 250_000);
+        assert_eq!(l.max_tenants, 1000);
+        assert_eq!(cfg.span_metrics.max_series, 50_000);
+        let cfg =
+            ServeArgs { max_body_bytes: Some(1 << 20), ..Default::default() }.resolve().unwrap();
+        assert_eq!(cfg.ingest.limits().max_decoded_bytes, 8 << 20);
+        assert!(
+            ServeArgs { max_spans_per_request: Some(0), ..Default::default() }.resolve().is_err()
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum ErrorCode {
     Overloaded,
     /// A dependency (disk, object store) failed; retry after a while.
     Unavailable,
+    /// The client sends faster than its rate allows; retry after a while (OTLP/gRPC:
+    /// RESOURCE_EXHAUSTED with RetryInfo, which exporters retry).
+    RateLimited,
     /// No or invalid credentials.
     Unauthenticated,
     /// Credentials that do not allow this request.
@@ -36,7 +39,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Whether a client should come back later with the same request.
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Overloaded | ErrorCode::Unavailable)
+        matches!(self, ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::RateLimited)
     }
 }
 

@@ -183,7 +183,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     }));
 
     let object_store = open_object_store(&cfg.store.url, &metrics)?;
-    let span_metrics = Arc::new(SpanMetrics::open(cfg.span_metrics.clone())?);
+    let span_metrics = Arc::new(
+        SpanMetrics::open(cfg.span_metrics.clone())?
+            .counting_drops_in(metrics.span_metric_series_dropped.clone()),
+    );
     let traces = Traces::open(
         object_store.clone(),
         cfg.traces(),
@@ -192,7 +195,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         Some(span_metrics.clone()),
     )
     .await?;
-    let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.max_body_bytes);
+    let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.limits());
     let profiles = Profiles::open(object_store, cfg.profiles.clone(), metrics.clone()).await?;
     let engine = Arc::new(QueryEngine::new(
         traces.store().clone(),

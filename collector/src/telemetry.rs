@@ -1,11 +1,15 @@
 //! The collector's own Prometheus metrics, served at `/metrics`.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Telemetry {
     registry: Registry,
-    pub spans_received: IntCounterVec,
-    pub spans_rejected: IntCounterVec,
+    pub spans_received: ClientLabeled,
+    pub spans_rejected: ClientLabeled,
     pub requests_refused: IntCounterVec,
     pub wal_bytes: IntGauge,
     pub wal_segments: IntGauge,
@@ -19,9 +23,9 @@ pub struct Telemetry {
     pub compactions: IntCounter,
     pub blocks_deleted_retention: IntCounter,
     pub query_seconds: prometheus::HistogramVec,
-    pub profile_samples_received: IntCounterVec,
+    pub profile_samples_received: ClientLabeled,
     /// Push request bodies as received (compressed), per pushing application.
-    pub profile_push_bytes: IntCounterVec,
+    pub profile_push_bytes: ClientLabeled,
     /// Resident set size, refreshed on every render (Linux; stays 0 elsewhere).
     pub resident_memory_bytes: IntGauge,
     // Failures and what was done about them (the faults a durable write path must survive).
@@ -44,6 +48,67 @@ pub struct Telemetry {
     pub spans_deduplicated: IntCounter,
     /// 1 when `/ready` answers 200.
     pub ready: IntGauge,
+    // Hostile-ingest limits.
+    /// Exports refused by an ingest limit, by reason (`spans_per_request`, `decoded_bytes`,
+    /// `rate`, `tenants`).
+    pub exports_limited: IntCounterVec,
+    /// New span-metric or service-graph series not created because the tenant's series cap
+    /// (--max-span-metric-series) was reached.
+    pub span_metric_series_dropped: IntCounter,
+}
+
+/// Distinct combinations of client-chosen label values (tenants, applications) one family
+/// keeps; later combinations are counted under [`OTHER`], so a scrape stays bounded whatever
+/// ids clients send.
+pub const MAX_CLIENT_LABEL_SETS: usize = 1000;
+
+/// The label value standing for every combination beyond the cap.
+pub const OTHER: &str = "__other__";
+
+/// A counter family whose first `client` labels carry client-chosen values, bounded to
+/// [`MAX_CLIENT_LABEL_SETS`] combinations.
+#[derive(Clone)]
+pub struct ClientLabeled {
+    inner: IntCounterVec,
+    client: usize,
+    seen: Arc<Mutex<HashSet<Vec<String>>>>,
+}
+
+impl ClientLabeled {
+    pub fn with_label_values(&self, values: &[&str]) -> IntCounter {
+        let split = self.client.min(values.len());
+        let (chosen, fixed) = values.split_at(split);
+        let known = {
+            let mut seen = self.seen.lock();
+            let key: Vec<String> = chosen.iter().map(|v| v.to_string()).collect();
+            seen.contains(&key)
+                || (seen.len() < MAX_CLIENT_LABEL_SETS && {
+                    seen.insert(key);
+                    true
+                })
+        };
+        if known {
+            return self.inner.with_label_values(values);
+        }
+        let bounded: Vec<&str> =
+            std::iter::repeat_n(OTHER, chosen.len()).chain(fixed.iter().copied()).collect();
+        self.inner.with_label_values(&bounded)
+    }
+}
+
+fn client_labeled(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    client: &[&str],
+    fixed: &[&str],
+) -> ClientLabeled {
+    let labels: Vec<&str> = client.iter().chain(fixed).copied().collect();
+    ClientLabeled {
+        inner: counter_vec(r, name, help, &labels),
+        client: client.len(),
+        seen: Arc::default(),
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -81,17 +146,19 @@ impl Telemetry {
         let fast = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
         let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         Telemetry {
-            spans_received: counter_vec(
+            spans_received: client_labeled(
                 &r,
                 "skein_spans_received_total",
                 "Spans accepted and stored.",
-                &["tenant", "protocol"],
+                &["tenant"],
+                &["protocol"],
             ),
-            spans_rejected: counter_vec(
+            spans_rejected: client_labeled(
                 &r,
                 "skein_spans_rejected_total",
                 "Spans rejected (invalid ids, malformed, too large).",
-                &["tenant", "reason"],
+                &["tenant"],
+                &["reason"],
             ),
             requests_refused: counter_vec(
                 &r,
@@ -141,17 +208,19 @@ impl Telemetry {
                 r.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("query: {e}"));
                 h
             },
-            profile_samples_received: counter_vec(
+            profile_samples_received: client_labeled(
                 &r,
                 "skein_profile_samples_received_total",
                 "Profile samples (one per stack and profile type) accepted and stored.",
                 &["tenant"],
+                &[],
             ),
-            profile_push_bytes: counter_vec(
+            profile_push_bytes: client_labeled(
                 &r,
                 "skein_profile_push_bytes_total",
                 "Bytes of accepted profile push bodies (as sent, before decompression).",
                 &["tenant", "app"],
+                &[],
             ),
             resident_memory_bytes: gauge(
                 &r,
@@ -202,6 +271,17 @@ impl Telemetry {
                 "Spans dropped at ingest as copies of a recently stored (trace id, span id).",
             ),
             ready: gauge(&r, "skein_ready", "1 when /ready answers 200, else 0."),
+            exports_limited: counter_vec(
+                &r,
+                "skein_exports_limited_total",
+                "OTLP exports refused by an ingest limit, by reason.",
+                &["reason"],
+            ),
+            span_metric_series_dropped: counter(
+                &r,
+                "skein_span_metric_series_dropped_total",
+                "New span-metric and service-graph series dropped at the per-tenant series cap.",
+            ),
             registry: r,
         }
     }
@@ -215,6 +295,29 @@ impl Telemetry {
         // TextEncoder only fails on invalid families, which `new` cannot register.
         let _ = prometheus::TextEncoder::new().encode_utf8(&families, &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_chosen_label_values_are_bounded() {
+        let t = Telemetry::new();
+        for i in 0..MAX_CLIENT_LABEL_SETS + 50 {
+            t.spans_received.with_label_values(&[format!("t{i}").as_str(), "grpc"]).inc();
+            t.profile_push_bytes.with_label_values(&["a", format!("app{i}").as_str()]).inc();
+        }
+        t.spans_received.with_label_values(&["t0", "http_json"]).inc();
+        let out = t.render();
+        let count = |name: &str| out.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!(count("skein_spans_received_total{"), MAX_CLIENT_LABEL_SETS + 2);
+        assert_eq!(count("skein_profile_push_bytes_total{"), MAX_CLIENT_LABEL_SETS + 1);
+        assert!(
+            out.contains("skein_spans_received_total{protocol=\"grpc\",tenant=\"__other__\"} 50")
+        );
+        assert!(out.contains("app=\"__other__\",tenant=\"__other__\"} 50"), "{out}");
     }
 }
 

@@ -29,7 +29,7 @@ pub fn http_status(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Unprocessable | ErrorCode::ResourceExhausted => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Overloaded | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
@@ -46,7 +46,9 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
             tonic::Code::InvalidArgument
         }
         ErrorCode::NotFound => tonic::Code::NotFound,
-        ErrorCode::TooLarge | ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::TooLarge | ErrorCode::ResourceExhausted | ErrorCode::RateLimited => {
+            tonic::Code::ResourceExhausted
+        }
         ErrorCode::Unprocessable => tonic::Code::FailedPrecondition,
         ErrorCode::Overloaded | ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
@@ -129,7 +131,7 @@ fn prometheus_error_type(code: ErrorCode) -> &'static str {
     match code {
         ErrorCode::NotFound => "not_found",
         ErrorCode::Unprocessable | ErrorCode::ResourceExhausted => "execution",
-        ErrorCode::Overloaded | ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::RateLimited => "unavailable",
         ErrorCode::Internal | ErrorCode::Unimplemented => "internal",
         ErrorCode::InvalidArgument
         | ErrorCode::UnsupportedMediaType
@@ -195,6 +197,7 @@ fn connect_code(code: ErrorCode) -> (&'static str, StatusCode) {
             ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS)
         }
         ErrorCode::Unprocessable => ("failed_precondition", StatusCode::BAD_REQUEST),
+        ErrorCode::RateLimited => ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS),
         ErrorCode::Overloaded | ErrorCode::Unavailable => {
             ("unavailable", StatusCode::SERVICE_UNAVAILABLE)
         }
@@ -229,7 +232,7 @@ impl IntoResponse for ConnectError {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 12] = [
+    const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidArgument,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
@@ -242,16 +245,17 @@ mod tests {
         ErrorCode::PermissionDenied,
         ErrorCode::Unimplemented,
         ErrorCode::Internal,
+        ErrorCode::RateLimited,
     ];
 
     #[test]
     fn codes_map_to_http_statuses_and_retry_after() {
-        let expected = [400, 415, 404, 413, 422, 422, 429, 503, 401, 403, 501, 500];
+        let expected = [400, 415, 404, 413, 422, 422, 429, 503, 401, 403, 501, 500, 429];
         for (code, status) in ALL.into_iter().zip(expected) {
             let resp = text(code, String::new());
             assert_eq!(resp.status().as_u16(), status, "{code:?}");
             let retry = resp.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap());
-            let want = matches!(code, ErrorCode::Overloaded | ErrorCode::Unavailable);
+            let want = code.retryable();
             assert_eq!(retry, want.then_some("1"), "{code:?}");
         }
     }
@@ -272,13 +276,14 @@ mod tests {
             Code::PermissionDenied,
             Code::Unimplemented,
             Code::Internal,
+            Code::ResourceExhausted,
         ];
         for (code, grpc) in ALL.into_iter().zip(expected) {
             let status = grpc_status(code, "m".into());
             assert_eq!(status.code(), grpc, "{code:?}");
             assert_eq!(status.message(), "m");
             let retry = status.get_details_retry_info().and_then(|r| r.retry_delay);
-            let want = matches!(code, ErrorCode::Overloaded | ErrorCode::Unavailable);
+            let want = code.retryable();
             assert_eq!(retry, want.then_some(RETRY_AFTER), "{code:?}");
         }
     }

@@ -1,49 +1,148 @@
-//! OTLP/gRPC `TraceService/Export`.
+//! OTLP/gRPC `TraceService/Export`, served with a codec that yields the raw message bytes:
+//! tonic inflates (gzip) and enforces the message size limit, then the ingestor scans the
+//! bytes before anything is decoded (tonic's generated server would run prost first, and a
+//! message of empty spans decodes to hundreds of times its size).
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::SERVICE_NAME;
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
 use tonic::{Request, Response, Status};
 
-use super::{IngestError, Ingestor, Protocol};
+use super::{Encoding, IngestError, Ingestor, Protocol};
 use crate::tenant::Tenant;
 
-struct Service {
-    ingestor: Ingestor,
-}
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-#[tonic::async_trait]
-impl TraceService for Service {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let Tenant(tenant) =
-            Tenant::from_metadata(request.metadata()).map_err(IngestError::from)?;
-        let resp = self.ingestor.export(tenant, request.into_inner(), None, Protocol::Grpc).await?;
-        Ok(Response::new(resp))
+/// Requests are the message bytes; responses are encoded with prost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawRequestCodec;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDecoder;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseEncoder;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> ResponseEncoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
     }
 }
 
-/// Serves OTLP/gRPC until `shutdown` resolves. The decode limit applies to the decompressed
-/// message; tonic inflates gzip into a buffer capped at that limit.
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let len = src.remaining();
+        Ok(Some(src.copy_to_bytes(len)))
+    }
+}
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: ExportTraceServiceResponse,
+        dst: &mut EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        item.encode(dst).map_err(|e| Status::internal(format!("encoding the response: {e}")))
+    }
+}
+
+/// The unary Export call on raw bytes.
+struct Export {
+    ingestor: Ingestor,
+}
+
+impl tonic::server::UnaryService<Bytes> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let ingestor = self.ingestor.clone();
+        Box::pin(async move {
+            let Tenant(tenant) =
+                Tenant::from_metadata(request.metadata()).map_err(IngestError::from)?;
+            let body = request.into_inner();
+            let resp =
+                ingestor.export_body(tenant, body, Encoding::Protobuf, Protocol::Grpc).await?;
+            Ok(Response::new(resp))
+        })
+    }
+}
+
+/// `opentelemetry.proto.collector.trace.v1.TraceService`, on [`RawRequestCodec`].
+#[derive(Clone)]
+pub struct TraceService {
+    ingestor: Ingestor,
+}
+
+impl TraceService {
+    pub fn new(ingestor: Ingestor) -> Self {
+        TraceService { ingestor }
+    }
+}
+
+impl tonic::server::NamedService for TraceService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for TraceService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let ingestor = self.ingestor.clone();
+        Box::pin(async move {
+            if req.uri().path() != EXPORT_PATH {
+                return Ok(
+                    Status::unimplemented(format!("no method {}", req.uri().path())).into_http()
+                );
+            }
+            // The decode limit applies to the decompressed message; tonic inflates gzip into a
+            // buffer capped at that limit.
+            let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(ingestor.max_body_bytes);
+            Ok(grpc.unary(Export { ingestor }, req).await)
+        })
+    }
+}
+
+/// Serves OTLP/gRPC until `shutdown` resolves.
 pub async fn serve(
     incoming: tonic::transport::server::TcpIncoming,
     ingestor: Ingestor,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let limit = ingestor.max_body_bytes;
-    let svc = TraceServiceServer::new(Service { ingestor })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
     tonic::transport::Server::builder()
         .layer(CodecStatusLayer)
-        .add_service(svc)
+        .add_service(TraceService::new(ingestor))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
 
-use super::{IngestError, Ingestor, Protocol, decode_json, decode_protobuf, gunzip_bounded};
+use super::{Encoding, IngestError, Ingestor, Protocol, gunzip_bounded};
 use crate::tenant::Tenant;
 
 pub fn router(ingestor: Ingestor) -> Router {
@@ -54,17 +54,12 @@ async fn export(State(ing): State<Ingestor>, headers: HeaderMap, body: Bytes) ->
         },
         Some(other) => return IngestError::UnsupportedEncoding(other.to_string()).into_response(),
     };
-    let decoded = if json { decode_json(&body) } else { decode_protobuf(&body) };
-    let req = match decoded {
-        Ok(r) => r,
-        Err(e) => {
-            ing.reject_malformed(&tenant);
-            return e.into_response();
-        }
+    let (encoding, protocol) = if json {
+        (Encoding::Json, Protocol::HttpJson)
+    } else {
+        (Encoding::Protobuf, Protocol::HttpProtobuf)
     };
-    let (raw, protocol) =
-        if json { (None, Protocol::HttpJson) } else { (Some(body), Protocol::HttpProtobuf) };
-    match ing.export(tenant, req, raw, protocol).await {
+    match ing.export_body(tenant, body, encoding, protocol).await {
         Ok(resp) => {
             // Answer in the encoding the client used, as the OTLP/HTTP spec requires.
             if json {

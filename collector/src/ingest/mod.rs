@@ -1,12 +1,17 @@
 //! OTLP trace ingest: decoding, per-span validation and the hand-off to the span write path.
 //!
-//! gRPC and HTTP front ends (`grpc`, `http`) decode a request and call [`Ingestor::export`],
-//! which drops spans with invalid ids (reported through `partial_success`), refuses whole (400 /
-//! INVALID_ARGUMENT, with the reason) a request the head would not hold, then waits until
-//! [`Traces`] has made the rest durable in the WAL and visible in the head.
+//! gRPC and HTTP front ends (`grpc`, `http`) hand the raw (inflated) body to
+//! [`Ingestor::export_body`], which first counts it without decoding (`scan`, refusing
+//! amplification bombs), admits it (`admission`: tenant cap, per-tenant rate), decodes it and
+//! calls [`Ingestor::export`], which drops spans with invalid ids (reported through
+//! `partial_success`), refuses whole (400 / INVALID_ARGUMENT, with the reason) a request the
+//! head would not hold, then waits until [`Traces`] has made the rest durable in the WAL and
+//! visible in the head. Design notes: `ingest/DESIGN.md`.
 
+pub mod admission;
 pub mod grpc;
 pub mod http;
+pub mod scan;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,6 +20,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
+
+use admission::{Admission, IngestLimits, Refusal};
+use scan::ScanError;
 
 use crate::error::{Coded, ErrorCode};
 use crate::telemetry::Telemetry;
@@ -43,6 +51,12 @@ pub enum IngestError {
     Refused(String),
     #[error("storage failure: {0}")]
     Storage(#[source] WriteError),
+    /// Refused by the pre-decode scan (malformed wire, too many spans, too many bytes).
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// Refused by admission (tenant cap, rate).
+    #[error(transparent)]
+    Limited(#[from] Refusal),
 }
 
 impl From<WriteError> for IngestError {
@@ -68,6 +82,8 @@ impl Coded for IngestError {
             }
             IngestError::Overloaded => ErrorCode::Overloaded,
             IngestError::Storage(_) => ErrorCode::Unavailable,
+            IngestError::Scan(e) => e.code(),
+            IngestError::Limited(e) => e.code(),
         }
     }
 }
@@ -161,16 +177,74 @@ impl Protocol {
     }
 }
 
+/// How an export body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
 #[derive(Clone)]
 pub struct Ingestor {
     traces: Arc<Traces>,
     metrics: Arc<Telemetry>,
+    admission: Arc<Admission>,
     pub max_body_bytes: usize,
 }
 
 impl Ingestor {
-    pub fn new(traces: Arc<Traces>, metrics: Arc<Telemetry>, max_body_bytes: usize) -> Self {
-        Ingestor { traces, metrics, max_body_bytes }
+    pub fn new(traces: Arc<Traces>, metrics: Arc<Telemetry>, limits: IngestLimits) -> Self {
+        let max_body_bytes = limits.max_body_bytes;
+        Ingestor { traces, metrics, admission: Arc::new(Admission::new(limits)), max_body_bytes }
+    }
+
+    /// Scans, admits, decodes and stores one export body (already inflated). Refusals happen
+    /// before anything is decoded or written, and are counted by reason.
+    pub async fn export_body(
+        &self,
+        tenant: String,
+        body: bytes::Bytes,
+        encoding: Encoding,
+        protocol: Protocol,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let limits = self.admission.limits().scan();
+        let census = match encoding {
+            Encoding::Protobuf => scan::scan_protobuf(&body, limits),
+            Encoding::Json => scan::scan_json(&body, limits),
+        };
+        let census = match census {
+            Ok(c) => c,
+            Err(e) => {
+                match &e {
+                    ScanError::Malformed(_) => self.reject_malformed(&tenant),
+                    ScanError::TooManySpans { .. } => self.limited("spans_per_request"),
+                    ScanError::TooManyBytes { .. } => self.limited("decoded_bytes"),
+                }
+                return Err(e.into());
+            }
+        };
+        if let Err(refusal) = self.admission.admit(&tenant, census.spans, std::time::Instant::now())
+        {
+            self.limited(refusal.reason());
+            return Err(refusal.into());
+        }
+        let decoded = match encoding {
+            Encoding::Protobuf => decode_protobuf(&body),
+            Encoding::Json => decode_json(&body),
+        };
+        let req = match decoded {
+            Ok(r) => r,
+            Err(e) => {
+                self.reject_malformed(&tenant);
+                return Err(e);
+            }
+        };
+        let raw = (encoding == Encoding::Protobuf).then_some(body);
+        self.export(tenant, req, raw, protocol).await
+    }
+
+    fn limited(&self, reason: &'static str) {
+        self.metrics.exports_limited.with_label_values(&[reason]).inc();
     }
 
     /// Validates and durably stores `req`. `raw` is the original protobuf body when the caller

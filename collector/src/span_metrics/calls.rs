@@ -2,13 +2,13 @@
 //! the `traces_spanmetrics_latency` histogram, labelled `service, span_name, span_kind,
 //! status_code` plus configured extra dimensions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
 
 use super::attr;
-use super::registry::{Exemplar, Histogram, Registry};
+use super::registry::{Exemplar, Histogram, Registry, renumber};
 use crate::promql::labels::{Labels, sanitize_name};
 
 pub const CALLS: &str = "traces_spanmetrics_calls_total";
@@ -90,6 +90,10 @@ impl CallMetrics {
                 })
                 .collect(),
         };
+        // A new label set needs its counter and histogram (buckets, +Inf, sum, count).
+        if !self.handles.contains_key(&key) && !reg.room_for(self.bounds.len().saturating_add(4)) {
+            return;
+        }
         let (bounds, dims) = (&self.bounds, &self.dims);
         let (calls, hist) = self.handles.entry(key).or_insert_with_key(|k| {
             let mut pairs = vec![
@@ -115,6 +119,31 @@ impl CallMetrics {
     }
 
     /// Distinct label combinations seen.
+    /// Forgets label sets whose calls counter was last updated before `cutoff_ms`; their
+    /// series ids go to `dead` (for [`Registry::remove`], then [`CallMetrics::renumber`]).
+    pub fn evict(&mut self, reg: &Registry, cutoff_ms: i64, dead: &mut HashSet<usize>) {
+        self.handles.retain(|_, (calls, hist)| {
+            let live = reg.series.get(*calls).is_some_and(|s| s.touched_ms >= cutoff_ms);
+            if !live {
+                dead.insert(*calls);
+                dead.extend(hist.buckets.iter().copied());
+                dead.extend([hist.sum, hist.count]);
+            }
+            live
+        });
+    }
+
+    pub fn renumber(&mut self, map: &[Option<usize>]) {
+        self.handles.retain(|_, (calls, hist)| match (renumber(map, *calls), hist.renumber(map)) {
+            (Some(c), Some(h)) => {
+                *calls = c;
+                *hist = h;
+                true
+            }
+            _ => false,
+        });
+    }
+
     pub fn len(&self) -> usize {
         self.handles.len()
     }

@@ -11,9 +11,10 @@ pub mod servicegraph;
 pub mod snapshot;
 pub mod tsdb;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -57,6 +58,16 @@ impl crate::error::Coded for SpanMetricsError {
 /// stale duration), so finished operations drop out of dashboards after the lookback.
 pub const STALE_MS: i64 = 15 * 60 * 1000;
 
+/// Series not updated for this long are removed from the live registry, making room under
+/// `--max-span-metric-series` (ids in span names or client-chosen service names would
+/// otherwise grow it without end). The same as [`STALE_MS`]: such series are no longer sampled
+/// nor exposed anyway, so evicting them changes no query; one that comes back restarts from 0,
+/// a counter reset.
+pub const EVICT_MS: i64 = STALE_MS;
+
+/// Default of `--max-span-metric-series`.
+pub const DEFAULT_MAX_SERIES: usize = 50_000;
+
 /// How often sampled history is written to disk; a crash loses at most this much history.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
 
@@ -73,6 +84,8 @@ pub struct SpanMetricsConfig {
     pub retention: Duration,
     /// Snapshot directory (one subdirectory per tenant).
     pub dir: PathBuf,
+    /// Live series per tenant (span metrics and service graph together).
+    pub max_series: usize,
 }
 
 /// An attribute's value as a string (Tempo stringifies non-string values too).
@@ -145,11 +158,16 @@ pub struct SpanMetricsStats {
     pub stored_series: usize,
     pub stored_samples: usize,
     pub pending_edges: usize,
+    /// New series dropped at the cap since start.
+    pub dropped_series: u64,
 }
 
 pub struct SpanMetrics {
     cfg: SpanMetricsConfig,
     tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    dropped: AtomicU64,
+    /// Also counts drops, for `/metrics`.
+    dropped_counter: Option<prometheus::IntCounter>,
 }
 
 fn now_ms() -> i64 {
@@ -159,7 +177,12 @@ fn now_ms() -> i64 {
 impl SpanMetrics {
     /// Loads the snapshots within retention; deletes older ones.
     pub fn open(cfg: SpanMetricsConfig) -> Result<Self, SpanMetricsError> {
-        let generator = SpanMetrics { cfg, tenants: RwLock::new(HashMap::new()) };
+        let generator = SpanMetrics {
+            cfg,
+            tenants: RwLock::new(HashMap::new()),
+            dropped: AtomicU64::new(0),
+            dropped_counter: None,
+        };
         let min_t =
             now_ms() - i64::try_from(generator.cfg.retention.as_millis()).unwrap_or(i64::MAX);
         let dirs = match std::fs::read_dir(&generator.cfg.dir) {
@@ -197,6 +220,21 @@ impl SpanMetrics {
         Ok(generator)
     }
 
+    /// Counts dropped series in `c` as well (`skein_span_metric_series_dropped_total`).
+    pub fn counting_drops_in(mut self, c: prometheus::IntCounter) -> Self {
+        self.dropped_counter = Some(c);
+        self
+    }
+
+    fn count_dropped(&self, n: u64) {
+        if n > 0 {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+            if let Some(c) = &self.dropped_counter {
+                c.inc_by(n);
+            }
+        }
+    }
+
     pub fn config(&self) -> &SpanMetricsConfig {
         &self.cfg
     }
@@ -211,7 +249,7 @@ impl SpanMetrics {
             .or_insert_with(|| {
                 Arc::new(Tenant {
                     live: Mutex::new(Live {
-                        registry: Registry::default(),
+                        registry: Registry::with_limit(self.cfg.max_series),
                         spans: CallMetrics::new(self.cfg.buckets.clone(), &self.cfg.dimensions),
                         graph: ServiceGraph::new(self.cfg.wait),
                     }),
@@ -245,6 +283,9 @@ impl SpanMetrics {
                 }
             }
         }
+        let dropped = registry.take_dropped();
+        drop(live);
+        self.count_dropped(dropped);
     }
 
     /// Expires waiting edges and samples every active series at `now_ms`.
@@ -252,14 +293,25 @@ impl SpanMetrics {
         let tenants: Vec<Arc<Tenant>> = self.tenants.read().values().cloned().collect();
         for t in tenants {
             let mut live = t.live.lock();
-            let Live { registry, graph, .. } = &mut *live;
+            let Live { registry, graph, spans } = &mut *live;
             graph.expire(registry, now_ms);
+            let cutoff = now_ms.saturating_sub(EVICT_MS);
+            let mut dead = HashSet::new();
+            spans.evict(registry, cutoff, &mut dead);
+            graph.evict(registry, cutoff, &mut dead);
+            if !dead.is_empty() {
+                let map = registry.remove(&dead);
+                spans.renumber(&map);
+                graph.renumber(&map);
+            }
+            let dropped = registry.take_dropped();
             let active = registry
                 .series
                 .iter()
                 .filter(|s| s.touched_ms > 0 && now_ms - s.touched_ms < STALE_MS)
                 .map(|s| (&s.labels, s.value));
             t.tsdb.write().append(now_ms, active);
+            self.count_dropped(dropped);
         }
     }
 
@@ -370,6 +422,7 @@ impl SpanMetrics {
             s.stored_series += db.series_count();
             s.stored_samples += db.samples();
         }
+        s.dropped_series = self.dropped.load(Ordering::Relaxed);
         s
     }
 }
@@ -394,6 +447,7 @@ mod tests {
             interval: Duration::from_secs(15),
             retention: Duration::from_secs(3600),
             dir: dir.to_path_buf(),
+            max_series: 50_000,
         }
     }
 
@@ -472,6 +526,59 @@ mod tests {
         };
         // 3 → 3 → 4 → reset → 2: an increase of 1 + 2 within the samples (plus extrapolation).
         assert!(v[0].v >= 3.0, "{v:?}");
+    }
+
+    fn named(service: &str, names: impl Iterator<Item = String>) -> ExportTraceServiceRequest {
+        let mut req = request(service, 0);
+        req.resource_spans[0].scope_spans[0].spans = names
+            .enumerate()
+            .map(|(i, name)| Span {
+                trace_id: vec![1; 16],
+                span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+                name,
+                kind: 2,
+                end_time_unix_nano: 1_000_000,
+                ..Default::default()
+            })
+            .collect();
+        req
+    }
+
+    #[test]
+    fn series_beyond_the_cap_are_dropped_and_idle_ones_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let per_key = calls::DEFAULT_BUCKETS.len() + 4;
+        let mut c = cfg(dir.path());
+        c.max_series = 10 * per_key;
+        // No service-graph edge completes (root spans wait for their client side).
+        c.wait = Duration::from_secs(86_400);
+        let counter = prometheus::IntCounter::new("d", "d").unwrap();
+        let g = SpanMetrics::open(c).unwrap().counting_drops_in(counter.clone());
+        let t0 = now_ms();
+        g.process("a", &named("shop", (0..25).map(|i| format!("GET /order/{i}"))), t0);
+        let s = g.stats();
+        assert_eq!(s.live_series, 10 * per_key);
+        assert_eq!(s.dropped_series, 15);
+        assert_eq!(counter.get(), 15);
+        // Known series keep counting at the cap.
+        g.process("a", &named("shop", std::iter::once("GET /order/0".to_string())), t0 + 1);
+        assert_eq!(g.stats().dropped_series, 15);
+        g.process("b", &named("shop", std::iter::once("x".to_string())), t0 + 1);
+        assert_eq!(g.stats().dropped_series, 15, "the cap is per tenant");
+        // After EVICT_MS idle, only the refreshed series remain and new ones fit again.
+        let later = t0 + EVICT_MS;
+        g.process("a", &named("shop", std::iter::once("GET /order/0".to_string())), later);
+        g.tick(later + 1);
+        assert_eq!(
+            g.stats().live_series,
+            per_key + per_key,
+            "a keeps its refreshed series, b its recent one"
+        );
+        g.process("a", &named("shop", (100..109).map(|i| format!("GET /order/{i}"))), later + 2);
+        assert_eq!(g.stats().dropped_series, 15);
+        let exp = g.exposition("a");
+        assert!(exp.contains("span_name=\"GET /order/0\"") && exp.contains("GET /order/108"));
+        assert!(exp.contains("traces_spanmetrics_calls_total{service=\"shop\",span_kind=\"SPAN_KIND_SERVER\",span_name=\"GET /order/0\",status_code=\"STATUS_CODE_UNSET\"} 3\n"), "{exp}");
     }
 
     #[test]

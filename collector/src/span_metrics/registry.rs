@@ -1,7 +1,7 @@
 //! Live series of one tenant: cumulative counters (histograms are a counter per bucket plus
 //! `_sum` and `_count`, as in the Prometheus text format), each with its last few exemplars.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::promql::labels::{Labels, METRIC_NAME};
 
@@ -34,10 +34,36 @@ pub struct Histogram {
     pub count: usize,
 }
 
-#[derive(Debug, Default)]
+impl Histogram {
+    /// Its series' ids after [`Registry::remove`]; None if any of them was removed.
+    pub fn renumber(&self, map: &[Option<usize>]) -> Option<Histogram> {
+        Some(Histogram {
+            buckets: self.buckets.iter().map(|&i| renumber(map, i)).collect::<Option<_>>()?,
+            sum: renumber(map, self.sum)?,
+            count: renumber(map, self.count)?,
+        })
+    }
+}
+
+/// A series id after [`Registry::remove`].
+pub fn renumber(map: &[Option<usize>], id: usize) -> Option<usize> {
+    map.get(id).copied().flatten()
+}
+
+#[derive(Debug)]
 pub struct Registry {
     pub series: Vec<LiveSeries>,
     index: HashMap<Labels, usize>,
+    /// Most series this registry holds (`--max-span-metric-series`).
+    max_series: usize,
+    /// New label sets not created for lack of room, since the last `take_dropped`.
+    dropped: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::with_limit(usize::MAX)
+    }
 }
 
 /// `le` as Prometheus client libraries write it (`0.002`, `+Inf`).
@@ -46,6 +72,46 @@ fn le(bound: f64) -> String {
 }
 
 impl Registry {
+    pub fn with_limit(max_series: usize) -> Self {
+        Registry { series: Vec::new(), index: HashMap::new(), max_series, dropped: 0 }
+    }
+
+    /// Whether `n` more series fit; if not, the label set asking is counted as dropped.
+    pub fn room_for(&mut self, n: usize) -> bool {
+        let fits = self.series.len().saturating_add(n) <= self.max_series;
+        if !fits {
+            self.dropped = self.dropped.saturating_add(1);
+        }
+        fits
+    }
+
+    /// Label sets dropped since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Removes the series `dead` and renumbers the rest; returns each old id's new id.
+    pub fn remove(&mut self, dead: &HashSet<usize>) -> Vec<Option<usize>> {
+        let old = std::mem::take(&mut self.series);
+        let mut map = Vec::with_capacity(old.len());
+        for (i, s) in old.into_iter().enumerate() {
+            if dead.contains(&i) {
+                map.push(None);
+            } else {
+                map.push(Some(self.series.len()));
+                self.series.push(s);
+            }
+        }
+        self.index.retain(|_, id| match renumber(&map, *id) {
+            Some(n) => {
+                *id = n;
+                true
+            }
+            None => false,
+        });
+        map
+    }
+
     pub fn series_id(&mut self, labels: Labels) -> usize {
         if let Some(&i) = self.index.get(&labels) {
             return i;
@@ -159,6 +225,25 @@ mod tests {
         assert_eq!(r.series[h.buckets[1]].exemplars.front(), Some(&ex));
         assert_eq!(r.series[h.buckets[2]].labels.get("le"), Some("+Inf"));
         assert_eq!(r.series[h.buckets[0]].labels.get("__name__"), Some("lat_bucket"));
+    }
+
+    #[test]
+    fn removed_series_are_renumbered_and_room_is_bounded() {
+        let mut r = Registry::with_limit(5);
+        let base = Labels::new([("service", "a")]);
+        let h = r.histogram("lat", &base, &[0.1]);
+        let c = r.counter("c", &base);
+        assert_eq!(r.len(), 5);
+        assert!(!r.room_for(1));
+        assert_eq!(r.take_dropped(), 1);
+        assert_eq!(r.take_dropped(), 0);
+        r.add(c, 2.0, 1);
+        let map = r.remove(&h.buckets.iter().copied().collect());
+        assert!(h.renumber(&map).is_none());
+        let c = renumber(&map, c).unwrap();
+        assert_eq!(r.series[c].value, 2.0);
+        assert_eq!(r.counter("c", &base), c, "the index follows");
+        assert!(r.room_for(2));
     }
 
     #[test]

@@ -4,14 +4,14 @@
 //! span with a peer attribute becomes an edge to a virtual node named by it, an unpaired root
 //! server span an edge from the virtual client `user`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 
 use super::attr;
 use super::calls::{duration_seconds, exemplar, is_error};
-use super::registry::{Exemplar, Histogram, Registry};
+use super::registry::{Exemplar, Histogram, Registry, renumber};
 use crate::promql::labels::Labels;
 
 pub const REQUEST_TOTAL: &str = "traces_service_graph_request_total";
@@ -186,20 +186,26 @@ impl ServiceGraph {
 
     fn complete(&mut self, reg: &mut Registry, e: Edge, now_ms: i64) {
         let conn = e.connection.unwrap_or(Connection::Direct);
-        let (total, failed, server, client) =
-            self.handles.entry((e.client.clone(), e.server.clone(), conn)).or_insert_with(|| {
-                let base = Labels::new([
-                    ("client", e.client.as_str()),
-                    ("server", e.server.as_str()),
-                    ("connection_type", conn.label()),
-                ]);
-                (
-                    reg.counter(REQUEST_TOTAL, &base),
-                    reg.counter(REQUEST_FAILED_TOTAL, &base),
-                    reg.histogram(SERVER_SECONDS, &base, &BUCKETS),
-                    reg.histogram(CLIENT_SECONDS, &base, &BUCKETS),
-                )
-            });
+        let key = (e.client.clone(), e.server.clone(), conn);
+        // A new edge needs two counters and two histograms (buckets, +Inf, sum, count).
+        if !self.handles.contains_key(&key)
+            && !reg.room_for(BUCKETS.len().saturating_add(3).saturating_mul(2).saturating_add(2))
+        {
+            return;
+        }
+        let (total, failed, server, client) = self.handles.entry(key).or_insert_with(|| {
+            let base = Labels::new([
+                ("client", e.client.as_str()),
+                ("server", e.server.as_str()),
+                ("connection_type", conn.label()),
+            ]);
+            (
+                reg.counter(REQUEST_TOTAL, &base),
+                reg.counter(REQUEST_FAILED_TOTAL, &base),
+                reg.histogram(SERVER_SECONDS, &base, &BUCKETS),
+                reg.histogram(CLIENT_SECONDS, &base, &BUCKETS),
+            )
+        });
         reg.add(*total, 1.0, now_ms);
         if e.failed {
             // Touch before adding so a failure-only series starts with its first increment.
@@ -215,6 +221,44 @@ impl ServiceGraph {
 
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Forgets edges whose request counter was last updated before `cutoff_ms`; their
+    /// series ids go to `dead` (for [`Registry::remove`], then [`ServiceGraph::renumber`]).
+    pub fn evict(&mut self, reg: &Registry, cutoff_ms: i64, dead: &mut HashSet<usize>) {
+        self.handles.retain(|_, (total, failed, server, client)| {
+            let live = reg.series.get(*total).is_some_and(|s| s.touched_ms >= cutoff_ms);
+            if !live {
+                dead.extend([*total, *failed]);
+                for h in [&*server, &*client] {
+                    dead.extend(h.buckets.iter().copied());
+                    dead.extend([h.sum, h.count]);
+                }
+            }
+            live
+        });
+    }
+
+    pub fn renumber(&mut self, map: &[Option<usize>]) {
+        self.handles.retain(|_, (total, failed, server, client)| {
+            let ids = (
+                renumber(map, *total),
+                renumber(map, *failed),
+                server.renumber(map),
+                client.renumber(map),
+            );
+            match ids {
+                (Some(t), Some(f), Some(s), Some(c)) => {
+                    (*total, *failed, *server, *client) = (t, f, s, c);
+                    true
+                }
+                _ => false,
+            }
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
     }
 }
 
@@ -268,6 +312,35 @@ mod tests {
             .0;
         assert!((sum - 0.055).abs() < 1e-12, "{sum}");
         assert_eq!(g.pending(), 0);
+    }
+
+    #[test]
+    fn edges_beyond_the_series_cap_are_dropped_and_idle_edges_evicted() {
+        let per_edge = 2 + 2 * (BUCKETS.len() + 3);
+        let (mut r, mut g) = (
+            Registry::with_limit(2 * per_edge),
+            ServiceGraph::new(std::time::Duration::from_secs(10)),
+        );
+        // Client-chosen service names: one edge each.
+        for (i, client) in ["a", "b", "c", "d"].iter().enumerate() {
+            let id = 10 * (i as u8 + 1);
+            g.observe(&mut r, client, &[], &span(SpanKind::Client, id, Some(1), 5), 0);
+            g.observe(&mut r, "server", &[], &span(SpanKind::Server, id + 1, Some(id), 5), 0);
+        }
+        assert_eq!((g.len(), r.len(), r.take_dropped()), (2, 2 * per_edge, 2));
+        g.observe(&mut r, "a", &[], &span(SpanKind::Client, 90, Some(1), 5), 100);
+        g.observe(&mut r, "server", &[], &span(SpanKind::Server, 91, Some(90), 5), 100);
+        let mut dead = HashSet::new();
+        g.evict(&r, 50, &mut dead);
+        assert_eq!(dead.len(), per_edge, "b's edge is idle");
+        let map = r.remove(&dead);
+        g.renumber(&map);
+        assert_eq!((g.len(), r.len()), (1, per_edge));
+        assert_eq!(value(&r, REQUEST_TOTAL, "a", "server").map(|v| v.0), Some(2.0));
+        g.observe(&mut r, "c", &[], &span(SpanKind::Client, 30, Some(1), 5), 200);
+        g.observe(&mut r, "server", &[], &span(SpanKind::Server, 31, Some(30), 5), 200);
+        assert_eq!((g.len(), r.take_dropped()), (2, 0), "room again");
+        assert_eq!(value(&r, REQUEST_TOTAL, "a", "server").map(|v| v.0), Some(2.0));
     }
 
     #[test]

@@ -79,6 +79,7 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
             interval: Duration::from_secs(1),
             retention: Duration::from_secs(3600),
             dir: dir.path().join("spanmetrics"),
+            max_series: skein_collector::span_metrics::DEFAULT_MAX_SERIES,
         })
         .unwrap(),
     );
