@@ -597,6 +597,9 @@ mod tests {
         assert_eq!(cfg.ingest.max_body_bytes, 16 << 20);
         assert!(cfg.store.url.starts_with("file:///"));
         assert!(cfg.store.url.ends_with("skein-data/blocks"));
+        assert_eq!(cfg.query.timeout, Duration::from_secs(60));
+        assert!(cfg.query.max_concurrent >= 4);
+        assert_eq!(cfg.query.max_search_trace_ids, 100_000);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use super::search::{SearchRequest, SearchResponse};
 use super::tags::{TagScope, TagValue};
 use super::traceql::{Attribute, Filter};
 use super::{
-    QueryError, QueryLimits, QueryRunner, Tables, compare, critical_path, metrics_eval, operation, search, tables, tags,
-    trace,
+    QueryError, QueryLimits, QueryRunner, Tables, compare, critical_path, metrics_eval, operation,
+    search, tables, tags, trace,
 };
 use crate::head::SpanHead;
 use crate::store::{Block, Store};

@@ -5,7 +5,6 @@
 //!
 //! See `query/DESIGN.md` ("Query isolation").
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -117,18 +116,19 @@ impl QueryRunner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let permit =
-            match tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(QueryError::Internal("the query slots are closed".into())),
-                Err(_) => {
-                    self.refused("concurrency");
-                    return Err(QueryError::Busy(format!(
-                        "{} queries are running already (--max-concurrent-queries); retry later",
-                        self.limits.max_concurrent
-                    )));
-                }
-            };
+        let permit = match tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(QueryError::Internal("the query slots are closed".into())),
+            Err(_) => {
+                self.refused("concurrency");
+                return Err(QueryError::Busy(format!(
+                    "{} queries are running already (--max-concurrent-queries); retry later",
+                    self.limits.max_concurrent
+                )));
+            }
+        };
         let task = self.handle()?.spawn(async move {
             let out = work.await;
             drop(permit);

@@ -44,9 +44,18 @@ async fn sql(c: &Collector, query: &str) -> (u16, Option<String>, String) {
     (status, retry, resp.text().await.unwrap())
 }
 
-/// Runs for minutes without holding memory: a three-way cross join of 3000 spans.
-const ENDLESS: &str = "SELECT count(*) FROM spans a, spans b, spans c \
-                       WHERE a.duration + b.duration + c.duration > 0";
+/// Polls until no query holds pool memory (a stopped query has dropped its plan).
+async fn pool_released(c: &Collector) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.r().engine.memory_reserved() > 0 {
+        assert!(Instant::now() < deadline, "a finished query still holds pool memory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs for minutes without holding much memory: an edit distance for each of 9M pairs.
+const ENDLESS: &str = "SELECT count(*) FROM spans a, spans b \
+                       WHERE levenshtein(a.name || b.name || a.name, b.name || a.name || b.name) > 1000";
 /// Sorts 9M rows: holds pool memory for as long as it runs.
 const BIG_SORT: &str = "SELECT max(r) FROM (SELECT row_number() OVER \
                         (ORDER BY a.start_time + b.duration, a.span_id) AS r FROM spans a, spans b)";
@@ -62,8 +71,12 @@ async fn hostile_sql_deep_expressions_are_refused_before_parsing() {
     let nested = format!("SELECT {}1{}", "abs(".repeat(2_000), ")".repeat(2_000));
     let (status, _, body) = sql(&c, &nested).await;
     assert_eq!(status, 400, "{body}");
-    let metrics = reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"skein_queries_refused_total{reason="too_complex"} 2"#), "{metrics}");
+    let metrics =
+        reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"skein_queries_refused_total{reason="too_complex"} 2"#),
+        "{metrics}"
+    );
     // Ordinary arithmetic still works.
     let (status, _, body) = sql(&c, &format!("SELECT 1{} AS n", "+1".repeat(99))).await;
     assert_eq!(status, 200, "{body}");
@@ -100,11 +113,7 @@ async fn hostile_sql_sort_beyond_the_pool_is_422_without_spilling() {
     assert_eq!(status, 422, "{body}");
     assert!(!body.contains("longer than"), "failed by time, not by memory: {body}");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while c.r().engine.memory_reserved() > 0 {
-        assert!(Instant::now() < deadline, "pool memory still held");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pool_released(&c).await;
     c.stop().await;
 }
 
@@ -121,18 +130,15 @@ async fn hostile_query_timeout_answers_503_and_stops_the_work() {
     assert!(body.contains("--query-timeout"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     // The sort was dropped: its memory comes back, and its slot is free for the next query.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while c.r().engine.memory_reserved() > 0 {
-        assert!(Instant::now() < deadline, "the timed-out query still holds pool memory");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    pool_released(&c).await;
     let (status, _, body) = sql(&c, "SELECT count(*) AS n FROM spans").await;
     assert_eq!(status, 200, "{body}");
     // Tempo search goes through the same limit.
     let url = format!("{}/api/search?q=%7B%7D&limit=5", c.http());
     let resp = tokio::time::timeout(ANSWER_WITHIN, reqwest::get(url)).await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
-    let metrics = reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
+    let metrics =
+        reqwest::get(format!("{}/metrics", c.http())).await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"skein_queries_refused_total{reason="timeout"} 1"#), "{metrics}");
     c.stop().await;
 }

@@ -193,8 +193,7 @@ pub async fn handler(
         .map_err(|e| NativeError::BadRequest(e.strip_backtrace()))?;
     let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
     // The API's query runner bounds the time; memory is the engine pool's.
-    let batches = match df.limit(0, Some(MAX_ROWS + 1)).map_err(QueryError::from)?.collect().await
-    {
+    let batches = match df.limit(0, Some(MAX_ROWS + 1)).map_err(QueryError::from)?.collect().await {
         Ok(b) => b,
         Err(e) => {
             let e = QueryError::from(e);
