@@ -138,11 +138,11 @@ pub fn check(sql: &str) -> Result<(), Refused> {
         previous = Some(t);
     }
     let too = |what: String| refuse("too_complex", format!("query too complex: {what}"));
-    if count > MAX_TOKENS {
-        return too(format!("{count} tokens, at most {MAX_TOKENS} allowed"));
-    }
     if operators > MAX_OPERATORS {
         return too(format!("{operators} operators, at most {MAX_OPERATORS} allowed"));
+    }
+    if count > MAX_TOKENS {
+        return too(format!("{count} tokens, at most {MAX_TOKENS} allowed"));
     }
     if deepest > MAX_DEPTH {
         return too(format!("brackets nested {deepest} deep, at most {MAX_DEPTH} allowed"));

@@ -189,7 +189,10 @@ async fn hostile_search_collecting_too_many_trace_ids_is_422() {
         async move {
             let resp = tokio::time::timeout(
                 ANSWER_WITHIN,
-                reqwest::Client::new().get(url).query(&[("q", q.as_str()), ("limit", "5")]).send(),
+                reqwest::get(
+                    reqwest::Url::parse_with_params(&url, [("q", q.as_str()), ("limit", "5")])
+                        .unwrap(),
+                ),
             )
             .await
             .unwrap()
