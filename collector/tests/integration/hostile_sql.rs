@@ -77,6 +77,17 @@ async fn hostile_sql_deep_expressions_are_refused_before_parsing() {
         metrics.contains(r#"skein_queries_refused_total{reason="too_complex"} 2"#),
         "{metrics}"
     );
+    // Up to the operator limit, the query threads' stacks hold the planner's recursion.
+    let longest =
+        format!("SELECT 1{} AS n", "+1".repeat(skein_collector::query::sql::MAX_OPERATORS));
+    let (status, _, body) = sql(&c, &longest).await;
+    assert_eq!(status, 200, "{body}");
+    let ands = format!(
+        "SELECT count(*) AS n FROM spans WHERE duration >= 0{}",
+        " AND duration >= 0".repeat(skein_collector::query::sql::MAX_OPERATORS / 2 - 1)
+    );
+    let (status, _, body) = sql(&c, &ands).await;
+    assert_eq!(status, 200, "{body}");
     // Ordinary arithmetic still works.
     let (status, _, body) = sql(&c, &format!("SELECT 1{} AS n", "+1".repeat(99))).await;
     assert_eq!(status, 200, "{body}");
