@@ -131,6 +131,18 @@ pub struct ServeArgs {
     /// Memory available to one query, e.g. 512MiB in bytes.
     #[arg(long, env = "SKEIN_QUERY_MEMORY_BYTES")]
     pub query_memory_bytes: Option<usize>,
+    /// Time one query (any query endpoint) may run before it is stopped with 503, e.g. 60s.
+    #[arg(long, env = "SKEIN_QUERY_TIMEOUT")]
+    pub query_timeout: Option<String>,
+    /// Queries running at once (default 2 x cores, at least 4); more wait 1 s, then get 429.
+    #[arg(long, env = "SKEIN_MAX_CONCURRENT_QUERIES")]
+    pub max_concurrent_queries: Option<usize>,
+    /// Threads of the query runtime, apart from the ingest runtime (default: cores, at least 2).
+    #[arg(long, env = "SKEIN_QUERY_THREADS")]
+    pub query_threads: Option<usize>,
+    /// Trace ids a search with several spansets may collect before it is refused with 422.
+    #[arg(long, env = "SKEIN_MAX_SEARCH_TRACE_IDS")]
+    pub max_search_trace_ids: Option<usize>,
     /// Span attributes stored in their own column (comma separated).
     #[arg(long, env = "SKEIN_DEDICATED_SPAN_ATTRIBUTES", value_delimiter = ',')]
     pub dedicated_span_attributes: Option<Vec<String>>,
@@ -222,11 +234,8 @@ impl IngestSection {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct QuerySection {
-    /// Memory one query may hold.
-    pub memory_bytes: usize,
-}
+/// What queries may use and where they run.
+pub type QuerySection = crate::query::QueryLimits;
 
 /// Rules and where their alerts go. Becomes an [`crate::alert::AlertingConfig`] at start, once
 /// the HTTP address (the default external URL) is bound.
@@ -345,7 +354,13 @@ impl ServeArgs {
                 )?,
                 retention,
             },
-            query: QuerySection { memory_bytes: query_memory_bytes },
+            query: query_section(
+                query_memory_bytes,
+                a.query_timeout.as_deref(),
+                a.max_concurrent_queries,
+                a.query_threads,
+                a.max_search_trace_ids,
+            )?,
             span_metrics: SpanMetricsConfig {
                 buckets: spanmetrics_buckets,
                 dimensions: spanmetrics_dimensions,
@@ -409,6 +424,10 @@ impl ServeArgs {
             head_max_age: self.head_max_age.or(file.head_max_age),
             block_target_spans: self.block_target_spans.or(file.block_target_spans),
             query_memory_bytes: self.query_memory_bytes.or(file.query_memory_bytes),
+            query_timeout: self.query_timeout.or(file.query_timeout),
+            max_concurrent_queries: self.max_concurrent_queries.or(file.max_concurrent_queries),
+            query_threads: self.query_threads.or(file.query_threads),
+            max_search_trace_ids: self.max_search_trace_ids.or(file.max_search_trace_ids),
             dedicated_span_attributes: self
                 .dedicated_span_attributes
                 .or(file.dedicated_span_attributes),
@@ -598,6 +617,28 @@ fn duration(key: &'static str, v: Option<&str>, default: &str) -> Result<Duratio
     Ok(d)
 }
 
+/// The query limits: flags over [`crate::query::QueryLimits::with_memory`]'s defaults.
+fn query_section(
+    memory_bytes: usize,
+    timeout: Option<&str>,
+    max_concurrent: Option<usize>,
+    threads: Option<usize>,
+    max_search_trace_ids: Option<usize>,
+) -> Result<QuerySection, ConfigError> {
+    let d = QuerySection::with_memory(memory_bytes);
+    Ok(QuerySection {
+        timeout: duration("query-timeout", timeout, "60s")?,
+        max_concurrent: positive("max-concurrent-queries", max_concurrent, d.max_concurrent)?,
+        threads: positive("query-threads", threads, d.threads)?,
+        max_search_trace_ids: positive(
+            "max-search-trace-ids",
+            max_search_trace_ids,
+            d.max_search_trace_ids,
+        )?,
+        ..d
+    })
+}
+
 fn positive(key: &'static str, v: Option<usize>, default: usize) -> Result<usize, ConfigError> {
     match v.unwrap_or(default) {
         0 => Err(ConfigError::Invalid { key, message: "must be greater than zero".into() }),
@@ -619,6 +660,9 @@ mod tests {
         assert_eq!(cfg.ingest.max_body_bytes, 16 << 20);
         assert!(cfg.store.url.starts_with("file:///"));
         assert!(cfg.store.url.ends_with("skein-data/blocks"));
+        assert_eq!(cfg.query.timeout, Duration::from_secs(60));
+        assert!(cfg.query.max_concurrent >= 4);
+        assert_eq!(cfg.query.max_search_trace_ids, 100_000);
     }
 
     #[test]

@@ -197,11 +197,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     .await?;
     let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.limits());
     let profiles = Profiles::open(object_store, cfg.profiles.clone(), metrics.clone()).await?;
-    let engine = Arc::new(QueryEngine::new(
+    let engine = Arc::new(QueryEngine::with_limits(
         traces.store().clone(),
         traces.head().clone(),
         metrics.clone(),
-        cfg.query.memory_bytes,
+        cfg.query.clone(),
     )?);
 
     let otlp_http_listener = bind(cfg.listen.otlp_http).await?;

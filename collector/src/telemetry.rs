@@ -55,6 +55,9 @@ pub struct Telemetry {
     /// New span-metric or service-graph series not created because the tenant's series cap
     /// (--max-span-metric-series) was reached.
     pub span_metric_series_dropped: IntCounter,
+    /// Queries refused, by reason (`timeout`, `concurrency`, `too_complex`, `function`,
+    /// `memory`, `search_trace_ids`).
+    pub queries_refused: IntCounterVec,
 }
 
 /// Distinct combinations of client-chosen label values (tenants, applications) one family
@@ -281,6 +284,12 @@ impl Telemetry {
                 &r,
                 "skein_span_metric_series_dropped_total",
                 "New span-metric and service-graph series dropped at the per-tenant series cap.",
+            ),
+            queries_refused: counter_vec(
+                &r,
+                "skein_queries_refused_total",
+                "Queries refused or stopped by a query limit.",
+                &["reason"],
             ),
             registry: r,
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
@@ -15,8 +16,8 @@ use super::search::{SearchRequest, SearchResponse};
 use super::tags::{TagScope, TagValue};
 use super::traceql::{Attribute, Filter};
 use super::{
-    QueryError, Tables, compare, critical_path, metrics_eval, operation, search, tables, tags,
-    trace,
+    QueryError, QueryLimits, QueryRunner, Tables, compare, critical_path, metrics_eval, operation,
+    search, tables, tags, trace,
 };
 use crate::head::SpanHead;
 use crate::store::{Block, Store};
@@ -30,6 +31,8 @@ pub struct QueryEngine {
     pub head: Arc<SpanHead>,
     pub metrics: Arc<Telemetry>,
     pub(super) runtime: Arc<RuntimeEnv>,
+    /// Where and for how long queries run; the API runs every query through it.
+    pub runner: QueryRunner,
 }
 
 impl QueryEngine {
@@ -39,12 +42,27 @@ impl QueryEngine {
         metrics: Arc<Telemetry>,
         memory_bytes: usize,
     ) -> Result<Self, QueryError> {
+        Self::with_limits(store, head, metrics, QueryLimits::with_memory(memory_bytes))
+    }
+
+    pub fn with_limits(
+        store: Arc<Store>,
+        head: Arc<SpanHead>,
+        metrics: Arc<Telemetry>,
+        limits: QueryLimits,
+    ) -> Result<Self, QueryError> {
+        // No spilling: a sort or join that outgrows the pool fails with ResourcesExhausted
+        // (422) instead of writing up to DataFusion's default 100 GiB to the temp directory.
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(GreedyMemoryPool::new(memory_bytes)))
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()?;
         let url = url::Url::parse(BLOCKS_URL).map_err(|e| QueryError::Internal(e.to_string()))?;
         runtime.register_object_store(&url, store.object_store.clone());
-        Ok(QueryEngine { store, head, metrics, runtime })
+        let runner = QueryRunner::new(limits, metrics.clone());
+        Ok(QueryEngine { store, head, metrics, runtime, runner })
     }
 
     /// All spans of one trace, without needing a time range. `range` (unix nanos) only
@@ -142,6 +160,11 @@ impl QueryEngine {
         select: impl Fn(&Block) -> bool,
     ) -> Result<Tables, QueryError> {
         tables::span_tables(self, tenant, select)
+    }
+
+    /// Bytes queries hold in the memory pool now (0 once every query has ended).
+    pub fn memory_reserved(&self) -> usize {
+        self.runtime.memory_pool.reserved()
     }
 
     /// Records how long a query of `endpoint` took.

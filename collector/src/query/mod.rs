@@ -9,7 +9,9 @@
 //! [`QueryEngine`] (`engine.rs`) lists the questions; each is worked out in its own module
 //! (`trace`, `search`, `tags`, `metrics_eval`, `critical_path`, `operation`, `compare`) over the
 //! tables `tables.rs` assembles. `traceql` parses the query language; `compile` and `udf` turn
-//! its filters into DataFusion expressions.
+//! its filters into DataFusion expressions. `runner` is where and for how long queries run
+//! (their own runtime, a concurrency limit, a timeout); `sql` guards ad-hoc SQL
+//! (`query/DESIGN.md`).
 
 pub mod compare;
 pub mod compile;
@@ -17,7 +19,9 @@ pub mod critical_path;
 mod engine;
 pub mod metrics_eval;
 pub mod operation;
+pub mod runner;
 pub mod search;
+pub mod sql;
 mod tables;
 pub mod tags;
 pub mod trace;
@@ -28,6 +32,7 @@ use datafusion::common::DataFusionError;
 
 use crate::store::StoreError;
 pub use engine::QueryEngine;
+pub use runner::{QueryLimits, QueryRunner};
 pub use tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,13 @@ pub enum QueryError {
     NotFound,
     #[error("query needs more memory than allowed: {0}")]
     ResourcesExhausted(String),
+    /// A query limit other than memory was exceeded (e.g. `--max-search-trace-ids`).
+    #[error("query too expensive: {0}")]
+    TooExpensive(String),
+    #[error("query timed out: {0}")]
+    Timeout(String),
+    #[error("too many queries: {0}")]
+    Busy(String),
     #[error("query failed: {0}")]
     Internal(String),
     #[error("query failed: {0}")]
@@ -67,7 +79,11 @@ impl crate::error::Coded for QueryError {
         match self {
             QueryError::BadRequest(_) | QueryError::TraceQl(_) => ErrorCode::InvalidArgument,
             QueryError::NotFound => ErrorCode::NotFound,
-            QueryError::ResourcesExhausted(_) => ErrorCode::ResourceExhausted,
+            QueryError::ResourcesExhausted(_) | QueryError::TooExpensive(_) => {
+                ErrorCode::ResourceExhausted
+            }
+            QueryError::Timeout(_) => ErrorCode::Unavailable,
+            QueryError::Busy(_) => ErrorCode::Overloaded,
             QueryError::Internal(_)
             | QueryError::DataFusion(_)
             | QueryError::Store(_)

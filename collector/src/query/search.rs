@@ -2,6 +2,8 @@
 //! 1. per spanset filter, the matching traces with their latest matching start and match count
 //!    (aggregated in DataFusion, limited when there is a single filter); filters combined with
 //!    `&&` / `||` at trace level;
+//!    With several filters each one's trace ids are collected (at most
+//!    `--max-search-trace-ids`, else 422);
 //! 2. for the `limit` most recent traces only, their merged summaries and up to `spss` matching
 //!    spans, reading just the blocks whose bloom filters hold those trace ids.
 
@@ -240,9 +242,13 @@ async fn phase1(
             cast(count(lit(1u8)), DataType::UInt64).alias(out_col::COUNT),
         ],
     )?;
-    if let Some(l) = limit {
-        df = df.sort(vec![col(out_col::LAST).sort(false, false)])?.limit(0, Some(l))?;
-    }
+    // Without a limit (several spansets, combined here) every matching trace id comes out of
+    // the memory pool into this map: at most `--max-search-trace-ids` of them.
+    let max_ids = engine.runner.limits().max_search_trace_ids;
+    df = match limit {
+        Some(l) => df.sort(vec![col(out_col::LAST).sort(false, false)])?.limit(0, Some(l))?,
+        None => df.limit(0, Some(max_ids.saturating_add(1)))?,
+    };
     let mut out = HashMap::new();
     for b in df.collect().await? {
         let ids = column(&b, c::TRACE_ID)?.as_fixed_size_binary();
@@ -251,6 +257,13 @@ async fn phase1(
         for i in 0..b.num_rows() {
             out.insert(trace_key(ids, i), Hit { last_start: last.value(i), matched: n.value(i) });
         }
+    }
+    if limit.is_none() && out.len() > max_ids {
+        engine.runner.refused("search_trace_ids");
+        return Err(QueryError::TooExpensive(format!(
+            "a spanset of the query matches more than {max_ids} traces \
+             (--max-search-trace-ids); narrow the query or the time range"
+        )));
     }
     Ok(out)
 }

@@ -10,6 +10,7 @@ mod cli;
 #[cfg(feature = "demo")]
 mod demo;
 mod hostile_ingest;
+mod hostile_sql;
 mod ingest;
 mod native;
 mod profiles;
