@@ -111,6 +111,12 @@ pub struct ServeArgs {
     /// Memory available to one query, e.g. 512MiB in bytes.
     #[arg(long, env = "SKEIN_QUERY_MEMORY_BYTES")]
     pub query_memory_bytes: Option<usize>,
+    /// Series one PromQL / TraceQL-metrics answer may hold; more is refused with 422.
+    #[arg(long, env = "SKEIN_MAX_QUERY_SERIES")]
+    pub max_query_series: Option<usize>,
+    /// Samples one PromQL / TraceQL-metrics answer may hold; more is refused with 422.
+    #[arg(long, env = "SKEIN_MAX_QUERY_SAMPLES")]
+    pub max_query_samples: Option<usize>,
     /// Span attributes stored in their own column (comma separated).
     #[arg(long, env = "SKEIN_DEDICATED_SPAN_ATTRIBUTES", value_delimiter = ',')]
     pub dedicated_span_attributes: Option<Vec<String>>,
@@ -189,6 +195,8 @@ pub struct IngestSection {
 pub struct QuerySection {
     /// Memory one query may hold.
     pub memory_bytes: usize,
+    /// Series and samples one PromQL / TraceQL-metrics answer may hold.
+    pub answer: crate::promql::answer_limits::AnswerLimits,
 }
 
 /// Rules and where their alerts go. Becomes an [`crate::alert::AlertingConfig`] at start, once
@@ -294,7 +302,21 @@ impl ServeArgs {
                 )?,
                 retention,
             },
-            query: QuerySection { memory_bytes: query_memory_bytes },
+            query: QuerySection {
+                memory_bytes: query_memory_bytes,
+                answer: crate::promql::answer_limits::AnswerLimits {
+                    max_series: positive(
+                        "max-query-series",
+                        a.max_query_series,
+                        crate::promql::answer_limits::DEFAULT_MAX_SERIES,
+                    )?,
+                    max_samples: positive(
+                        "max-query-samples",
+                        a.max_query_samples,
+                        crate::promql::answer_limits::DEFAULT_MAX_SAMPLES,
+                    )?,
+                },
+            },
             span_metrics: SpanMetricsConfig {
                 buckets: spanmetrics_buckets,
                 dimensions: spanmetrics_dimensions,
@@ -346,6 +368,8 @@ impl ServeArgs {
             head_max_age: self.head_max_age.or(file.head_max_age),
             block_target_spans: self.block_target_spans.or(file.block_target_spans),
             query_memory_bytes: self.query_memory_bytes.or(file.query_memory_bytes),
+            max_query_series: self.max_query_series.or(file.max_query_series),
+            max_query_samples: self.max_query_samples.or(file.max_query_samples),
             dedicated_span_attributes: self
                 .dedicated_span_attributes
                 .or(file.dedicated_span_attributes),

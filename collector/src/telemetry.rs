@@ -44,6 +44,9 @@ pub struct Telemetry {
     pub spans_deduplicated: IntCounter,
     /// 1 when `/ready` answers 200.
     pub ready: IntGauge,
+    /// Queries refused by a query limit, by reason (`time_range`, `depth`, `series`,
+    /// `samples`, `tags`).
+    pub queries_refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -202,6 +205,12 @@ impl Telemetry {
                 "Spans dropped at ingest as copies of a recently stored (trace id, span id).",
             ),
             ready: gauge(&r, "skein_ready", "1 when /ready answers 200, else 0."),
+            queries_refused: counter_vec(
+                &r,
+                "skein_queries_refused_total",
+                "PromQL/TraceQL-metrics/RED queries refused by a limit (time range and points, nesting, answer series or samples, legacy tags).",
+                &["reason"],
+            ),
             registry: r,
         }
     }
