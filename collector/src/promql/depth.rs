@@ -42,7 +42,7 @@ pub fn check_text(q: &str) -> Result<(), DepthError> {
     let mut braces: usize = 0;
     let mut ops: usize = 0;
     let mut chars = q.chars().peekable();
-    let mut count_op = |ops: &mut usize| -> Result<(), DepthError> {
+    let count_op = |ops: &mut usize| -> Result<(), DepthError> {
         *ops = ops.checked_add(1).filter(|n| *n <= MAX_NODES).ok_or_else(too_many)?;
         Ok(())
     };

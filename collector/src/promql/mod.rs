@@ -371,4 +371,34 @@ mod tests {
         s.0.push(other);
         assert!(matches!(instant(&s, &e, 600_000), Err(PromqlError::Execution(_))));
     }
+
+    #[test]
+    fn answers_are_refused_once_they_outgrow_the_caps() {
+        let raw = parse("traces_spanmetrics_calls_total").unwrap();
+        let two_series = AnswerLimits { max_series: 2, max_samples: 1000 };
+        let r = range(&store(), &raw, &steps(0, 60_000, 15_000), &two_series);
+        assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Series(2)))), "{r:?}");
+        let r = instant_limited(&store(), &raw, 600_000, &two_series);
+        assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Series(2)))), "{r:?}");
+        let sum = parse("sum(traces_spanmetrics_calls_total)").unwrap();
+        let three_samples = AnswerLimits { max_series: 10, max_samples: 3 };
+        let r = range(&store(), &sum, &steps(0, 60_000, 15_000), &three_samples);
+        assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Samples(3)))), "{r:?}");
+        assert!(range(&store(), &sum, &steps(0, 30_000, 15_000), &three_samples).is_ok());
+    }
+
+    #[test]
+    fn hostile_queries_are_refused_not_evaluated() {
+        let deep = format!("{}1{}", "(".repeat(50_000), ")".repeat(50_000));
+        assert!(matches!(parse(&deep), Err(PromqlError::Depth(_))));
+        assert!(matches!(parse("x[1e300]"), Err(PromqlError::BadData(_))), "parser panic caught");
+        let e = parse("rate(traces_spanmetrics_calls_total[99999999y])").unwrap();
+        assert!(matches!(instant(&store(), &e, 600_000), Err(PromqlError::TimeRange(_))));
+        let e = parse("traces_spanmetrics_calls_total offset 99999999y").unwrap();
+        assert!(matches!(instant(&store(), &e, 600_000), Err(PromqlError::TimeRange(_))));
+        assert!(matches!(
+            instant(&store(), &parse("1").unwrap(), i64::MAX),
+            Err(PromqlError::TimeRange(_))
+        ));
+    }
 }

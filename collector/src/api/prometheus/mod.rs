@@ -130,7 +130,7 @@ async fn query(
         let limits = limits(&lim);
         let v =
             blocking(move || promql::instant_limited(storage.as_ref(), &expr, t, &limits)).await?;
-        Ok(success(to_json(&v, t)))
+        Ok::<_, PromqlError>(success(to_json(&v, t)))
     };
     counted(&s, r.await)
 }
@@ -153,7 +153,7 @@ async fn query_range(
         let steps = Steps::new(MILLIS, start, end, step)?;
         let limits = limits(&lim);
         let v = blocking(move || promql::range(storage.as_ref(), &expr, &steps, &limits)).await?;
-        Ok(success(to_json(&v, end)))
+        Ok::<_, PromqlError>(success(to_json(&v, end)))
     };
     counted(&s, r.await)
 }
