@@ -108,9 +108,10 @@ async fn hostile_time_ranges_are_refused_with_400_not_looped_over() {
 #[tokio::test]
 async fn deeply_nested_queries_are_refused_before_they_overflow_the_stack() {
     let c = Collector::start(|_| {}).await;
-    let deep = |open: &str, inner: &str, close: &str| {
-        format!("{}{inner}{}", open.repeat(50_000), close.repeat(50_000))
+    let nest = |n: usize, open: &str, inner: &str, close: &str| {
+        format!("{}{inner}{}", open.repeat(n), close.repeat(n))
     };
+    let deep = |open: &str, inner: &str, close: &str| nest(50_000, open, inner, close);
     let started = Instant::now();
     for q in [
         deep("(", "1", ")"),
@@ -123,9 +124,10 @@ async fn deeply_nested_queries_are_refused_before_they_overflow_the_stack() {
         assert_eq!(status, 400, "{}: {body}", &q[..20]);
         assert!(body.contains("too complex"), "{body}");
     }
-    // TraceQL search and metrics: their own parser's bounds.
-    let filter = format!("{{ {} }}", deep("(", ".a = 1", ")"));
-    let spansets = deep("(", "{ }", ")");
+    // TraceQL search and metrics: their own parser's bounds. GET only: 20,000 levels is as deep
+    // as a URI may be (the http crate caps it at 64 KiB).
+    let filter = format!("{{ {} }}", nest(20_000, "(", ".a = 1", ")"));
+    let spansets = nest(20_000, "(", "{ }", ")");
     for q in [&filter, &spansets] {
         let (status, body) = get(&c, &format!("/api/search?q={q}")).await;
         assert_eq!(status, 400, "{body}");
@@ -149,7 +151,7 @@ async fn deeply_nested_queries_are_refused_before_they_overflow_the_stack() {
 async fn legacy_tags_with_thousands_of_pairs_are_refused() {
     let c = Collector::start(|_| {}).await;
     let tags = |n: usize| (0..n).map(|i| format!("k{i}=v{i}")).collect::<Vec<_>>().join(" ");
-    let (status, body) = get(&c, &format!("/api/search?tags={}", enc(&tags(10_000)))).await;
+    let (status, body) = get(&c, &format!("/api/search?tags={}", enc(&tags(3_000)))).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("at most 64"), "{body}");
     let (status, body) = get(&c, &format!("/api/search?tags={}", enc(&tags(64)))).await;
