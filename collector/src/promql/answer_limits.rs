@@ -22,9 +22,13 @@ impl Default for AnswerLimits {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnswerLimitError {
-    #[error("query too expensive: more than {0} series (--max-query-series); narrow the selector or the by()")]
+    #[error(
+        "query too expensive: more than {0} series (--max-query-series); narrow the selector or the by()"
+    )]
     Series(usize),
-    #[error("query too expensive: more than {0} samples (--max-query-samples); use a shorter range or a larger step")]
+    #[error(
+        "query too expensive: more than {0} samples (--max-query-samples); use a shorter range or a larger step"
+    )]
     Samples(usize),
 }
 

@@ -18,9 +18,9 @@ use promql_parser::parser::value::ValueType;
 use answer_limits::{AnswerLimitError, AnswerLimits};
 use depth::DepthError;
 use eval::Evaluator;
-use time_range::{Steps, TimeRangeError};
 pub use eval::{now_ms, selector_matches};
 use labels::Labels;
+use time_range::{Steps, TimeRangeError};
 use value::{Series, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -331,14 +331,22 @@ mod tests {
     #[test]
     fn range_query_evaluates_every_step() {
         let e = parse("sum(rate(traces_spanmetrics_calls_total[1m]))").unwrap();
-        let Value::Matrix(m) = range(&store(), &e, &steps(300_000, 600_000, 60_000), &AnswerLimits::default()).unwrap() else {
+        let Value::Matrix(m) =
+            range(&store(), &e, &steps(300_000, 600_000, 60_000), &AnswerLimits::default())
+                .unwrap()
+        else {
             panic!()
         };
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].points.len(), 6);
         assert!(m[0].points.iter().all(|p| (p.1 - 4.0).abs() < 1e-9), "{m:?}");
-        let Value::Matrix(m) = range(&store(), &parse("1+1").unwrap(), &steps(0, 60_000, 15_000), &AnswerLimits::default()).unwrap()
-        else {
+        let Value::Matrix(m) = range(
+            &store(),
+            &parse("1+1").unwrap(),
+            &steps(0, 60_000, 15_000),
+            &AnswerLimits::default(),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -359,7 +367,10 @@ mod tests {
         }
         assert!(matches!(parse("sum("), Err(PromqlError::BadData(_))));
         let e = parse("traces_spanmetrics_calls_total[5m]").unwrap();
-        assert!(matches!(range(&store(), &e, &steps(0, 60_000, 15_000), &AnswerLimits::default()), Err(PromqlError::BadData(_))));
+        assert!(matches!(
+            range(&store(), &e, &steps(0, 60_000, 15_000), &AnswerLimits::default()),
+            Err(PromqlError::BadData(_))
+        ));
     }
 
     #[test]

@@ -111,7 +111,10 @@ impl Steps {
     pub fn times(&self) -> impl Iterator<Item = i64> + use<> {
         let Steps { start, step, points, .. } = *self;
         (0..points).map_while(move |k| {
-            i64::try_from(k).ok().and_then(|k| k.checked_mul(step)).and_then(|d| start.checked_add(d))
+            i64::try_from(k)
+                .ok()
+                .and_then(|k| k.checked_mul(step))
+                .and_then(|d| start.checked_add(d))
         })
     }
 }

@@ -162,7 +162,8 @@ async fn legacy_tags_with_thousands_of_pairs_are_refused() {
 /// `n` traces, each with its own service and root span name.
 async fn send_services(c: &Collector, n: u64) {
     let start = now_nanos() - 1_000_000_000;
-    let rs = (0..n).map(|i| trace(i + 1, &format!("svc-{i}"), &format!("op-{i}"), start, 5, 0, false));
+    let rs =
+        (0..n).map(|i| trace(i + 1, &format!("svc-{i}"), &format!("op-{i}"), start, 5, 0, false));
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/traces", c.otlp_http()))
         .header("content-type", "application/x-protobuf")
@@ -229,7 +230,10 @@ async fn answers_wider_than_the_series_and_sample_caps_are_refused_with_422() {
     // 2 series of 62 points: over 100 samples.
     let (status, body) = get(
         &c,
-        &format!("/api/metrics/query_range?q={}&{range}", enc("{ } | quantile_over_time(duration, 0.5, 0.9)")),
+        &format!(
+            "/api/metrics/query_range?q={}&{range}",
+            enc("{ } | quantile_over_time(duration, 0.5, 0.9)")
+        ),
     )
     .await;
     assert_eq!(status, 422, "{body}");

@@ -31,7 +31,9 @@ pub fn boundaries(start_ms: i64, end_ms: i64, step_ms: Option<i64>) -> Vec<i64> 
             // Callers bound the points (time_range::points); saturating keeps a missed bound
             // from wrapping.
             let n = span / step;
-            (0..=n).map(|k| end_ms.saturating_sub(n.saturating_sub(k).saturating_mul(step))).collect()
+            (0..=n)
+                .map(|k| end_ms.saturating_sub(n.saturating_sub(k).saturating_mul(step)))
+                .collect()
         }
         None => vec![start_ms, end_ms],
     }
