@@ -78,11 +78,11 @@ pub fn check_text(q: &str) -> Result<(), DepthError> {
                     braces = braces.saturating_sub(1);
                 }
             }
-            '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!' if braces == 0 => {
-                // `==`, `!=`, `<=`, `>=` are one operator.
-                if chars.next_if_eq(&'=').is_some() || c != '=' {
-                    count_op(&mut ops)?;
-                }
+            // `==`, `!=`, `<=`, `>=` are one operator; a lone `=` is none.
+            '+' | '-' | '*' | '/' | '%' | '^' | '<' | '>' | '=' | '!'
+                if braces == 0 && (chars.next_if_eq(&'=').is_some() || c != '=') =>
+            {
+                count_op(&mut ops)?;
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
                 let mut word = String::from(c);
