@@ -143,6 +143,12 @@ pub struct ServeArgs {
     /// Trace ids a search with several spansets may collect before it is refused with 422.
     #[arg(long, env = "SKEIN_MAX_SEARCH_TRACE_IDS")]
     pub max_search_trace_ids: Option<usize>,
+    /// Series one PromQL / TraceQL-metrics answer may hold; more is refused with 422.
+    #[arg(long, env = "SKEIN_MAX_QUERY_SERIES")]
+    pub max_query_series: Option<usize>,
+    /// Samples one PromQL / TraceQL-metrics answer may hold; more is refused with 422.
+    #[arg(long, env = "SKEIN_MAX_QUERY_SAMPLES")]
+    pub max_query_samples: Option<usize>,
     /// Span attributes stored in their own column (comma separated).
     #[arg(long, env = "SKEIN_DEDICATED_SPAN_ATTRIBUTES", value_delimiter = ',')]
     pub dedicated_span_attributes: Option<Vec<String>>,
@@ -360,6 +366,18 @@ impl ServeArgs {
                 a.max_concurrent_queries,
                 a.query_threads,
                 a.max_search_trace_ids,
+                crate::promql::answer_limits::AnswerLimits {
+                    max_series: positive(
+                        "max-query-series",
+                        a.max_query_series,
+                        crate::promql::answer_limits::DEFAULT_MAX_SERIES,
+                    )?,
+                    max_samples: positive(
+                        "max-query-samples",
+                        a.max_query_samples,
+                        crate::promql::answer_limits::DEFAULT_MAX_SAMPLES,
+                    )?,
+                },
             )?,
             span_metrics: SpanMetricsConfig {
                 buckets: spanmetrics_buckets,
@@ -428,6 +446,8 @@ impl ServeArgs {
             max_concurrent_queries: self.max_concurrent_queries.or(file.max_concurrent_queries),
             query_threads: self.query_threads.or(file.query_threads),
             max_search_trace_ids: self.max_search_trace_ids.or(file.max_search_trace_ids),
+            max_query_series: self.max_query_series.or(file.max_query_series),
+            max_query_samples: self.max_query_samples.or(file.max_query_samples),
             dedicated_span_attributes: self
                 .dedicated_span_attributes
                 .or(file.dedicated_span_attributes),
@@ -624,6 +644,7 @@ fn query_section(
     max_concurrent: Option<usize>,
     threads: Option<usize>,
     max_search_trace_ids: Option<usize>,
+    answer: crate::promql::answer_limits::AnswerLimits,
 ) -> Result<QuerySection, ConfigError> {
     let d = QuerySection::with_memory(memory_bytes);
     Ok(QuerySection {
@@ -635,6 +656,7 @@ fn query_section(
             max_search_trace_ids,
             d.max_search_trace_ids,
         )?,
+        answer,
         ..d
     })
 }

@@ -241,7 +241,8 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         span_metrics: span_metrics.clone(),
         health: health.clone(),
     })
-    .layer(axum::Extension(alerting.clone()));
+    .layer(axum::Extension(alerting.clone()))
+    .layer(axum::Extension(cfg.query.answer));
     // The front door was answering for the starting collector; from now on it hands over.
     let _ = app_cell.set(app);
     let otlp_app = ingest::http::router(ingestor.clone());

@@ -56,7 +56,7 @@ pub struct Telemetry {
     /// (--max-span-metric-series) was reached.
     pub span_metric_series_dropped: IntCounter,
     /// Queries refused, by reason (`timeout`, `concurrency`, `too_complex`, `function`,
-    /// `memory`, `search_trace_ids`).
+    /// `memory`, `search_trace_ids`, `time_range`, `depth`, `series`, `samples`).
     pub queries_refused: IntCounterVec,
 }
 

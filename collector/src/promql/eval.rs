@@ -13,8 +13,9 @@ use super::aggregate::aggregate;
 use super::binary::binary;
 use super::functions::{self, Window};
 use super::labels::{Labels, METRIC_NAME};
+use super::time_range::MILLIS;
 use super::value::{Sample, Series, Value};
-use super::{PromqlError, Storage};
+use super::{PromqlError, Storage, depth};
 
 /// Each series' points in a range selector's window, and the window.
 type RangeVector<'s> = (Vec<(&'s Labels, &'s [(i64, f64)])>, Window);
@@ -37,12 +38,19 @@ fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn offset_ms(vs: &VectorSelector) -> i64 {
-    match &vs.offset {
-        Some(Offset::Pos(d)) => millis(*d),
-        Some(Offset::Neg(d)) => -millis(*d),
+/// A selector's offset in ms (positive: into the past); refused beyond the epoch.
+fn offset_ms(vs: &VectorSelector) -> Result<i64, PromqlError> {
+    Ok(match &vs.offset {
+        Some(Offset::Pos(d)) => MILLIS.span("offset", *d)?,
+        // `span` is at most `max_abs`, so its negation fits.
+        Some(Offset::Neg(d)) => MILLIS.span("offset", *d)?.saturating_neg(),
         None => 0,
-    }
+    })
+}
+
+/// A range selector's window in ms; refused beyond the epoch (`x[1000000y]`).
+fn range_ms(ms: &MatrixSelector) -> Result<i64, PromqlError> {
+    Ok(MILLIS.span("range", ms.range)?)
 }
 
 /// Whether a series satisfies a selector: name, all matchers, and one `or` group if any.
@@ -72,29 +80,34 @@ impl<'a> Evaluator<'a> {
         end: i64,
         lookback: i64,
     ) -> Result<Self, PromqlError> {
+        // Every walk below recurses per level: only bounded trees get here.
+        depth::check_expr(expr)?;
+        let start = MILLIS.time("start", start)?;
+        let end = MILLIS.time("end", end)?;
         let mut ev = Evaluator { storage, start, end, lookback, selected: HashMap::new() };
         ev.prepare(expr)?;
         Ok(ev)
     }
 
     /// The time a selector reads at when the query is evaluated at `t`.
-    fn read_time(&self, vs: &VectorSelector, t: i64) -> i64 {
+    fn read_time(&self, vs: &VectorSelector, t: i64) -> Result<i64, PromqlError> {
         let base = match &vs.at {
             None => t,
             Some(AtModifier::Start) => self.start,
             Some(AtModifier::End) => self.end,
-            Some(AtModifier::At(at)) => {
-                at.duration_since(UNIX_EPOCH).map(millis).unwrap_or_else(|e| -millis(e.duration()))
-            }
+            Some(AtModifier::At(at)) => match at.duration_since(UNIX_EPOCH) {
+                Ok(d) => MILLIS.span("@ time", d)?,
+                Err(e) => MILLIS.span("@ time", e.duration())?.saturating_neg(),
+            },
         };
-        base - offset_ms(vs)
+        Ok(MILLIS.back("offset", base, offset_ms(vs)?)?)
     }
 
     /// Fetches every selector's series once, over the span all steps will read.
     fn prepare(&mut self, e: &Expr) -> Result<(), PromqlError> {
         match e {
             Expr::VectorSelector(vs) => self.fetch(vs, self.lookback),
-            Expr::MatrixSelector(ms) => self.fetch(&ms.vs, millis(ms.range)),
+            Expr::MatrixSelector(ms) => self.fetch(&ms.vs, range_ms(ms)?),
             Expr::Paren(p) => self.prepare(&p.expr),
             Expr::Unary(u) => self.prepare(&u.expr),
             Expr::Binary(b) => {
@@ -115,9 +128,9 @@ impl<'a> Evaluator<'a> {
     }
 
     fn fetch(&mut self, vs: &VectorSelector, range: i64) -> Result<(), PromqlError> {
-        let first = self.read_time(vs, self.start);
-        let last = self.read_time(vs, self.end);
-        let (from, to) = (first.min(last) - range, first.max(last));
+        let first = self.read_time(vs, self.start)?;
+        let last = self.read_time(vs, self.end)?;
+        let (from, to) = (MILLIS.back("range", first.min(last), range)?, first.max(last));
         let series = self.storage.select(&|l| selector_matches(vs, l), from, to)?;
         self.selected.insert(key(vs), series);
         Ok(())
@@ -132,11 +145,12 @@ impl<'a> Evaluator<'a> {
 
     /// Latest sample of each series in `(t - lookback, t]`.
     fn instant_vector(&self, vs: &VectorSelector, t: i64) -> Result<Vec<Sample>, PromqlError> {
-        let t = self.read_time(vs, t);
+        let t = self.read_time(vs, t)?;
+        let since = MILLIS.back("lookback", t, self.lookback)?;
         let mut out = Vec::new();
         for s in self.series(vs)? {
             let i = s.points.partition_point(|p| p.0 <= t);
-            if i > 0 && s.points[i - 1].0 > t - self.lookback {
+            if i > 0 && s.points[i - 1].0 > since {
                 out.push(Sample { labels: s.labels.clone(), v: s.points[i - 1].1 });
             }
         }
@@ -145,8 +159,8 @@ impl<'a> Evaluator<'a> {
 
     /// Points of each series in `(t - range, t]`, and that window.
     fn range_vector(&self, ms: &MatrixSelector, t: i64) -> Result<RangeVector<'_>, PromqlError> {
-        let end = self.read_time(&ms.vs, t);
-        let w = Window { start: end - millis(ms.range), end };
+        let end = self.read_time(&ms.vs, t)?;
+        let w = Window { start: MILLIS.back("range", end, range_ms(ms)?)?, end };
         let mut out = Vec::new();
         for s in self.series(&ms.vs)? {
             let lo = s.points.partition_point(|p| p.0 <= w.start);

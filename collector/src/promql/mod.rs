@@ -3,18 +3,24 @@
 //! it, never approximated.
 
 pub mod aggregate;
+pub mod answer_limits;
 pub mod binary;
+pub mod depth;
 pub mod eval;
 pub mod functions;
 pub mod labels;
+pub mod time_range;
 pub mod value;
 
 use promql_parser::parser::Expr;
 use promql_parser::parser::value::ValueType;
 
+use answer_limits::{AnswerLimitError, AnswerLimits};
+use depth::DepthError;
 use eval::Evaluator;
 pub use eval::{now_ms, selector_matches};
 use labels::Labels;
+use time_range::{Steps, TimeRangeError};
 use value::{Series, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,12 @@ pub enum PromqlError {
     #[error("internal error: {0}")]
     Internal(String),
     #[error(transparent)]
+    TimeRange(#[from] TimeRangeError),
+    #[error(transparent)]
+    Depth(#[from] DepthError),
+    #[error(transparent)]
+    Answer(#[from] AnswerLimitError),
+    #[error(transparent)]
     InvalidTenant(#[from] crate::tenant::InvalidTenant),
     /// Evaluation runs off the async workers; the task panicked or was cancelled.
     #[error("internal error: {0}")]
@@ -43,6 +55,9 @@ impl crate::error::Coded for PromqlError {
         match self {
             PromqlError::BadData(_) | PromqlError::Unsupported(_) => ErrorCode::InvalidArgument,
             PromqlError::InvalidTenant(e) => e.code(),
+            PromqlError::TimeRange(e) => e.code(),
+            PromqlError::Depth(e) => e.code(),
+            PromqlError::Answer(e) => e.code(),
             PromqlError::Execution(_) => ErrorCode::Unprocessable,
             PromqlError::Internal(_) | PromqlError::Task(_) => ErrorCode::Internal,
         }
@@ -52,8 +67,17 @@ impl crate::error::Coded for PromqlError {
 /// Staleness lookback of instant selectors, as Prometheus' default.
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
-/// Prometheus refuses range queries with more points than this per series.
-pub const MAX_POINTS: i64 = 11_000;
+impl PromqlError {
+    /// The `reason` label of `skein_queries_refused_total` when this is a refusal by a limit.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            PromqlError::TimeRange(_) => Some("time_range"),
+            PromqlError::Depth(_) => Some("depth"),
+            PromqlError::Answer(e) => Some(e.reason()),
+            _ => None,
+        }
+    }
+}
 
 /// Where selectors read series from.
 pub trait Storage: Send + Sync {
@@ -67,41 +91,56 @@ pub trait Storage: Send + Sync {
     ) -> Result<Vec<Series>, PromqlError>;
 }
 
+/// Parses a query whose text and tree are within [`depth`]'s bounds.
 pub fn parse(query: &str) -> Result<Expr, PromqlError> {
-    promql_parser::parser::parse(query).map_err(PromqlError::BadData)
+    depth::check_text(query)?;
+    // promql-parser panics on some literals (`x[1e300]` reaches `Duration::from_secs_f64`);
+    // a query must not take its request down with it.
+    let parsed = std::panic::catch_unwind(|| promql_parser::parser::parse(query))
+        .map_err(|_| PromqlError::BadData(format!("cannot parse {query:?}: value out of range")))?;
+    let expr = parsed.map_err(PromqlError::BadData)?;
+    depth::check_expr(&expr)?;
+    Ok(expr)
+}
+
+/// Evaluates at one time (ms) under the default [`AnswerLimits`].
+pub fn instant(storage: &dyn Storage, expr: &Expr, t: i64) -> Result<Value, PromqlError> {
+    instant_limited(storage, expr, t, &AnswerLimits::default())
 }
 
 /// Evaluates at one time (ms); a range selector at the top yields its raw points.
-pub fn instant(storage: &dyn Storage, expr: &Expr, t: i64) -> Result<Value, PromqlError> {
+pub fn instant_limited(
+    storage: &dyn Storage,
+    expr: &Expr,
+    t: i64,
+    limits: &AnswerLimits,
+) -> Result<Value, PromqlError> {
+    let t = time_range::MILLIS.time("time", t)?;
     let ev = Evaluator::new(storage, expr, t, t, LOOKBACK_MS)?;
     let v = ev.eval(expr, t)?;
-    if let Value::Vector(samples) = &v {
-        check_unique(samples.iter().map(|s| &s.labels))?;
+    match &v {
+        Value::Vector(samples) => {
+            limits.series(samples.len())?;
+            check_unique(samples.iter().map(|s| &s.labels))?;
+        }
+        Value::Matrix(m) => {
+            limits.series(m.len())?;
+            limits.samples(m.iter().fold(0usize, |n, s| n.saturating_add(s.points.len())))?;
+        }
+        Value::Scalar(_) | Value::String(_) => {}
     }
     Ok(v)
 }
 
-/// Evaluates at every step from `start` to `end` (ms) into a matrix.
+/// Evaluates at every step of `steps` (ms) into a matrix, refusing as soon as the answer
+/// outgrows `limits`.
 pub fn range(
     storage: &dyn Storage,
     expr: &Expr,
-    start: i64,
-    end: i64,
-    step: i64,
+    steps: &Steps,
+    limits: &AnswerLimits,
 ) -> Result<Value, PromqlError> {
-    if step <= 0 {
-        return Err(PromqlError::BadData(
-            "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
-        ));
-    }
-    if end < start {
-        return Err(PromqlError::BadData("end timestamp must not be before start time".into()));
-    }
-    if (end - start) / step >= MAX_POINTS {
-        return Err(PromqlError::BadData(
-            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
-        ));
-    }
+    let (start, end) = (steps.start, steps.end);
     match expr.value_type() {
         ValueType::Vector | ValueType::Scalar => {}
         other => {
@@ -117,8 +156,8 @@ pub fn range(
     let ev = Evaluator::new(storage, expr, start, end, LOOKBACK_MS)?;
     let mut order: Vec<Labels> = Vec::new();
     let mut series: std::collections::HashMap<Labels, Vec<(i64, f64)>> = Default::default();
-    let mut t = start;
-    while t <= end {
+    let mut samples_held: usize = 0;
+    for t in steps.times() {
         let samples = match ev.eval(expr, t)? {
             Value::Scalar(v) => vec![value::Sample { labels: Labels::default(), v }],
             Value::Vector(v) => v,
@@ -130,6 +169,8 @@ pub fn range(
             }
         };
         check_unique(samples.iter().map(|s| &s.labels))?;
+        samples_held = samples_held.saturating_add(samples.len());
+        limits.samples(samples_held)?;
         for s in samples {
             series
                 .entry(s.labels)
@@ -139,7 +180,7 @@ pub fn range(
                 })
                 .push((t, s.v));
         }
-        t += step;
+        limits.series(series.len())?;
     }
     let mut out: Vec<Series> = order
         .into_iter()
@@ -231,6 +272,10 @@ mod tests {
         ])
     }
 
+    fn steps(start: i64, end: i64, step: i64) -> Steps {
+        Steps::new(time_range::MILLIS, start, end, step).unwrap()
+    }
+
     fn vector(q: &str, t: i64) -> Vec<Sample> {
         match instant(&store(), &parse(q).unwrap(), t).unwrap() {
             Value::Vector(v) => v,
@@ -286,14 +331,22 @@ mod tests {
     #[test]
     fn range_query_evaluates_every_step() {
         let e = parse("sum(rate(traces_spanmetrics_calls_total[1m]))").unwrap();
-        let Value::Matrix(m) = range(&store(), &e, 300_000, 600_000, 60_000).unwrap() else {
+        let Value::Matrix(m) =
+            range(&store(), &e, &steps(300_000, 600_000, 60_000), &AnswerLimits::default())
+                .unwrap()
+        else {
             panic!()
         };
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].points.len(), 6);
         assert!(m[0].points.iter().all(|p| (p.1 - 4.0).abs() < 1e-9), "{m:?}");
-        let Value::Matrix(m) = range(&store(), &parse("1+1").unwrap(), 0, 60_000, 15_000).unwrap()
-        else {
+        let Value::Matrix(m) = range(
+            &store(),
+            &parse("1+1").unwrap(),
+            &steps(0, 60_000, 15_000),
+            &AnswerLimits::default(),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(
@@ -314,7 +367,10 @@ mod tests {
         }
         assert!(matches!(parse("sum("), Err(PromqlError::BadData(_))));
         let e = parse("traces_spanmetrics_calls_total[5m]").unwrap();
-        assert!(matches!(range(&store(), &e, 0, 60_000, 15_000), Err(PromqlError::BadData(_))));
+        assert!(matches!(
+            range(&store(), &e, &steps(0, 60_000, 15_000), &AnswerLimits::default()),
+            Err(PromqlError::BadData(_))
+        ));
     }
 
     #[test]
@@ -325,5 +381,35 @@ mod tests {
         other.labels.set("__name__", "other");
         s.0.push(other);
         assert!(matches!(instant(&s, &e, 600_000), Err(PromqlError::Execution(_))));
+    }
+
+    #[test]
+    fn answers_are_refused_once_they_outgrow_the_caps() {
+        let raw = parse("traces_spanmetrics_calls_total").unwrap();
+        let two_series = AnswerLimits { max_series: 2, max_samples: 1000 };
+        let r = range(&store(), &raw, &steps(0, 60_000, 15_000), &two_series);
+        assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Series(2)))), "{r:?}");
+        let r = instant_limited(&store(), &raw, 600_000, &two_series);
+        assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Series(2)))), "{r:?}");
+        let sum = parse("sum(traces_spanmetrics_calls_total)").unwrap();
+        let three_samples = AnswerLimits { max_series: 10, max_samples: 3 };
+        let r = range(&store(), &sum, &steps(0, 60_000, 15_000), &three_samples);
+        assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Samples(3)))), "{r:?}");
+        assert!(range(&store(), &sum, &steps(0, 30_000, 15_000), &three_samples).is_ok());
+    }
+
+    #[test]
+    fn hostile_queries_are_refused_not_evaluated() {
+        let deep = format!("{}1{}", "(".repeat(50_000), ")".repeat(50_000));
+        assert!(matches!(parse(&deep), Err(PromqlError::Depth(_))));
+        assert!(matches!(parse("x[1e300]"), Err(PromqlError::BadData(_))), "parser panic caught");
+        let e = parse("rate(traces_spanmetrics_calls_total[99999999y])").unwrap();
+        assert!(matches!(instant(&store(), &e, 600_000), Err(PromqlError::TimeRange(_))));
+        let e = parse("traces_spanmetrics_calls_total offset 99999999y").unwrap();
+        assert!(matches!(instant(&store(), &e, 600_000), Err(PromqlError::TimeRange(_))));
+        assert!(matches!(
+            instant(&store(), &parse("1").unwrap(), i64::MAX),
+            Err(PromqlError::TimeRange(_))
+        ));
     }
 }

@@ -24,10 +24,12 @@ use super::tables::span_tables;
 use super::traceql::{Attribute, CmpOp, Intrinsic, MetricsFunction, MetricsQuery, Query, Scope};
 use super::udf::Slot;
 use super::{QueryEngine, QueryError};
+use crate::promql::answer_limits::{AnswerLimitError, AnswerLimits};
+use crate::promql::time_range::{self, NANOS};
 use crate::spanrows::{DedicatedColumns, col as c, column};
 
 /// Tempo's (and Prometheus') cap on points per series.
-pub const MAX_INTERVALS: i64 = 11_000;
+pub const MAX_INTERVALS: i64 = time_range::MAX_POINTS as i64;
 /// Exemplars per series when the request does not say.
 pub const DEFAULT_EXEMPLARS: usize = 10;
 pub const MAX_EXEMPLARS: usize = 100;
@@ -49,18 +51,18 @@ impl Grid {
         if step <= 0 {
             return Err(bad("zero or negative query resolution step widths are not accepted"));
         }
+        let range = |e: time_range::TimeRangeError| bad(e.to_string());
+        let start = NANOS.time("start", start).map_err(range)?;
+        let end = NANOS.time("end", end).map_err(range)?;
         if end <= start {
             return Err(bad(format!("end ({end}) must be after start ({start})")));
         }
+        let step = NANOS.time("step", step).map_err(range)?;
         let start = start.div_euclid(step).saturating_mul(step);
-        let end = end.saturating_add(step - 1).div_euclid(step).saturating_mul(step);
-        let intervals = (end - start) / step;
-        if intervals > MAX_INTERVALS {
-            return Err(bad(format!(
-                "exceeded maximum resolution of {MAX_INTERVALS} points per series; use a larger step"
-            )));
-        }
-        Ok(Grid { start, step, intervals })
+        let end = end.saturating_add(step.saturating_sub(1)).div_euclid(step).saturating_mul(step);
+        // Points are bucket starts: the grid's end is not one.
+        let intervals = time_range::points(start, end.saturating_sub(step), step).map_err(range)?;
+        Ok(Grid { start, step, intervals: i64::try_from(intervals).map_err(|_| bad("too many"))? })
     }
 
     /// An instant query's grid: exactly one bucket, `[start, end)`.
@@ -68,7 +70,8 @@ impl Grid {
         if end <= start {
             return Err(bad(format!("end ({end}) must be after start ({start})")));
         }
-        Ok(Grid { start, step: end - start, intervals: 1 })
+        let step = end.checked_sub(start).ok_or_else(|| bad("time range out of bounds"))?;
+        Ok(Grid { start, step, intervals: 1 })
     }
 
     /// Exclusive end.
@@ -81,12 +84,13 @@ impl Grid {
         if t < self.start || t >= self.end() {
             return None;
         }
-        usize::try_from((t - self.start) / self.step).ok()
+        usize::try_from(t.checked_sub(self.start)? / self.step).ok()
     }
 
     /// Start of bucket `i` in unix milliseconds (Tempo's sample timestamp).
     pub fn timestamp_ms(&self, i: usize) -> i64 {
-        (self.start + self.step * i as i64).div_euclid(1_000_000)
+        let offset = i64::try_from(i).unwrap_or(i64::MAX).saturating_mul(self.step);
+        self.start.saturating_add(offset).div_euclid(1_000_000)
     }
 
     pub fn step_seconds(&self) -> f64 {
@@ -99,6 +103,8 @@ pub struct MetricsRequest {
     pub grid: Grid,
     /// Most exemplars per series.
     pub exemplars: usize,
+    /// Series and samples the answer may hold.
+    pub limits: AnswerLimits,
 }
 
 /// A label value, typed as Tempo's `AnyValue`.
@@ -416,8 +422,20 @@ pub(super) async fn traceql_metrics(
 
     // Series key: the by() values in order (`None` = attribute missing).
     let mut groups: BTreeMap<String, (Vec<Option<LabelValue>>, Vec<Group>)> = BTreeMap::new();
+    let refuse = |e: AnswerLimitError| {
+        engine.metrics.queries_refused.with_label_values(&[e.reason()]).inc();
+        QueryError::ResourcesExhausted(e.to_string())
+    };
+    let intervals = usize::try_from(grid.intervals).unwrap_or(usize::MAX);
+    // Series per by() key at least (histograms add one per bucket seen, counted below).
+    let per_key = match &req.query.function {
+        MetricsFunction::QuantileOverTime(qs) => qs.len().max(1),
+        _ => 1,
+    };
     for b in &batches {
         read_groups(b, &kinds, &widths, &grid, raw, &mut groups)?;
+        // Counted per batch, before the series (each `intervals` long) are allocated.
+        req.limits.grid(groups.len().saturating_mul(per_key), intervals).map_err(refuse)?;
     }
     let mut series = Vec::new();
     for (keys, gs) in groups.into_values() {
@@ -429,6 +447,7 @@ pub(super) async fn traceql_metrics(
             .map(|(a, v)| KeyValue { key: a.tag_name(), value: v.unwrap_or_else(nil) })
             .collect();
         series.extend(build_series(&req.query.function, labels, gs, &grid));
+        req.limits.grid(series.len(), intervals).map_err(refuse)?;
     }
     let mut out = QueryRangeResponse {
         series: series.into_iter().map(|s| finish(s, &grid, req.exemplars)).collect(),

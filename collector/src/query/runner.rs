@@ -32,6 +32,8 @@ pub struct QueryLimits {
     pub max_search_trace_ids: usize,
     /// Worker threads of the query runtime.
     pub threads: usize,
+    /// Series and samples one PromQL / TraceQL-metrics answer may hold.
+    pub answer: crate::promql::answer_limits::AnswerLimits,
 }
 
 impl QueryLimits {
@@ -44,6 +46,7 @@ impl QueryLimits {
             max_concurrent: cores.saturating_mul(2).max(4),
             max_search_trace_ids: 100_000,
             threads: cores.max(2),
+            answer: crate::promql::answer_limits::AnswerLimits::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod demo;
 mod hostile_ingest;
 mod hostile_sql;
+mod hostile_queries;
 mod ingest;
 mod native;
 mod profiles;

@@ -89,7 +89,7 @@ fn q(s: &str) -> MetricsQuery {
 }
 
 async fn range(e: &QueryEngine, query: &str, grid: Grid) -> QueryRangeResponse {
-    let req = MetricsRequest { query: q(query), grid, exemplars: 5 };
+    let req = MetricsRequest { query: q(query), grid, exemplars: 5, limits: Default::default() };
     e.traceql_metrics(T, &req).await.unwrap()
 }
 
@@ -222,6 +222,7 @@ async fn instant_query_is_one_bucket_over_the_whole_range() {
         query: q("{ } | count_over_time() by(status)"),
         grid: Grid::single(start, end).unwrap(),
         exemplars: 0,
+        limits: Default::default(),
     };
     let r: QueryInstantResponse = e.traceql_metrics(T, &req).await.unwrap().into();
     let mut want: BTreeMap<String, f64> = BTreeMap::new();
@@ -274,6 +275,7 @@ async fn unsupported_pipelines_are_rejected_before_running() {
         query: q("{ name = \"a\" } && { name = \"b\" } | rate()"),
         grid: whole_range(60 * SEC),
         exemplars: 1,
+        limits: Default::default(),
     };
     assert!(matches!(e.traceql_metrics(T, &req).await, Err(QueryError::BadRequest(_))));
 }

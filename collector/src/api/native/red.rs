@@ -17,12 +17,11 @@ use super::{NativeError, params, range_ms};
 use crate::api::AppState;
 use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
+use crate::promql::time_range::{self, MILLIS};
 use crate::span_metrics::calls::{CALLS, LATENCY};
 use crate::tenant::{InvalidTenant, Tenant};
 
 const DEFAULT_STEP_MS: i64 = 15_000;
-/// Points per series at most (as Prometheus' limit).
-const MAX_POINTS: i64 = 11_000;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RedParams {
@@ -137,10 +136,14 @@ pub async fn handler(
         return Err(NativeError::BadRequest("step must be at least 1ms".into()));
     }
     let (start, end) = range_ms(p.start, p.end)?;
-    if (end - start) / step >= MAX_POINTS {
-        return Err(NativeError::BadRequest(format!(
-            "more than {MAX_POINTS} points per series: use a larger step"
-        )));
+    // Whole steps ending at `end`: as many boundaries as grid points from `start`.
+    let checked = MILLIS
+        .time("start", start)
+        .and_then(|_| MILLIS.time("end", end))
+        .and_then(|_| time_range::points(start, end, step));
+    if let Err(e) = checked {
+        state.engine.metrics.queries_refused.with_label_values(&["time_range"]).inc();
+        return Err(NativeError::BadRequest(e.to_string()));
     }
     let span_name = p.span_name.as_deref().filter(|s| !s.is_empty());
     Ok(Json(red(

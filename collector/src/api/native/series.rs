@@ -25,10 +25,15 @@ pub fn boundaries(start_ms: i64, end_ms: i64, step_ms: Option<i64>) -> Vec<i64> 
     if end_ms <= start_ms {
         return vec![start_ms];
     }
-    match step_ms.filter(|s| *s > 0 && *s <= end_ms - start_ms) {
+    let span = end_ms.saturating_sub(start_ms);
+    match step_ms.filter(|s| *s > 0 && *s <= span) {
         Some(step) => {
-            let n = (end_ms - start_ms) / step;
-            (0..=n).map(|k| end_ms - (n - k) * step).collect()
+            // Callers bound the points (time_range::points); saturating keeps a missed bound
+            // from wrapping.
+            let n = span / step;
+            (0..=n)
+                .map(|k| end_ms.saturating_sub(n.saturating_sub(k).saturating_mul(step)))
+                .collect()
         }
         None => vec![start_ms, end_ms],
     }

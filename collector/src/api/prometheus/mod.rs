@@ -21,6 +21,8 @@ use serde_json::{Value as Json, json};
 use super::AppState;
 use crate::alert::Alerting;
 use crate::alert::api::RuleFilter;
+use crate::promql::answer_limits::AnswerLimits;
+use crate::promql::time_range::{MILLIS, Steps};
 use crate::promql::value::{format_time, format_value, to_json};
 use crate::promql::{self, PromqlError, now_ms, selector_matches};
 use crate::span_metrics::exposition::FAMILIES;
@@ -84,6 +86,23 @@ async fn alerts(rules: Rules) -> Response {
 
 type Answer = Result<Response, PromqlError>;
 
+/// `--max-query-series` / `--max-query-samples` (an extension set by `serve`; defaults without).
+type Limits = Option<Extension<AnswerLimits>>;
+
+fn limits(l: &Limits) -> AnswerLimits {
+    l.as_ref().map(|Extension(l)| *l).unwrap_or_default()
+}
+
+/// Counts refusals by a query limit on `skein_queries_refused_total`.
+fn counted<T>(s: &AppState, r: Result<T, PromqlError>) -> Result<T, PromqlError> {
+    if let Err(e) = &r
+        && let Some(reason) = e.refusal()
+    {
+        s.engine.metrics.queries_refused.with_label_values(&[reason]).inc();
+    }
+    r
+}
+
 fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
 }
@@ -98,33 +117,45 @@ async fn blocking<T: Send + 'static>(
 async fn query(
     State(s): State<AppState>,
     rules: Rules,
+    lim: Limits,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
-    let p = Params::new(q.as_deref(), &headers, &body);
-    let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
-    let expr = promql::parse(p.required("query")?)?;
-    let t = p.time("time", now_ms())?;
-    let v = blocking(move || promql::instant(storage.as_ref(), &expr, t)).await?;
-    Ok(success(to_json(&v, t)))
+    let r = async {
+        let p = Params::new(q.as_deref(), &headers, &body);
+        let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
+        let expr = promql::parse(p.required("query")?)?;
+        let t = p.time("time", now_ms())?;
+        let limits = limits(&lim);
+        let v =
+            blocking(move || promql::instant_limited(storage.as_ref(), &expr, t, &limits)).await?;
+        Ok::<_, PromqlError>(success(to_json(&v, t)))
+    };
+    counted(&s, r.await)
 }
 
 async fn query_range(
     State(s): State<AppState>,
     rules: Rules,
+    lim: Limits,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
-    let p = Params::new(q.as_deref(), &headers, &body);
-    let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
-    let expr = promql::parse(p.required("query")?)?;
-    let start = p.required("start").and_then(|_| p.time("start", 0))?;
-    let end = p.required("end").and_then(|_| p.time("end", 0))?;
-    let step = parse_step(p.required("step")?)?;
-    let v = blocking(move || promql::range(storage.as_ref(), &expr, start, end, step)).await?;
-    Ok(success(to_json(&v, end)))
+    let r = async {
+        let p = Params::new(q.as_deref(), &headers, &body);
+        let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
+        let expr = promql::parse(p.required("query")?)?;
+        let start = p.required("start").and_then(|_| p.time("start", 0))?;
+        let end = p.required("end").and_then(|_| p.time("end", 0))?;
+        let step = parse_step(p.required("step")?)?;
+        let steps = Steps::new(MILLIS, start, end, step)?;
+        let limits = limits(&lim);
+        let v = blocking(move || promql::range(storage.as_ref(), &expr, &steps, &limits)).await?;
+        Ok::<_, PromqlError>(success(to_json(&v, end)))
+    };
+    counted(&s, r.await)
 }
 
 /// `match[]` selectors; each must be a plain series selector.

@@ -5,6 +5,7 @@
 use axum::http::{HeaderMap, header};
 
 use crate::promql::PromqlError;
+use crate::promql::time_range::MILLIS;
 
 pub struct Params(Vec<(String, String)>);
 
@@ -59,10 +60,10 @@ impl Params {
     }
 }
 
-/// Float seconds (`1435781451.781`) or RFC 3339; in ms.
+/// Float seconds (`1435781451.781`) or RFC 3339; in ms, within [`MILLIS`] bounds.
 pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(f) = s.parse::<f64>() {
-        return f.is_finite().then(|| (f * 1000.0).round() as i64);
+        return MILLIS.from_seconds("time", f).ok();
     }
     let t = humantime::parse_rfc3339_weak(s).ok()?;
     let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
@@ -72,15 +73,13 @@ pub fn parse_time(s: &str) -> Option<i64> {
 /// Float seconds or a duration string; in ms.
 pub fn parse_step(s: &str) -> Result<i64, PromqlError> {
     if let Ok(f) = s.parse::<f64>() {
-        return if f.is_finite() {
-            Ok((f * 1000.0).round() as i64)
-        } else {
-            Err(PromqlError::BadData(format!("invalid parameter \"step\": {s:?}")))
-        };
+        return MILLIS
+            .from_seconds("step", f)
+            .map_err(|_| PromqlError::BadData(format!("invalid parameter \"step\": {s:?}")));
     }
-    promql_parser::util::parse_duration(s)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .map_err(|e| PromqlError::BadData(format!("invalid parameter \"step\": {e}")))
+    let d = promql_parser::util::parse_duration(s)
+        .map_err(|e| PromqlError::BadData(format!("invalid parameter \"step\": {e}")))?;
+    Ok(MILLIS.span("step", d)?)
 }
 
 #[cfg(test)]
@@ -97,6 +96,16 @@ mod tests {
         assert_eq!(parse_step("1m0s").unwrap(), 60_000);
         assert_eq!(parse_step("0.5").unwrap(), 500);
         assert!(parse_step("x").is_err());
+    }
+
+    #[test]
+    fn out_of_range_times_and_steps_are_refused_not_saturated() {
+        assert_eq!(parse_time("-1e300"), None);
+        assert_eq!(parse_time("1e300"), None);
+        assert_eq!(parse_time("NaN"), None);
+        assert!(parse_step("1e300").is_err());
+        assert!(parse_step("Inf").is_err());
+        assert!(parse_step("2562047788015215y").is_err());
     }
 
     #[test]

@@ -245,6 +245,21 @@ fn and(a: Option<FieldExpr>, b: FieldExpr) -> Option<FieldExpr> {
     })
 }
 
+/// Legacy `tags=` pairs at most: each is one `&&` operand.
+const MAX_LEGACY_TAGS: usize = 64;
+
+/// `a && b && …` as a balanced tree: depth grows with log2 of the operands, not with each.
+fn and_all(mut v: Vec<FieldExpr>) -> Option<FieldExpr> {
+    if v.len() <= 1 {
+        return v.pop();
+    }
+    let right = v.split_off(v.len() / 2);
+    match (and_all(v), and_all(right)) {
+        (Some(a), Some(b)) => Some(FieldExpr::And(Box::new(a), Box::new(b))),
+        (a, b) => a.or(b),
+    }
+}
+
 fn cmp(attr: Attribute, op: CmpOp, value: Literal) -> FieldExpr {
     FieldExpr::Cmp(Comparison { attr, op, value })
 }
@@ -253,7 +268,15 @@ fn cmp(attr: Attribute, op: CmpOp, value: Literal) -> FieldExpr {
 fn legacy_filter(p: &HashMap<String, String>) -> Result<Option<Filter>, QueryError> {
     let mut expr = None;
     if let Some(tags) = p.get("tags") {
-        for (k, v) in logfmt(tags)? {
+        let pairs = logfmt(tags)?;
+        if pairs.len() > MAX_LEGACY_TAGS {
+            return Err(QueryError::BadRequest(format!(
+                "invalid tags: {} pairs, at most {MAX_LEGACY_TAGS} are allowed",
+                pairs.len()
+            )));
+        }
+        let mut all = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
             let attr = match k.as_str() {
                 "service.name" => Attribute::Scoped { scope: Scope::Resource, name: k },
                 "name" => Attribute::Intrinsic(Intrinsic::Name),
@@ -263,8 +286,9 @@ fn legacy_filter(p: &HashMap<String, String>) -> Result<Option<Filter>, QueryErr
             if let (Attribute::Scoped { .. }, Ok(n)) = (&attr, v.parse::<i64>()) {
                 e = FieldExpr::Or(Box::new(e), Box::new(cmp(attr, CmpOp::Eq, Literal::Int(n))));
             }
-            expr = and(expr, e);
+            all.push(e);
         }
+        expr = and_all(all);
     }
     for (key, op) in [("minDuration", CmpOp::Ge), ("maxDuration", CmpOp::Le)] {
         if let Some(v) = p.get(key).filter(|v| !v.is_empty()) {
@@ -472,5 +496,22 @@ mod tests {
             ]
         );
         assert!(logfmt("novalue").is_err());
+    }
+
+    #[test]
+    fn legacy_tags_are_capped_and_combined_as_a_shallow_tree() {
+        fn depth(e: &FieldExpr) -> usize {
+            match e {
+                FieldExpr::And(a, b) | FieldExpr::Or(a, b) => 1 + depth(a).max(depth(b)),
+                FieldExpr::Not(e) => 1 + depth(e),
+                _ => 0,
+            }
+        }
+        let tags = |n: usize| (0..n).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(" ");
+        let p: HashMap<String, String> = [("tags".to_string(), tags(64))].into();
+        let f = legacy_filter(&p).unwrap().unwrap();
+        assert_eq!(depth(f.expr.as_ref().unwrap()), 6, "64 operands, log2 deep");
+        let p: HashMap<String, String> = [("tags".to_string(), tags(10_000))].into();
+        assert!(matches!(legacy_filter(&p), Err(QueryError::BadRequest(_))));
     }
 }

@@ -11,6 +11,8 @@ use axum::Json;
 use axum::extract::{Query as QueryParams, State};
 
 use super::super::AppState;
+use crate::promql::answer_limits::AnswerLimits;
+use crate::promql::time_range::{Epoch, NANOS, TimeRangeError};
 use crate::query::QueryError;
 use crate::query::metrics_eval::{
     DEFAULT_EXEMPLARS, Grid, MAX_EXEMPLARS, MetricsRequest, QueryInstantResponse,
@@ -28,6 +30,10 @@ fn bad(msg: impl Into<String>) -> QueryError {
     QueryError::BadRequest(msg.into())
 }
 
+fn out_of_range(e: TimeRangeError) -> QueryError {
+    QueryError::BadRequest(e.to_string())
+}
+
 fn param<'a>(p: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
     p.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
 }
@@ -41,25 +47,27 @@ fn now_ns() -> i64 {
 
 /// A timestamp as Tempo reads it: fractional seconds, integer seconds (≤ 10 digits),
 /// integer nanoseconds, or RFC 3339.
+/// Times outside [`NANOS`] (about 1824..2116) are refused rather than saturated.
 pub fn parse_timestamp(key: &str, v: &str) -> Result<i64, QueryError> {
     let invalid = || bad(format!("could not parse '{key}' parameter: {v:?}"));
     if v.contains('.')
         && let Ok(f) = v.parse::<f64>()
     {
         // Tempo rounds the fraction to milliseconds.
-        let secs = f.trunc();
-        let ms = ((f - secs) * 1000.0).round();
-        return Ok((secs as i64).saturating_mul(SEC_NS).saturating_add(ms as i64 * 1_000_000));
+        const MS: Epoch = Epoch { max_abs: NANOS.max_abs / 1_000_000, per_second: 1_000 };
+        let ms = MS.from_seconds(key, f).map_err(out_of_range)?;
+        return Ok(ms.saturating_mul(1_000_000));
     }
-    match v.parse::<i64>() {
-        Ok(n) if v.trim_start_matches('-').len() <= 10 => Ok(n.saturating_mul(SEC_NS)),
-        Ok(n) => Ok(n),
+    let t = match v.parse::<i64>() {
+        Ok(n) if v.trim_start_matches('-').len() <= 10 => n.saturating_mul(SEC_NS),
+        Ok(n) => n,
         Err(_) => {
             let t = humantime::parse_rfc3339_weak(v).map_err(|_| invalid())?;
             let d = t.duration_since(UNIX_EPOCH).map_err(|_| invalid())?;
-            i64::try_from(d.as_nanos()).map_err(|_| invalid())
+            i64::try_from(d.as_nanos()).map_err(|_| invalid())?
         }
-    }
+    };
+    NANOS.time(key, t).map_err(out_of_range)
 }
 
 /// `since` as Prometheus durations: Go units plus `d`, `w`, `y`.
@@ -83,18 +91,18 @@ fn parse_since(v: &str) -> Result<i64, QueryError> {
 /// `step` as Tempo reads it: float seconds or a Go duration.
 pub fn parse_step(v: &str) -> Result<i64, QueryError> {
     if let Ok(f) = v.parse::<f64>() {
-        let ns = f * SEC_NS as f64;
-        if !ns.is_finite() || ns.abs() > i64::MAX as f64 {
-            return Err(bad(format!("cannot parse {v:?} to a valid duration")));
-        }
-        return Ok(ns as i64);
+        return NANOS
+            .from_seconds("step", f)
+            .map_err(|_| bad(format!("cannot parse {v:?} to a valid duration")));
     }
-    parse_duration(v).ok_or_else(|| bad(format!("cannot parse {v:?} to a valid duration")))
+    parse_duration(v)
+        .filter(|d| *d <= NANOS.max_abs)
+        .ok_or_else(|| bad(format!("cannot parse {v:?} to a valid duration")))
 }
 
 /// Tempo's `DefaultQueryRangeStep`: about 240 points, rounded down to 5 s (or 1 s) multiples.
 pub fn default_step(start: i64, end: i64) -> i64 {
-    let baseline = (end - start).max(0) / 240;
+    let baseline = end.saturating_sub(start).max(0) / 240;
     let mut interval = baseline / (5 * SEC_NS) * (5 * SEC_NS);
     if interval < 5 * SEC_NS {
         interval = baseline / SEC_NS * SEC_NS;
@@ -109,7 +117,7 @@ pub fn bounds(p: &HashMap<String, String>) -> Result<(i64, i64), QueryError> {
     let end = param(p, "end").map(|v| parse_timestamp("end", v)).transpose()?.unwrap_or(now);
     let start = match param(p, "start") {
         Some(v) => parse_timestamp("start", v)?,
-        None => end.min(now).saturating_sub(since),
+        None => NANOS.back("since", end.min(now), since).map_err(out_of_range)?,
     };
     if end <= start {
         return Err(bad(format!(
@@ -119,22 +127,31 @@ pub fn bounds(p: &HashMap<String, String>) -> Result<(i64, i64), QueryError> {
     Ok((start, end))
 }
 
-fn request(p: &HashMap<String, String>, instant: bool) -> Result<MetricsRequest, QueryError> {
-    // `q` wins over `query`, as in Tempo.
-    let q = param(p, "q")
-        .or_else(|| param(p, "query"))
-        .ok_or_else(|| bad("missing TraceQL metrics query: pass q, e.g. q={} | rate()"))?;
-    let query = traceql::parse_metrics(q)?;
+/// The buckets asked for: one for an instant query, else `step`s over the range.
+fn grid(p: &HashMap<String, String>, instant: bool) -> Result<Grid, QueryError> {
     let (start, end) = bounds(p)?;
-    let grid = if instant {
-        Grid::single(start, end)?
+    if instant {
+        Grid::single(start, end)
     } else {
         let step = match param(p, "step") {
             Some(v) => parse_step(v)?,
             None => default_step(start, end),
         };
-        Grid::aligned(start, end, step)?
-    };
+        Grid::aligned(start, end, step)
+    }
+}
+
+fn request(
+    p: &HashMap<String, String>,
+    instant: bool,
+    limits: AnswerLimits,
+) -> Result<MetricsRequest, QueryError> {
+    // `q` wins over `query`, as in Tempo.
+    let q = param(p, "q")
+        .or_else(|| param(p, "query"))
+        .ok_or_else(|| bad("missing TraceQL metrics query: pass q, e.g. q={} | rate()"))?;
+    let query = traceql::parse_metrics(q)?;
+    let grid = grid(p, instant)?;
     let exemplars = match param(p, "exemplars") {
         None => DEFAULT_EXEMPLARS,
         Some(v) => v
@@ -142,34 +159,45 @@ fn request(p: &HashMap<String, String>, instant: bool) -> Result<MetricsRequest,
             .map_err(|_| bad(format!("invalid exemplars: {v:?} is not a non-negative integer")))?
             .min(MAX_EXEMPLARS),
     };
-    Ok(MetricsRequest { query, grid, exemplars })
+    Ok(MetricsRequest { query, grid, exemplars, limits })
 }
+
+/// `--max-query-series` / `--max-query-samples` (an extension set by `serve`; defaults without).
+type Limits = Option<axum::Extension<AnswerLimits>>;
 
 async fn run(
     s: &AppState,
     tenant: &str,
     p: &HashMap<String, String>,
     instant: bool,
+    limits: Limits,
 ) -> Result<QueryRangeResponse, QueryError> {
-    let req = request(p, instant)?;
+    let limits = limits.map(|axum::Extension(l)| l).unwrap_or_default();
+    if grid(p, instant).is_err() {
+        // Answer-size refusals are counted where they happen (metrics_eval).
+        s.engine.metrics.queries_refused.with_label_values(&["time_range"]).inc();
+    }
+    let req = request(p, instant, limits)?;
     s.engine.traceql_metrics(tenant, &req).await
 }
 
 pub async fn query_range(
     State(s): State<AppState>,
+    limits: Limits,
     QueryParams(p): Params,
     Tenant(tenant): Tenant,
 ) -> Result<Json<QueryRangeResponse>, QueryError> {
-    Ok(Json(run(&s, &tenant, &p, false).await?))
+    Ok(Json(run(&s, &tenant, &p, false, limits).await?))
 }
 
 /// The range computation over a single bucket, answered as `QueryInstantResponse`.
 pub async fn query_instant(
     State(s): State<AppState>,
+    limits: Limits,
     QueryParams(p): Params,
     Tenant(tenant): Tenant,
 ) -> Result<Json<QueryInstantResponse>, QueryError> {
-    Ok(Json(QueryInstantResponse::from(run(&s, &tenant, &p, true).await?)))
+    Ok(Json(QueryInstantResponse::from(run(&s, &tenant, &p, true, limits).await?)))
 }
 
 #[cfg(test)]
@@ -231,10 +259,26 @@ mod tests {
                 ("step", "60"),
             ]),
             false,
+            AnswerLimits::default(),
         )
         .unwrap();
         assert_eq!(r.query.function, traceql::MetricsFunction::CountOverTime);
         assert_eq!(r.grid.intervals, 60);
-        assert!(request(&params(&[("q", "{ }")]), false).is_err());
+        assert!(request(&params(&[("q", "{ }")]), false, AnswerLimits::default()).is_err());
+    }
+
+    #[test]
+    fn extreme_times_and_steps_are_refused_not_saturated() {
+        assert!(parse_timestamp("start", "-1e300").is_err());
+        assert!(parse_timestamp("end", "1e300").is_err());
+        assert!(parse_timestamp("end", "9999999999").is_err(), "year 2286 in ns overflows");
+        assert!(parse_timestamp("end", "-9223372036854775808").is_err());
+        assert!(parse_step("1e300").is_err());
+        let p = params(&[("start", "-1e18"), ("end", "1e18"), ("step", "1")]);
+        assert!(grid(&p, false).is_err());
+        let p = params(&[("start", "1.5"), ("end", "9200000000000000000"), ("step", "9e9")]);
+        assert!(grid(&p, false).is_err());
+        let p = params(&[("end", "1700000000"), ("since", "100000000d")]);
+        assert!(grid(&p, false).is_err());
     }
 }
