@@ -44,6 +44,8 @@ pub struct Telemetry {
     pub spans_deduplicated: IntCounter,
     /// 1 when `/ready` answers 200.
     pub ready: IntGauge,
+    /// Profile pushes refused by a limit (`too_large`, `too_complex`, `busy`, `too_many_apps`).
+    pub profile_pushes_refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -152,6 +154,12 @@ impl Telemetry {
                 "skein_profile_push_bytes_total",
                 "Bytes of accepted profile push bodies (as sent, before decompression).",
                 &["tenant", "app"],
+            ),
+            profile_pushes_refused: counter_vec(
+                &r,
+                "skein_profile_pushes_refused_total",
+                "Profile pushes refused by a limit (too large, too complex to decode, decode slots busy, too many apps).",
+                &["reason"],
             ),
             resident_memory_bytes: gauge(
                 &r,
