@@ -9,6 +9,7 @@ mod architecture;
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
+mod hostile_profiles;
 mod ingest;
 mod native;
 mod profiles;
