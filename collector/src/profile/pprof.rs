@@ -139,6 +139,9 @@ pub fn to_profile(
         if p.time_nanos >= MIN_PLAUSIBLE_TIME_NS { p.time_nanos } else { ctx.default_time_ns };
     let mut b = ProfileBuilder::new(types, time_ns, ctx.labels);
 
+    // The index maps and the per-location frame cache below.
+    let entries = p.function.len().saturating_add(p.location.len());
+    budget.charge(entries.saturating_mul(INDEX_ENTRY_COST))?;
     let functions: HashMap<u64, &pb::Function> = p.function.iter().map(|f| (f.id, f)).collect();
     let locations: HashMap<u64, &pb::Location> = p.location.iter().map(|l| (l.id, l)).collect();
     // Frames of each location, innermost first, resolved once.
@@ -188,6 +191,9 @@ pub fn to_profile(
     }
     Ok(b.finish())
 }
+
+/// What indexing one function or location costs (hash map entries, the cached frame list).
+const INDEX_ENTRY_COST: usize = 64;
 
 /// What a kept label costs beyond its two strings' bytes.
 const LABEL_COST: usize = std::mem::size_of::<Label>();

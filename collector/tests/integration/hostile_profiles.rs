@@ -100,8 +100,9 @@ impl Api {
     /// A normal folded push for `app` (40 ms), then its flame graph totals `total` ns: the
     /// collector still works, and refused pushes left nothing behind.
     async fn still_works(&self, app: &str, total: i64) {
-        let (status, _, body) =
-            self.ingest(&format!("name={app}.cpu"), b"main;work 3\nmain;idle 1\n".to_vec(), None).await;
+        let (status, _, body) = self
+            .ingest(&format!("name={app}.cpu"), b"main;work 3\nmain;idle 1\n".to_vec(), None)
+            .await;
         assert_eq!(status, 200, "{body}");
         let now_ms = (now_nanos() / 1_000_000) as i64;
         let req = q::SelectMergeStacktracesRequest {
@@ -113,7 +114,10 @@ impl Api {
         };
         let resp = self
             .http
-            .post(format!("{}/pyroscope/querier.v1.QuerierService/SelectMergeStacktraces", self.base))
+            .post(format!(
+                "{}/pyroscope/querier.v1.QuerierService/SelectMergeStacktraces",
+                self.base
+            ))
             .header("content-type", "application/proto")
             .body(req.encode_to_vec())
             .send()
@@ -243,7 +247,8 @@ async fn folded_bodies_with_overflowing_counts_or_too_many_stacks_are_refused() 
     let (status, _, body) = api.ingest("name=shop.cpu", many, None).await;
     assert_eq!(status, 413, "{body}");
     // A line of 100k frames is accepted, cut to 1024.
-    let deep = format!("{} 1\n", (0..100_000).map(|i| format!("f{i}")).collect::<Vec<_>>().join(";"));
+    let deep =
+        format!("{} 1\n", (0..100_000).map(|i| format!("f{i}")).collect::<Vec<_>>().join(";"));
     let (status, _, body) = api.ingest("name=deep.cpu", deep.into_bytes(), None).await;
     assert_eq!(status, 200, "{body}");
     api.still_works("shop", 40_000_000).await;
@@ -281,7 +286,8 @@ async fn distinct_apps_per_tenant_are_capped_with_403_and_known_apps_keep_pushin
     let c = start(|a| a.profile_max_apps = Some(3)).await;
     let api = Api::new(&c);
     for app in ["a0", "a1", "a2"] {
-        let (status, _, body) = api.ingest(&format!("name={app}.cpu"), b"main 1\n".to_vec(), None).await;
+        let (status, _, body) =
+            api.ingest(&format!("name={app}.cpu"), b"main 1\n".to_vec(), None).await;
         assert_eq!(status, 200, "{body}");
     }
     let (status, _, body) = api.ingest("name=a3.cpu", b"main 1\n".to_vec(), None).await;
