@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::alert::rules::Group;
 use crate::ingest::admission::IngestLimits;
 use crate::profile::ProfileConfig;
+use crate::profile::limits as profile_limits;
 use crate::span_metrics::SpanMetricsConfig;
 use crate::spanrows::DedicatedColumns;
 use crate::traces::{HeadConfig, StoreConfig, TracesConfig};
@@ -168,6 +169,18 @@ pub struct ServeArgs {
     /// How often span metrics and service-graph series are sampled into history, e.g. 15s.
     #[arg(long, env = "SKEIN_METRICS_SCRAPE_INTERVAL")]
     pub metrics_scrape_interval: Option<String>,
+    // Hostile profile pushes (profile/limits.rs).
+    /// A profile push may decode into at most this many times --max-body-bytes of memory
+    /// (samples, frames, labels, protobuf structs); beyond it the push is refused with 413.
+    #[arg(long, env = "SKEIN_PROFILE_DECODE_FACTOR")]
+    pub profile_decode_factor: Option<usize>,
+    /// Profile pushes decoded at once; others wait up to 2 s, then get 429.
+    #[arg(long, env = "SKEIN_PROFILE_DECODE_CONCURRENCY")]
+    pub profile_decode_concurrency: Option<usize>,
+    /// Distinct service names a tenant may push profiles for within an hour; pushes naming
+    /// more are refused with 403.
+    #[arg(long, env = "SKEIN_PROFILE_MAX_APPS")]
+    pub profile_max_apps: Option<usize>,
 }
 
 /// Resolved configuration, built once from [`ServeArgs`]: one section per subsystem, each
@@ -405,6 +418,21 @@ impl ServeArgs {
                 head_max_age: head.max_age,
                 head_max_samples: head.max_spans,
                 retention,
+                decode_factor: positive(
+                    "profile-decode-factor",
+                    a.profile_decode_factor,
+                    profile_limits::DEFAULT_DECODE_FACTOR,
+                )?,
+                decode_concurrency: positive(
+                    "profile-decode-concurrency",
+                    a.profile_decode_concurrency,
+                    profile_limits::DEFAULT_DECODE_CONCURRENCY,
+                )?,
+                max_apps: positive(
+                    "profile-max-apps",
+                    a.profile_max_apps,
+                    profile_limits::DEFAULT_MAX_APPS,
+                )?,
             },
             head,
             data_dir,
@@ -458,6 +486,11 @@ impl ServeArgs {
             spanmetrics_dimensions: self.spanmetrics_dimensions.or(file.spanmetrics_dimensions),
             servicegraph_wait: self.servicegraph_wait.or(file.servicegraph_wait),
             metrics_scrape_interval: self.metrics_scrape_interval.or(file.metrics_scrape_interval),
+            profile_decode_factor: self.profile_decode_factor.or(file.profile_decode_factor),
+            profile_decode_concurrency: self
+                .profile_decode_concurrency
+                .or(file.profile_decode_concurrency),
+            profile_max_apps: self.profile_max_apps.or(file.profile_max_apps),
         }
     }
 }

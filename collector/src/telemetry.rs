@@ -58,6 +58,8 @@ pub struct Telemetry {
     /// Queries refused, by reason (`timeout`, `concurrency`, `too_complex`, `function`,
     /// `memory`, `search_trace_ids`, `time_range`, `depth`, `series`, `samples`).
     pub queries_refused: IntCounterVec,
+    /// Profile pushes refused by a limit (`too_large`, `too_complex`, `busy`, `too_many_apps`).
+    pub profile_pushes_refused: IntCounterVec,
 }
 
 /// Distinct combinations of client-chosen label values (tenants, applications) one family
@@ -224,6 +226,12 @@ impl Telemetry {
                 "Bytes of accepted profile push bodies (as sent, before decompression).",
                 &["tenant", "app"],
                 &[],
+            ),
+            profile_pushes_refused: counter_vec(
+                &r,
+                "skein_profile_pushes_refused_total",
+                "Profile pushes refused by a limit (too large, too complex to decode, decode slots busy, too many apps).",
+                &["reason"],
             ),
             resident_memory_bytes: gauge(
                 &r,

@@ -2,7 +2,9 @@
 //! and a count) and `lines` (one `a;b;c` stack per line, each counting 1).
 
 use super::ProfileError;
-use super::model::ProfileBuilder;
+use super::limits::Budget;
+use super::model::{MAX_STACK_DEPTH, ProfileBuilder};
+use super::pprof::sample_cost;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -11,12 +13,14 @@ pub enum Format {
 }
 
 /// Adds every line of `body` as a sample whose value is its count times `scale` (the sampling
-/// period for CPU and wall profiles, see `push.rs`).
+/// period for CPU and wall profiles, see `push.rs`). Stacks keep their first (root-most)
+/// [`MAX_STACK_DEPTH`] frames, and every sample is charged to `budget`.
 pub fn parse(
     body: &[u8],
     format: Format,
     scale: i64,
     b: &mut ProfileBuilder,
+    budget: &mut Budget,
 ) -> Result<(), ProfileError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ProfileError::Malformed(format!("{format:?} profile is not UTF-8: {e}")))?;
@@ -39,8 +43,14 @@ pub fn parse(
                 (stack, count)
             }
         };
-        let frames: Vec<u32> = stack.split(';').map(|f| b.function(f)).collect();
-        b.sample(frames, vec![count.saturating_mul(scale)], Vec::new());
+        let value = count
+            .checked_mul(scale)
+            .ok_or_else(|| bad("the count times the sampling period overflows 64 bits"))?;
+        // Frames past the cap are never interned, so a line of a million `;` costs nothing.
+        let frames: Vec<u32> =
+            stack.split(';').take(MAX_STACK_DEPTH).map(|f| b.function(f)).collect();
+        budget.charge(sample_cost(frames.len(), 1))?;
+        b.sample(frames, vec![value], Vec::new());
     }
     Ok(())
 }
@@ -55,7 +65,7 @@ mod tests {
         scale: i64,
     ) -> Result<super::super::model::Profile, ProfileError> {
         let mut b = ProfileBuilder::new(vec!["t".into()], 0, vec![]);
-        parse(body.as_bytes(), format, scale, &mut b)?;
+        parse(body.as_bytes(), format, scale, &mut b, &mut Budget::new(1 << 20, 8))?;
         Ok(b.finish())
     }
 
@@ -89,8 +99,40 @@ mod tests {
         assert!(run("a;b x\n", Format::Folded, 1).is_err());
         assert!(run("a;b -1\n", Format::Folded, 1).is_err());
         assert!(matches!(
-            parse(b"\xff\xfe 1", Format::Folded, 1, &mut ProfileBuilder::default()),
+            parse(
+                b"\xff\xfe 1",
+                Format::Folded,
+                1,
+                &mut ProfileBuilder::default(),
+                &mut Budget::new(1 << 20, 8)
+            ),
             Err(ProfileError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn overflowing_counts_are_refused_not_saturated() {
+        let e = run("a;b 9223372036854775807\n", Format::Folded, 10_000_000).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        assert!(run("a;b 99999999999999999999\n", Format::Folded, 1).is_err());
+    }
+
+    #[test]
+    fn very_deep_lines_keep_the_root_most_frames_and_intern_no_more() {
+        let line =
+            format!("{} 1\n", (0..100_000).map(|i| format!("f{i}")).collect::<Vec<_>>().join(";"));
+        let p = run(&line, Format::Folded, 1).unwrap();
+        assert_eq!(p.samples[0].frames.len(), MAX_STACK_DEPTH);
+        assert_eq!(p.functions.len(), MAX_STACK_DEPTH);
+        assert_eq!(p.functions[0], "f0");
+    }
+
+    #[test]
+    fn many_stacks_past_the_budget_are_refused() {
+        // 4 bytes a line, ~90 bytes a sample decoded: 256 KiB of lines under a 256 KiB budget.
+        let body = "a 1\n".repeat(64 * 1024);
+        let mut b = ProfileBuilder::new(vec!["t".into()], 0, vec![]);
+        let e = parse(body.as_bytes(), Format::Folded, 1, &mut b, &mut Budget::new(256 << 10, 1));
+        assert!(matches!(e, Err(ProfileError::TooComplex { .. })), "{e:?}");
     }
 }

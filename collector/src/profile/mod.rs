@@ -33,6 +33,7 @@
 pub mod block;
 pub mod folded;
 pub mod head;
+pub mod limits;
 pub mod model;
 pub mod multipart;
 pub mod pprof;
@@ -44,6 +45,7 @@ pub mod service;
 pub mod stack;
 pub mod store;
 pub mod tree;
+pub mod wire;
 
 pub use query::{MergeRequest, Series, SeriesRequest};
 pub use service::{ProfileConfig, Profiles};
@@ -65,6 +67,16 @@ pub enum ProfileError {
     InvalidTenant(#[from] InvalidTenant),
     #[error("profile write path is full, retry later")]
     Overloaded,
+    #[error(
+        "profile decodes to more than {limit} bytes (--profile-decode-factor times --max-body-bytes): too many samples, frames or labels for its size"
+    )]
+    TooComplex { limit: usize },
+    #[error("too many profile pushes are being decoded, retry later")]
+    Busy,
+    #[error(
+        "too many applications: this tenant pushed {limit} distinct service names within the last hour (--profile-max-apps)"
+    )]
+    TooManyApps { limit: usize },
     #[error("query needs more memory than allowed: {0}")]
     ResourcesExhausted(String),
     #[error("storage failure: object store: {0}")]
@@ -108,8 +120,9 @@ impl Coded for ProfileError {
         match self {
             ProfileError::BadRequest(_) | ProfileError::Malformed(_) => ErrorCode::InvalidArgument,
             ProfileError::InvalidTenant(e) => e.code(),
-            ProfileError::TooLarge { .. } => ErrorCode::TooLarge,
-            ProfileError::Overloaded => ErrorCode::Overloaded,
+            ProfileError::TooLarge { .. } | ProfileError::TooComplex { .. } => ErrorCode::TooLarge,
+            ProfileError::Overloaded | ProfileError::Busy => ErrorCode::Overloaded,
+            ProfileError::TooManyApps { .. } => ErrorCode::PermissionDenied,
             ProfileError::ResourcesExhausted(_) => ErrorCode::ResourceExhausted,
             ProfileError::ObjectStore(_) | ProfileError::Wal(_) => ErrorCode::Unavailable,
             ProfileError::Internal(_) | ProfileError::Arrow(_) | ProfileError::Parquet(_) => {

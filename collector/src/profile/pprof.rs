@@ -5,8 +5,9 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use super::ProfileError;
-use super::model::{Label, Profile, ProfileBuilder, ProfileType};
+use super::limits::Budget;
+use super::model::{Label, MAX_STACK_DEPTH, Profile, ProfileBuilder, ProfileType, Sample};
+use super::{ProfileError, wire};
 
 /// Messages generated from `proto/perftools/profiles/profile.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -18,16 +19,30 @@ pub mod pb {
 /// microseconds there, which land in 1970.
 const MIN_PLAUSIBLE_TIME_NS: i64 = 365 * 24 * 3600 * 1_000_000_000;
 
-/// Decodes a pprof body, gzip-compressed (as Go's runtime writes it) or plain.
-pub fn decode(raw: &[u8], limit: usize) -> Result<pb::Profile, ProfileError> {
+/// Decodes a pprof body, gzip-compressed (as Go's runtime writes it) or plain, within the push's
+/// budget: inflation counts against the push's sum, and the decoded message is charged before
+/// prost allocates it. Returns the message and its charge (release it once it is dropped).
+pub fn decode(raw: &[u8], budget: &mut Budget) -> Result<(pb::Profile, usize), ProfileError> {
     let inflated;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        inflated = super::gunzip(raw, limit)?;
+        inflated = budget.gunzip(raw)?;
         inflated.as_slice()
     } else {
         raw
     };
-    pb::Profile::decode(bytes).map_err(|e| ProfileError::Malformed(format!("pprof: {e}")))
+    let cost = wire::scan(bytes, wire::Message::Pprof, budget)?;
+    let p =
+        pb::Profile::decode(bytes).map_err(|e| ProfileError::Malformed(format!("pprof: {e}")))?;
+    Ok((p, cost))
+}
+
+/// Decodes and converts one pprof profile, charging what it produces to `budget`.
+pub fn read(raw: &[u8], ctx: Context<'_>, budget: &mut Budget) -> Result<Profile, ProfileError> {
+    let (decoded, cost) = decode(raw, budget)?;
+    let profile = to_profile(&decoded, ctx, budget);
+    drop(decoded);
+    budget.release(cost);
+    profile
 }
 
 /// How to read one pprof profile.
@@ -81,8 +96,14 @@ fn metric_name(sample_types: &[String]) -> String {
 }
 
 /// Converts a decoded pprof profile. Out-of-range string, location or function references are
-/// errors: a profile that refers to things it does not contain is damaged, not partial.
-pub fn to_profile(p: &pb::Profile, ctx: Context<'_>) -> Result<Profile, ProfileError> {
+/// errors: a profile that refers to things it does not contain is damaged, not partial. Stacks
+/// are cut to [`MAX_STACK_DEPTH`] while they are expanded, and every sample is charged to
+/// `budget` before it is kept.
+pub fn to_profile(
+    p: &pb::Profile,
+    ctx: Context<'_>,
+    budget: &mut Budget,
+) -> Result<Profile, ProfileError> {
     let strings = Strings(&p.string_table);
     let mut sample_types = Vec::with_capacity(p.sample_type.len());
     for st in &p.sample_type {
@@ -118,6 +139,9 @@ pub fn to_profile(p: &pb::Profile, ctx: Context<'_>) -> Result<Profile, ProfileE
         if p.time_nanos >= MIN_PLAUSIBLE_TIME_NS { p.time_nanos } else { ctx.default_time_ns };
     let mut b = ProfileBuilder::new(types, time_ns, ctx.labels);
 
+    // The index maps and the per-location frame cache below.
+    let entries = p.function.len().saturating_add(p.location.len());
+    budget.charge(entries.saturating_mul(INDEX_ENTRY_COST))?;
     let functions: HashMap<u64, &pb::Function> = p.function.iter().map(|f| (f.id, f)).collect();
     let locations: HashMap<u64, &pb::Location> = p.location.iter().map(|l| (l.id, l)).collect();
     // Frames of each location, innermost first, resolved once.
@@ -130,8 +154,11 @@ pub fn to_profile(p: &pb::Profile, ctx: Context<'_>) -> Result<Profile, ProfileE
                 sample_types.len()
             )));
         }
-        let mut stack: Vec<u32> = Vec::with_capacity(s.location_id.len());
-        for id in &s.location_id {
+        // Root first: locations are leaf first and a location's lines innermost first, so both
+        // are walked backwards, and expansion stops at the depth cap — an inlined location
+        // referenced many times never materialises more than the cap.
+        let mut stack: Vec<u32> = Vec::with_capacity(s.location_id.len().min(MAX_STACK_DEPTH));
+        for id in s.location_id.iter().rev() {
             if !frames_of.contains_key(id) {
                 let loc = locations.get(id).ok_or_else(|| {
                     ProfileError::Malformed(format!(
@@ -141,11 +168,11 @@ pub fn to_profile(p: &pb::Profile, ctx: Context<'_>) -> Result<Profile, ProfileE
                 let frames = location_frames(loc, &functions, &strings, &mut b)?;
                 frames_of.insert(*id, frames);
             }
-            if let Some(f) = frames_of.get(id) {
-                stack.extend_from_slice(f);
+            let room = MAX_STACK_DEPTH.saturating_sub(stack.len());
+            if let Some(f) = frames_of.get(id).filter(|_| room > 0) {
+                stack.extend(f.iter().rev().take(room));
             }
         }
-        stack.reverse();
         let mut labels = Vec::new();
         for l in &s.label {
             // Numeric labels (e.g. bytes of an allocation) are not label values to select on.
@@ -154,12 +181,28 @@ pub fn to_profile(p: &pb::Profile, ctx: Context<'_>) -> Result<Profile, ProfileE
             }
             let key = strings.get(l.key)?;
             if !key.is_empty() {
-                labels.push(Label::new(key, strings.get(l.str)?));
+                let value = strings.get(l.str)?;
+                budget.charge(LABEL_COST.saturating_add(key.len()).saturating_add(value.len()))?;
+                labels.push(Label::new(key, value));
             }
         }
+        budget.charge(sample_cost(stack.len(), s.value.len()))?;
         b.sample(stack, s.value.clone(), labels);
     }
     Ok(b.finish())
+}
+
+/// What indexing one function or location costs (hash map entries, the cached frame list).
+const INDEX_ENTRY_COST: usize = 64;
+
+/// What a kept label costs beyond its two strings' bytes.
+const LABEL_COST: usize = std::mem::size_of::<Label>();
+
+/// What a kept sample costs: the struct, its frames and its values.
+pub fn sample_cost(frames: usize, values: usize) -> usize {
+    std::mem::size_of::<Sample>()
+        .saturating_add(frames.saturating_mul(std::mem::size_of::<u32>()))
+        .saturating_add(values.saturating_mul(std::mem::size_of::<i64>()))
 }
 
 fn location_frames(
@@ -192,6 +235,10 @@ fn location_frames(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    fn budget() -> Budget {
+        Budget::new(1 << 20, 8)
+    }
 
     /// A CPU profile like Go's: samples/count and cpu/nanoseconds, stacks main→work→leaf and
     /// main→idle, the first labelled with a span.
@@ -253,7 +300,7 @@ pub(crate) mod tests {
     fn cpu_pprof_yields_both_profile_types_root_first_stacks_and_string_labels() {
         let renames = HashMap::new();
         let ctx = Context { name: None, labels: vec![], default_time_ns: 5, renames: &renames };
-        let p = to_profile(&cpu_profile(0), ctx).unwrap();
+        let p = to_profile(&cpu_profile(0), ctx, &mut budget()).unwrap();
         assert_eq!(
             p.profile_types,
             vec![
@@ -276,7 +323,7 @@ pub(crate) mod tests {
         let renames = HashMap::new();
         let ctx =
             Context { name: Some("x"), labels: vec![], default_time_ns: 0, renames: &renames };
-        let p = to_profile(&prof, ctx).unwrap();
+        let p = to_profile(&prof, ctx, &mut budget()).unwrap();
         assert_eq!(frames(&p, 0), vec!["main", "work", "work", "leaf"]);
         assert!(p.profile_types[0].starts_with("x:"));
     }
@@ -288,9 +335,10 @@ pub(crate) mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&raw).unwrap();
         let gz = enc.finish().unwrap();
-        assert_eq!(decode(&raw, 1 << 20).unwrap(), decode(&gz, 1 << 20).unwrap());
-        assert!(matches!(decode(b"\xff\xff\xff", 1 << 20), Err(ProfileError::Malformed(_))));
-        assert!(matches!(decode(&gz, 10), Err(ProfileError::TooLarge { .. })));
+        let b = || Budget::new(1 << 20, 8);
+        assert_eq!(decode(&raw, &mut b()).unwrap().0, decode(&gz, &mut b()).unwrap().0);
+        assert!(matches!(decode(b"\xff\xff\xff", &mut b()), Err(ProfileError::Malformed(_))));
+        assert!(matches!(decode(&gz, &mut Budget::new(10, 8)), Err(ProfileError::TooLarge { .. })));
     }
 
     #[test]
@@ -299,11 +347,11 @@ pub(crate) mod tests {
         let mut prof = cpu_profile(0);
         prof.sample[0].location_id.push(99);
         let ctx = Context { name: None, labels: vec![], default_time_ns: 0, renames: &renames };
-        assert!(matches!(to_profile(&prof, ctx), Err(ProfileError::Malformed(_))));
+        assert!(matches!(to_profile(&prof, ctx, &mut budget()), Err(ProfileError::Malformed(_))));
         let mut prof = cpu_profile(0);
         prof.function[0].name = 1000;
         let ctx = Context { name: None, labels: vec![], default_time_ns: 0, renames: &renames };
-        assert!(matches!(to_profile(&prof, ctx), Err(ProfileError::Malformed(_))));
+        assert!(matches!(to_profile(&prof, ctx, &mut budget()), Err(ProfileError::Malformed(_))));
     }
 
     #[test]
@@ -313,5 +361,92 @@ pub(crate) mod tests {
         assert_eq!(m(&["alloc_objects", "alloc_space"]), "memory");
         assert_eq!(m(&["samples", "wall"]), "wall");
         assert_eq!(m(&["contentions", "delay"]), "delay");
+    }
+
+    /// `locations` locations of `lines` inlined frames each, referenced `refs` times (round
+    /// robin) by each of `samples` samples: lines × refs frames per sample before the cap.
+    pub fn inlined_bomb(locations: u64, lines: usize, refs: usize, samples: usize) -> pb::Profile {
+        let mut p = cpu_profile(0);
+        p.location = (1..=locations)
+            .map(|id| pb::Location {
+                id,
+                line: (0..lines)
+                    .map(|i| pb::Line {
+                        function_id: 1 + (i % 4) as u64,
+                        line: i as i64,
+                        column: 0,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        let ids = (0..refs as u64).map(|i| 1 + i % locations).collect();
+        let sample = pb::Sample { location_id: ids, value: vec![1, 1], label: vec![] };
+        p.sample = vec![sample; samples];
+        p
+    }
+
+    #[test]
+    fn inlined_frames_are_capped_while_expanding_and_keep_the_root_most() {
+        let mut prof = inlined_bomb(1, 1000, 1000, 1);
+        // The root: a location of its own, `work`; then the inlined ones.
+        prof.location.push(pb::Location {
+            id: 2,
+            line: vec![pb::Line { function_id: 2, line: 1, column: 0 }],
+            ..Default::default()
+        });
+        prof.sample[0].location_id.push(2);
+        let renames = HashMap::new();
+        let ctx = Context { name: None, labels: vec![], default_time_ns: 0, renames: &renames };
+        let mut b = budget();
+        let p = to_profile(&prof, ctx, &mut b).unwrap();
+        assert_eq!(p.samples[0].frames.len(), MAX_STACK_DEPTH);
+        assert_eq!(p.functions[p.samples[0].frames[0] as usize], "work");
+        // Only the kept frames were charged, not the million the stack expands to.
+        assert!(b.used() < 8 * MAX_STACK_DEPTH, "{}", b.used());
+    }
+
+    #[test]
+    fn samples_expanding_past_the_budget_are_refused() {
+        // ~50 KB on the wire, 3000 samples of 1024 frames (12 MB of frames) once expanded.
+        let raw = inlined_bomb(4, 1024, 4, 3000).encode_to_vec();
+        assert!(raw.len() < 64 << 10, "{}", raw.len());
+        let renames = HashMap::new();
+        let ctx = Context { name: None, labels: vec![], default_time_ns: 0, renames: &renames };
+        let e = read(&raw, ctx, &mut Budget::new(1 << 20, 8)).unwrap_err();
+        assert!(matches!(e, ProfileError::TooComplex { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_realistic_profile_decodes_well_within_the_budget() {
+        // 10k samples of 32 distinct frames over 2000 locations: a busy Go CPU profile.
+        let mut p = cpu_profile(0);
+        p.function =
+            (1..=2000).map(|id| pb::Function { id, name: 5, ..Default::default() }).collect();
+        p.location = (1..=2000)
+            .map(|id| pb::Location {
+                id,
+                address: 0x40_0000 + id,
+                line: vec![pb::Line { function_id: id, line: 10, column: 0 }],
+                ..Default::default()
+            })
+            .collect();
+        p.sample = (0..10_000u64)
+            .map(|i| pb::Sample {
+                location_id: (0..32).map(|d| 1 + (i * 7 + d * 13) % 2000).collect(),
+                value: vec![1, 10_000_000],
+                label: vec![],
+            })
+            .collect();
+        let raw = p.encode_to_vec();
+        let renames = HashMap::new();
+        let ctx = Context { name: None, labels: vec![], default_time_ns: 0, renames: &renames };
+        // The budget of a push whose body limit is this very body: a factor of 8 is enough.
+        let mut b = Budget::new(raw.len(), 8);
+        let (decoded, cost) = decode(&raw, &mut b).unwrap();
+        let profile = to_profile(&decoded, ctx, &mut b).unwrap();
+        assert_eq!(profile.samples.len(), 10_000);
+        let ratio = b.used() as f64 / raw.len() as f64;
+        assert!(ratio < 6.0, "decode costs {ratio:.1}x the body (wire estimate {cost})");
     }
 }

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 
 use super::folded::{self, Format};
+use super::limits::{Budget, MAX_SAMPLE_TYPE_CONFIG_BYTES};
 use super::model::{Batch, Label, Profile, ProfileBuilder, ProfileType};
 use super::{ProfileError, multipart, pprof};
 
@@ -150,7 +151,12 @@ fn folded_type(suffix: &str) -> Option<(&'static str, &'static str, &'static str
 }
 
 /// A folded or lines body: the type comes from the name's suffix, see the module docs.
-fn text_profile(p: &IngestParams, body: &[u8], format: Format) -> Result<Profile, ProfileError> {
+fn text_profile(
+    p: &IngestParams,
+    body: &[u8],
+    format: Format,
+    budget: &mut Budget,
+) -> Result<Profile, ProfileError> {
     let (app, suffix) = match p.app.rsplit_once('.') {
         Some((app, suffix)) => (app, suffix),
         None => (p.app.as_str(), "cpu"),
@@ -173,12 +179,19 @@ fn text_profile(p: &IngestParams, body: &[u8], format: Format) -> Result<Profile
     }
     .id();
     let mut b = ProfileBuilder::new(vec![id], p.from_ns, p.series_labels(app));
-    folded::parse(body, format, scale, &mut b)?;
+    folded::parse(body, format, scale, &mut b, budget)?;
     Ok(b.finish())
 }
 
 /// `display-name` renames from a `sample_type_config` JSON object.
 fn renames(config: &[u8]) -> Result<HashMap<String, String>, ProfileError> {
+    // A JSON value tree is many times its text: real configs are a few hundred bytes.
+    if config.len() > MAX_SAMPLE_TYPE_CONFIG_BYTES {
+        return Err(ProfileError::BadRequest(format!(
+            "sample_type_config of {} bytes exceeds the limit of {MAX_SAMPLE_TYPE_CONFIG_BYTES}",
+            config.len()
+        )));
+    }
     let v: serde_json::Value = serde_json::from_slice(config)
         .map_err(|e| ProfileError::Malformed(format!("sample_type_config: {e}")))?;
     let obj = v
@@ -197,24 +210,24 @@ fn pprof_profile(
     p: &IngestParams,
     raw: &[u8],
     renames: &HashMap<String, String>,
-    limit: usize,
+    budget: &mut Budget,
 ) -> Result<Profile, ProfileError> {
-    let decoded = pprof::decode(raw, limit)?;
     let ctx = pprof::Context {
         name: None,
         labels: p.series_labels(&p.app),
         default_time_ns: p.from_ns,
         renames,
     };
-    pprof::to_profile(&decoded, ctx)
+    pprof::read(raw, ctx, budget)
 }
 
-/// Parses an `/ingest` body. `limit` bounds inflated gzip content.
+/// Parses an `/ingest` body within the push's decoding `budget` (which also bounds inflated
+/// gzip content).
 pub fn ingest(
     p: &IngestParams,
     content_type: Option<&str>,
     body: &[u8],
-    limit: usize,
+    budget: &mut Budget,
 ) -> Result<Batch, ProfileError> {
     let multipart =
         content_type.filter(|ct| ct.to_ascii_lowercase().contains("multipart/form-data"));
@@ -241,11 +254,11 @@ pub fn ingest(
                 Some(c) => renames(c.data)?,
                 None => HashMap::new(),
             };
-            pprof_profile(p, profile.data, &renames, limit)?
+            pprof_profile(p, profile.data, &renames, budget)?
         }
-        ("pprof", None) => pprof_profile(p, body, &HashMap::new(), limit)?,
-        ("folded", None) => text_profile(p, body, Format::Folded)?,
-        ("lines", None) => text_profile(p, body, Format::Lines)?,
+        ("pprof", None) => pprof_profile(p, body, &HashMap::new(), budget)?,
+        ("folded", None) => text_profile(p, body, Format::Folded, budget)?,
+        ("lines", None) => text_profile(p, body, Format::Lines, budget)?,
         (other, None) => {
             return Err(bad(format!(
                 "format {other:?} is not supported: use folded, lines or pprof"
@@ -255,12 +268,13 @@ pub fn ingest(
     Ok(Batch { profiles: vec![profile] })
 }
 
-/// One series of a `push.v1` request: its labels and raw pprof profiles.
+/// One series of a `push.v1` request: its labels and raw pprof profiles. All series of a
+/// request share one `budget`, so their inflated sizes and decoded memory add up.
 pub fn series(
     labels: Vec<Label>,
     raw_profiles: &[&[u8]],
     now_ns: i64,
-    limit: usize,
+    budget: &mut Budget,
 ) -> Result<Vec<Profile>, ProfileError> {
     let name = labels.iter().find(|l| l.name == "__name__").map(|l| l.value.clone());
     // Pyroscope-internal labels (`__name__`, `__delta__`, ...) are not kept: the type carries
@@ -270,14 +284,13 @@ pub fn series(
     raw_profiles
         .iter()
         .map(|raw| {
-            let decoded = pprof::decode(raw, limit)?;
             let ctx = pprof::Context {
                 name: name.as_deref().filter(|n| !n.is_empty()),
                 labels: labels.clone(),
                 default_time_ns: now_ns,
                 renames: &renames,
             };
-            pprof::to_profile(&decoded, ctx)
+            pprof::read(raw, ctx, budget)
         })
         .collect()
 }
@@ -286,6 +299,10 @@ pub fn series(
 mod tests {
     use super::*;
     use prost::Message;
+
+    fn budget() -> Budget {
+        Budget::new(1 << 20, 8)
+    }
 
     fn params(pairs: &[(&str, &str)]) -> Result<IngestParams, ProfileError> {
         let q = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -329,14 +346,14 @@ mod tests {
     #[test]
     fn folded_cpu_is_stored_as_nanoseconds_at_the_sample_rate_like_pyroscope() {
         let p = params(&[("name", "shop.cpu{env=prod}"), ("sampleRate", "100")]).unwrap();
-        let b = ingest(&p, None, b"main;work 3\n", 1 << 20).unwrap();
+        let b = ingest(&p, None, b"main;work 3\n", &mut budget()).unwrap();
         let prof = &b.profiles[0];
         assert_eq!(prof.profile_types, vec!["process_cpu:cpu:nanoseconds:cpu:nanoseconds"]);
         assert_eq!(prof.samples[0].values, vec![30_000_000]);
         assert_eq!(label(prof, "service_name"), Some("shop"));
         assert_eq!(label(prof, "env"), Some("prod"));
         let p = params(&[("name", "shop"), ("sampleRate", "0")]).unwrap();
-        let b = ingest(&p, None, b"main;work 3\n", 1 << 20).unwrap();
+        let b = ingest(&p, None, b"main;work 3\n", &mut budget()).unwrap();
         assert_eq!(b.profiles[0].profile_types, vec!["process_cpu:samples:count::"]);
         assert_eq!(b.profiles[0].samples[0].values, vec![3]);
     }
@@ -344,16 +361,19 @@ mod tests {
     #[test]
     fn folded_memory_types_keep_their_units_and_unknown_suffixes_are_rejected() {
         let p = params(&[("name", "shop.alloc_space")]).unwrap();
-        let b = ingest(&p, None, b"main 512\n", 1 << 20).unwrap();
+        let b = ingest(&p, None, b"main 512\n", &mut budget()).unwrap();
         assert_eq!(b.profiles[0].profile_types, vec!["memory:alloc_space:bytes::"]);
         let p = params(&[("name", "my.shop")]).unwrap();
-        assert!(matches!(ingest(&p, None, b"main 1\n", 1 << 20), Err(ProfileError::BadRequest(_))));
+        assert!(matches!(
+            ingest(&p, None, b"main 1\n", &mut budget()),
+            Err(ProfileError::BadRequest(_))
+        ));
     }
 
     #[test]
     fn explicit_service_name_wins_and_keeps_the_app_as_app_name() {
         let p = params(&[("name", "shop.cpu{service_name=checkout}")]).unwrap();
-        let b = ingest(&p, None, b"main 1\n", 1 << 20).unwrap();
+        let b = ingest(&p, None, b"main 1\n", &mut budget()).unwrap();
         assert_eq!(label(&b.profiles[0], "service_name"), Some("checkout"));
         assert_eq!(label(&b.profiles[0], "app_name"), Some("shop"));
     }
@@ -367,22 +387,22 @@ mod tests {
         body.extend_from_slice(&raw);
         body.extend_from_slice(b"\r\n--b\r\nContent-Disposition: form-data; name=\"sample_type_config\"\r\n\r\n{\"samples\":{\"display-name\":\"hits\"}}\r\n--b--\r\n");
         let p = params(&[("name", "shop"), ("from", "1700000000")]).unwrap();
-        let b = ingest(&p, Some("multipart/form-data; boundary=b"), &body, 1 << 20).unwrap();
+        let b = ingest(&p, Some("multipart/form-data; boundary=b"), &body, &mut budget()).unwrap();
         let prof = &b.profiles[0];
         assert_eq!(prof.profile_types[0], "process_cpu:hits:count:cpu:nanoseconds");
         assert_eq!(prof.time_ns, 1_700_000_000_000_000_000);
         assert_eq!(label(prof, "service_name"), Some("shop"));
         let prev =
             b"--b\r\nContent-Disposition: form-data; name=\"prev_profile\"\r\n\r\nx\r\n--b--\r\n";
-        assert!(ingest(&p, Some("multipart/form-data; boundary=b"), prev, 1 << 20).is_err());
+        assert!(ingest(&p, Some("multipart/form-data; boundary=b"), prev, &mut budget()).is_err());
     }
 
     #[test]
     fn unsupported_formats_are_bad_requests() {
         let p = params(&[("name", "shop"), ("format", "jfr")]).unwrap();
-        assert!(matches!(ingest(&p, None, b"x", 1 << 20), Err(ProfileError::BadRequest(_))));
+        assert!(matches!(ingest(&p, None, b"x", &mut budget()), Err(ProfileError::BadRequest(_))));
         assert!(matches!(
-            ingest(&p, Some("multipart/form-data; boundary=b"), b"x", 1 << 20),
+            ingest(&p, Some("multipart/form-data; boundary=b"), b"x", &mut budget()),
             Err(ProfileError::BadRequest(_))
         ));
     }
@@ -395,9 +415,46 @@ mod tests {
             Label::new("__delta__", "false"),
             Label::new("service_name", "py"),
         ];
-        let profiles = series(labels, &[raw.as_slice()], 7, 1 << 20).unwrap();
+        let profiles = series(labels, &[raw.as_slice()], 7, &mut budget()).unwrap();
         assert_eq!(profiles[0].labels, vec![Label::new("service_name", "py")]);
         assert_eq!(profiles[0].time_ns, 1_700_000_000_000_000_000);
         assert!(profiles[0].profile_types[1].starts_with("process_cpu:cpu:"));
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn push_v1_bounds_the_sum_of_inflated_profiles_not_each() {
+        // A valid pprof padded with an unknown field to 600 KB: each fits a 1 MiB limit alone.
+        let mut raw = pprof::tests::cpu_profile(1_700_000_000_000_000_000).encode_to_vec();
+        raw.extend_from_slice(&[0xfa, 0x01]); // field 31, length-delimited
+        raw.extend_from_slice(&[0xc0, 0xcf, 0x24]); // 600_000
+        raw.resize(raw.len() + 600_000, 0);
+        let part = gz(&raw);
+        let labels = vec![Label::new("__name__", "process_cpu")];
+        let one = series(labels.clone(), &[part.as_slice()], 7, &mut budget()).unwrap();
+        assert_eq!(one.len(), 1);
+        let e = series(labels, &[part.as_slice(), part.as_slice()], 7, &mut budget()).unwrap_err();
+        assert!(matches!(e, ProfileError::TooLarge { limit } if limit == 1 << 20), "{e}");
+    }
+
+    #[test]
+    fn huge_sample_type_configs_are_refused() {
+        let raw = pprof::tests::cpu_profile(0).encode_to_vec();
+        let mut body = b"--b\r\nContent-Disposition: form-data; name=\"profile\"\r\n\r\n".to_vec();
+        body.extend_from_slice(&raw);
+        body.extend_from_slice(
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"sample_type_config\"\r\n\r\n[",
+        );
+        body.extend(std::iter::repeat_n(b"0,".as_slice(), 40_000).flatten());
+        body.extend_from_slice(b"0]\r\n--b--\r\n");
+        let p = params(&[("name", "shop")]).unwrap();
+        let e = ingest(&p, Some("multipart/form-data; boundary=b"), &body, &mut budget());
+        assert!(matches!(e, Err(ProfileError::BadRequest(_))), "{e:?}");
     }
 }

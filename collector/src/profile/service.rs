@@ -11,8 +11,10 @@ use prost::Message;
 
 use super::ProfileError;
 use super::block::BlockMeta;
-use super::head::{FrozenSamples, ProfileHead};
+use super::head::{FrozenSamples, ProfileHead, UNKNOWN_SERVICE};
+use super::limits::{APP_IDLE, AppCensus, Budget, DECODE_WAIT, DecodeSlots};
 use super::model::Batch;
+use super::schema::col;
 use super::store::BlockStore;
 use crate::telemetry::Telemetry;
 use crate::wal::{FsyncPolicy, Wal, WalConfig};
@@ -31,6 +33,12 @@ pub struct ProfileConfig {
     /// ... or this many sample rows.
     pub head_max_samples: usize,
     pub retention: Duration,
+    /// A push may decode into this many times `max_body_bytes` (`--profile-decode-factor`).
+    pub decode_factor: usize,
+    /// Pushes decoded at once (`--profile-decode-concurrency`).
+    pub decode_concurrency: usize,
+    /// Distinct service names per tenant within the last hour (`--profile-max-apps`).
+    pub max_apps: usize,
 }
 
 pub struct Profiles {
@@ -41,6 +49,19 @@ pub struct Profiles {
     metrics: Arc<Telemetry>,
     /// Frozen parts whose flush failed; still visible from the head, retried next tick.
     failed: Mutex<Vec<Arc<FrozenSamples>>>,
+    decodes: DecodeSlots,
+    apps: Mutex<AppCensus>,
+}
+
+/// The service names a batch's samples are stored under (see `head.rs`).
+fn services(batch: &Batch) -> impl Iterator<Item = &str> + Clone {
+    let label = |labels: &[super::model::Label]| {
+        labels.iter().find(|l| l.name == col::SERVICE).map(|l| l.value.as_str())
+    };
+    batch.profiles.iter().flat_map(move |p| {
+        let default = label(&p.labels).unwrap_or(UNKNOWN_SERVICE);
+        p.samples.iter().map(move |s| label(&s.labels).unwrap_or(default))
+    })
 }
 
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -75,11 +96,16 @@ impl Profiles {
         })
         .await?;
         let head = ProfileHead::default();
+        let mut apps = AppCensus::new(cfg.max_apps, APP_IDLE);
         let mut replayed = 0;
         for r in records {
             // Records were parsed and validated before they were written; a failure here
             // means disk damage, and skipping it keeps the rest available.
-            match Batch::decode_wal(&r.payload).and_then(|b| head.apply(r.seq, &r.tenant, &b)) {
+            let applied = Batch::decode_wal(&r.payload).and_then(|b| {
+                apps.admit(&r.tenant, services(&b), Instant::now(), true)?;
+                head.apply(r.seq, &r.tenant, &b)
+            });
+            match applied {
                 Ok(()) => replayed += 1,
                 Err(e) => {
                     tracing::error!(seq = r.seq, error = %e, "cannot replay profile WAL record")
@@ -95,6 +121,8 @@ impl Profiles {
             wal: Mutex::new(wal),
             head,
             store,
+            decodes: DecodeSlots::new(cfg.decode_concurrency, DECODE_WAIT),
+            apps: Mutex::new(apps),
             cfg,
             metrics,
             failed: Mutex::new(Vec::new()),
@@ -107,6 +135,36 @@ impl Profiles {
 
     pub fn max_body_bytes(&self) -> usize {
         self.cfg.max_body_bytes
+    }
+
+    /// Parses a push with `parse` on a blocking thread, once one of the decode slots is free,
+    /// within a fresh [`Budget`]. Refusals (busy, too large, too complex) are counted.
+    pub async fn decode<T: Send + 'static>(
+        &self,
+        parse: impl FnOnce(&mut Budget) -> Result<T, ProfileError> + Send + 'static,
+    ) -> Result<T, ProfileError> {
+        let result = async {
+            let _slot = self.decodes.acquire().await?;
+            let mut budget = Budget::new(self.cfg.max_body_bytes, self.cfg.decode_factor);
+            blocking(move || parse(&mut budget)).await
+        }
+        .await;
+        if let Err(e) = &result {
+            self.count_refusal(e);
+        }
+        result
+    }
+
+    /// Counts a refused push in `skein_profile_pushes_refused_total` if it is a limit's.
+    pub fn count_refusal(&self, e: &ProfileError) {
+        let reason = match e {
+            ProfileError::TooLarge { .. } => "too_large",
+            ProfileError::TooComplex { .. } => "too_complex",
+            ProfileError::Busy => "busy",
+            ProfileError::TooManyApps { .. } => "too_many_apps",
+            _ => return,
+        };
+        self.metrics.profile_pushes_refused.with_label_values(&[reason]).inc();
     }
 
     /// The tenant's committed blocks, oldest first.
@@ -128,6 +186,13 @@ impl Profiles {
         // Flushing fell behind: refuse rather than let the head grow without bound.
         if self.head.parts().unflushed() >= self.cfg.head_max_samples.saturating_mul(4) {
             return Err(ProfileError::Overloaded);
+        }
+        // Client-chosen service names must not grow the head (and its label values) without
+        // bound: a push naming one too many is refused whole.
+        let admitted = self.apps.lock().admit(&tenant, services(&batch), Instant::now(), false);
+        if let Err(e) = admitted {
+            self.count_refusal(&e);
+            return Err(e);
         }
         let this = self.clone();
         let t = tenant.clone();

@@ -12,6 +12,7 @@ mod demo;
 mod hostile_ingest;
 mod hostile_sql;
 mod hostile_queries;
+mod hostile_profiles;
 mod ingest;
 mod native;
 mod profiles;

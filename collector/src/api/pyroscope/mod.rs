@@ -25,8 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::AppState;
+use crate::profile::limits::Budget;
 use crate::profile::model::{Batch, Label, ProfileType};
 use crate::profile::push::{self, IngestParams};
+use crate::profile::wire;
 use crate::profile::{MergeRequest, ProfileError, Profiles, SeriesRequest};
 use crate::tenant::Tenant;
 use connect::{Codec, ConnectError, read_body};
@@ -228,8 +230,10 @@ async fn ingest(
         let body_len = content_length(&headers);
         let body = read_body(body, &headers, limit).await?;
         let sent = body_len.unwrap_or(body.len() as u64);
-        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let batch = push::ingest(&params, ct, &body, limit)?;
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
+        let p = params.clone();
+        let batch =
+            s.profiles.decode(move |budget| push::ingest(&p, ct.as_deref(), &body, budget)).await?;
         s.profiles.ingest(tenant.clone(), batch).await?;
         let pushed = &s.profiles.metrics().profile_push_bytes;
         pushed.with_label_values(&[tenant.as_str(), params.app.as_str()]).inc_by(sent);
@@ -256,15 +260,8 @@ async fn push_v1(State(s): State<AppState>, headers: HeaderMap, body: Body) -> R
         let Tenant(tenant) = Tenant::from_headers(&headers)?;
         let limit = s.profiles.max_body_bytes();
         let body = read_body(body, &headers, limit).await?;
-        let req = <proto::push::v1::PushRequest as prost::Message>::decode(body.as_ref())
-            .map_err(|e| ConnectError::Decode(e.to_string()))?;
         let now = now_ns();
-        let mut batch = Batch::default();
-        for series in req.series {
-            let labels = series.labels.into_iter().map(|l| Label::new(l.name, l.value)).collect();
-            let raw: Vec<&[u8]> = series.samples.iter().map(|s| s.raw_profile.as_slice()).collect();
-            batch.profiles.extend(push::series(labels, &raw, now, limit)?);
-        }
+        let batch = s.profiles.decode(move |budget| push_batch(&body, now, budget)).await?;
         s.profiles.ingest(tenant, batch).await?;
         Ok::<(), ConnectError>(())
     };
@@ -272,6 +269,21 @@ async fn push_v1(State(s): State<AppState>, headers: HeaderMap, body: Body) -> R
         Ok(()) => connect::proto_response(Vec::new()),
         Err(e) => e.into_response(),
     }
+}
+
+/// Decodes a `push.v1` request into one batch; the request message itself is charged to the
+/// push's budget (on the wire, before prost allocates it) like the profiles in it.
+fn push_batch(body: &[u8], now: i64, budget: &mut Budget) -> Result<Batch, ProfileError> {
+    wire::scan(body, wire::Message::PushRequest, budget)?;
+    let req = <proto::push::v1::PushRequest as prost::Message>::decode(body)
+        .map_err(|e| ProfileError::Malformed(format!("push request: {e}")))?;
+    let mut batch = Batch::default();
+    for series in req.series {
+        let labels = series.labels.into_iter().map(|l| Label::new(l.name, l.value)).collect();
+        let raw: Vec<&[u8]> = series.samples.iter().map(|s| s.raw_profile.as_slice()).collect();
+        batch.profiles.extend(push::series(labels, &raw, now, budget)?);
+    }
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -286,5 +298,22 @@ mod tests {
         assert_eq!(max_nodes(None), flamegraph::DEFAULT_MAX_NODES);
         assert_eq!(max_nodes(Some(-1)), flamegraph::DEFAULT_MAX_NODES);
         assert_eq!(max_nodes(Some(16384)), 16384);
+    }
+
+    #[test]
+    fn push_wire_sizes_match_the_generated_structs() {
+        use proto::push::v1 as p;
+        use std::mem::size_of;
+        assert_eq!(wire::PUSH_REQUEST_SIZE, size_of::<p::PushRequest>());
+        assert_eq!(wire::RAW_PROFILE_SERIES_SIZE, size_of::<p::RawProfileSeries>());
+        assert_eq!(wire::LABEL_PAIR_SIZE, size_of::<t::LabelPair>());
+        assert_eq!(wire::RAW_SAMPLE_SIZE, size_of::<p::RawSample>());
+    }
+
+    #[test]
+    fn push_requests_of_empty_series_are_refused_before_decoding() {
+        let body: Vec<u8> = std::iter::repeat_n([0x0au8, 0x00], 64 * 1024).flatten().collect();
+        let e = push_batch(&body, 0, &mut Budget::new(body.len(), 8)).unwrap_err();
+        assert!(matches!(e, ProfileError::TooComplex { .. }), "{e}");
     }
 }
