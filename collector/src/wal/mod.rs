@@ -124,6 +124,23 @@ impl crate::error::Coded for WalError {
     }
 }
 
+/// The bytes of a segment file holding `records` (seq, tenant, payload), framed exactly as
+/// appends frame them: for tests and fuzz harnesses that need records with valid checksums
+/// (seqs are taken as given, so impossible sequences can be built too).
+pub fn encode_segment(first_seq: u64, records: &[(u64, &str, &[u8])]) -> Result<Vec<u8>, WalError> {
+    let mut out = format::segment_header(first_seq).to_vec();
+    for (seq, tenant, payload) in records {
+        if tenant.len() > MAX_TENANT_LEN {
+            return Err(WalError::TenantTooLong { len: tenant.len() });
+        }
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(WalError::PayloadTooLarge { len: payload.len() });
+        }
+        format::encode_record(&mut out, *seq, tenant.as_bytes(), payload);
+    }
+    Ok(out)
+}
+
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
     let path = path.to_path_buf();
     move |source| WalError::Io { op, path, source }
@@ -740,8 +757,13 @@ fn repair_last_segment(mut seg: Segment, data: &[u8], scan: &Scan) -> Result<Seg
     Ok(seg)
 }
 
+/// The file name of the segment whose first record is `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS)
+}
+
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS))
+    dir.join(segment_file_name(first_seq))
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {

@@ -9,6 +9,7 @@ mod architecture;
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
+mod fuzz_corpus;
 mod ingest;
 mod native;
 mod profiles;
