@@ -56,7 +56,8 @@ pub fn otlp_json(data: &[u8]) {
 /// refused whole by the head's check or be applied, and then be readable back, every one.
 fn ingest_request(mut req: ExportTraceServiceRequest) {
     let v = ingest::validate(&mut req);
-    let spans: usize = req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    let spans: usize =
+        req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
     assert_eq!(spans, v.accepted, "validation kept a different number of spans than it accepted");
     if v.accepted == 0 {
         return;
@@ -68,7 +69,10 @@ fn ingest_request(mut req: ExportTraceServiceRequest) {
     // The WAL payload ingest writes when it had to re-encode; replay decodes the same.
     let payload = req.encode_to_vec();
     let replayed = ExportTraceServiceRequest::decode(payload.as_slice());
-    assert!(replayed.as_ref().is_ok_and(|r| *r == req), "the WAL payload does not decode to the request");
+    assert!(
+        replayed.as_ref().is_ok_and(|r| *r == req),
+        "the WAL payload does not decode to the request"
+    );
     if let Err(e) = head.apply(1, "fuzz", &req) {
         panic!("the head refused a request its check accepted: {e}");
     }
@@ -141,13 +145,29 @@ impl Fixed {
         let calls = "traces_spanmetrics_calls_total";
         let bucket = "traces_spanmetrics_latency_bucket";
         Fixed(vec![
-            series(&[("__name__", calls), ("service", "a"), ("status_code", "STATUS_CODE_UNSET")], 30.0),
-            series(&[("__name__", calls), ("service", "a"), ("status_code", "STATUS_CODE_ERROR")], 15.0),
-            series(&[("__name__", calls), ("service", "b"), ("status_code", "STATUS_CODE_UNSET")], 15.0),
+            series(
+                &[("__name__", calls), ("service", "a"), ("status_code", "STATUS_CODE_UNSET")],
+                30.0,
+            ),
+            series(
+                &[("__name__", calls), ("service", "a"), ("status_code", "STATUS_CODE_ERROR")],
+                15.0,
+            ),
+            series(
+                &[("__name__", calls), ("service", "b"), ("status_code", "STATUS_CODE_UNSET")],
+                15.0,
+            ),
             series(&[("__name__", bucket), ("service", "a"), ("le", "0.1")], 15.0),
             series(&[("__name__", bucket), ("service", "a"), ("le", "0.2")], 30.0),
             series(&[("__name__", bucket), ("service", "a"), ("le", "+Inf")], 45.0),
-            series(&[("__name__", "traces_service_graph_request_total"), ("client", "a"), ("server", "b")], 1.0),
+            series(
+                &[
+                    ("__name__", "traces_service_graph_request_total"),
+                    ("client", "a"),
+                    ("server", "b"),
+                ],
+                1.0,
+            ),
         ])
     }
 }
@@ -185,12 +205,19 @@ pub fn promql(data: &[u8]) {
 fn check_profiles(profiles: &[Profile]) {
     for p in profiles {
         for s in &p.samples {
-            assert_eq!(s.values.len(), p.profile_types.len(), "a sample's values do not match the types");
+            assert_eq!(
+                s.values.len(),
+                p.profile_types.len(),
+                "a sample's values do not match the types"
+            );
             assert!(
                 s.frames.iter().all(|f| usize::try_from(*f).is_ok_and(|f| f < p.functions.len())),
                 "a sample refers to a function the profile does not hold"
             );
-            assert!(s.frames.len() <= crate::profile::model::MAX_STACK_DEPTH, "a stack is too deep");
+            assert!(
+                s.frames.len() <= crate::profile::model::MAX_STACK_DEPTH,
+                "a stack is too deep"
+            );
         }
     }
     let batch = Batch { profiles: profiles.to_vec() };
@@ -236,7 +263,8 @@ pub fn multipart(data: &[u8]) {
     let body = body.get(1..).unwrap_or_default();
     let Ok(content_type) = std::str::from_utf8(head) else { return };
     let Some(p) = ingest_params("fuzz", "pprof") else { return };
-    if let Ok(b) = push::ingest(&p, Some(content_type.trim_end_matches('\r')), body, PROFILE_LIMIT) {
+    if let Ok(b) = push::ingest(&p, Some(content_type.trim_end_matches('\r')), body, PROFILE_LIMIT)
+    {
         check_profiles(&b.profiles);
     }
 }
@@ -392,7 +420,8 @@ pub fn alert_template(data: &[u8]) {
     let external: BTreeMap<String, String> =
         [("cluster".to_string(), "fuzz".to_string())].into_iter().collect();
     for value in [0.25, -3.0, 1e300, f64::NAN, f64::INFINITY, 5e-324] {
-        let data = Data { labels: &labels, external_labels: &external, external_url: "http://x", value };
+        let data =
+            Data { labels: &labels, external_labels: &external, external_url: "http://x", value };
         let _ = t.expand(&data);
     }
 }

@@ -45,7 +45,9 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = entries
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_file())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+        })
         .collect();
     out.sort();
     out
@@ -220,7 +222,10 @@ fn otlp_seeds() -> Vec<(&'static str, ExportTraceServiceRequest)> {
     nested.attributes.push(kv(
         "list",
         any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
-            values: vec![AnyValue { value: Some(s("a")) }, AnyValue { value: Some(any_value::Value::IntValue(1)) }],
+            values: vec![
+                AnyValue { value: Some(s("a")) },
+                AnyValue { value: Some(any_value::Value::IntValue(1)) },
+            ],
         }),
     ));
     vec![
@@ -232,11 +237,21 @@ fn otlp_seeds() -> Vec<(&'static str, ExportTraceServiceRequest)> {
 }
 
 fn pprof_seed(gzip: bool) -> Vec<u8> {
-    let strings: Vec<String> =
-        ["", "samples", "count", "cpu", "nanoseconds", "main", "work", "leaf", "span_id", "0102030405060708"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let strings: Vec<String> = [
+        "",
+        "samples",
+        "count",
+        "cpu",
+        "nanoseconds",
+        "main",
+        "work",
+        "leaf",
+        "span_id",
+        "0102030405060708",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let func = |id: u64, name: i64| pb::Function { id, name, ..Default::default() };
     let loc = |id: u64, f: u64| pb::Location {
         id,
@@ -244,7 +259,10 @@ fn pprof_seed(gzip: bool) -> Vec<u8> {
         ..Default::default()
     };
     let p = pb::Profile {
-        sample_type: vec![pb::ValueType { r#type: 1, unit: 2 }, pb::ValueType { r#type: 3, unit: 4 }],
+        sample_type: vec![
+            pb::ValueType { r#type: 1, unit: 2 },
+            pb::ValueType { r#type: 3, unit: 4 },
+        ],
         sample: vec![
             pb::Sample {
                 location_id: vec![3, 2, 1],
@@ -255,7 +273,12 @@ fn pprof_seed(gzip: bool) -> Vec<u8> {
             // An unsymbolised location: only its address.
             pb::Sample { location_id: vec![5], value: vec![1, 1], label: vec![] },
         ],
-        location: vec![loc(1, 1), loc(2, 2), loc(3, 3), pb::Location { id: 5, address: 0x4000, ..Default::default() }],
+        location: vec![
+            loc(1, 1),
+            loc(2, 2),
+            loc(3, 3),
+            pb::Location { id: 5, address: 0x4000, ..Default::default() },
+        ],
         function: vec![func(1, 5), func(2, 6), func(3, 7)],
         string_table: strings,
         period_type: Some(pb::ValueType { r#type: 3, unit: 4 }),
@@ -290,7 +313,8 @@ fn multipart_seed(boundary: &str, config: bool) -> Vec<u8> {
 
 /// Raw mode (first byte even): a segment file as the writer leaves it, OTLP payloads inside.
 fn wal_raw_seed(records: &[(u64, &str, Vec<u8>)], torn_tail: bool) -> Vec<u8> {
-    let refs: Vec<(u64, &str, &[u8])> = records.iter().map(|(s, t, p)| (*s, *t, p.as_slice())).collect();
+    let refs: Vec<(u64, &str, &[u8])> =
+        records.iter().map(|(s, t, p)| (*s, *t, p.as_slice())).collect();
     let mut out = vec![0u8];
     out.extend(wal::encode_segment(refs.first().map_or(1, |r| r.0), &refs).unwrap());
     if torn_tail {
@@ -300,7 +324,11 @@ fn wal_raw_seed(records: &[(u64, &str, Vec<u8>)], torn_tail: bool) -> Vec<u8> {
 }
 
 /// Structured mode (first byte odd): records framed by the harness with valid checksums.
-fn wal_structured_seed(first_seq: u64, records: &[(Option<u64>, &str, &[u8])], tail: &[u8]) -> Vec<u8> {
+fn wal_structured_seed(
+    first_seq: u64,
+    records: &[(Option<u64>, &str, &[u8])],
+    tail: &[u8],
+) -> Vec<u8> {
     let mut out = vec![1u8];
     out.extend(first_seq.to_le_bytes());
     for (i, (seq, tenant, payload)) in records.iter().enumerate() {
@@ -320,7 +348,8 @@ fn wal_structured_seed(first_seq: u64, records: &[(Option<u64>, &str, &[u8])], t
 
 fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out: Vec<(&'static str, String, Vec<u8>)> = Vec::new();
-    let mut add = |t: &'static str, name: &str, bytes: Vec<u8>| out.push((t, name.to_string(), bytes));
+    let mut add =
+        |t: &'static str, name: &str, bytes: Vec<u8>| out.push((t, name.to_string(), bytes));
     for (name, req) in otlp_seeds() {
         add("otlp_proto", name, req.encode_to_vec());
         add("otlp_json", name, serde_json::to_vec(&req).unwrap());
@@ -331,23 +360,50 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"a"}}]},"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"x","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2","attributes":[{"key":"n","value":{"intValue":"7"}}]}]}]}]}"#.to_vec(),
     );
     for (name, q) in [
-        ("and-or", r#"{ resource.service.name = "api" && span.http.status_code >= 500 } || { .a = 1 }"#),
-        ("regex-duration", r#"({ .a = 1 } || { .b = 2 }) && { name =~ "GET .*" && duration > 1.5s }"#),
-        ("status-kind-not", r#"{ status = error } && { kind = server && !(.http.route = "/health") }"#),
-        ("trace-level", r#"{ rootServiceName = "api" && traceDuration > 2s && span.http.route != nil }"#),
+        (
+            "and-or",
+            r#"{ resource.service.name = "api" && span.http.status_code >= 500 } || { .a = 1 }"#,
+        ),
+        (
+            "regex-duration",
+            r#"({ .a = 1 } || { .b = 2 }) && { name =~ "GET .*" && duration > 1.5s }"#,
+        ),
+        (
+            "status-kind-not",
+            r#"{ status = error } && { kind = server && !(.http.route = "/health") }"#,
+        ),
+        (
+            "trace-level",
+            r#"{ rootServiceName = "api" && traceDuration > 2s && span.http.route != nil }"#,
+        ),
         ("metrics-rate", r#"{ status = error } | rate() by(resource.service.name)"#),
-        ("metrics-quantile", r#"{ } | quantile_over_time(duration, 0.5, 0.99) by(span.http.route)"#),
+        (
+            "metrics-quantile",
+            r#"{ } | quantile_over_time(duration, 0.5, 0.99) by(span.http.route)"#,
+        ),
         ("literals", r#"{ .f = 1.5 && .b = true && .s !~ "x|y" && .i <= -3 && kind = client }"#),
     ] {
         add("traceql", name, q.as_bytes().to_vec());
     }
     for (name, q) in [
         ("rate-sum", "sum by (service) (rate(traces_spanmetrics_calls_total[1m]))"),
-        ("error-ratio", r#"sum(rate(traces_spanmetrics_calls_total{status_code="STATUS_CODE_ERROR"}[5m])) by (service) / sum(rate(traces_spanmetrics_calls_total[5m])) by (service)"#),
-        ("quantile", "histogram_quantile(0.9, sum by (le) (rate(traces_spanmetrics_latency_bucket[5m])))"),
+        (
+            "error-ratio",
+            r#"sum(rate(traces_spanmetrics_calls_total{status_code="STATUS_CODE_ERROR"}[5m])) by (service) / sum(rate(traces_spanmetrics_calls_total[5m])) by (service)"#,
+        ),
+        (
+            "quantile",
+            "histogram_quantile(0.9, sum by (le) (rate(traces_spanmetrics_latency_bucket[5m])))",
+        ),
         ("topk-offset", "topk(1, increase(traces_spanmetrics_calls_total[2m] offset 1m)) > bool 3"),
-        ("regex-matchers", r#"count({__name__=~"traces_.*", service!~"b"}) + scalar(vector(2)) * 1e3"#),
-        ("at-and-functions", "abs(clamp_max(delta(traces_service_graph_request_total[5m] @ 300), 10)) or on() vector(time())"),
+        (
+            "regex-matchers",
+            r#"count({__name__=~"traces_.*", service!~"b"}) + scalar(vector(2)) * 1e3"#,
+        ),
+        (
+            "at-and-functions",
+            "abs(clamp_max(delta(traces_service_graph_request_total[5m] @ 300), 10)) or on() vector(time())",
+        ),
     ] {
         add("promql", name, q.as_bytes().to_vec());
     }
@@ -376,7 +432,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     add(
         "wal_record",
         "structured",
-        wal_structured_seed(7, &[(None, "t", &payloads[0]), (None, "t", &payloads[0]), (None, "", b"junk")], b""),
+        wal_structured_seed(
+            7,
+            &[(None, "t", &payloads[0]), (None, "t", &payloads[0]), (None, "", b"junk")],
+            b"",
+        ),
     );
     add(
         "wal_record",
@@ -386,8 +446,14 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, t) in [
         ("labels-value", "{{ $labels.service }} is at {{ $value | humanize }}"),
         ("printf", r#"{{ printf "%.2f%% of %s" $value $labels.span_name }}"#),
-        ("durations", "{{ $value | humanizeDuration }} / {{ $value | humanizePercentage }} / {{ humanize1024 $value }}"),
-        ("trim-and-comment", "a {{- /* note */ -}} b {{ .Labels.le | toUpper }} {{ $externalLabels.cluster | title }} {{ $externalURL }}"),
+        (
+            "durations",
+            "{{ $value | humanizeDuration }} / {{ $value | humanizePercentage }} / {{ humanize1024 $value }}",
+        ),
+        (
+            "trim-and-comment",
+            "a {{- /* note */ -}} b {{ .Labels.le | toUpper }} {{ $externalLabels.cluster | title }} {{ $externalURL }}",
+        ),
     ] {
         add("alert_template", name, t.as_bytes().to_vec());
     }
