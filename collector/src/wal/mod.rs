@@ -90,6 +90,10 @@ pub enum WalError {
     PayloadTooLarge { len: usize },
     #[error("wal: directory {} is in use by another process", path.display())]
     Locked { path: PathBuf },
+    /// Seqs are u64: only a damaged or forged segment name can bring the log near the end of
+    /// them, and a wrapped seq would name a segment replay ignores (seq 0).
+    #[error("wal: seq {next} cannot hold {records} more record(s)")]
+    SeqExhausted { next: u64, records: usize },
     /// A failed fsync (or a write that could not be rolled back) leaves the
     /// file in an unknown state; appending more could bury acknowledged data
     /// behind garbage, so the WAL refuses further writes until reopened.
@@ -117,7 +121,7 @@ impl crate::error::Coded for WalError {
             WalError::Io { .. } | WalError::Locked { .. } | WalError::Poisoned => {
                 ErrorCode::Unavailable
             }
-            WalError::Corrupt { .. } => ErrorCode::Internal,
+            WalError::Corrupt { .. } | WalError::SeqExhausted { .. } => ErrorCode::Internal,
             WalError::TenantTooLong { .. } => ErrorCode::InvalidArgument,
             WalError::PayloadTooLarge { .. } => ErrorCode::TooLarge,
         }
@@ -427,6 +431,10 @@ impl Wal {
             return Ok(first);
         }
         // Validate everything first so a bad record never leaves half a batch.
+        let Some(next_seq) = u64::try_from(records.len()).ok().and_then(|n| first.checked_add(n))
+        else {
+            return Err(WalError::SeqExhausted { next: first, records: records.len() });
+        };
         let mut batch_len = 0usize;
         for (tenant, payload) in records {
             if tenant.len() > MAX_TENANT_LEN {
@@ -482,7 +490,7 @@ impl Wal {
         }
         active.seg.bytes += batch_len as u64;
         self.stats.bytes.fetch_add(batch_len as u64, Ordering::Relaxed);
-        self.next_seq += records.len() as u64;
+        self.next_seq = next_seq;
         self.dirty = true;
 
         let sync_now = match self.fsync {
@@ -711,7 +719,11 @@ fn scan_segment(
                         payload: r.payload.to_vec(),
                     });
                 }
-                expect += 1;
+                // Appends could never follow a record at u64::MAX (`WalError::SeqExhausted`), so
+                // only damage puts one there; wrapping would make the next segment seq 0.
+                expect = expect.checked_add(1).ok_or_else(|| {
+                    corrupt(off, format!("record seq {} leaves no seq for the next record", r.seq))
+                })?;
                 off += r.len;
             }
             Err(DecodeError::Invalid(reason)) => return Err(corrupt(off, reason)),
