@@ -703,9 +703,10 @@ fn a_failed_fsync_poisons_the_wal_until_reopen() {
     append_big(&mut wal, seqs.len() as u64 + 1).unwrap();
 }
 
-/// Found by the `wal_record` fuzz target: a record at seq u64::MAX made replay overflow (a
-/// panic in debug builds; in release the next segment would have been seq 0, which replay
-/// ignores, so records appended after it were lost on the next start).
+/// A record at seq u64::MAX (reachable from damaged segment names; the `wal_record` fuzz
+/// target builds such segments) made replay overflow: a panic in debug builds; in release the
+/// next segment was seq 0, which replay ignores, so records appended after it were lost on the
+/// next start.
 #[test]
 fn a_record_at_the_last_seq_is_corruption_not_a_wrapped_log() {
     let tmp = tempfile::tempdir().unwrap();
