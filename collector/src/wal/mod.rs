@@ -471,7 +471,8 @@ impl Wal {
 
         self.buf.clear();
         self.buf.reserve(batch_len);
-        for (seq, (tenant, payload)) in (first..).zip(records) {
+        // A bounded range: `first..` would overflow stepping past a batch ending at u64::MAX.
+        for (seq, (tenant, payload)) in (first..next_seq).zip(records) {
             format::encode_record(&mut self.buf, seq, tenant.as_bytes(), payload);
         }
 

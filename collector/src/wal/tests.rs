@@ -737,3 +737,21 @@ fn appends_are_refused_once_the_seq_space_is_used_up() {
     let (_, replayed) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
     assert_eq!(replayed.len(), 1, "the refused record was not written");
 }
+
+/// Found by the `wal_record` fuzz target (`fuzz/corpus/wal_record/regression-append-at-seq-end`):
+/// appending the record whose next seq is u64::MAX overflowed the seq iterator.
+#[test]
+fn the_last_storable_seq_can_be_appended_and_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    fs::create_dir_all(&dir).unwrap();
+    let first = u64::MAX - 2;
+    let seg = encode_segment(first, &[(first, "t", b"x")]).unwrap();
+    fs::write(dir.join(segment_file_name(first)), seg).unwrap();
+    let (mut wal, _) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(wal.append_batch(&[("t", b"y")]).unwrap(), u64::MAX - 1);
+    drop(wal);
+    let (wal, replayed) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(replayed.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![first, u64::MAX - 1]);
+    assert_eq!(wal.last_seq(), u64::MAX - 1);
+}
