@@ -19,6 +19,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
+pub mod fuzzing;
 pub mod head;
 pub mod health;
 pub mod ingest;

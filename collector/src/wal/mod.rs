@@ -90,6 +90,10 @@ pub enum WalError {
     PayloadTooLarge { len: usize },
     #[error("wal: directory {} is in use by another process", path.display())]
     Locked { path: PathBuf },
+    /// Seqs are u64: only a damaged or forged segment name can bring the log near the end of
+    /// them, and a wrapped seq would name a segment replay ignores (seq 0).
+    #[error("wal: seq {next} cannot hold {records} more record(s)")]
+    SeqExhausted { next: u64, records: usize },
     /// A failed fsync (or a write that could not be rolled back) leaves the
     /// file in an unknown state; appending more could bury acknowledged data
     /// behind garbage, so the WAL refuses further writes until reopened.
@@ -117,11 +121,28 @@ impl crate::error::Coded for WalError {
             WalError::Io { .. } | WalError::Locked { .. } | WalError::Poisoned => {
                 ErrorCode::Unavailable
             }
-            WalError::Corrupt { .. } => ErrorCode::Internal,
+            WalError::Corrupt { .. } | WalError::SeqExhausted { .. } => ErrorCode::Internal,
             WalError::TenantTooLong { .. } => ErrorCode::InvalidArgument,
             WalError::PayloadTooLarge { .. } => ErrorCode::TooLarge,
         }
     }
+}
+
+/// The bytes of a segment file holding `records` (seq, tenant, payload), framed exactly as
+/// appends frame them: for tests and fuzz harnesses that need records with valid checksums
+/// (seqs are taken as given, so impossible sequences can be built too).
+pub fn encode_segment(first_seq: u64, records: &[(u64, &str, &[u8])]) -> Result<Vec<u8>, WalError> {
+    let mut out = format::segment_header(first_seq).to_vec();
+    for (seq, tenant, payload) in records {
+        if tenant.len() > MAX_TENANT_LEN {
+            return Err(WalError::TenantTooLong { len: tenant.len() });
+        }
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(WalError::PayloadTooLarge { len: payload.len() });
+        }
+        format::encode_record(&mut out, *seq, tenant.as_bytes(), payload);
+    }
+    Ok(out)
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WalError {
@@ -410,6 +431,10 @@ impl Wal {
             return Ok(first);
         }
         // Validate everything first so a bad record never leaves half a batch.
+        let Some(next_seq) = u64::try_from(records.len()).ok().and_then(|n| first.checked_add(n))
+        else {
+            return Err(WalError::SeqExhausted { next: first, records: records.len() });
+        };
         let mut batch_len = 0usize;
         for (tenant, payload) in records {
             if tenant.len() > MAX_TENANT_LEN {
@@ -446,7 +471,8 @@ impl Wal {
 
         self.buf.clear();
         self.buf.reserve(batch_len);
-        for (seq, (tenant, payload)) in (first..).zip(records) {
+        // A bounded range: `first..` would overflow stepping past a batch ending at u64::MAX.
+        for (seq, (tenant, payload)) in (first..next_seq).zip(records) {
             format::encode_record(&mut self.buf, seq, tenant.as_bytes(), payload);
         }
 
@@ -465,7 +491,7 @@ impl Wal {
         }
         active.seg.bytes += batch_len as u64;
         self.stats.bytes.fetch_add(batch_len as u64, Ordering::Relaxed);
-        self.next_seq += records.len() as u64;
+        self.next_seq = next_seq;
         self.dirty = true;
 
         let sync_now = match self.fsync {
@@ -694,7 +720,11 @@ fn scan_segment(
                         payload: r.payload.to_vec(),
                     });
                 }
-                expect += 1;
+                // Appends could never follow a record at u64::MAX (`WalError::SeqExhausted`), so
+                // only damage puts one there; wrapping would make the next segment seq 0.
+                expect = expect.checked_add(1).ok_or_else(|| {
+                    corrupt(off, format!("record seq {} leaves no seq for the next record", r.seq))
+                })?;
                 off += r.len;
             }
             Err(DecodeError::Invalid(reason)) => return Err(corrupt(off, reason)),
@@ -740,8 +770,13 @@ fn repair_last_segment(mut seg: Segment, data: &[u8], scan: &Scan) -> Result<Seg
     Ok(seg)
 }
 
+/// The file name of the segment whose first record is `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS)
+}
+
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS))
+    dir.join(segment_file_name(first_seq))
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {

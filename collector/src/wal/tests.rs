@@ -702,3 +702,56 @@ fn a_failed_fsync_poisons_the_wal_until_reopen() {
     assert!(!wal.is_poisoned());
     append_big(&mut wal, seqs.len() as u64 + 1).unwrap();
 }
+
+/// A record at seq u64::MAX (reachable from damaged segment names; the `wal_record` fuzz
+/// target builds such segments) made replay overflow: a panic in debug builds; in release the
+/// next segment was seq 0, which replay ignores, so records appended after it were lost on the
+/// next start.
+#[test]
+fn a_record_at_the_last_seq_is_corruption_not_a_wrapped_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    fs::create_dir_all(&dir).unwrap();
+    let seg = encode_segment(u64::MAX, &[(u64::MAX, "t", b"x")]).unwrap();
+    fs::write(dir.join(segment_file_name(u64::MAX)), seg).unwrap();
+    match Wal::open(cfg(&dir, 1 << 20)) {
+        Err(WalError::Corrupt { reason, .. }) => assert!(reason.contains("no seq"), "{reason}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn appends_are_refused_once_the_seq_space_is_used_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    fs::create_dir_all(&dir).unwrap();
+    let last = u64::MAX - 1;
+    let seg = encode_segment(last, &[(last, "t", b"x")]).unwrap();
+    fs::write(dir.join(segment_file_name(last)), seg).unwrap();
+    let (mut wal, replayed) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(wal.last_seq(), last);
+    assert!(matches!(wal.append_batch(&[("t", b"y")]), Err(WalError::SeqExhausted { .. })));
+    assert_eq!(wal.append_batch(&[]).unwrap(), u64::MAX, "an empty batch writes nothing");
+    drop(wal);
+    let (_, replayed) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(replayed.len(), 1, "the refused record was not written");
+}
+
+/// Found by the `wal_record` fuzz target (`fuzz/corpus/wal_record/regression-append-at-seq-end`):
+/// appending the record whose next seq is u64::MAX overflowed the seq iterator.
+#[test]
+fn the_last_storable_seq_can_be_appended_and_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("wal");
+    fs::create_dir_all(&dir).unwrap();
+    let first = u64::MAX - 2;
+    let seg = encode_segment(first, &[(first, "t", b"x")]).unwrap();
+    fs::write(dir.join(segment_file_name(first)), seg).unwrap();
+    let (mut wal, _) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(wal.append_batch(&[("t", b"y")]).unwrap(), u64::MAX - 1);
+    drop(wal);
+    let (wal, replayed) = Wal::open(cfg(&dir, 1 << 20)).unwrap();
+    assert_eq!(replayed.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![first, u64::MAX - 1]);
+    assert_eq!(wal.last_seq(), u64::MAX - 1);
+}

@@ -34,6 +34,8 @@ const LAYERS: &[(&str, u32)] = &[
     // Wire surfaces and configuration, then the wiring itself.
     ("api", 7),
     ("config", 7),
+    // The fuzz harnesses' entry points drive input paths of every layer below.
+    ("fuzzing", 7),
     ("serve", 8),
     ("demo", 9),
 ];

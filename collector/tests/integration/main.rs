@@ -13,6 +13,7 @@ mod hostile_ingest;
 mod hostile_sql;
 mod hostile_queries;
 mod hostile_profiles;
+mod fuzz_corpus;
 mod ingest;
 mod native;
 mod profiles;
