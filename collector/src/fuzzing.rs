@@ -198,7 +198,12 @@ pub fn promql(data: &[u8]) {
     let Ok(expr) = promql::parse(src) else { return };
     let store = Fixed::new();
     let _ = promql::instant(&store, &expr, 600_000);
-    let _ = promql::range(&store, &expr, 0, 600_000, 60_000);
+    let limits = crate::promql::answer_limits::AnswerLimits::default();
+    if let Ok(steps) =
+        crate::promql::time_range::Steps::new(crate::promql::time_range::MILLIS, 0, 600_000, 60_000)
+    {
+        let _ = promql::range(&store, &expr, &steps, &limits);
+    }
 }
 
 /// Checks what every decoded profile must satisfy before it goes to the WAL and the head.
@@ -228,10 +233,15 @@ fn check_profiles(profiles: &[Profile]) {
     );
 }
 
+/// The decode budget one push gets with the default limits.
+fn budget() -> crate::profile::limits::Budget {
+    crate::profile::limits::Budget::new(PROFILE_LIMIT, crate::profile::limits::DEFAULT_DECODE_FACTOR)
+}
+
 /// A pprof profile as `push.v1` carries it (gzip or plain), decoded and normalised.
 pub fn pprof(data: &[u8]) {
     let labels = vec![Label::new("__name__", "process_cpu"), Label::new("service_name", "fuzz")];
-    if let Ok(profiles) = push::series(labels, &[data], 1_700_000_000_000_000_000, PROFILE_LIMIT) {
+    if let Ok(profiles) = push::series(labels, &[data], 1_700_000_000_000_000_000, &mut budget()) {
         check_profiles(&profiles);
     }
 }
@@ -249,7 +259,7 @@ fn ingest_params(name: &str, format: &str) -> Option<IngestParams> {
 pub fn folded(data: &[u8]) {
     for format in ["folded", "lines"] {
         let Some(p) = ingest_params("fuzz.cpu{env=fuzz}", format) else { return };
-        if let Ok(b) = push::ingest(&p, None, data, PROFILE_LIMIT) {
+        if let Ok(b) = push::ingest(&p, None, data, &mut budget()) {
             check_profiles(&b.profiles);
         }
     }
@@ -263,7 +273,7 @@ pub fn multipart(data: &[u8]) {
     let body = body.get(1..).unwrap_or_default();
     let Ok(content_type) = std::str::from_utf8(head) else { return };
     let Some(p) = ingest_params("fuzz", "pprof") else { return };
-    if let Ok(b) = push::ingest(&p, Some(content_type.trim_end_matches('\r')), body, PROFILE_LIMIT)
+    if let Ok(b) = push::ingest(&p, Some(content_type.trim_end_matches('\r')), body, &mut budget())
     {
         check_profiles(&b.profiles);
     }

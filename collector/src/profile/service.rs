@@ -55,9 +55,9 @@ pub struct Profiles {
 
 /// The service names a batch's samples are stored under (see `head.rs`).
 fn services(batch: &Batch) -> impl Iterator<Item = &str> + Clone {
-    let label = |labels: &[super::model::Label]| {
+    fn label(labels: &[super::model::Label]) -> Option<&str> {
         labels.iter().find(|l| l.name == col::SERVICE).map(|l| l.value.as_str())
-    };
+    }
     batch.profiles.iter().flat_map(move |p| {
         let default = label(&p.labels).unwrap_or(UNKNOWN_SERVICE);
         p.samples.iter().map(move |s| label(&s.labels).unwrap_or(default))

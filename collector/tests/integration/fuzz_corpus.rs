@@ -150,7 +150,7 @@ fn entry_points_survive_the_corpus_and_its_mutations() {
 // --- seed corpus -----------------------------------------------------------------------------
 
 fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }) }
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
 }
 
 fn s(v: &str) -> any_value::Value {
