@@ -9,6 +9,7 @@ pub mod depth;
 pub mod eval;
 pub mod functions;
 pub mod labels;
+pub mod literals;
 pub mod time_range;
 pub mod value;
 
@@ -94,8 +95,9 @@ pub trait Storage: Send + Sync {
 /// Parses a query whose text and tree are within [`depth`]'s bounds.
 pub fn parse(query: &str) -> Result<Expr, PromqlError> {
     depth::check_text(query)?;
-    // promql-parser panics on some literals (`x[1e300]` reaches `Duration::from_secs_f64`);
-    // a query must not take its request down with it.
+    literals::check_text(query).map_err(|e| PromqlError::BadData(e.to_string()))?;
+    // The literal check covers the panics known in promql-parser; anything else it panics on
+    // must still not take the request down with it.
     let parsed = std::panic::catch_unwind(|| promql_parser::parser::parse(query))
         .map_err(|_| PromqlError::BadData(format!("cannot parse {query:?}: value out of range")))?;
     let expr = parsed.map_err(PromqlError::BadData)?;

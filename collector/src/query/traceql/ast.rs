@@ -393,9 +393,35 @@ impl fmt::Display for Query {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Query::Filter(filter) => write!(f, "{filter}"),
-            Query::And(a, b) => write!(f, "({a} && {b})"),
-            Query::Or(a, b) => write!(f, "({a} || {b})"),
+            Query::And(..) | Query::Or(..) => {
+                f.write_str("(")?;
+                self.chain(f)?;
+                f.write_str(")")
+            }
         }
+    }
+}
+
+impl Query {
+    /// A run of one operator printed flat (`(a && b && c)`, not `((a && b) && c)`): the
+    /// parser reads it back as the same tree, and a long chain does not print deeper than
+    /// the parser's nesting limit.
+    fn chain(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (a, b, op) = match self {
+            Query::And(a, b) => (a, b, "&&"),
+            Query::Or(a, b) => (a, b, "||"),
+            Query::Filter(_) => return write!(f, "{self}"),
+        };
+        for (i, side) in [a, b].into_iter().enumerate() {
+            if i == 1 {
+                write!(f, " {op} ")?;
+            }
+            match (self, &**side) {
+                (Query::And(..), Query::And(..)) | (Query::Or(..), Query::Or(..)) => side.chain(f)?,
+                _ => write!(f, "{side}")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -411,8 +437,11 @@ impl fmt::Display for Filter {
 impl fmt::Display for FieldExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FieldExpr::And(a, b) => write!(f, "({a} && {b})"),
-            FieldExpr::Or(a, b) => write!(f, "({a} || {b})"),
+            FieldExpr::And(..) | FieldExpr::Or(..) => {
+                f.write_str("(")?;
+                self.chain(f)?;
+                f.write_str(")")
+            }
             FieldExpr::Not(e) => match **e {
                 FieldExpr::Cmp(_) | FieldExpr::Not(_) => write!(f, "!({e})"),
                 // already parenthesised by its own Display
@@ -420,6 +449,29 @@ impl fmt::Display for FieldExpr {
             },
             FieldExpr::Cmp(c) => write!(f, "{c}"),
         }
+    }
+}
+
+impl FieldExpr {
+    /// See [`Query::chain`].
+    fn chain(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (a, b, op) = match self {
+            FieldExpr::And(a, b) => (a, b, "&&"),
+            FieldExpr::Or(a, b) => (a, b, "||"),
+            FieldExpr::Not(_) | FieldExpr::Cmp(_) => return write!(f, "{self}"),
+        };
+        for (i, side) in [a, b].into_iter().enumerate() {
+            if i == 1 {
+                write!(f, " {op} ")?;
+            }
+            match (self, &**side) {
+                (FieldExpr::And(..), FieldExpr::And(..)) | (FieldExpr::Or(..), FieldExpr::Or(..)) => {
+                    side.chain(f)?
+                }
+                _ => write!(f, "{side}")?,
+            }
+        }
+        Ok(())
     }
 }
 
