@@ -306,7 +306,7 @@ def test_span_metric_series_are_capped_and_counted(skein_factory):
     from prometheus_client.parser import text_string_to_metric_families
 
     def series():
-        text = client.api_get(sk, "/metrics").text
+        text = client.api_get(sk, "/prometheus/metrics").text
         return {tuple(sorted(s.labels.items())) for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == "traces_spanmetrics_calls_total"}
 

@@ -30,7 +30,10 @@ pub fn decode(raw: &[u8], budget: &mut Budget) -> Result<(pb::Profile, usize), P
     } else {
         raw
     };
-    let cost = wire::scan(bytes, wire::Message::Pprof, budget)?;
+    let cost = wire::scan(bytes, wire::Message::Pprof, budget).map_err(|e| match e {
+        ProfileError::Malformed(m) => ProfileError::Malformed(format!("pprof: {m}")),
+        e => e,
+    })?;
     let p =
         pb::Profile::decode(bytes).map_err(|e| ProfileError::Malformed(format!("pprof: {e}")))?;
     Ok((p, cost))

@@ -159,9 +159,9 @@ fn push_request(profiles: Vec<Vec<u8>>) -> push::PushRequest {
 async fn inlined_frame_amplification_is_refused_with_413_on_both_push_apis() {
     let c = start(|_| {}).await;
     let api = Api::new(&c);
-    // ~50 KB: 3000 samples each expanding to 4096 frames (cut to 1024): 12 MB of frames.
+    // ~70 KB: 3000 samples each expanding to 4096 frames (cut to 1024): 12 MB of frames.
     let bomb = pprof(4, 1024, 4, 3000).encode_to_vec();
-    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    assert!(bomb.len() < 128 << 10, "{}", bomb.len());
     let (status, _, body) = api.ingest("name=shop&format=pprof", bomb.clone(), None).await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("--profile-decode-factor"), "{body}");

@@ -403,9 +403,10 @@ impl fmt::Display for Query {
 }
 
 impl Query {
-    /// A run of one operator printed flat (`(a && b && c)`, not `((a && b) && c)`): the
-    /// parser reads it back as the same tree, and a long chain does not print deeper than
-    /// the parser's nesting limit.
+    /// A left-nested run of one operator printed flat (`(a && b && c)`, not
+    /// `((a && b) && c)`): the parser, left-associative, reads it back as the same tree, and
+    /// a long chain (which is what the parser builds) does not print deeper than its nesting
+    /// limit. A right-nested operand keeps its parentheses.
     fn chain(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (a, b, op) = match self {
             Query::And(a, b) => (a, b, "&&"),
@@ -416,8 +417,10 @@ impl Query {
             if i == 1 {
                 write!(f, " {op} ")?;
             }
-            match (self, &**side) {
-                (Query::And(..), Query::And(..)) | (Query::Or(..), Query::Or(..)) => side.chain(f)?,
+            match (i, self, &**side) {
+                (0, Query::And(..), Query::And(..)) | (0, Query::Or(..), Query::Or(..)) => {
+                    side.chain(f)?
+                }
                 _ => write!(f, "{side}")?,
             }
         }
@@ -464,10 +467,9 @@ impl FieldExpr {
             if i == 1 {
                 write!(f, " {op} ")?;
             }
-            match (self, &**side) {
-                (FieldExpr::And(..), FieldExpr::And(..)) | (FieldExpr::Or(..), FieldExpr::Or(..)) => {
-                    side.chain(f)?
-                }
+            match (i, self, &**side) {
+                (0, FieldExpr::And(..), FieldExpr::And(..))
+                | (0, FieldExpr::Or(..), FieldExpr::Or(..)) => side.chain(f)?,
                 _ => write!(f, "{side}")?,
             }
         }

@@ -1011,3 +1011,14 @@ fn unsupported_metrics_pipelines_say_what_is_supported() {
     assert_metrics_err("{ } | rate() by()", "an attribute in by()");
     assert_metrics_err("{ } | rate(duration)", "')' to close 'rate('");
 }
+
+#[test]
+fn a_long_chain_of_one_operator_prints_flat_and_parses_back() {
+    for op in ["||", "&&"] {
+        let q = format!("{{ {} }}", vec![".a = 1"; 200].join(&format!(" {op} ")));
+        let parsed = parse(&q).unwrap();
+        let printed = parsed.to_string();
+        assert!(printed.matches('(').count() <= 1, "{printed}");
+        assert_eq!(parse(&printed), Ok(parsed));
+    }
+}
