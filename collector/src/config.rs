@@ -390,6 +390,7 @@ impl ServeArgs {
                         a.max_query_samples,
                         crate::promql::answer_limits::DEFAULT_MAX_SAMPLES,
                     )?,
+                    deadline: None,
                 },
             )?,
             span_metrics: SpanMetricsConfig {

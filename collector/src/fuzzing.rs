@@ -235,7 +235,10 @@ fn check_profiles(profiles: &[Profile]) {
 
 /// The decode budget one push gets with the default limits.
 fn budget() -> crate::profile::limits::Budget {
-    crate::profile::limits::Budget::new(PROFILE_LIMIT, crate::profile::limits::DEFAULT_DECODE_FACTOR)
+    crate::profile::limits::Budget::new(
+        PROFILE_LIMIT,
+        crate::profile::limits::DEFAULT_DECODE_FACTOR,
+    )
 }
 
 /// A pprof profile as `push.v1` carries it (gzip or plain), decoded and normalised.

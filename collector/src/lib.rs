@@ -16,6 +16,7 @@
 pub mod alert;
 pub mod api;
 pub mod config;
+pub mod deadline;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;

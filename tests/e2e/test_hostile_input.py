@@ -8,6 +8,7 @@ answered 200 with an unbounded answer, or that times out, fails.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import gzip
 import threading
@@ -19,10 +20,11 @@ import pytest
 import requests
 
 from support import client, otlp, pyroscope
+from support.poll import wait_until
 
 GiB = 1024 * 1024 * 1024
 ANSWER_WITHIN = 10.0  # seconds: the client gives up (and the test fails) after this
-REFUSED = {400, 413, 422, 429}
+REFUSED = {400, 413, 414, 422, 429}
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +69,13 @@ def _assert_bounded_rss(sk) -> None:
     assert peak < GiB, f"peak RSS {peak / GiB:.2f} GiB"
 
 
-def _get(sk, path: str, params: dict) -> requests.Response:
-    q = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+def _get(sk, path: str, params: dict, safe: str = "") -> requests.Response:
+    q = urllib.parse.urlencode(params, quote_via=urllib.parse.quote, safe=safe)
     return client.api_get_raw(sk, f"{path}?{q}", timeout=ANSWER_WITHIN)
+
+
+def _post_form(sk, path: str, form: dict) -> requests.Response:
+    return sk.session.post(sk.http_url + path, data=form, timeout=ANSWER_WITHIN)
 
 
 def _sql(sk, query: str) -> requests.Response:
@@ -116,9 +122,10 @@ def _vectors():
                                                    _query_range("-1e300", "1e300", "1")),
         "promql-too-many-points": lambda sk: _get(sk, "/prometheus/api/v1/query_range",
                                                   _query_range("0", "1000000000", "0.001")),
-        "promql-deep-parentheses": lambda sk: _get(sk, "/prometheus/api/v1/query",
-                                                   {"query": "(" * deep + "1" + ")" * deep}),
-        "promql-long-sum": lambda sk: _get(sk, "/prometheus/api/v1/query", {"query": "+".join(["1"] * 30_000)}),
+        "promql-deep-parentheses": lambda sk: _post_form(sk, "/prometheus/api/v1/query",
+                                                         {"query": "(" * deep + "1" + ")" * deep}),
+        "promql-long-sum": lambda sk: _post_form(sk, "/prometheus/api/v1/query",
+                                                 {"query": "+".join(["1"] * 30_000)}),
         "promql-tiny-subquery-step": lambda sk: _get(sk, "/prometheus/api/v1/query",
                                                      {"query": "max_over_time(vector(1)[1000y:1ms])"}),
         "promql-huge-range-vector": lambda sk: _get(sk, "/prometheus/api/v1/query",
@@ -129,11 +136,14 @@ def _vectors():
         "traceql-metrics-too-many-points": lambda sk: _get(sk, "/api/metrics/query_range",
                                                            {"q": "{} | rate()", "start": "0",
                                                             "end": "1000000000", "step": "1ms"}),
-        "traceql-deep-parentheses": lambda sk: _get(sk, "/api/search", {"q": "(" * deep + "{}" + ")" * deep}),
+        # GET-only endpoints: as deep as fits in the 64 KiB URI limit (beyond it: 414).
+        "traceql-deep-parentheses": lambda sk: _get(sk, "/api/search", {"q": "(" * 20_000 + "{}" + ")" * 20_000},
+                                                    safe="()"),
         "traceql-long-and": lambda sk: _get(sk, "/api/search",
-                                            {"q": "{" + " && ".join(["true"] * 30_000) + "}"}),
-        "tempo-legacy-tags-10k-pairs": lambda sk: _get(sk, "/api/search",
-                                                       {"tags": " ".join(f"k{i}=v{i}" for i in range(10_000))}),
+                                            {"q": "{" + "&&".join(["true"] * 5_000) + "}"}),
+        "tempo-legacy-tags-3k-pairs": lambda sk: _get(sk, "/api/search",
+                                                      {"tags": " ".join(f"k{i}=v" for i in range(3_000))}),
+        "uri-too-long": lambda sk: _get(sk, "/api/search", {"q": "(" * deep + "{}" + ")" * deep}),
         "native-red-saturating-range": lambda sk: _get(sk, "/skein/api/red",
                                                        {"start": "-1e300", "end": "1e300", "step": "1"}),
         "sql-30k-term-sum": lambda sk: _sql(sk, "SELECT " + "+".join(["1"] * 30_000)),
@@ -143,6 +153,8 @@ def _vectors():
         "sql-repeat": lambda sk: _sql(sk, "SELECT length(repeat('x', 2000000000))"),
         "sql-lpad": lambda sk: _sql(sk, "SELECT length(lpad('x', 2000000000))"),
         "sql-array-repeat": lambda sk: _sql(sk, "SELECT cardinality(array_repeat(1, 2000000000))"),
+        "sql-cartesian-product": lambda sk: _sql(sk, "SELECT count(*) FROM spans a CROSS JOIN spans b CROSS JOIN spans c"),
+        "sql-comma-join": lambda sk: _sql(sk, "SELECT count(*) FROM spans a, spans b"),
         "sql-recursive-cte": lambda sk: _sql(sk, "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) "
                                                  "SELECT count(*) FROM t"),
         "pprof-inline-expansion": lambda sk: pyroscope.ingest(sk, {"name": "hostile.cpu", "format": "pprof"},
@@ -161,6 +173,9 @@ def _vectors():
 
 
 VECTORS = _vectors()
+# Vectors whose right answer may be a bounded success: the pprof stack is cut at 1024 frames
+# while it is expanded, so the bomb is stored as 50 samples of 1024 frames, not refused.
+BOUNDED_OK = {"pprof-inline-expansion"}
 
 
 @pytest.mark.parametrize("name", sorted(VECTORS))
@@ -168,8 +183,10 @@ def test_hostile_request_is_refused_quickly_and_the_collector_keeps_serving(sk, 
     t0 = time.monotonic()
     r = VECTORS[name](sk)
     took = time.monotonic() - t0
-    assert r.status_code in REFUSED, f"{name}: HTTP {r.status_code} after {took:.1f}s: {r.text[:300]!r}"
-    assert r.text.strip(), f"{name}: a refusal needs a reason in its body"
+    allowed = REFUSED | ({200} if name in BOUNDED_OK else set())
+    assert r.status_code in allowed, f"{name}: HTTP {r.status_code} after {took:.1f}s: {r.text[:300]!r}"
+    if r.status_code not in (200, 414):  # 414: hyper's own answer to a URI over 64 KiB
+        assert r.text.strip(), f"{name}: a refusal needs a reason in its body"
     _assert_bounded_rss(sk)
     _normal_export_still_works(sk)
 
@@ -184,14 +201,14 @@ def test_grpc_empty_spans_amplification_is_refused(sk):
 
 # ---- isolation: worst-case queries do not starve ingest ---------------------------------------
 WORST_QUERIES = [
-    ("sql", "SELECT count(*) FROM spans a CROSS JOIN spans b CROSS JOIN spans c"),
+    ("sql", "SELECT name, count(*), max(duration) FROM spans GROUP BY name ORDER BY 2 DESC, 1"),
     ("sql", "SELECT trace_id, span_id, name FROM spans ORDER BY name, span_id DESC"),
-    ("get", ("/api/search", {"q": '{ name =~ ".*a.*b.*c.*" } >> { } >> { }', "limit": "100000",
+    ("get", ("/api/search", {"q": '{ name =~ ".*o.*p.*1.*" && span.k =~ "v+" }', "limit": "100000",
                              "start": "0", "end": str(int(time.time()) + 3600)})),
     ("get", ("/prometheus/api/v1/query_range", {"query": "sum by (span_name) (rate(traces_spanmetrics_calls_total[5m]))",
                                                 "start": str(time.time() - 86400), "end": str(time.time()),
                                                 "step": "8"})),
-    ("get", ("/api/metrics/query_range", {"q": "{} | quantile_over_time(duration, .5, .9, .99) by (name)",
+    ("get", ("/api/metrics/query_range", {"q": "{} | quantile_over_time(duration, 0.5, 0.9, 0.99) by (name)",
                                           "start": str(int(time.time()) - 3600), "end": str(int(time.time())),
                                           "step": "1s"})),
 ]
@@ -246,7 +263,13 @@ def test_ingest_keeps_acking_while_eight_worst_case_queries_run(sk):
     assert acked >= 20, f"only {acked} exports acked in 20 s under the query flood"
     assert slowest < 5.0, f"an export took {slowest:.1f}s to be acked under the query flood"
     assert answers, "no worst-case query was answered at all"
+    assert answers.count(200) >= len(answers) // 2, f"the worst-case queries were mostly refused: {collections.Counter(answers)}"
     assert -1 not in answers, "a worst-case query got no HTTP answer within 120 s"
+    # Stopped queries give their slots back once their work has stopped: soon, not never.
+    t0 = time.monotonic()
+    wait_until(lambda: client.api_get(sk, "/api/search", params={"limit": "1"}).status_code == 200,
+               timeout=90, what="a query slot free after the flood (the query timeout is 60 s)")
+    print(f"query slots free {time.monotonic() - t0:.1f}s after the flood; answers {collections.Counter(answers)}")
     _normal_export_still_works(sk)
 
 
@@ -310,7 +333,6 @@ def test_span_metric_series_are_capped_and_counted(skein_factory):
         return {tuple(sorted(s.labels.items())) for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == "traces_spanmetrics_calls_total"}
 
-    from support.poll import wait_until
     wait_until(lambda: client.metric_total(sk, "skein_span_metric_series_dropped_total") > 0, timeout=20,
                what="dropped span-metric series counted")
     n = len(series())

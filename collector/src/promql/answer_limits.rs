@@ -9,6 +9,8 @@
 pub struct AnswerLimits {
     pub max_series: usize,
     pub max_samples: usize,
+    /// When evaluation must stop (the query runner's `--query-timeout`), if set.
+    pub deadline: Option<std::time::Instant>,
 }
 
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
@@ -16,7 +18,11 @@ pub const DEFAULT_MAX_SAMPLES: usize = 1_000_000;
 
 impl Default for AnswerLimits {
     fn default() -> Self {
-        AnswerLimits { max_series: DEFAULT_MAX_SERIES, max_samples: DEFAULT_MAX_SAMPLES }
+        AnswerLimits {
+            max_series: DEFAULT_MAX_SERIES,
+            max_samples: DEFAULT_MAX_SAMPLES,
+            deadline: None,
+        }
     }
 }
 
@@ -30,11 +36,16 @@ pub enum AnswerLimitError {
         "query too expensive: more than {0} samples (--max-query-samples); use a shorter range or a larger step"
     )]
     Samples(usize),
+    #[error("the query ran longer than --query-timeout and was stopped")]
+    Timeout,
 }
 
 impl crate::error::Coded for AnswerLimitError {
     fn code(&self) -> crate::error::ErrorCode {
-        crate::error::ErrorCode::ResourceExhausted
+        match self {
+            AnswerLimitError::Timeout => crate::error::ErrorCode::Unavailable,
+            _ => crate::error::ErrorCode::ResourceExhausted,
+        }
     }
 }
 
@@ -44,6 +55,7 @@ impl AnswerLimitError {
         match self {
             AnswerLimitError::Series(_) => "series",
             AnswerLimitError::Samples(_) => "samples",
+            AnswerLimitError::Timeout => "timeout",
         }
     }
 }
@@ -57,6 +69,14 @@ impl AnswerLimits {
     /// Refuses once `n` samples are held.
     pub fn samples(&self, n: usize) -> Result<(), AnswerLimitError> {
         if n > self.max_samples { Err(AnswerLimitError::Samples(self.max_samples)) } else { Ok(()) }
+    }
+
+    /// Refuses once the deadline has passed.
+    pub fn time(&self) -> Result<(), AnswerLimitError> {
+        match self.deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(AnswerLimitError::Timeout),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses once `series` series of `points` points each would be held.
@@ -73,7 +93,7 @@ mod tests {
 
     #[test]
     fn caps_refuse_only_past_the_limit() {
-        let l = AnswerLimits { max_series: 2, max_samples: 10 };
+        let l = AnswerLimits { max_series: 2, max_samples: 10, deadline: None };
         assert!(l.series(2).is_ok());
         assert_eq!(l.series(3), Err(AnswerLimitError::Series(2)));
         assert!(l.samples(10).is_ok());

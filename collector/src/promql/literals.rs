@@ -72,7 +72,9 @@ pub fn check_text(q: &str) -> Result<(), LiteralError> {
 fn signed_exponent(chars: &[char], i: usize) -> bool {
     matches!(chars.get(i), Some('+' | '-'))
         && i.checked_sub(1).and_then(|p| chars.get(p)).is_some_and(|c| matches!(c, 'e' | 'E'))
-        && i.checked_sub(2).and_then(|p| chars.get(p)).is_some_and(|c| c.is_ascii_digit() || *c == '.')
+        && i.checked_sub(2)
+            .and_then(|p| chars.get(p))
+            .is_some_and(|c| c.is_ascii_digit() || *c == '.')
 }
 
 fn skip_string(chars: &[char], open: usize) -> usize {

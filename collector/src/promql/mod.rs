@@ -160,6 +160,7 @@ pub fn range(
     let mut series: std::collections::HashMap<Labels, Vec<(i64, f64)>> = Default::default();
     let mut samples_held: usize = 0;
     for t in steps.times() {
+        limits.time()?;
         let samples = match ev.eval(expr, t)? {
             Value::Scalar(v) => vec![value::Sample { labels: Labels::default(), v }],
             Value::Vector(v) => v,
@@ -388,13 +389,13 @@ mod tests {
     #[test]
     fn answers_are_refused_once_they_outgrow_the_caps() {
         let raw = parse("traces_spanmetrics_calls_total").unwrap();
-        let two_series = AnswerLimits { max_series: 2, max_samples: 1000 };
+        let two_series = AnswerLimits { max_series: 2, max_samples: 1000, deadline: None };
         let r = range(&store(), &raw, &steps(0, 60_000, 15_000), &two_series);
         assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Series(2)))), "{r:?}");
         let r = instant_limited(&store(), &raw, 600_000, &two_series);
         assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Series(2)))), "{r:?}");
         let sum = parse("sum(traces_spanmetrics_calls_total)").unwrap();
-        let three_samples = AnswerLimits { max_series: 10, max_samples: 3 };
+        let three_samples = AnswerLimits { max_series: 10, max_samples: 3, deadline: None };
         let r = range(&store(), &sum, &steps(0, 60_000, 15_000), &three_samples);
         assert!(matches!(r, Err(PromqlError::Answer(AnswerLimitError::Samples(3)))), "{r:?}");
         assert!(range(&store(), &sum, &steps(0, 30_000, 15_000), &three_samples).is_ok());

@@ -8,6 +8,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 
 use super::QueryError;
@@ -132,11 +133,16 @@ impl QueryRunner {
                 )));
             }
         };
-        let task = self.handle()?.spawn(async move {
+        let deadline = std::time::Instant::now().checked_add(self.limits.timeout);
+        let work = async move {
             let out = work.await;
             drop(permit);
             out
-        });
+        };
+        let task = match deadline {
+            Some(d) => self.handle()?.spawn(crate::deadline::scope(d, work).boxed()),
+            None => self.handle()?.spawn(work.boxed()),
+        };
         // Also when the client goes away and this future is dropped.
         let _abort = AbortOnDrop(task.abort_handle());
         match tokio::time::timeout(self.limits.timeout, task).await {

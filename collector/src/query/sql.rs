@@ -7,8 +7,14 @@
 //! - [`restrict`] removes from a session the functions that allocate outside the memory pool
 //!   (their output size is an argument or grows with products of their inputs) and turns
 //!   recursive CTEs off (an unbounded loop).
+//! - [`check_plan`] refuses joins without an equality key (`CROSS JOIN`, `FROM a, b`, joins on
+//!   `<` alone): their output is the product of their inputs, produced without ever waiting on
+//!   I/O, so such a query never yields to the scheduler — it can be neither stopped by
+//!   `--query-timeout` nor bounded by the memory pool (a `count(*)` holds no rows).
 #![deny(clippy::arithmetic_side_effects)]
 
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -150,6 +156,46 @@ pub fn check(sql: &str) -> Result<(), Refused> {
     Ok(())
 }
 
+/// An input of at most one row (an aggregate without `GROUP BY`, as a decorrelated scalar
+/// subquery is): joining it without a key multiplies nothing.
+fn single_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Aggregate(a) => a.group_expr.is_empty(),
+        LogicalPlan::Projection(p) => single_row(&p.input),
+        LogicalPlan::SubqueryAlias(a) => single_row(&a.input),
+        LogicalPlan::Filter(f) => single_row(&f.input),
+        _ => false,
+    }
+}
+
+/// Refuses an optimised plan (equality filters have become join keys by then) holding a join
+/// without an equality key (see the module documentation).
+pub fn check_plan(plan: &LogicalPlan) -> Result<(), Refused> {
+    let mut cartesian = false;
+    let walked = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::Join(j) = p
+            && j.on.is_empty()
+            && !single_row(&j.left)
+            && !single_row(&j.right)
+        {
+            cartesian = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if walked.is_err() || cartesian {
+        return Err(Refused {
+            reason: "too_complex",
+            error: QueryError::BadRequest(
+                "query too complex: a join needs an equality condition (`ON a.x = b.x`); \
+                 cartesian products and joins on inequalities alone are not allowed in ad-hoc SQL"
+                    .into(),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Takes the [`DENIED_FUNCTIONS`] out of `ctx` and turns recursive CTEs off.
 pub fn restrict(ctx: &SessionContext) {
     for name in DENIED_FUNCTIONS {
@@ -185,6 +231,30 @@ mod tests {
         assert!(check(&ok).is_ok());
         let arrays = format!("SELECT {}1{}", "[".repeat(40), "]".repeat(40));
         assert!(check(&arrays).is_err());
+    }
+
+    #[tokio::test]
+    async fn joins_without_an_equality_key_are_refused_and_equi_joins_pass() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE t (a INT, b INT) AS VALUES (1, 2)").await.unwrap();
+        for q in [
+            "SELECT count(*) FROM t x CROSS JOIN t y",
+            "SELECT count(*) FROM t x, t y",
+            "SELECT count(*) FROM t x JOIN t y ON x.a < y.a",
+            "SELECT (SELECT count(*) FROM t x, t y) FROM t",
+        ] {
+            let plan = ctx.sql(q).await.unwrap().into_optimized_plan().unwrap();
+            assert!(check_plan(&plan).is_err(), "{q}");
+        }
+        for q in [
+            "SELECT count(*) FROM t x JOIN t y ON x.a = y.a",
+            "SELECT count(*) FROM t x, t y WHERE x.a = y.a",
+            "SELECT a FROM t WHERE b > 1",
+            "SELECT a, (SELECT max(b) FROM t) FROM t",
+        ] {
+            let plan = ctx.sql(q).await.unwrap().into_optimized_plan().unwrap();
+            assert!(check_plan(&plan).is_ok(), "{q}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tenant", 1),
     ("telemetry", 1),
     ("health", 1),
+    ("deadline", 1),
     ("wal", 1),
     ("spanrows", 1),
     // Span storage (the in-memory head and the block store) and the PromQL engine.

@@ -9,11 +9,11 @@ mod architecture;
 mod cli;
 #[cfg(feature = "demo")]
 mod demo;
-mod hostile_ingest;
-mod hostile_sql;
-mod hostile_queries;
-mod hostile_profiles;
 mod fuzz_corpus;
+mod hostile_ingest;
+mod hostile_profiles;
+mod hostile_queries;
+mod hostile_sql;
 mod ingest;
 mod native;
 mod profiles;

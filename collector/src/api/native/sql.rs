@@ -191,6 +191,11 @@ pub async fn handler(
         .sql_with_options(&sql, opts)
         .await
         .map_err(|e| NativeError::BadRequest(e.strip_backtrace()))?;
+    let optimized = df.clone().into_optimized_plan().map_err(QueryError::from)?;
+    if let Err(r) = crate::query::sql::check_plan(&optimized) {
+        state.engine.runner.refused(r.reason);
+        return Err(r.error.into());
+    }
     let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
     // The API's query runner bounds the time; memory is the engine pool's.
     let batches = match df.limit(0, Some(MAX_ROWS + 1)).map_err(QueryError::from)?.collect().await {

@@ -90,7 +90,9 @@ type Answer = Result<Response, PromqlError>;
 type Limits = Option<Extension<AnswerLimits>>;
 
 fn limits(l: &Limits) -> AnswerLimits {
-    l.as_ref().map(|Extension(l)| *l).unwrap_or_default()
+    let limits: AnswerLimits = l.as_ref().map(|Extension(l)| *l).unwrap_or_default();
+    // Evaluation runs on a blocking thread that the runner's timeout cannot abort.
+    AnswerLimits { deadline: crate::deadline::current(), ..limits }
 }
 
 /// Counts refusals by a query limit on `skein_queries_refused_total`.
