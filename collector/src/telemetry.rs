@@ -315,6 +315,14 @@ impl Telemetry {
     }
 }
 
+/// Resident set size from the `VmRSS` line of `/proc/self/status` (Linux only).
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: i64 = kib.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,12 +344,4 @@ mod tests {
         );
         assert!(out.contains("app=\"__other__\",tenant=\"__other__\"} 50"), "{out}");
     }
-}
-
-/// Resident set size from the `VmRSS` line of `/proc/self/status` (Linux only).
-fn resident_bytes() -> Option<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    let kib: i64 = kib.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib.saturating_mul(1024))
 }

@@ -260,6 +260,10 @@ impl ServiceGraph {
     pub fn len(&self) -> usize {
         self.handles.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
 }
 
 #[cfg(test)]
