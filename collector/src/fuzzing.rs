@@ -18,9 +18,9 @@ use crate::head::SpanHead;
 use crate::ingest;
 use crate::profile::model::{Batch, Label, Profile};
 use crate::profile::push::{self, IngestParams};
+use crate::promql;
 use crate::promql::labels::Labels;
 use crate::promql::value::Series;
-use crate::promql::{self, PromqlError, Storage};
 use crate::query::compile::filter_expr;
 use crate::query::traceql::{self, Query};
 use crate::spanrows::{DedicatedColumns, to_traces_data};
@@ -133,10 +133,8 @@ fn compile(q: &Query) {
 }
 
 /// A fixed set of span-metrics series: counters and a histogram every 15 s over 10 minutes.
-struct Fixed(Vec<Series>);
-
-impl Fixed {
-    fn new() -> Fixed {
+fn fixed_series() -> promql::MemStorage {
+    {
         let series = |labels: &[(&str, &str)], per_step: f64| Series {
             labels: Labels::new(labels.iter().copied()),
             points: (0..=40i32)
@@ -145,7 +143,7 @@ impl Fixed {
         };
         let calls = "traces_spanmetrics_calls_total";
         let bucket = "traces_spanmetrics_latency_bucket";
-        Fixed(vec![
+        promql::MemStorage(vec![
             series(
                 &[("__name__", calls), ("service", "a"), ("status_code", "STATUS_CODE_UNSET")],
                 30.0,
@@ -173,31 +171,11 @@ impl Fixed {
     }
 }
 
-impl Storage for Fixed {
-    fn select(
-        &self,
-        matches: &dyn Fn(&Labels) -> bool,
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<Series>, PromqlError> {
-        Ok(self
-            .0
-            .iter()
-            .filter(|s| matches(&s.labels))
-            .map(|s| Series {
-                labels: s.labels.clone(),
-                points: s.points.iter().copied().filter(|p| p.0 >= start && p.0 <= end).collect(),
-            })
-            .filter(|s| !s.points.is_empty())
-            .collect())
-    }
-}
-
-/// A PromQL query evaluated as `/api/v1/query` and `/api/v1/query_range` do, over [`Fixed`].
+/// A PromQL query evaluated as `/api/v1/query` and `/api/v1/query_range` do, over [`fixed_series`].
 pub fn promql(data: &[u8]) {
     let Ok(src) = std::str::from_utf8(data) else { return };
     let Ok(expr) = promql::parse(src) else { return };
-    let store = Fixed::new();
+    let store = fixed_series();
     let _ = promql::instant(&store, &expr, 600_000);
     let limits = crate::promql::answer_limits::AnswerLimits::default();
     if let Ok(steps) =

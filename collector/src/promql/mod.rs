@@ -206,38 +206,33 @@ fn check_unique<'l>(labels: impl Iterator<Item = &'l Labels>) -> Result<(), Prom
     Ok(())
 }
 
+/// Series held in memory: the storage of evaluator tests and of the PromQL fuzz target.
+pub struct MemStorage(pub Vec<Series>);
+
+impl Storage for MemStorage {
+    fn select(
+        &self,
+        matches: &dyn Fn(&Labels) -> bool,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Series>, PromqlError> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|s| matches(&s.labels))
+            .map(|s| Series {
+                labels: s.labels.clone(),
+                points: s.points.iter().copied().filter(|p| p.0 >= start && p.0 <= end).collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use value::Sample;
-
-    /// Series in memory, for evaluator tests.
-    struct Mem(Vec<Series>);
-
-    impl Storage for Mem {
-        fn select(
-            &self,
-            matches: &dyn Fn(&Labels) -> bool,
-            start: i64,
-            end: i64,
-        ) -> Result<Vec<Series>, PromqlError> {
-            Ok(self
-                .0
-                .iter()
-                .filter(|s| matches(&s.labels))
-                .map(|s| Series {
-                    labels: s.labels.clone(),
-                    points: s
-                        .points
-                        .iter()
-                        .copied()
-                        .filter(|p| p.0 >= start && p.0 <= end)
-                        .collect(),
-                })
-                .filter(|s| !s.points.is_empty())
-                .collect())
-        }
-    }
 
     /// Counters growing by `per_step` every 15 s from t=0 to 10 min.
     fn counter(labels: &[(&str, &str)], per_step: f64) -> Series {
@@ -247,7 +242,7 @@ mod tests {
         }
     }
 
-    fn store() -> Mem {
+    fn store() -> MemStorage {
         let calls = |svc, status, n| {
             counter(
                 &[
@@ -265,7 +260,7 @@ mod tests {
                 n,
             )
         };
-        Mem(vec![
+        MemStorage(vec![
             calls("a", "STATUS_CODE_UNSET", 30.0),
             calls("a", "STATUS_CODE_ERROR", 15.0),
             calls("b", "STATUS_CODE_UNSET", 15.0),
