@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -181,6 +182,20 @@ pub struct ServeArgs {
     /// more are refused with 403.
     #[arg(long, env = "SKEIN_PROFILE_MAX_APPS")]
     pub profile_max_apps: Option<usize>,
+    // Security (tls.rs, tenant/): TLS on every listener and token authentication.
+    /// PEM certificate chain served on all three listeners (with --tls-key).
+    #[arg(long, env = "SKEIN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "SKEIN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "SKEIN_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of [[token]] entries (token or token_sha256, tenants, role); every surface
+    /// but /healthz and /ready then needs a token. Re-read on SIGHUP.
+    #[arg(long, env = "SKEIN_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Resolved configuration, built once from [`ServeArgs`]: one section per subsystem, each
@@ -200,6 +215,14 @@ pub struct Config {
     pub span_metrics: SpanMetricsConfig,
     pub alerting: AlertingSection,
     pub profiles: ProfileConfig,
+    pub security: SecuritySection,
+}
+
+/// TLS and authentication, loaded (and so checked) when the configuration is resolved.
+#[derive(Debug, Clone)]
+pub struct SecuritySection {
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    pub access: Arc<crate::tenant::Access>,
 }
 
 impl Config {
@@ -435,6 +458,7 @@ impl ServeArgs {
                     profile_limits::DEFAULT_MAX_APPS,
                 )?,
             },
+            security: security_section(a.tls_cert, a.tls_key, a.tls_client_ca, a.auth_file)?,
             head,
             data_dir,
         };
@@ -492,6 +516,10 @@ impl ServeArgs {
                 .profile_decode_concurrency
                 .or(file.profile_decode_concurrency),
             profile_max_apps: self.profile_max_apps.or(file.profile_max_apps),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            auth_file: self.auth_file.or(file.auth_file),
         }
     }
 }
@@ -552,6 +580,34 @@ fn span_dimensions(dimensions: Option<Vec<String>>) -> Result<Vec<String>, Confi
         });
     }
     Ok(spanmetrics_dimensions)
+}
+
+/// TLS files and the token file, read now so that a bad one stops start-up with its reason.
+fn security_section(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    auth_file: Option<PathBuf>,
+) -> Result<SecuritySection, ConfigError> {
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let tls = match (cert, key, client_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), client_ca) => Some(
+            crate::tls::Tls::load(crate::tls::TlsFiles { cert, key, client_ca })
+                .map_err(|e| invalid("tls-cert", e.to_string()))?,
+        ),
+        (None, _, Some(_)) => {
+            return Err(invalid("tls-client-ca", "needs --tls-cert and --tls-key".into()));
+        }
+        (Some(_), None, _) => return Err(invalid("tls-key", "--tls-cert needs it".into())),
+        (None, Some(_), _) => return Err(invalid("tls-cert", "--tls-key needs it".into())),
+    };
+    let access = match auth_file {
+        None => crate::tenant::Access::open(),
+        Some(path) => crate::tenant::Access::from_file(&path)
+            .map_err(|e| invalid("auth-file", e.to_string()))?,
+    };
+    Ok(SecuritySection { tls, access })
 }
 
 /// Rules (parsed and checked once) and where their alerts go.

@@ -33,5 +33,6 @@ pub mod spanrows;
 pub mod store;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod traces;
 pub mod wal;

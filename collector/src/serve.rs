@@ -19,6 +19,8 @@ use crate::query::QueryEngine;
 use crate::span_metrics::SpanMetrics;
 use crate::store::open_object_store;
 use crate::telemetry::Telemetry;
+use crate::tenant::{Access, Gate, Role};
+use crate::tls::{Protocols, Tls, TlsListener};
 use crate::traces::{Traces, TracesError};
 
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +132,14 @@ fn front_door(
     app: Arc<std::sync::OnceLock<axum::Router>>,
     health: Arc<Health>,
     metrics: Arc<Telemetry>,
+    access: Arc<Access>,
 ) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use tower::ServiceExt;
     axum::Router::new().fallback(move |req: axum::extract::Request| {
         let (app, health, metrics) = (app.clone(), health.clone(), metrics.clone());
+        let access = access.clone();
         async move {
             if let Some(app) = app.get() {
                 return match app.clone().oneshot(req).await {
@@ -149,6 +153,9 @@ fn front_door(
             match req.uri().path() {
                 "/healthz" => "ok\n".into_response(),
                 "/metrics" => {
+                    if let Err(e) = access.resolve(req.headers(), Role::Admin) {
+                        return e.into_response();
+                    }
                     metrics.ready.set(0);
                     ([("content-type", "text/plain; version=0.0.4")], metrics.render())
                         .into_response()
@@ -172,15 +179,15 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+    let access = cfg.security.access.clone();
+    let tls = cfg.security.tls.clone();
+    warn_if_exposed(cfg, &access);
     let http_listener = bind(cfg.listen.http).await?;
     let http_addr = http_listener.local_addr()?;
     let app_cell = Arc::new(std::sync::OnceLock::new());
-    let front = front_door(app_cell.clone(), health.clone(), metrics.clone());
-    let s = stopped(rx.clone());
-    tasks.push(tokio::spawn(async move {
-        axum::serve(http_listener.tap_io(nodelay), front).with_graceful_shutdown(s).await?;
-        Ok(())
-    }));
+    let front = front_door(app_cell.clone(), health.clone(), metrics.clone(), access.clone());
+    tasks.push(tokio::spawn(serve_http(http_listener, tls.clone(), front, stopped(rx.clone()))));
+    tasks.push(tokio::spawn(reload_on_hangup(access.clone(), tls.clone(), stopped(rx.clone()))));
 
     let object_store = open_object_store(&cfg.store.url, &metrics)?;
     let span_metrics = Arc::new(
@@ -209,10 +216,6 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let grpc_listener = bind(cfg.listen.otlp_grpc).await?;
     let otlp_http_addr = otlp_http_listener.local_addr()?;
     let otlp_grpc_addr = grpc_listener.local_addr()?;
-    // Small responses on long-lived connections: Nagle's algorithm would delay acks by tens of
-    // milliseconds against the client's delayed ACK.
-    let grpc_incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
 
     let alerting = Alerting::from_groups(
         AlertingConfig {
@@ -240,23 +243,19 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         profiles: profiles.clone(),
         span_metrics: span_metrics.clone(),
         health: health.clone(),
+        access: access.clone(),
     })
     .layer(axum::Extension(alerting.clone()))
     .layer(axum::Extension(cfg.query.answer));
     // The front door was answering for the starting collector; from now on it hands over.
     let _ = app_cell.set(app);
-    let otlp_app = ingest::http::router(ingestor.clone());
+    let write =
+        Gate { access: access.clone(), role: Role::Write, reject: api::error::refuse::text };
+    let otlp_app = ingest::http::router(ingestor.clone(), write);
     let s = stopped(rx.clone());
-    tasks.push(tokio::spawn(async move {
-        axum::serve(otlp_http_listener.tap_io(nodelay), otlp_app).with_graceful_shutdown(s).await?;
-        Ok(())
-    }));
-    let ing = ingestor.clone();
-    let s = stopped(rx.clone());
-    tasks.push(tokio::spawn(async move {
-        ingest::grpc::serve(grpc_incoming, ing, s).await?;
-        Ok(())
-    }));
+    tasks.push(tokio::spawn(serve_http(otlp_http_listener, tls.clone(), otlp_app, s)));
+    let (ing, a, s) = (ingestor.clone(), access.clone(), stopped(rx.clone()));
+    tasks.push(tokio::spawn(serve_grpc(grpc_listener, tls.clone(), ing, a, s)));
     let (t, s, h) = (traces.clone(), stopped(rx.clone()), health.clone());
     tasks.push(tokio::spawn(async move {
         // A panic in the maintenance loop must show in /ready, not only end a task.
@@ -301,6 +300,108 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         shutdown: tx,
         tasks,
     })
+}
+
+/// Serves `app` on `tcp`, over TLS when configured, until `shutdown` resolves.
+async fn serve_http(
+    tcp: TcpListener,
+    tls: Option<Arc<Tls>>,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    match tls {
+        None => axum::serve(tcp.tap_io(nodelay), app).with_graceful_shutdown(shutdown).await?,
+        Some(tls) => {
+            let listener = TlsListener::new(tcp, tls, Protocols::Http)?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?
+        }
+    }
+    Ok(())
+}
+
+/// Serves OTLP/gRPC on `tcp`, over TLS when configured, until `shutdown` resolves.
+async fn serve_grpc(
+    tcp: TcpListener,
+    tls: Option<Arc<Tls>>,
+    ingestor: Ingestor,
+    access: Arc<Access>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    match tls {
+        None => {
+            // Small responses on long-lived connections: Nagle's algorithm would delay acks by
+            // tens of milliseconds against the client's delayed ACK.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true));
+            ingest::grpc::serve(incoming, ingestor, access, shutdown).await?
+        }
+        Some(tls) => {
+            let incoming = TlsListener::new(tcp, tls, Protocols::Grpc)?.into_stream();
+            ingest::grpc::serve(incoming, ingestor, access, shutdown).await?
+        }
+    }
+    Ok(())
+}
+
+/// Anyone who can reach a listener on a non-loopback address can write and read every tenant's
+/// data unless tokens are required.
+fn warn_if_exposed(cfg: &Config, access: &Access) {
+    if access.enabled() {
+        return;
+    }
+    let l = &cfg.listen;
+    for (name, addr) in [("otlp-grpc", l.otlp_grpc), ("otlp-http", l.otlp_http), ("http", l.http)] {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                listener = name,
+                %addr,
+                "listening on a non-loopback address without authentication (--auth-file): \
+                 anyone who can reach it can write and read every tenant's data"
+            );
+        }
+    }
+}
+
+/// SIGHUP re-reads the token file and the TLS certificate, key and client CA; a file that
+/// fails to load is logged and the configuration in force stays.
+async fn reload_on_hangup(
+    access: Arc<Access>,
+    tls: Option<Arc<Tls>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                got = hup.recv() => if got.is_none() { return Ok(()) },
+            }
+            match access.reload() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tokens = n, "auth file reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "auth file not reloaded; the old tokens stay")
+                }
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS files not reloaded; the old ones stay")
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (access, tls);
+        shutdown.await;
+        Ok(())
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

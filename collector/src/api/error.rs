@@ -16,7 +16,7 @@ use crate::ingest::IngestError;
 use crate::profile::ProfileError;
 use crate::promql::PromqlError;
 use crate::query::QueryError;
-use crate::tenant::InvalidTenant;
+use crate::tenant::TenantError;
 
 /// Clients are told to come back after this long when the write path is full.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -97,16 +97,67 @@ impl From<IngestError> for tonic::Status {
     }
 }
 
-/// The rejection of the [`crate::tenant::Tenant`] extractor.
-impl IntoResponse for InvalidTenant {
+/// Refusals of the tenant gate say which credentials to send (a bearer token: browsers would
+/// pop up their own login dialog for `Basic`).
+fn with_challenge(code: ErrorCode, mut resp: Response) -> Response {
+    if code == ErrorCode::Unauthenticated {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"skein\""));
+    }
+    resp
+}
+
+/// The rejection of the [`crate::tenant::Tenant`] extractor, and the tenant gate's refusal on
+/// plain-text surfaces (OTLP/HTTP, Tempo API, Pyroscope `/ingest`, `/metrics`).
+impl IntoResponse for TenantError {
     fn into_response(self) -> Response {
-        text(self.code(), self.to_string())
+        let code = self.code();
+        if code == ErrorCode::Internal {
+            tracing::error!(error = %self, "tenant of an ungated route requested");
+        }
+        with_challenge(code, text(code, self.to_string()))
     }
 }
 
-impl From<InvalidTenant> for tonic::Status {
-    fn from(e: InvalidTenant) -> Self {
+impl From<TenantError> for tonic::Status {
+    fn from(e: TenantError) -> Self {
         grpc_status(e.code(), e.to_string())
+    }
+}
+
+/// The tenant gate's refusals, one per wire format (see [`crate::tenant::Reject`]).
+pub mod refuse {
+    use super::*;
+
+    pub fn text(e: TenantError) -> Response {
+        e.into_response()
+    }
+
+    /// Prometheus API: `{"status":"error","errorType":…,"error":…}`.
+    pub fn prometheus(e: TenantError) -> Response {
+        let code = e.code();
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": prometheus_error_type(code),
+            "error": e.to_string(),
+        });
+        with_challenge(code, (http_status(code), axum::Json(body)).into_response())
+    }
+
+    /// skein's own API: `{"error": …}`.
+    pub fn native(e: TenantError) -> Response {
+        let code = e.code();
+        let body = serde_json::json!({ "error": e.to_string() });
+        with_challenge(code, (http_status(code), axum::Json(body)).into_response())
+    }
+
+    /// Connect (Pyroscope querier and push.v1): `{"code": …, "message": …}`.
+    pub fn connect(e: TenantError) -> Response {
+        let code = e.code();
+        let (name, status) = connect_code(code);
+        let body = serde_json::json!({ "code": name, "message": e.to_string() }).to_string();
+        let resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        with_challenge(code, resp)
     }
 }
 
@@ -231,6 +282,7 @@ impl IntoResponse for ConnectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tenant::InvalidTenant;
 
     const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidArgument,

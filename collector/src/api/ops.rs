@@ -12,11 +12,15 @@ use axum::routing::get;
 use super::AppState;
 use crate::health::Report;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ready", get(ready))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+/// `/ready` and `/healthz`: open to anyone (probes carry no credentials).
+pub fn health_router() -> Router<AppState> {
+    Router::new().route("/ready", get(ready)).route("/healthz", get(healthz))
+}
+
+/// `/metrics`: the collector's own metrics (admin role when authentication is on: they name
+/// every tenant).
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 fn answer(report: Report, ok_text: &str) -> (StatusCode, String) {

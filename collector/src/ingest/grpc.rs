@@ -11,8 +11,10 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
 use tonic::{Request, Response, Status};
 
-use super::{Encoding, IngestError, Ingestor, Protocol};
-use crate::tenant::Tenant;
+use super::{Encoding, Ingestor, Protocol};
+use std::sync::Arc;
+
+use crate::tenant::{Access, Role, Tenant};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -64,9 +66,10 @@ impl Encoder for ResponseEncoder {
     }
 }
 
-/// The unary Export call on raw bytes.
+/// The unary Export call on raw bytes, for the tenant its headers resolved to.
 struct Export {
     ingestor: Ingestor,
+    tenant: String,
 }
 
 impl tonic::server::UnaryService<Bytes> for Export {
@@ -75,9 +78,8 @@ impl tonic::server::UnaryService<Bytes> for Export {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let ingestor = self.ingestor.clone();
+        let tenant = self.tenant.clone();
         Box::pin(async move {
-            let Tenant(tenant) =
-                Tenant::from_metadata(request.metadata()).map_err(IngestError::from)?;
             let body = request.into_inner();
             let resp =
                 ingestor.export_body(tenant, body, Encoding::Protobuf, Protocol::Grpc).await?;
@@ -90,11 +92,12 @@ impl tonic::server::UnaryService<Bytes> for Export {
 #[derive(Clone)]
 pub struct TraceService {
     ingestor: Ingestor,
+    access: Arc<Access>,
 }
 
 impl TraceService {
-    pub fn new(ingestor: Ingestor) -> Self {
-        TraceService { ingestor }
+    pub fn new(ingestor: Ingestor, access: Arc<Access>) -> Self {
+        TraceService { ingestor, access }
     }
 }
 
@@ -117,32 +120,49 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let ingestor = self.ingestor.clone();
+        // gRPC metadata are the request's HTTP/2 headers: credentials are checked before the
+        // message is read or inflated.
+        let tenant = self.access.resolve(req.headers(), Role::Write);
         Box::pin(async move {
             if req.uri().path() != EXPORT_PATH {
                 return Ok(
                     Status::unimplemented(format!("no method {}", req.uri().path())).into_http()
                 );
             }
+            let Tenant(tenant) = match tenant {
+                Ok(t) => t,
+                Err(e) => return Ok(Status::from(e).into_http()),
+            };
             // The decode limit applies to the decompressed message; tonic inflates gzip into a
             // buffer capped at that limit.
             let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(ingestor.max_body_bytes);
-            Ok(grpc.unary(Export { ingestor }, req).await)
+            Ok(grpc.unary(Export { ingestor, tenant }, req).await)
         })
     }
 }
 
 /// Serves OTLP/gRPC until `shutdown` resolves.
-pub async fn serve(
-    incoming: tonic::transport::server::TcpIncoming,
+pub async fn serve<IO, IE>(
+    incoming: impl futures::Stream<Item = Result<IO, IE>> + Send + 'static,
     ingestor: Ingestor,
+    access: Arc<Access>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<StdError>,
+{
     tonic::transport::Server::builder()
         .layer(CodecStatusLayer)
-        .add_service(TraceService::new(ingestor))
+        .add_service(TraceService::new(ingestor, access))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

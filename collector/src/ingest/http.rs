@@ -11,22 +11,25 @@ use prost::Message;
 use super::{Encoding, IngestError, Ingestor, Protocol, gunzip_bounded};
 use crate::tenant::Tenant;
 
-pub fn router(ingestor: Ingestor) -> Router {
+/// `POST /v1/traces` behind `gate` (which needs the write role): credentials are checked
+/// before the body is read.
+pub fn router(ingestor: Ingestor, gate: crate::tenant::Gate) -> Router {
     // The raw (possibly compressed) body may not exceed the limit either; the decompressed
     // size is checked while inflating.
     let limit = ingestor.max_body_bytes;
     Router::new()
         .route("/v1/traces", post(export))
+        .route_layer(axum::middleware::from_fn_with_state(gate, crate::tenant::gate))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ingestor)
 }
 
-async fn export(State(ing): State<Ingestor>, headers: HeaderMap, body: Bytes) -> Response {
-    // Looked at after the body extractor, so an oversized body is still refused first.
-    let tenant = match Tenant::from_headers(&headers) {
-        Ok(Tenant(t)) => t,
-        Err(e) => return IngestError::from(e).into_response(),
-    };
+async fn export(
+    State(ing): State<Ingestor>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let json = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(ct) if ct.starts_with("application/json") => true,
         Some(ct)

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u32)] = &[
     // Foundations that know nothing of spans' journey: tenant ids, the collector's own
     // metrics, the write-ahead log, and the span-row codec (OTLP <-> Arrow).
     ("tenant", 1),
+    ("tls", 1),
     ("telemetry", 1),
     ("health", 1),
     ("deadline", 1),

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{NativeError, params, range_ns, required};
 use crate::api::AppState;
 use crate::query::compare::{CompareRequest, Comparison};
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::{Tenant, TenantError};
 
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 200;
@@ -56,7 +56,7 @@ pub fn request(p: &CompareParams) -> Result<CompareRequest, NativeError> {
 
 pub async fn handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     q: Result<Query<CompareParams>, QueryRejection>,
 ) -> Result<Json<Comparison>, NativeError> {
     let p = params(q)?;

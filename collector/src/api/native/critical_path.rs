@@ -11,7 +11,7 @@ use super::NativeError;
 use crate::api::AppState;
 use crate::query::critical_path::{TraceSpan, critical_path};
 use crate::query::parse_trace_id;
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::{Tenant, TenantError};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct CriticalPath {
@@ -55,7 +55,7 @@ pub fn response(trace_id: [u8; 16], spans: &[TraceSpan]) -> CriticalPath {
 
 pub async fn handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     Path(trace_id): Path<String>,
 ) -> Result<Json<CriticalPath>, NativeError> {
     let Tenant(tenant) = tenant?;

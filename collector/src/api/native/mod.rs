@@ -38,7 +38,7 @@ use crate::profile::tree::Tree;
 use crate::promql::PromqlError;
 use crate::query::QueryError;
 use crate::query::operation::OperationQuery;
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::{Tenant, TenantError};
 
 /// What CPU flame graphs show unless `profile_type` says otherwise.
 pub const DEFAULT_PROFILE_TYPE: &str = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
@@ -61,7 +61,7 @@ pub enum NativeError {
     #[error(transparent)]
     Series(#[from] PromqlError),
     #[error(transparent)]
-    InvalidTenant(#[from] InvalidTenant),
+    Tenant(#[from] TenantError),
 }
 
 impl Coded for NativeError {
@@ -72,7 +72,7 @@ impl Coded for NativeError {
             NativeError::Profile(e) => e.code(),
             NativeError::Render(_) => ErrorCode::Internal,
             NativeError::Series(e) => e.code(),
-            NativeError::InvalidTenant(e) => e.code(),
+            NativeError::Tenant(e) => e.code(),
         }
     }
 }
@@ -260,7 +260,7 @@ fn svg_response(svg: String) -> Response {
 
 async fn flamegraph_handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     Query(p): Query<Params>,
 ) -> Result<Response, NativeError> {
     let Tenant(tenant) = tenant?;
@@ -288,7 +288,7 @@ async fn flamegraph_handler(
 
 async fn diff_handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     Query(p): Query<Params>,
 ) -> Result<Response, NativeError> {
     let Tenant(tenant) = tenant?;

@@ -19,7 +19,7 @@ use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
 use crate::promql::time_range::{self, MILLIS};
 use crate::span_metrics::calls::{CALLS, LATENCY};
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::{Tenant, TenantError};
 
 const DEFAULT_STEP_MS: i64 = 15_000;
 
@@ -122,7 +122,7 @@ pub fn red(
 
 pub async fn handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     q: Result<Query<RedParams>, QueryRejection>,
 ) -> Result<Json<RedResponse>, NativeError> {
     let p = params(q)?;

@@ -17,7 +17,7 @@ use crate::promql::Storage;
 use crate::promql::labels::{Labels, METRIC_NAME};
 use crate::span_metrics::calls::{CALLS, LATENCY};
 use crate::span_metrics::servicegraph::{REQUEST_FAILED_TOTAL, REQUEST_TOTAL, SERVER_SECONDS};
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::{Tenant, TenantError};
 
 const SERVER: &str = "SPAN_KIND_SERVER";
 const ERROR: &str = "STATUS_CODE_ERROR";
@@ -217,7 +217,7 @@ pub fn operations(
 
 pub async fn services_handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     q: Result<Query<WindowParams>, QueryRejection>,
 ) -> Result<Json<ServicesResponse>, NativeError> {
     let p = params(q)?;
@@ -228,7 +228,7 @@ pub async fn services_handler(
 
 pub async fn operations_handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     q: Result<Query<WindowParams>, QueryRejection>,
 ) -> Result<Json<OperationsResponse>, NativeError> {
     let p = params(q)?;

@@ -44,7 +44,7 @@ use super::{NativeError, params, range_ns};
 use crate::api::AppState;
 use crate::query::QueryError;
 use crate::spanrows::col as c;
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::{Tenant, TenantError};
 
 /// Rows returned at most.
 pub const MAX_ROWS: usize = 10_000;
@@ -160,7 +160,7 @@ pub fn to_json(
 
 pub async fn handler(
     State(state): State<AppState>,
-    tenant: Result<Tenant, InvalidTenant>,
+    tenant: Result<Tenant, TenantError>,
     q: Result<Query<SqlParams>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<SqlResponse>, NativeError> {

@@ -1,8 +1,8 @@
 //! Prometheus-compatible HTTP API under `/prometheus`
 //! over the span metrics and service-graph series, and their text exposition at
 //! `/prometheus/metrics` for a real Prometheus to scrape. `X-Scope-OrgID` selects the tenant
-//! (the exposition also takes `?tenant=`, since Prometheus 2.x scrape configs cannot set
-//! headers).
+//! (or, on any gated route, `?tenant=`, since Prometheus 2.x scrape configs cannot set
+//! headers), checked against the caller's token like the header.
 
 pub mod params;
 
@@ -120,13 +120,14 @@ async fn query(
     State(s): State<AppState>,
     rules: Rules,
     lim: Limits,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let r = async {
         let p = Params::new(q.as_deref(), &headers, &body);
-        let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
+        let storage = storage(&s, &rules, &tenant);
         let expr = promql::parse(p.required("query")?)?;
         let t = p.time("time", now_ms())?;
         let limits = limits(&lim);
@@ -141,13 +142,14 @@ async fn query_range(
     State(s): State<AppState>,
     rules: Rules,
     lim: Limits,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let r = async {
         let p = Params::new(q.as_deref(), &headers, &body);
-        let storage = storage(&s, &rules, Tenant::from_headers(&headers)?.as_str());
+        let storage = storage(&s, &rules, &tenant);
         let expr = promql::parse(p.required("query")?)?;
         let start = p.required("start").and_then(|_| p.time("start", 0))?;
         let end = p.required("end").and_then(|_| p.time("end", 0))?;
@@ -177,10 +179,10 @@ fn selectors(p: &Params) -> Result<Vec<VectorSelector>, PromqlError> {
 fn matching_series(
     s: &AppState,
     rules: &Rules,
-    headers: &HeaderMap,
+    tenant: &str,
     p: &Params,
 ) -> Result<Vec<promql::labels::Labels>, PromqlError> {
-    let storage = storage(s, rules, Tenant::from_headers(headers)?.as_str());
+    let storage = storage(s, rules, tenant);
     let sel = selectors(p)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
@@ -199,12 +201,13 @@ fn limited(mut v: Vec<Json>, limit: Option<usize>) -> Vec<Json> {
 async fn labels(
     State(s): State<AppState>,
     rules: Rules,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let names: BTreeSet<String> = matching_series(&s, &rules, &headers, &p)?
+    let names: BTreeSet<String> = matching_series(&s, &rules, &tenant, &p)?
         .iter()
         .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
         .collect();
@@ -214,12 +217,13 @@ async fn labels(
 async fn label_values(
     State(s): State<AppState>,
     rules: Rules,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &[]);
-    let values: BTreeSet<String> = matching_series(&s, &rules, &headers, &p)?
+    let values: BTreeSet<String> = matching_series(&s, &rules, &tenant, &p)?
         .iter()
         .filter_map(|l| l.get(&name).map(String::from))
         .collect();
@@ -229,6 +233,7 @@ async fn label_values(
 async fn series(
     State(s): State<AppState>,
     rules: Rules,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
@@ -237,7 +242,7 @@ async fn series(
     if p.all("match[]").is_empty() {
         return Err(PromqlError::BadData("no match[] parameter provided".into()));
     }
-    let mut found = matching_series(&s, &rules, &headers, &p)?;
+    let mut found = matching_series(&s, &rules, &tenant, &p)?;
     found.sort();
     Ok(success(Json::Array(limited(found.iter().map(|l| l.to_json()).collect(), p.limit()?))))
 }
@@ -285,12 +290,12 @@ fn collect_selectors<'e>(e: &'e Expr, out: &mut Vec<&'e VectorSelector>) {
 
 async fn exemplars(
     State(s): State<AppState>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let Tenant(tenant) = Tenant::from_headers(&headers)?;
     let expr = promql::parse(p.required("query")?)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
@@ -315,13 +320,8 @@ async fn exemplars(
     Ok(success(Json::Array(data)))
 }
 
-async fn exposition(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Answer {
-    let p = Params::new(q.as_deref(), &headers, &[]);
-    let Tenant(tenant) = Tenant::from_query_override(p.get("tenant"), &headers)?;
+/// The span metrics of the caller's tenant in the text format, for scraping.
+async fn exposition(State(s): State<AppState>, Tenant(tenant): Tenant) -> Answer {
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         s.span_metrics.exposition(&tenant),

@@ -35,11 +35,19 @@ use connect::{Codec, ConnectError, read_body};
 use proto::querier::v1 as q;
 use proto::types::v1 as t;
 
-pub fn router() -> Router<AppState> {
+/// The Connect querier (queries: behind the query runner).
+pub fn querier_router() -> Router<AppState> {
+    Router::new().route("/pyroscope/querier.v1.QuerierService/{method}", post(querier))
+}
+
+/// Pyroscope's HTTP push (`/ingest`, plain-text errors).
+pub fn ingest_router() -> Router<AppState> {
+    Router::new().route("/ingest", post(ingest)).route("/pyroscope/ingest", post(ingest))
+}
+
+/// `push.v1.PusherService/Push` (Connect errors).
+pub fn push_router() -> Router<AppState> {
     Router::new()
-        .route("/pyroscope/querier.v1.QuerierService/{method}", post(querier))
-        .route("/ingest", post(ingest))
-        .route("/pyroscope/ingest", post(ingest))
         .route("/push.v1.PusherService/Push", post(push_v1))
         .route("/pyroscope/push.v1.PusherService/Push", post(push_v1))
 }
@@ -101,11 +109,12 @@ async fn flamegraph(
 async fn querier(
     State(s): State<AppState>,
     Path(method): Path<String>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = std::time::Instant::now();
-    let r = match call(&s, &method, &headers, body).await {
+    let r = match call(&s, &method, &tenant, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -116,11 +125,11 @@ async fn querier(
 async fn call(
     s: &AppState,
     method: &str,
+    tenant: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ConnectError> {
     let codec = Codec::of(headers)?;
-    let Tenant(tenant) = Tenant::from_headers(headers)?;
     let p = &s.profiles;
     let body = read_body(body, headers, p.max_body_bytes()).await?;
     Ok(match method {
@@ -128,7 +137,7 @@ async fn call(
             let req: q::ProfileTypesRequest = codec.decode(&body)?;
             let (start, end) = range(req.start, req.end)?;
             let mut profile_types = Vec::new();
-            for id in p.profile_types(&tenant, start, end).await? {
+            for id in p.profile_types(tenant, start, end).await? {
                 let pt = ProfileType::parse(&id)?;
                 profile_types.push(t::ProfileType {
                     id,
@@ -144,7 +153,7 @@ async fn call(
         "LabelNames" => {
             let req: t::LabelNamesRequest = codec.decode(&body)?;
             let (start, end) = range(req.start, req.end)?;
-            let names = p.label_names(&tenant, &req.matchers, start, end).await?;
+            let names = p.label_names(tenant, &req.matchers, start, end).await?;
             codec.respond(&t::LabelNamesResponse { names })
         }
         "LabelValues" => {
@@ -153,7 +162,7 @@ async fn call(
                 return Err(ProfileError::BadRequest("name is required".into()).into());
             }
             let (start, end) = range(req.start, req.end)?;
-            let names = p.label_values(&tenant, &req.name, &req.matchers, start, end).await?;
+            let names = p.label_values(tenant, &req.name, &req.matchers, start, end).await?;
             codec.respond(&t::LabelValuesResponse { names })
         }
         "SelectMergeStacktraces" => {
@@ -164,14 +173,14 @@ async fn call(
                 .map(|s| s.call_site.into_iter().map(|l| l.name).collect())
                 .unwrap_or_default();
             m.span_ids = (!req.span_selector.is_empty()).then_some(req.span_selector);
-            let flamegraph = flamegraph(p, &tenant, m, req.max_nodes).await?;
+            let flamegraph = flamegraph(p, tenant, m, req.max_nodes).await?;
             codec.respond(&q::SelectMergeStacktracesResponse { flamegraph })
         }
         "SelectMergeSpanProfile" => {
             let req: q::SelectMergeSpanProfileRequest = codec.decode(&body)?;
             let mut m = merge_request(req.profile_type_id, req.label_selector, req.start, req.end)?;
             m.span_ids = Some(req.span_selector);
-            let flamegraph = flamegraph(p, &tenant, m, req.max_nodes).await?;
+            let flamegraph = flamegraph(p, tenant, m, req.max_nodes).await?;
             codec.respond(&q::SelectMergeSpanProfileResponse { flamegraph })
         }
         "SelectSeries" => {
@@ -182,7 +191,7 @@ async fn call(
             let average = req.aggregation == Some(t::TimeSeriesAggregationType::Average as i32);
             let series = p
                 .select_series(
-                    &tenant,
+                    tenant,
                     SeriesRequest {
                         profile_type: req.profile_type_id,
                         selector: req.label_selector,
@@ -219,12 +228,12 @@ async fn call(
 /// `POST /ingest`: Pyroscope's push API; answers 200 with an empty body once durable.
 async fn ingest(
     State(s): State<AppState>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
     body: Body,
 ) -> Response {
     let run = async {
-        let Tenant(tenant) = Tenant::from_headers(&headers)?;
         let limit = s.profiles.max_body_bytes();
         let params = IngestParams::parse(&params, now_ns())?;
         let body_len = content_length(&headers);
@@ -251,13 +260,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// `push.v1.PusherService/Push` (binary protobuf only: its profiles are bytes).
-async fn push_v1(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn push_v1(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let run = async {
         if Codec::of(&headers)? != Codec::Proto {
             let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             return Err(ConnectError::UnsupportedMediaType(ct.unwrap_or_default().to_string()));
         }
-        let Tenant(tenant) = Tenant::from_headers(&headers)?;
         let limit = s.profiles.max_body_bytes();
         let body = read_body(body, &headers, limit).await?;
         let now = now_ns();
