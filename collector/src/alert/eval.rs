@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 
 use super::error::AlertError;
 use super::exemplars;
+use super::layout;
 use super::notify::{Notifier, Targets, WireAlert};
 use super::recorded::{Layered, Recorded};
-use super::layout;
 use super::rules::{AlertingRule, Group, RecordingRule, Rule};
 use super::state::{AlertState, Returned, RuleAlerts};
 use super::template::Data;
@@ -114,10 +114,8 @@ impl Alerting {
         groups: Vec<Group>,
         generator: Arc<SpanMetrics>,
     ) -> Arc<Self> {
-        let recorded = groups
-            .iter()
-            .map(|g| (g.tenant.clone(), Arc::new(Recorded::default())))
-            .collect();
+        let recorded =
+            groups.iter().map(|g| (g.tenant.clone(), Arc::new(Recorded::default()))).collect();
         let groups = groups
             .into_iter()
             .map(|group| {
@@ -143,13 +141,7 @@ impl Alerting {
                 }
             })
             .collect();
-        Arc::new(Alerting {
-            cfg,
-            generator,
-            recorded,
-            groups,
-            notifier: Mutex::new(None),
-        })
+        Arc::new(Alerting { cfg, generator, recorded, groups, notifier: Mutex::new(None) })
     }
 
     /// What PromQL reads for `tenant`: its span metrics, plus its rules' output.

@@ -112,7 +112,8 @@ pub fn load_groups(path: &Path) -> Result<Vec<Group>, Vec<AlertError>> {
 mod tests {
     use super::*;
 
-    const RULE: &str = "groups:\n  - name: g\n    rules:\n      - alert: Slow\n        expr: up > 1\n";
+    const RULE: &str =
+        "groups:\n  - name: g\n    rules:\n      - alert: Slow\n        expr: up > 1\n";
 
     fn write(dir: &Path, rel: &str, text: &str) {
         let p = dir.join(rel);
@@ -164,8 +165,7 @@ mod tests {
         write(d.path(), "team a/x.yml", RULE);
         write(d.path(), "b@c/x.yml", RULE);
         write(d.path(), "ok/x.yml", "groups: [{name: g, rules: [{alert: A, expr: 'sum('}]}]");
-        let errs: Vec<String> =
-            load(d.path()).unwrap_err().iter().map(|e| e.to_string()).collect();
+        let errs: Vec<String> = load(d.path()).unwrap_err().iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(errs[0].contains("b@c") && errs[0].contains("tenant id"), "{errs:?}");
         assert!(errs[1].contains("team a") && errs[1].contains("tenant id"), "{errs:?}");
@@ -191,6 +191,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "team-a/bad.yml", "groups: [{name: g, rules: [{alert: A, expr: 'sum('}]}]");
         let errs = load(d.path()).unwrap_err();
-        assert!(errs[0].to_string().contains("team-a/bad.yml: group \"g\", rule 1 (A)"), "{errs:?}");
+        assert!(
+            errs[0].to_string().contains("team-a/bad.yml: group \"g\", rule 1 (A)"),
+            "{errs:?}"
+        );
     }
 }

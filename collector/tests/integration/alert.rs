@@ -235,10 +235,12 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     assert!(sent.is_empty());
 }
 
+/// What an Alertmanager-like receiver and a webhook got: (path, body).
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, Value)>>>);
+pub(crate) struct Received(pub(crate) Arc<Mutex<Vec<(String, Value)>>>);
 
-async fn receiver() -> (String, Received) {
+/// An Alertmanager-like receiver (`/api/v2/alerts`) and a webhook (`/hook`).
+pub(crate) async fn receiver() -> (String, Received) {
     let got = Received::default();
     async fn keep(State(r): State<Received>, uri: axum::http::Uri, Json(v): Json<Value>) {
         r.0.lock().push((uri.path().to_string(), v));
@@ -270,8 +272,22 @@ async fn get(c: &Collector, path: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// A collector running `rules` that notifies the [`receiver`] at `base` (Alertmanager and
+/// webhook), resending every second and sampling span metrics every 100 ms.
+pub(crate) async fn start_notifying(rules: PathBuf, base: &str) -> Collector {
+    let (am, hook) = (base.to_string(), format!("{base}/hook"));
+    Collector::start(move |a| {
+        a.rules = Some(rules);
+        a.alertmanager_url = Some(am);
+        a.alert_webhook_url = Some(hook);
+        a.alert_resend_delay = Some("1s".into());
+        a.metrics_scrape_interval = Some("100ms".into());
+    })
+    .await
+}
+
 /// Posts received at `path` for alert `name`.
-fn posts(got: &Received, path: &str, name: &str) -> Vec<Value> {
+pub(crate) fn posts(got: &Received, path: &str, name: &str) -> Vec<Value> {
     got.0
         .lock()
         .iter()
@@ -302,15 +318,7 @@ groups:
           summary: "{{ $labels.span_name }} p99 {{ $value | humanizeDuration }}"
 "#,
     );
-    let (rules_path, am, hook) = (rules.clone(), base.clone(), format!("{base}/hook"));
-    let c = Collector::start(move |a| {
-        a.rules = Some(rules_path);
-        a.alertmanager_url = Some(am);
-        a.alert_webhook_url = Some(hook);
-        a.alert_resend_delay = Some("1s".into());
-        a.metrics_scrape_interval = Some("100ms".into());
-    })
-    .await;
+    let c = start_notifying(rules.clone(), &base).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut n = 1;
     // Slow calls until both receivers have the firing alert.

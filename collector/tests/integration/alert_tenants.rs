@@ -5,22 +5,18 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::State;
-use axum::routing::post;
-use parking_lot::Mutex;
-use prost::Message;
 use serde_json::Value;
 use skein_collector::alert::exemplars::{FLAMEGRAPH_UI_URL, FLAMEGRAPH_URL, SLOW_TRACE_IDS};
 
+use crate::alert::{posts, receiver, start_notifying};
 use crate::common::*;
 
 /// The same alert name in both tenants; A's rule also tries to route as B.
 fn rule(tenant_label: Option<&str>) -> String {
-    let labels = tenant_label.map(|t| format!("        labels: {{tenant: {t}}}\n")).unwrap_or_default();
+    let labels =
+        tenant_label.map(|t| format!("        labels: {{tenant: {t}}}\n")).unwrap_or_default();
     format!(
         r#"groups:
   - name: latency
@@ -40,50 +36,11 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, Value)>>>);
-
-impl Received {
-    /// Alerts named `name` posted to `path`.
-    fn alerts(&self, path: &str, name: &str) -> Vec<Value> {
-        self.0
-            .lock()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
-            .filter(|a| a["labels"]["alertname"] == name)
-            .collect()
-    }
-}
-
-/// An Alertmanager-like receiver (`/api/v2/alerts`) and a webhook (`/hook`).
-async fn receiver() -> (String, Received) {
-    let got = Received::default();
-    async fn keep(State(r): State<Received>, uri: axum::http::Uri, Json(v): Json<Value>) {
-        r.0.lock().push((uri.path().to_string(), v));
-    }
-    let app = axum::Router::new()
-        .route("/api/v2/alerts", post(keep))
-        .route("/hook", post(keep))
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), got)
-}
-
 /// `n` payment calls of `ms` each as `tenant` (None: no header), trace numbers from `first`.
 async fn send(c: &Collector, tenant: Option<&str>, first: u64, n: u64, ms: u64) {
     let start = now_nanos() - 5_000_000_000;
-    let rs = (first..first + n).map(|i| trace(i, "payment", "charge", start, ms, 0, false)).collect();
-    let mut req = reqwest::Client::new()
-        .post(format!("{}/v1/traces", c.otlp_http()))
-        .header("content-type", "application/x-protobuf");
-    if let Some(t) = tenant {
-        req = req.header("X-Scope-OrgID", t);
-    }
-    let resp = req.body(request(rs).encode_to_vec()).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    let rs = (first..first + n).map(|i| trace(i, "payment", "charge", start, ms, 0, false));
+    crate::promql::send(c, tenant, rs.collect()).await;
 }
 
 async fn get(c: &Collector, tenant: Option<&str>, path: &str) -> Value {
@@ -109,21 +66,15 @@ async fn each_tenant_alerts_on_its_own_spans_and_sees_only_its_own_rules() {
     let rules = dir.path().join("rules");
     write(&rules.join("A/latency.yml"), &rule(Some("B")));
     write(&rules.join("B/latency.yml"), &rule(None));
-    let (rules_dir, am, hook) = (rules.clone(), base.clone(), format!("{base}/hook"));
-    let c = Collector::start(move |a| {
-        a.rules = Some(rules_dir);
-        a.alertmanager_url = Some(am);
-        a.alert_webhook_url = Some(hook);
-        a.alert_resend_delay = Some("1s".into());
-        a.metrics_scrape_interval = Some("100ms".into());
-    })
-    .await;
+    let c = start_notifying(rules, &base).await;
 
     // Slow payment calls in A, and (to tell exemplars apart) in the default tenant, which has no
     // rules; none in B. Calls are fed at a steady pace until both receivers have A's alert.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut a_next, mut default_next) = (1u64, 1_000_000u64);
-    while got.alerts("/api/v2/alerts", "Slow").is_empty() || got.alerts("/hook", "Slow").is_empty() {
+    while posts(&got, "/api/v2/alerts", "Slow").is_empty()
+        || posts(&got, "/hook", "Slow").is_empty()
+    {
         assert!(Instant::now() < deadline, "A's alert never fired; got {:?}", got.0.lock());
         send(&c, Some("A"), a_next, 5, 900).await;
         send(&c, None, default_next, 5, 2000).await;
@@ -134,18 +85,14 @@ async fn each_tenant_alerts_on_its_own_spans_and_sees_only_its_own_rules() {
 
     // Notifications: only A's, labelled tenant="A" over the rule's own `tenant: B`.
     for path in ["/api/v2/alerts", "/hook"] {
-        let sent = got.alerts(path, "Slow");
+        let sent = posts(&got, path, "Slow");
         assert!(sent.iter().all(|a| a["labels"]["tenant"] == "A"), "{path}: {sent:?}");
     }
-    let a = got.alerts("/api/v2/alerts", "Slow").remove(0);
+    let a = posts(&got, "/api/v2/alerts", "Slow").remove(0);
     assert_eq!(a["labels"]["service"], "payment");
     // Exemplars are A's slow calls, never the default tenant's slower ones.
-    let slow: BTreeSet<String> = a["annotations"][SLOW_TRACE_IDS]
-        .as_str()
-        .unwrap()
-        .split(',')
-        .map(String::from)
-        .collect();
+    let slow: BTreeSet<String> =
+        a["annotations"][SLOW_TRACE_IDS].as_str().unwrap().split(',').map(String::from).collect();
     assert!(!slow.is_empty() && slow.is_subset(&ids(1..a_next)), "{a}");
     // Links: only the web UI's, naming the tenant; no link that would answer for the default
     // tenant (the native flamegraph, the query API as generatorURL).
@@ -163,7 +110,10 @@ async fn each_tenant_alerts_on_its_own_spans_and_sees_only_its_own_rules() {
     assert_eq!(groups.len(), 1, "{b_rules}");
     assert!(groups[0]["file"].as_str().unwrap().ends_with("B/latency.yml"), "{b_rules}");
     let slow_rule = &groups[0]["rules"][1];
-    assert_eq!((slow_rule["name"].as_str(), slow_rule["state"].as_str()), (Some("Slow"), Some("inactive")));
+    assert_eq!(
+        (slow_rule["name"].as_str(), slow_rule["state"].as_str()),
+        (Some("Slow"), Some("inactive"))
+    );
     assert!(slow_rule["alerts"].as_array().unwrap().is_empty(), "{b_rules}");
     assert_eq!(slow_rule["labels"], serde_json::json!({}), "B's rule, not A's: {b_rules}");
     let b_alerts = get(&c, Some("B"), "/prometheus/api/v1/alerts").await;
@@ -171,16 +121,25 @@ async fn each_tenant_alerts_on_its_own_spans_and_sees_only_its_own_rules() {
     let q = "/prometheus/api/v1/query?query=ALERTS";
     assert_eq!(get(&c, Some("B"), q).await["result"], serde_json::json!([]));
     let rec = "/prometheus/api/v1/query?query=service%3Alatency_p99%3A2s";
-    assert_eq!(get(&c, Some("B"), rec).await["result"], serde_json::json!([]), "B recorded nothing");
+    assert_eq!(
+        get(&c, Some("B"), rec).await["result"],
+        serde_json::json!([]),
+        "B recorded nothing"
+    );
 
     // As A: A's firing alert, its ALERTS series and recorded series.
     let a_alerts = get(&c, Some("A"), "/prometheus/api/v1/alerts").await;
     let live = a_alerts["alerts"].as_array().unwrap();
-    assert!(live.iter().any(|x| x["state"] == "firing" && x["labels"]["alertname"] == "Slow"), "{a_alerts}");
+    assert!(
+        live.iter().any(|x| x["state"] == "firing" && x["labels"]["alertname"] == "Slow"),
+        "{a_alerts}"
+    );
     let a_rules = get(&c, Some("A"), "/prometheus/api/v1/rules").await;
     assert!(a_rules["groups"][0]["file"].as_str().unwrap().ends_with("A/latency.yml"));
     assert_eq!(a_rules["groups"][0]["rules"][1]["state"], "firing");
-    let firing = get(&c, Some("A"), "/prometheus/api/v1/query?query=ALERTS%7Balertstate%3D%22firing%22%7D").await;
+    let firing =
+        get(&c, Some("A"), "/prometheus/api/v1/query?query=ALERTS%7Balertstate%3D%22firing%22%7D")
+            .await;
     assert_eq!(firing["result"][0]["metric"]["alertname"], "Slow", "{firing}");
     assert!(!get(&c, Some("A"), rec).await["result"].as_array().unwrap().is_empty());
 
