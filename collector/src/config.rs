@@ -67,7 +67,9 @@ pub struct ServeArgs {
     /// Query APIs, web UI and /metrics.
     #[arg(long, env = "SKEIN_HTTP_ADDR")]
     pub http_addr: Option<String>,
-    /// Prometheus rule file, or a directory of *.yml / *.yaml rule files.
+    /// Prometheus rule file (the default tenant's), or a directory: its *.yml / *.yaml rule
+    /// files are the default tenant's, each sub-directory named by a tenant id holds that
+    /// tenant's.
     #[arg(long, env = "SKEIN_RULES")]
     pub rules: Option<PathBuf>,
     /// Alertmanager base URL(s), comma separated; alerts go to {url}/api/v2/alerts.
@@ -285,7 +287,7 @@ pub type QuerySection = crate::query::QueryLimits;
 pub struct AlertingSection {
     /// The rule file or directory, as given.
     pub rules: Option<PathBuf>,
-    /// Its rules, parsed (and checked) here once.
+    /// Every tenant's rules, parsed (and checked) here once.
     pub groups: Vec<Group>,
     pub alertmanager_urls: Vec<String>,
     pub webhook_url: Option<String>,
@@ -620,7 +622,7 @@ fn alerting_section(
     label_pairs: Option<Vec<String>>,
 ) -> Result<AlertingSection, ConfigError> {
     let groups = match &rules {
-        Some(rules) => crate::alert::rules::load(rules).map_err(|errors| {
+        Some(rules) => crate::alert::layout::load_groups(rules).map_err(|errors| {
             let more = match errors.len() {
                 1 => String::new(),
                 n => format!(" (and {} more; see skein rules check)", n - 1),

@@ -220,7 +220,6 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     let alerting = Alerting::from_groups(
         AlertingConfig {
             rules: cfg.alerting.rules.clone(),
-            tenant: crate::tenant::DEFAULT_TENANT.to_string(),
             external_url: cfg
                 .alerting
                 .external_url

@@ -110,5 +110,9 @@ dialog.addEventListener("close", () => {
   lastPath = null;
   route();
 });
+// A link may name its tenant (alert annotations of tenants other than the default do): it
+// becomes the tenant setting. The server still decides what requests as that tenant may see.
+const linkedTenant = new URLSearchParams(location.search).get("tenant");
+if (linkedTenant !== null) setTenant(linkedTenant.trim());
 showTenant();
 route();

@@ -5,7 +5,10 @@
   (which resolve in /api/v2/traces/{id}) and the flamegraph links; Alertmanager's webhook and
   skein's own webhook get it; when latency recovers, the resolution arrives;
 - the shipped rules (deploy/rules/) pass `promtool check rules`, `promtool test rules` and
-  `skein rules check`; a bad file fails `skein rules check` with one line per problem.
+  `skein rules check`; a bad file fails `skein rules check` with one line per problem;
+- per-tenant rules (`--rules DIR` with a sub-directory per tenant): a tenant's rule fires on
+  that tenant's spans only, reaches Alertmanager with `tenant="<id>"`, and the other tenant's
+  /prometheus/api/v1/alerts stays empty.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ def alertmanager(tmp_path, receiver):
     am.stop()
 
 
-def send(collector, ms: float, n: int = 10) -> list[str]:
-    """`n` payment SERVER calls of `ms` milliseconds (one trace each); returns their trace ids."""
+def send(collector, ms: float, n: int = 10, tenant: str | None = None) -> list[str]:
+    """`n` payment SERVER calls of `ms` milliseconds (one trace each) as `tenant` (None: the
+    default tenant); returns their trace ids."""
     spans, ids = [], []
     end = otlp.now_ns()
     for _ in range(n):
@@ -68,8 +72,11 @@ def send(collector, ms: float, n: int = 10) -> list[str]:
         spans.append(otlp.make_span(tid, "charge", kind=otlp.SERVER, start=end - int(ms * 1e6),
                                     duration=int(ms * 1e6)))
     req = otlp.export_request(otlp.resource_spans({"service.name": "payment"}, spans))
+    headers = {"content-type": "application/x-protobuf"}
+    if tenant:
+        headers["X-Scope-OrgID"] = tenant
     r = requests.post(f"{collector.otlp_http_url}/v1/traces", data=req.SerializeToString(),
-                      headers={"content-type": "application/x-protobuf"}, timeout=10)
+                      headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     return ids
 
@@ -299,3 +306,74 @@ def skein_alerts_all(collector) -> list[dict]:
     r = requests.get(f"{collector.http_url}/prometheus/api/v1/alerts", timeout=5)
     assert r.status_code == 200, r.text
     return r.json()["data"]["alerts"]
+
+
+def tenant_api(collector, path: str, tenant: str) -> dict:
+    r = requests.get(f"{collector.http_url}{path}", headers={"X-Scope-OrgID": tenant}, timeout=5)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_per_tenant_rule_fires_for_its_tenant_only_with_the_tenant_label(
+        skein_factory, alertmanager, receiver, tmp_path):
+    # The same rule (and alert name) for two tenants; the first also sets `tenant: other`,
+    # which must not reach Alertmanager.
+    rules = tmp_path / "rules"
+    (rules / "e2e-alpha").mkdir(parents=True)
+    (rules / "e2e-beta").mkdir()
+    (rules / "e2e-alpha" / "latency.yml").write_text(
+        RULE.replace("severity: page", "severity: page\n          tenant: e2e-beta"))
+    (rules / "e2e-beta" / "latency.yml").write_text(RULE)
+    out = subprocess.run([str(skein_bin()), "rules", "check", str(rules)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"{rules}: tenant e2e-alpha: SUCCESS: 1 rules found" in out.stdout.splitlines(), out.stdout
+    assert f"{rules}: tenant e2e-beta: SUCCESS: 1 rules found" in out.stdout.splitlines(), out.stdout
+
+    collector = skein_factory("--rules", str(rules), "--alertmanager-url", alertmanager.url,
+                              "--alert-resend-delay", "2s", "--metrics-scrape-interval", "1s")
+    alpha_ids: set[str] = set()
+
+    def in_alertmanager():
+        return [x for x in alertmanager.alerts(filter='alertname="PaymentP99High"')
+                if x["status"]["state"] == "active"]
+
+    # Slow payment calls in e2e-alpha only (and slower ones in the default tenant, which has no
+    # rules, so that the exemplars can be told apart), until Alertmanager has the alert.
+    deadline = time.monotonic() + 60
+    while not (active := in_alertmanager()):
+        alpha_ids.update(send(collector, 800, tenant="e2e-alpha"))
+        send(collector, 2000)
+        assert time.monotonic() < deadline, f"no alert in Alertmanager\n{alertmanager.log()[-3000:]}"
+        time.sleep(0.2)
+    assert len(active) == 1, active
+    am = active[0]
+    assert am["labels"]["tenant"] == "e2e-alpha", am
+    assert am["labels"]["service"] == "payment" and am["labels"]["severity"] == "page", am
+    ids = am["annotations"]["skein_slow_trace_ids"].split(",")
+    assert ids and set(ids) <= alpha_ids, (ids, "are not e2e-alpha's slow calls")
+    assert am["annotations"]["skein_flamegraph_ui_url"].endswith("&tenant=e2e-alpha"), am
+    assert "skein_flamegraph_url" not in am["annotations"], am
+    # The trace ids resolve for their tenant, not for the default one.
+    tid = ids[0]
+    r = requests.get(f"{collector.http_url}/api/v2/traces/{tid}", headers={"X-Scope-OrgID": "e2e-alpha"},
+                     timeout=10)
+    assert r.status_code == 200, r.text[:200]
+    assert requests.get(f"{collector.http_url}/api/v2/traces/{tid}", timeout=10).status_code == 404
+
+    # e2e-alpha sees its firing alert; e2e-beta's rule is there, evaluated and inactive, and its
+    # alerts are empty.
+    alpha = tenant_api(collector, "/prometheus/api/v1/alerts", "e2e-alpha")["alerts"]
+    assert [a["state"] for a in alpha if a["labels"]["alertname"] == "PaymentP99High"] == ["firing"], alpha
+    assert tenant_api(collector, "/prometheus/api/v1/alerts", "e2e-beta") == {"alerts": []}
+    beta_rules = tenant_api(collector, "/prometheus/api/v1/rules", "e2e-beta")["groups"]
+    assert len(beta_rules) == 1 and beta_rules[0]["file"].endswith("e2e-beta/latency.yml"), beta_rules
+    rule = beta_rules[0]["rules"][0]
+    assert (rule["state"], rule["health"], rule["alerts"]) == ("inactive", "ok", []), rule
+    assert requests.get(f"{collector.http_url}/prometheus/api/v1/alerts", timeout=5).json()["data"] == \
+        {"alerts": []}, "the default tenant has no rules"
+    # Nothing of e2e-beta's reached Alertmanager.
+    assert all(a["labels"].get("tenant") == "e2e-alpha"
+               for a in alertmanager.alerts(filter='alertname="PaymentP99High"')), alertmanager.alerts()

@@ -324,6 +324,15 @@ def test_tenant_setting_is_sent_and_empty_states_explain(data, browser):
     d.execute_script("localStorage.removeItem('skein.tenant')")
 
 
+def test_a_link_naming_a_tenant_sets_the_tenant(data, browser):
+    """Alert annotations of tenants other than the default link to the UI with `tenant=`."""
+    d = browser.driver
+    d.get(data.http_url + "/flamegraph?service=payment&span_name=charge&tenant=ui-linked")
+    until(lambda: "ui-linked" in one(browser, "#tenant-button").text, timeout=5, what="linked tenant")
+    assert d.execute_script("return localStorage.getItem('skein.tenant')") == "ui-linked"
+    d.execute_script("localStorage.removeItem('skein.tenant')")
+
+
 def test_errors_from_the_apis_are_shown(data, browser, no_console_errors):
     d = browser.driver
     missing = "0123456789abcdef0123456789abcdef"

@@ -1,6 +1,7 @@
 //! `/api/v1/rules` and `/api/v1/alerts` data, in Prometheus' JSON shape (what Grafana's
 //! Prometheus datasource and alerting UI parse): durations in seconds, times in RFC 3339, alert
-//! values as Go's `%e` strings, `lastError` only when there is one.
+//! values as Go's `%e` strings, `lastError` only when there is one. Each answer is one
+//! tenant's: its groups and their alerts (none, for a tenant without rules).
 
 use serde_json::{Map, Value as Json, json};
 
@@ -110,10 +111,10 @@ fn keep(list: &[String], v: &str) -> bool {
 }
 
 impl Alerting {
-    /// The `data` of `/api/v1/rules`.
-    pub fn rules_json(&self, f: &RuleFilter) -> Json {
+    /// The `data` of `/api/v1/rules` for `tenant`.
+    pub fn rules_json(&self, tenant: &str, f: &RuleFilter) -> Json {
         let mut groups = Vec::new();
-        for g in &self.groups {
+        for g in self.groups_of(tenant) {
             let file = g.group.file.display().to_string();
             if !keep(&f.groups, &g.group.name) || !keep(&f.files, &file) {
                 continue;
@@ -148,9 +149,10 @@ impl Alerting {
         json!({ "groups": groups })
     }
 
-    /// The `data` of `/api/v1/alerts`.
-    pub fn alerts_json(&self) -> Json {
-        let alerts: Vec<Json> = self.live_alerts().iter().map(|(_, a)| alert_json(a)).collect();
+    /// The `data` of `/api/v1/alerts` for `tenant`.
+    pub fn alerts_json(&self, tenant: &str) -> Json {
+        let alerts: Vec<Json> =
+            self.live_alerts(tenant).iter().map(|(_, a)| alert_json(a)).collect();
         json!({ "alerts": alerts })
     }
 }

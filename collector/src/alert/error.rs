@@ -9,6 +9,9 @@ use crate::promql::PromqlError;
 pub enum AlertError {
     #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
+    /// A sub-directory of `--rules` holds one tenant's rules and is named by its tenant id.
+    #[error("{}: a rules sub-directory is named by the tenant id whose rules it holds: {source}", path.display())]
+    TenantDir { path: PathBuf, source: crate::tenant::InvalidTenant },
     /// The file is not YAML of the rule-file shape (serde names the field and the line).
     #[error("{}: {message}", path.display())]
     Yaml { path: PathBuf, message: String },
@@ -33,6 +36,7 @@ impl Coded for AlertError {
         match self {
             AlertError::Read { .. } | AlertError::Notify { .. } => ErrorCode::Unavailable,
             AlertError::Yaml { .. }
+            | AlertError::TenantDir { .. }
             | AlertError::Group { .. }
             | AlertError::Rule { .. }
             | AlertError::Template(_)

@@ -1,10 +1,10 @@
 //! Rule evaluation: each group runs on its own interval, its rules in order (a recording
-//! rule's output is visible to the rules after it), with skein's PromQL evaluator over one
-//! tenant's span metrics plus the recorded series. Rules read the default tenant (the one
-//! ingest uses without `X-Scope-OrgID`) unless configured otherwise: rule files carry no
-//! tenant, as in Prometheus.
+//! rule's output is visible to the rules after it), with skein's PromQL evaluator over its
+//! tenant's span metrics plus that tenant's recorded series. A group's tenant comes from where
+//! its file is (`layout`); everything the group writes or reports (recorded series, `ALERTS`,
+//! rule state, notifications) is that tenant's alone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,22 +13,22 @@ use parking_lot::Mutex;
 
 use super::error::AlertError;
 use super::exemplars;
+use super::layout;
 use super::notify::{Notifier, Targets, WireAlert};
 use super::recorded::{Layered, Recorded};
-use super::rules::{self, AlertingRule, Group, RecordingRule, Rule};
+use super::rules::{AlertingRule, Group, RecordingRule, Rule};
 use super::state::{AlertState, Returned, RuleAlerts};
 use super::template::Data;
 use crate::promql::labels::{Labels, METRIC_NAME};
 use crate::promql::value::Value;
 use crate::promql::{self, Storage};
 use crate::span_metrics::SpanMetrics;
+use crate::tenant::DEFAULT_TENANT;
 
 #[derive(Debug, Clone)]
 pub struct AlertingConfig {
-    /// A rule file or a directory of them.
+    /// A rule file or a directory of them (with a sub-directory per tenant).
     pub rules: Option<PathBuf>,
-    /// The tenant rules read.
-    pub tenant: String,
     /// Base of links in alerts (`generatorURL`, flamegraph links) and `$externalURL`.
     pub external_url: String,
     pub external_labels: BTreeMap<String, String>,
@@ -80,7 +80,9 @@ pub struct GroupRuntime {
 pub struct Alerting {
     pub cfg: AlertingConfig,
     generator: Arc<SpanMetrics>,
-    pub recorded: Arc<Recorded>,
+    /// Rule output of each tenant that has rule groups.
+    recorded: BTreeMap<String, Arc<Recorded>>,
+    /// Every tenant's groups, tenant by tenant.
     pub groups: Vec<GroupRuntime>,
     notifier: Mutex<Option<Notifier>>,
 }
@@ -100,7 +102,7 @@ impl Alerting {
         generator: Arc<SpanMetrics>,
     ) -> Result<Arc<Self>, Vec<AlertError>> {
         let groups = match &cfg.rules {
-            Some(p) => rules::load(p)?,
+            Some(p) => layout::load_groups(p)?,
             None => Vec::new(),
         };
         Ok(Self::from_groups(cfg, groups, generator))
@@ -112,6 +114,8 @@ impl Alerting {
         groups: Vec<Group>,
         generator: Arc<SpanMetrics>,
     ) -> Arc<Self> {
+        let recorded =
+            groups.iter().map(|g| (g.tenant.clone(), Arc::new(Recorded::default()))).collect();
         let groups = groups
             .into_iter()
             .map(|group| {
@@ -137,22 +141,15 @@ impl Alerting {
                 }
             })
             .collect();
-        Arc::new(Alerting {
-            cfg,
-            generator,
-            recorded: Arc::new(Recorded::default()),
-            groups,
-            notifier: Mutex::new(None),
-        })
+        Arc::new(Alerting { cfg, generator, recorded, groups, notifier: Mutex::new(None) })
     }
 
-    /// What PromQL reads for `tenant`: its span metrics, plus rule output for the rules' tenant.
+    /// What PromQL reads for `tenant`: its span metrics, plus its rules' output.
     pub fn storage(&self, tenant: &str) -> Arc<dyn Storage> {
         let base = self.generator.storage(tenant);
-        if tenant == self.cfg.tenant {
-            Arc::new(Layered { base, recorded: self.recorded.clone() })
-        } else {
-            base
+        match self.recorded.get(tenant) {
+            Some(recorded) => Arc::new(Layered { base, recorded: recorded.clone() }),
+            None => base,
         }
     }
 
@@ -160,7 +157,22 @@ impl Alerting {
         self.groups.iter().map(|g| g.group.rules.len()).sum()
     }
 
-    fn generator_url(&self, query: &str) -> String {
+    /// The tenants that have rule groups.
+    pub fn tenants(&self) -> BTreeSet<&str> {
+        self.groups.iter().map(|g| g.group.tenant.as_str()).collect()
+    }
+
+    /// `tenant`'s groups.
+    pub fn groups_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a GroupRuntime> {
+        self.groups.iter().filter(move |g| g.group.tenant == tenant)
+    }
+
+    /// The query link of an alert. A link opened in a browser answers for the default tenant
+    /// (it carries no `X-Scope-OrgID`), so other tenants' alerts get none.
+    fn generator_url(&self, tenant: &str, query: &str) -> String {
+        if tenant != DEFAULT_TENANT {
+            return String::new();
+        }
         let q = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("query", query)
             .finish();
@@ -175,11 +187,12 @@ impl Alerting {
         let interval = millis(g.group.interval);
         let resend = millis(self.cfg.resend_delay);
         let mut out = Vec::new();
+        let tenant = g.group.tenant.as_str();
         for (rule, st) in g.group.rules.iter().zip(status.rules.iter_mut()) {
             let rule_started = Instant::now();
             let result = match rule {
-                Rule::Recording(r) => self.record(r, g.group.limit, t),
-                Rule::Alerting(r) => self.alert(r, g.group.limit, t, &mut st.alerts),
+                Rule::Recording(r) => self.record(tenant, r, g.group.limit, t),
+                Rule::Alerting(r) => self.alert(tenant, r, g.group.limit, t, &mut st.alerts),
             };
             match result {
                 Ok(()) => {
@@ -187,20 +200,20 @@ impl Alerting {
                     st.last_error = None;
                 }
                 Err(e) => {
-                    tracing::warn!(group = g.group.name, rule = rule.name(), error = %e, "rule evaluation failed");
+                    tracing::warn!(tenant, group = g.group.name, rule = rule.name(), error = %e, "rule evaluation failed");
                     st.health = Health::Err;
                     st.last_error = Some(e.to_string());
                 }
             }
             if let Rule::Alerting(r) = rule {
-                let url = self.generator_url(&r.query);
+                let url = self.generator_url(tenant, &r.query);
                 out.extend(
                     st.alerts
                         .to_send(t, resend, interval)
                         .iter()
-                        .map(|a| WireAlert::new(a, &self.cfg.external_labels, &url)),
+                        .map(|a| WireAlert::new(a, tenant, &self.cfg.external_labels, &url)),
                 );
-                self.write_alert_series(&r.name, &st.alerts, t);
+                self.write_alert_series(tenant, &r.name, &st.alerts, t);
             }
             st.last_eval = Some(t);
             st.eval_seconds = rule_started.elapsed().as_secs_f64();
@@ -210,13 +223,15 @@ impl Alerting {
         out
     }
 
-    /// Instant query at `t` as a list of samples (a scalar is one sample without labels).
+    /// Instant query over `tenant`'s series at `t` as a list of samples (a scalar is one
+    /// sample without labels).
     fn query(
         &self,
+        tenant: &str,
         expr: &promql_parser::parser::Expr,
         t: i64,
     ) -> Result<Vec<(Labels, f64)>, AlertError> {
-        let storage = self.storage(&self.cfg.tenant);
+        let storage = self.storage(tenant);
         match promql::instant(storage.as_ref(), expr, t)? {
             Value::Vector(v) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect()),
             Value::Scalar(v) => Ok(vec![(Labels::default(), v)]),
@@ -227,8 +242,14 @@ impl Alerting {
         }
     }
 
-    fn record(&self, r: &RecordingRule, limit: usize, t: i64) -> Result<(), AlertError> {
-        let samples = self.query(&r.expr, t)?;
+    fn record(
+        &self,
+        tenant: &str,
+        r: &RecordingRule,
+        limit: usize,
+        t: i64,
+    ) -> Result<(), AlertError> {
+        let samples = self.query(tenant, &r.expr, t)?;
         if limit > 0 && samples.len() > limit {
             return Err(AlertError::Config(format!(
                 "exceeded limit of {limit} with {} series",
@@ -250,18 +271,21 @@ impl Alerting {
             }
             out.push((labels, v));
         }
-        self.recorded.append(t, out);
+        if let Some(recorded) = self.recorded.get(tenant) {
+            recorded.append(t, out);
+        }
         Ok(())
     }
 
     fn alert(
         &self,
+        tenant: &str,
         r: &AlertingRule,
         limit: usize,
         t: i64,
         alerts: &mut RuleAlerts,
     ) -> Result<(), AlertError> {
-        let samples = self.query(&r.expr, t)?;
+        let samples = self.query(tenant, &r.expr, t)?;
         let mut seen = HashSet::new();
         let mut results = Vec::with_capacity(samples.len());
         for (sample_labels, value) in samples {
@@ -284,7 +308,7 @@ impl Alerting {
             if let Some(focus) = r.exemplars {
                 exemplars::annotate(
                     &self.generator,
-                    &self.cfg.tenant,
+                    tenant,
                     &labels,
                     t,
                     focus,
@@ -312,7 +336,7 @@ impl Alerting {
         Ok(())
     }
 
-    fn write_alert_series(&self, name: &str, alerts: &RuleAlerts, t: i64) {
+    fn write_alert_series(&self, tenant: &str, name: &str, alerts: &RuleAlerts, t: i64) {
         let mut out = Vec::new();
         for a in alerts.live() {
             let mut l = a.labels.clone();
@@ -324,8 +348,8 @@ impl Alerting {
             l.set(METRIC_NAME, ALERTS_FOR_STATE);
             out.push((l, a.active_at as f64 / 1000.0));
         }
-        if !out.is_empty() {
-            self.recorded.append(t, out);
+        if let (false, Some(recorded)) = (out.is_empty(), self.recorded.get(tenant)) {
+            recorded.append(t, out);
         }
     }
 
@@ -355,6 +379,7 @@ impl Alerting {
         }
         if !self.groups.is_empty() {
             tracing::info!(
+                tenants = self.tenants().len(),
                 groups = self.groups.len(),
                 rules = self.rule_count(),
                 "rule evaluation started"
@@ -371,10 +396,10 @@ impl Alerting {
         self.notifier.lock().as_ref().map(|n| n.stats.clone())
     }
 
-    /// Every pending and firing alert.
-    pub fn live_alerts(&self) -> Vec<(String, super::state::Alert)> {
+    /// Every pending and firing alert of `tenant`.
+    pub fn live_alerts(&self, tenant: &str) -> Vec<(String, super::state::Alert)> {
         let mut out = Vec::new();
-        for g in &self.groups {
+        for g in self.groups_of(tenant) {
             let st = g.status.lock();
             for (rule, rs) in g.group.rules.iter().zip(&st.rules) {
                 out.extend(rs.alerts.live().map(|a| (rule.name().to_string(), a.clone())));
@@ -383,9 +408,9 @@ impl Alerting {
         out
     }
 
-    /// The rule state (`firing` if any alert fires, …) by rule name, for tests and logs.
-    pub fn rule_state(&self, name: &str) -> Option<AlertState> {
-        self.groups.iter().find_map(|g| {
+    /// The state (`firing` if any alert fires, …) of `tenant`'s rule `name`, for tests and logs.
+    pub fn rule_state(&self, tenant: &str, name: &str) -> Option<AlertState> {
+        self.groups_of(tenant).find_map(|g| {
             let st = g.status.lock();
             g.group
                 .rules

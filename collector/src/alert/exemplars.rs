@@ -1,7 +1,9 @@
 //! What a latency alert adds to its annotations so that whoever gets it can start looking at
 //! once: the trace ids of the slowest recent calls (from the exemplars the span-metrics latency
 //! histogram keeps per bucket — the high buckets carry the slow calls) and a link to the
-//! flamegraph of that operation's calls at least as slow as those.
+//! flamegraph of that operation's calls at least as slow as those. Everything comes from the
+//! alert's tenant's spans, and a link is only given where following it shows that tenant's
+//! data (see [`annotate`]).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,7 @@ use promql_parser::parser::token;
 use crate::promql::labels::{Labels, METRIC_NAME};
 use crate::span_metrics::SpanMetrics;
 use crate::span_metrics::calls::LATENCY;
+use crate::tenant::DEFAULT_TENANT;
 
 pub const SLOW_TRACE_IDS: &str = "skein_slow_trace_ids";
 /// The native API's SVG flamegraph.
@@ -99,10 +102,15 @@ fn query_string(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
-/// Adds the slow trace ids and flamegraph links for the alert with `labels` at `t` (ms).
+/// Adds the slow trace ids and flamegraph links for `tenant`'s alert with `labels` at `t` (ms).
 /// With a threshold only calls slower than it are picked, unless none is: a quantile
 /// interpolated inside a wide bucket can cross the threshold while every call stays under it,
 /// and then the slowest calls are still the ones to look at.
+///
+/// A link opened in a browser carries no `X-Scope-OrgID`, so it answers for the default
+/// tenant. Other tenants' alerts therefore get no native-API link, and their web UI link names
+/// the tenant (`tenant=`), which the UI sends as its `X-Scope-OrgID` (the server still decides
+/// what that request may see).
 pub fn annotate(
     generator: &SpanMetrics,
     tenant: &str,
@@ -158,10 +166,15 @@ pub fn annotate(
     if let Some(m) = &min_duration {
         pairs.push(("min_duration", m));
     }
-    let q = query_string(&pairs);
     let base = external_url.trim_end_matches('/');
-    out.insert(FLAMEGRAPH_URL.into(), format!("{base}/skein/api/flamegraph?{q}"));
-    out.insert(FLAMEGRAPH_UI_URL.into(), format!("{base}/flamegraph?{q}"));
+    if tenant == DEFAULT_TENANT {
+        let q = query_string(&pairs);
+        out.insert(FLAMEGRAPH_URL.into(), format!("{base}/skein/api/flamegraph?{q}"));
+        out.insert(FLAMEGRAPH_UI_URL.into(), format!("{base}/flamegraph?{q}"));
+    } else {
+        pairs.push(("tenant", tenant));
+        out.insert(FLAMEGRAPH_UI_URL.into(), format!("{base}/flamegraph?{}", query_string(&pairs)));
+    }
     if !ids.is_empty() {
         out.insert(SLOW_TRACE_IDS.into(), ids.join(","));
     }

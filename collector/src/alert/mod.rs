@@ -1,5 +1,6 @@
 //! Alerting and recording rules in Prometheus' rule-file format, evaluated inside skein over
-//! the span metrics: `rules` parses and validates files, `eval` runs groups on their intervals,
+//! each tenant's span metrics: `layout` says which rule files are whose, `rules` parses and
+//! validates files, `eval` runs groups on their intervals,
 //! `state` is the pending → firing → resolved machine, `template` expands labels and
 //! annotations, `exemplars` adds slow trace ids and flamegraph links to latency alerts,
 //! `notify` sends to Alertmanager and webhooks, `recorded` keeps rule output queryable, `api`
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod error;
 pub mod eval;
 pub mod exemplars;
+pub mod layout;
 pub mod notify;
 pub mod recorded;
 pub mod rules;

@@ -19,6 +19,10 @@ pub const MAX_BATCH: usize = 64;
 const QUEUE: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The label every notification names its tenant by. It is set last, over the rule's labels
+/// and the external labels, so no tenant's rule can route as another tenant's.
+pub const TENANT_LABEL: &str = "tenant";
+
 /// One alert as Alertmanager's `postableAlert`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WireAlert {
@@ -28,7 +32,8 @@ pub struct WireAlert {
     pub starts_at: String,
     #[serde(rename = "endsAt")]
     pub ends_at: String,
-    #[serde(rename = "generatorURL")]
+    /// Empty (and left out) when there is no link that shows only the alert's tenant's data.
+    #[serde(rename = "generatorURL", skip_serializing_if = "String::is_empty")]
     pub generator_url: String,
 }
 
@@ -47,10 +52,17 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 impl WireAlert {
-    /// `external_labels` are added where the alert has no label of that name.
-    pub fn new(a: &Alert, external_labels: &BTreeMap<String, String>, generator_url: &str) -> Self {
+    /// `external_labels` are added where the alert has no label of that name; the
+    /// [`TENANT_LABEL`] is `tenant`, whatever the alert's labels say.
+    pub fn new(
+        a: &Alert,
+        tenant: &str,
+        external_labels: &BTreeMap<String, String>,
+        generator_url: &str,
+    ) -> Self {
         let mut labels: BTreeMap<String, String> = external_labels.clone();
         labels.extend(a.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        labels.insert(TENANT_LABEL.to_string(), tenant.to_string());
         WireAlert {
             labels,
             annotations: a.annotations.clone(),
@@ -177,9 +189,9 @@ mod tests {
     use crate::promql::labels::Labels;
 
     #[test]
-    fn alertmanager_shape_with_external_labels_and_ends_at() {
+    fn alertmanager_shape_with_external_labels_tenant_and_ends_at() {
         let a = Alert {
-            labels: Labels::new([("alertname", "Slow"), ("cluster", "mine")]),
+            labels: Labels::new([("alertname", "Slow"), ("cluster", "mine"), ("tenant", "b")]),
             annotations: BTreeMap::from([("summary".to_string(), "s".to_string())]),
             state: AlertState::Firing,
             value: 1.0,
@@ -193,17 +205,20 @@ mod tests {
         let ext = BTreeMap::from([
             ("cluster".to_string(), "eu1".to_string()),
             ("region".to_string(), "x".to_string()),
+            ("tenant".to_string(), "c".to_string()),
         ]);
-        let w = serde_json::to_value(WireAlert::new(&a, &ext, "http://s/q")).unwrap();
+        let w = serde_json::to_value(WireAlert::new(&a, "a", &ext, "http://s/q")).unwrap();
         assert_eq!(
             w,
             serde_json::json!({
-                "labels": {"alertname": "Slow", "cluster": "mine", "region": "x"},
+                "labels": {"alertname": "Slow", "cluster": "mine", "region": "x", "tenant": "a"},
                 "annotations": {"summary": "s"},
                 "startsAt": "2023-11-14T22:14:20.25Z",
                 "endsAt": "2023-11-14T22:18:20Z",
                 "generatorURL": "http://s/q",
             })
         );
+        let w = serde_json::to_value(WireAlert::new(&a, "a", &ext, "")).unwrap();
+        assert!(w.get("generatorURL").is_none(), "{w}");
     }
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use super::error::AlertError;
 use super::template::Template;
 use crate::promql::{self, PromqlError, Storage};
+use crate::tenant::DEFAULT_TENANT;
 
 /// Group interval when the file gives none (Prometheus' global default).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -58,6 +59,8 @@ struct RawRule {
 
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// Whose span metrics the group reads (`layout` says which files are whose).
+    pub tenant: String,
     pub name: String,
     /// The file it came from, as given (shown by `/api/v1/rules`).
     pub file: PathBuf,
@@ -287,7 +290,8 @@ fn build_rule(r: RawRule) -> Result<Rule, String> {
     }
 }
 
-/// Parses one file's text. Every problem is reported, not only the first.
+/// Parses one file's text into the default tenant's groups. Every problem is reported, not
+/// only the first.
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Group>, Vec<AlertError>> {
     // An empty file is an empty rule set (promtool: "0 rules found").
     if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
@@ -330,54 +334,13 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Group>, Vec<AlertError>
             }
         }
         groups.push(Group {
+            tenant: DEFAULT_TENANT.to_string(),
             name: g.name,
             file: path.to_path_buf(),
             interval,
             limit: g.limit,
             rules,
         });
-    }
-    if errors.is_empty() { Ok(groups) } else { Err(errors) }
-}
-
-/// Rule files under `path`: the file itself, or a directory's `*.yml` / `*.yaml` files (not
-/// recursive, sorted; `*.test.yml` promtool unit-test files are skipped).
-pub fn rule_files(path: &Path) -> Result<Vec<PathBuf>, AlertError> {
-    let meta =
-        std::fs::metadata(path).map_err(|source| AlertError::Read { path: path.into(), source })?;
-    if !meta.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    let entries =
-        std::fs::read_dir(path).map_err(|source| AlertError::Read { path: path.into(), source })?;
-    for e in entries {
-        let e = e.map_err(|source| AlertError::Read { path: path.into(), source })?;
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        let yaml = name.ends_with(".yml") || name.ends_with(".yaml");
-        let test = name.ends_with(".test.yml") || name.ends_with(".test.yaml");
-        if yaml && !test && p.is_file() {
-            files.push(p);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Loads every rule file under `path`; group names must be unique per file, as in Prometheus.
-pub fn load(path: &Path) -> Result<Vec<Group>, Vec<AlertError>> {
-    let files = rule_files(path).map_err(|e| vec![e])?;
-    let mut groups = Vec::new();
-    let mut errors = Vec::new();
-    for f in files {
-        match std::fs::read_to_string(&f) {
-            Ok(text) => match parse_file(&f, &text) {
-                Ok(g) => groups.extend(g),
-                Err(e) => errors.extend(e),
-            },
-            Err(source) => errors.push(AlertError::Read { path: f, source }),
-        }
     }
     if errors.is_empty() { Ok(groups) } else { Err(errors) }
 }

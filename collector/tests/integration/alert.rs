@@ -86,7 +86,6 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     let alerting = Alerting::new(
         AlertingConfig {
             rules: Some(rules),
-            tenant: DEFAULT_TENANT.into(),
             external_url: "http://skein.test:3200".into(),
             external_labels: BTreeMap::from([("cluster".into(), "eu1".into())]),
             resend_delay: Duration::from_secs(5),
@@ -119,18 +118,18 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     // t0: one sample, no rate yet; t1: pending.
     let (_, sent) = step(0, true);
     assert!(sent.is_empty());
-    assert_eq!(alerting.rule_state("PaymentSlow"), Some(AlertState::Inactive));
+    assert_eq!(alerting.rule_state(DEFAULT_TENANT, "PaymentSlow"), Some(AlertState::Inactive));
     let (t1, sent) = step(1, true);
     assert!(sent.is_empty(), "pending alerts are not sent");
-    assert_eq!(alerting.rule_state("PaymentSlow"), Some(AlertState::Pending));
-    let alerts = alerting.alerts_json();
+    assert_eq!(alerting.rule_state(DEFAULT_TENANT, "PaymentSlow"), Some(AlertState::Pending));
+    let alerts = alerting.alerts_json(DEFAULT_TENANT);
     assert_eq!(alerts["alerts"][0]["state"], "pending");
     step(2, true);
     step(3, true);
-    assert_eq!(alerting.rule_state("PaymentSlow"), Some(AlertState::Pending));
+    assert_eq!(alerting.rule_state(DEFAULT_TENANT, "PaymentSlow"), Some(AlertState::Pending));
     // for: 3s after t1.
     let (t4, sent) = step(4, true);
-    assert_eq!(alerting.rule_state("PaymentSlow"), Some(AlertState::Firing));
+    assert_eq!(alerting.rule_state(DEFAULT_TENANT, "PaymentSlow"), Some(AlertState::Firing));
     assert_eq!(sent.len(), 1, "{sent:?}");
     let a = &sent[0];
     assert_eq!(a.labels["alertname"], "PaymentSlow");
@@ -162,7 +161,7 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     assert_eq!(a.starts_at, skein_collector::alert::notify::rfc3339(t4));
 
     // API shapes while firing.
-    let rules = alerting.rules_json(&Default::default());
+    let rules = alerting.rules_json(DEFAULT_TENANT, &Default::default());
     let g = &rules["groups"][0];
     assert_eq!(g["name"], "latency");
     assert_eq!(g["interval"], 1.0);
@@ -208,7 +207,7 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     let mut resolved = None;
     for i in 6..20 {
         let (t, sent) = step(i, false);
-        if alerting.rule_state("PaymentSlow") == Some(AlertState::Inactive) {
+        if alerting.rule_state(DEFAULT_TENANT, "PaymentSlow") == Some(AlertState::Inactive) {
             let a = sent
                 .iter()
                 .find(|a| a.labels["alertname"] == "PaymentSlow")
@@ -228,18 +227,20 @@ fn latency_alert_pending_firing_resolved_on_a_fake_clock() {
     }
     let i = resolved.expect("alert resolved");
     assert!((9..=12).contains(&i), "resolved at step {i}");
-    assert_eq!(alerting.alerts_json()["alerts"].as_array().unwrap().len(), 0);
-    let rules = alerting.rules_json(&Default::default());
+    assert_eq!(alerting.alerts_json(DEFAULT_TENANT)["alerts"].as_array().unwrap().len(), 0);
+    let rules = alerting.rules_json(DEFAULT_TENANT, &Default::default());
     assert_eq!(rules["groups"][0]["rules"][1]["state"], "inactive");
     // The resolved alert is re-sent with the resends, not on every evaluation.
     let (_, sent) = step(i + 1, false);
     assert!(sent.is_empty());
 }
 
+/// What an Alertmanager-like receiver and a webhook got: (path, body).
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, Value)>>>);
+pub(crate) struct Received(pub(crate) Arc<Mutex<Vec<(String, Value)>>>);
 
-async fn receiver() -> (String, Received) {
+/// An Alertmanager-like receiver (`/api/v2/alerts`) and a webhook (`/hook`).
+pub(crate) async fn receiver() -> (String, Received) {
     let got = Received::default();
     async fn keep(State(r): State<Received>, uri: axum::http::Uri, Json(v): Json<Value>) {
         r.0.lock().push((uri.path().to_string(), v));
@@ -271,8 +272,22 @@ async fn get(c: &Collector, path: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// A collector running `rules` that notifies the [`receiver`] at `base` (Alertmanager and
+/// webhook), resending every second and sampling span metrics every 100 ms.
+pub(crate) async fn start_notifying(rules: PathBuf, base: &str) -> Collector {
+    let (am, hook) = (base.to_string(), format!("{base}/hook"));
+    Collector::start(move |a| {
+        a.rules = Some(rules);
+        a.alertmanager_url = Some(am);
+        a.alert_webhook_url = Some(hook);
+        a.alert_resend_delay = Some("1s".into());
+        a.metrics_scrape_interval = Some("100ms".into());
+    })
+    .await
+}
+
 /// Posts received at `path` for alert `name`.
-fn posts(got: &Received, path: &str, name: &str) -> Vec<Value> {
+pub(crate) fn posts(got: &Received, path: &str, name: &str) -> Vec<Value> {
     got.0
         .lock()
         .iter()
@@ -303,15 +318,7 @@ groups:
           summary: "{{ $labels.span_name }} p99 {{ $value | humanizeDuration }}"
 "#,
     );
-    let (rules_path, am, hook) = (rules.clone(), base.clone(), format!("{base}/hook"));
-    let c = Collector::start(move |a| {
-        a.rules = Some(rules_path);
-        a.alertmanager_url = Some(am);
-        a.alert_webhook_url = Some(hook);
-        a.alert_resend_delay = Some("1s".into());
-        a.metrics_scrape_interval = Some("100ms".into());
-    })
-    .await;
+    let c = start_notifying(rules.clone(), &base).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut n = 1;
     // Slow calls until both receivers have the firing alert.

@@ -5,6 +5,7 @@
 mod common;
 
 mod alert;
+mod alert_tenants;
 mod architecture;
 mod cli;
 #[cfg(feature = "demo")]

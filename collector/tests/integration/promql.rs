@@ -19,7 +19,8 @@ async fn start() -> Collector {
     .await
 }
 
-async fn send(c: &Collector, tenant: Option<&str>, rs: Vec<ResourceSpans>) {
+/// Exports `rs` over OTLP/HTTP as `tenant` (None: no `X-Scope-OrgID`).
+pub(crate) async fn send(c: &Collector, tenant: Option<&str>, rs: Vec<ResourceSpans>) {
     let mut r = reqwest::Client::new()
         .post(format!("{}/v1/traces", c.otlp_http()))
         .header("content-type", "application/x-protobuf");

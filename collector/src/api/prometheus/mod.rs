@@ -26,7 +26,7 @@ use crate::promql::time_range::{MILLIS, Steps};
 use crate::promql::value::{format_time, format_value, to_json};
 use crate::promql::{self, PromqlError, now_ms, selector_matches};
 use crate::span_metrics::exposition::FAMILIES;
-use crate::tenant::Tenant;
+use crate::tenant::{InvalidTenant, Tenant};
 use params::{Params, parse_step};
 
 pub fn router() -> Router<AppState> {
@@ -55,7 +55,14 @@ fn storage(s: &AppState, rules: &Rules, tenant: &str) -> Arc<dyn promql::Storage
     }
 }
 
-async fn rules(rules: Rules, headers: HeaderMap, RawQuery(q): RawQuery) -> Answer {
+/// The caller's tenant's rules only (an empty list for a tenant without rules).
+async fn rules(
+    rules: Rules,
+    tenant: Result<Tenant, InvalidTenant>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    let Tenant(tenant) = tenant?;
     let p = Params::new(q.as_deref(), &headers, &[]);
     let filter = RuleFilter {
         kind: match p.get("type") {
@@ -72,16 +79,18 @@ async fn rules(rules: Rules, headers: HeaderMap, RawQuery(q): RawQuery) -> Answe
         files: p.all("file[]").into_iter().map(String::from).collect(),
     };
     Ok(success(match rules {
-        Some(Extension(a)) => a.rules_json(&filter),
+        Some(Extension(a)) => a.rules_json(&tenant, &filter),
         None => json!({"groups": []}),
     }))
 }
 
-async fn alerts(rules: Rules) -> Response {
-    success(match rules {
-        Some(Extension(a)) => a.alerts_json(),
+/// The caller's tenant's pending and firing alerts only.
+async fn alerts(rules: Rules, tenant: Result<Tenant, InvalidTenant>) -> Answer {
+    let Tenant(tenant) = tenant?;
+    Ok(success(match rules {
+        Some(Extension(a)) => a.alerts_json(&tenant),
         None => json!({"alerts": []}),
-    })
+    }))
 }
 
 type Answer = Result<Response, PromqlError>;
