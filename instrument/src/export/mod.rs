@@ -128,7 +128,7 @@ enum Transport {
         metadata: http::HeaderMap,
     },
     Http {
-        client: HttpClient,
+        client: Box<HttpClient>,
         uri: http::Uri,
     },
 }
@@ -158,8 +158,8 @@ impl Transport {
 
 /// A transport with its configuration checked (endpoint, TLS files), not yet connected.
 enum Prepared {
-    Grpc(tonic::transport::Endpoint, http::HeaderMap),
-    Http(HttpClient, http::Uri),
+    Grpc(Box<tonic::transport::Endpoint>, http::HeaderMap),
+    Http(Box<HttpClient>, http::Uri),
 }
 
 impl Prepared {
@@ -182,14 +182,14 @@ impl Prepared {
                         ExportError::Tls(TlsError::Setup(http_client::error_chain(&e)))
                     })?;
                 }
-                Ok(Prepared::Grpc(ep, headers.to_header_map()))
+                Ok(Prepared::Grpc(Box::new(ep), headers.to_header_map()))
             }
             Protocol::HttpProtobuf => {
                 let url = http_traces_url(cfg);
                 let uri =
                     http_client::uri(&url).map_err(|e| ExportError::Endpoint(url.clone(), e))?;
                 let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-                Ok(Prepared::Http(HttpClient::new(https, &tls, &headers, timeout)?, uri))
+                Ok(Prepared::Http(Box::new(HttpClient::new(https, &tls, &headers, timeout)?), uri))
             }
         }
     }
@@ -198,7 +198,7 @@ impl Prepared {
     fn connect(self) -> Transport {
         match self {
             Prepared::Grpc(ep, metadata) => {
-                Transport::Grpc { client: TraceServiceClient::new(ep.connect_lazy()), metadata }
+                Transport::Grpc { client: TraceServiceClient::new((*ep).connect_lazy()), metadata }
             }
             Prepared::Http(client, uri) => Transport::Http { client, uri },
         }
