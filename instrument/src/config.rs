@@ -2,17 +2,22 @@
 //!
 //! Reads `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`,
-//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_PROPAGATORS`, `OTEL_TRACES_SAMPLER`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`,
+//! `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`, `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE`,
+//! `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_KEY`, `OTEL_PROPAGATORS`, `OTEL_TRACES_SAMPLER`,
 //! `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED`, and skein's own
 //! `SKEIN_PROFILING*` variables (the span-aware CPU profiler). Values are parsed from a lookup
 //! function so tests (and callers with their own configuration source) need not touch the
 //! process environment.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::headers::{HeaderError, Headers};
 use crate::percent::decode_lossy;
 use crate::propagation::composite::{PropagationError, Propagators};
 use crate::sampler::Sampler;
+use crate::tls::TlsConfig;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
@@ -21,6 +26,8 @@ pub enum ConfigError {
     Propagators(#[from] PropagationError),
     #[error("invalid {var}: {message}")]
     Invalid { var: &'static str, message: String },
+    #[error(transparent)]
+    Header(#[from] HeaderError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +45,16 @@ pub struct Config {
     /// Full traces URL, used as given (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
     pub traces_endpoint: Option<String>,
     pub protocol: Protocol,
+    /// Sent with every span export and profile push (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Headers,
+    /// Sent with span exports, each over the one of the same name in `headers`
+    /// (`OTEL_EXPORTER_OTLP_TRACES_HEADERS`).
+    pub traces_headers: Headers,
+    /// Certificate files for https endpoints, span exports and profile pushes
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`).
+    pub tls: TlsConfig,
+    /// Span exports only, each file over the one in `tls` (the `…_TRACES_…` variants).
+    pub traces_tls: TlsConfig,
     pub propagators: Propagators,
     pub sampler: Sampler,
     pub batch: BatchConfig,
@@ -78,6 +95,10 @@ impl Default for Config {
             endpoint: "http://localhost:4317".into(),
             traces_endpoint: None,
             protocol: Protocol::Grpc,
+            headers: Headers::default(),
+            traces_headers: Headers::default(),
+            tls: TlsConfig::default(),
+            traces_tls: TlsConfig::default(),
             propagators: Propagators::default(),
             sampler: Sampler::ParentBased(1.0),
             batch: BatchConfig::default(),
@@ -105,6 +126,9 @@ pub struct ProfilingConfig {
     pub push_interval: Duration,
     /// Sent as `X-Scope-OrgID` (`SKEIN_PROFILING_TENANT`).
     pub tenant: Option<String>,
+    /// Sent with every push, each over the one of the same name in [`Config::headers`]
+    /// (`SKEIN_PROFILING_HEADERS`, e.g. a token for a different profiles backend).
+    pub headers: Headers,
 }
 
 impl Default for ProfilingConfig {
@@ -116,6 +140,7 @@ impl Default for ProfilingConfig {
             slower_than: None,
             push_interval: Duration::from_secs(10),
             tenant: None,
+            headers: Headers::default(),
         }
     }
 }
@@ -182,6 +207,20 @@ impl Config {
             }
             c.traces_endpoint = Some(e);
         }
+        let headers =
+            |var: &'static str| val(var).map(|v| Headers::parse(&v, var)).unwrap_or_default();
+        c.headers = headers("OTEL_EXPORTER_OTLP_HEADERS");
+        c.traces_headers = headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS");
+        let tls = |prefix: &str| {
+            let path = |name: &str| val(&format!("{prefix}{name}")).map(PathBuf::from);
+            TlsConfig {
+                certificate: path("CERTIFICATE"),
+                client_certificate: path("CLIENT_CERTIFICATE"),
+                client_key: path("CLIENT_KEY"),
+            }
+        };
+        c.tls = tls("OTEL_EXPORTER_OTLP_");
+        c.traces_tls = tls("OTEL_EXPORTER_OTLP_TRACES_");
         let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
             match val(var) {
                 None => Ok(default),
@@ -298,6 +337,9 @@ fn profiling_from_lookup(
         slower_than: duration("SKEIN_PROFILING_SLOWER_THAN")?,
         push_interval: duration("SKEIN_PROFILING_PUSH_INTERVAL")?.unwrap_or(d.push_interval),
         tenant: val("SKEIN_PROFILING_TENANT"),
+        headers: val("SKEIN_PROFILING_HEADERS")
+            .map(|v| Headers::parse(&v, "SKEIN_PROFILING_HEADERS"))
+            .unwrap_or_default(),
     }))
 }
 
@@ -386,6 +428,37 @@ mod tests {
             let e = cfg(&[("SKEIN_PROFILING", "true"), (k, v)]).unwrap_err().to_string();
             assert!(e.contains(k), "{e}");
         }
+    }
+
+    #[test]
+    fn headers_and_certificate_files_per_signal() {
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20a,x-a=1"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Authorization=Bearer%20b"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", " /etc/key.pem "),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/traces-ca.pem"),
+            ("SKEIN_PROFILING", "true"),
+            ("SKEIN_PROFILING_HEADERS", "x-p=2"),
+        ])
+        .unwrap();
+        let value = |h: &Headers, n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+        let traces = c.headers.merged(&c.traces_headers);
+        assert_eq!(value(&traces, "authorization").as_deref(), Some("Bearer b"));
+        assert_eq!(value(&traces, "x-a").as_deref(), Some("1"));
+        assert_eq!(value(&c.headers, "authorization").as_deref(), Some("Bearer a"));
+        let p = c.profiling.as_ref().map(|p| p.headers.clone()).unwrap_or_default();
+        assert_eq!(p.names().collect::<Vec<_>>(), vec!["x-p"]);
+        assert_eq!(c.tls.certificate, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(c.tls.client_key, Some(PathBuf::from("/etc/key.pem")));
+        let t = c.traces_tls.or(&c.tls);
+        assert_eq!(t.certificate, Some(PathBuf::from("/etc/traces-ca.pem")));
+        assert_eq!(t.client_key, Some(PathBuf::from("/etc/key.pem")));
+        // A malformed entry is skipped, not an error; its value is in no output.
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_HEADERS", "Bearer s3cret,ok=1")]).unwrap();
+        assert_eq!(c.headers.names().collect::<Vec<_>>(), vec!["ok"]);
+        assert_eq!(c.headers.skipped().len(), 1);
+        assert!(!format!("{c:?}{:?}", c.headers.skipped()).contains("s3cret"));
     }
 
     #[test]

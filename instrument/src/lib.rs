@@ -24,6 +24,8 @@
 pub mod config;
 pub mod context;
 pub mod export;
+pub mod headers;
+mod http_client;
 pub mod layer;
 mod percent;
 pub mod profiling;
@@ -32,13 +34,16 @@ pub mod sampler;
 pub mod span;
 pub mod subscriber;
 mod suppress;
+pub mod tls;
 
 pub use config::{BatchConfig, Config, ProfilingConfig, Protocol};
 pub use context::{FutureExt, Instrumented, current_context, with_current_span};
 pub use export::{Stats, stats};
+pub use headers::Headers;
 pub use profiling::ProfilingStats;
 pub use sampler::Sampler;
 pub use span::{KeyValue, Span, SpanBuilder, SpanKind, Status, Value};
+pub use tls::TlsConfig;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +112,24 @@ impl Builder {
         Ok(self)
     }
 
+    /// A header sent with every span export and profile push, e.g.
+    /// `("authorization", "Bearer …")` (as in `OTEL_EXPORTER_OTLP_HEADERS`; it replaces one of
+    /// the same name from the environment, also from `OTEL_EXPORTER_OTLP_TRACES_HEADERS`).
+    pub fn header(mut self, name: &str, value: &str) -> Result<Self, InitError> {
+        self.config.headers.insert(name, value).map_err(config::ConfigError::from)?;
+        self.config.traces_headers.remove(name);
+        Ok(self)
+    }
+
+    /// Certificate files for https endpoints, span exports and profile pushes (as the
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE` and `…_CLIENT_KEY` variables);
+    /// replaces those from the environment, also the `…_TRACES_…` ones.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.config.tls = tls;
+        self.config.traces_tls = TlsConfig::default();
+        self
+    }
+
     pub fn sampler(mut self, sampler: Sampler) -> Self {
         self.config.sampler = sampler;
         self
@@ -142,7 +165,7 @@ impl Builder {
         if !self.config.disabled {
             export::install(&self.config)?;
             if let Some(p) = &self.config.profiling
-                && let Err(e) = profiling::install(&self.config.service_name, p)
+                && let Err(e) = profiling::install(&self.config, p)
             {
                 // No guard is returned, so nothing would ever stop the span pipeline.
                 shutdown_spans();

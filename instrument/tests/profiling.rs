@@ -30,6 +30,8 @@ fn samples_are_attributed_to_the_active_span_and_pushed_as_labelled_pprof() {
         .tracing_subscriber(false)
         .endpoint(format!("http://{addr}"), Protocol::HttpProtobuf)
         .batch(BatchConfig { scheduled_delay: Duration::from_millis(100), ..Default::default() })
+        .header("authorization", "Bearer prof-token")
+        .unwrap()
         .profiling(ProfilingConfig {
             frequency_hz: HZ,
             endpoint: format!("http://{addr}"),
@@ -37,6 +39,7 @@ fn samples_are_attributed_to_the_active_span_and_pushed_as_labelled_pprof() {
             slower_than: Some(Duration::from_millis(250)),
             push_interval: Duration::from_secs(1),
             tenant: Some("team-a".into()),
+            headers: skein_instrument::Headers::parse("x-profiles-only=p%201", "test"),
         })
         .install()
         .unwrap();
@@ -124,6 +127,11 @@ fn samples_are_attributed_to_the_active_span_and_pushed_as_labelled_pprof() {
             (p.query["from"].parse().unwrap(), p.query["until"].parse().unwrap());
         assert!(from <= until && until - from <= 3, "{from}..{until}");
         assert_eq!(p.tenant.as_deref(), Some("team-a"));
+        // The general headers and the profiling-only ones go with every push.
+        let header = |n: &str| p.headers.get(n).and_then(|v| v.to_str().ok());
+        assert_eq!(header("authorization"), Some("Bearer prof-token"));
+        assert_eq!(header("x-profiles-only"), Some("p 1"));
+        assert_eq!(header("content-type"), Some("application/octet-stream"));
         let prof = &p.profile;
         assert_eq!(prof.period, 1_000_000_000 / i64::from(HZ));
         let types: Vec<(&str, &str)> =

@@ -45,6 +45,7 @@ fn soak_at_999_hz_ends_cleanly_with_consistent_counts() {
             slower_than: Some(Duration::from_millis(50)),
             push_interval: Duration::from_secs(2),
             tenant: None,
+            ..Default::default()
         })
         .install()
         .unwrap();

@@ -15,8 +15,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use crate::config::{Config, Protocol};
+use crate::http_client::{self, HttpClient};
 use crate::propagation::composite::Propagators;
 use crate::span::{Record, sink};
+use crate::tls::{Tls, TlsError};
 
 pub(crate) mod otlp;
 mod queue;
@@ -34,6 +36,8 @@ pub enum ExportError {
     Endpoint(String, String),
     #[error("cannot start the export thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("OTLP exporter TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Counters since the pipeline was installed.
@@ -118,32 +122,85 @@ pub(crate) fn stop() {
 }
 
 enum Transport {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
-    Http { client: reqwest::Client, url: String },
+    /// With the configured headers, sent as metadata on every Export.
+    Grpc {
+        client: TraceServiceClient<tonic::transport::Channel>,
+        metadata: http::HeaderMap,
+    },
+    Http {
+        client: Box<HttpClient>,
+        uri: http::Uri,
+    },
 }
 
 impl Transport {
     async fn send(&mut self, req: ExportTraceServiceRequest) -> Result<(), String> {
         match self {
-            Transport::Grpc(c) => c
-                .export(req)
-                .await
-                .map(|_| ())
-                .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message())),
-            Transport::Http { client, url } => {
-                let resp = client
-                    .post(url.as_str())
-                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-                    .body(req.encode_to_vec())
-                    .send()
+            Transport::Grpc { client, metadata } => {
+                let mut req = tonic::Request::new(req);
+                *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
+                client
+                    .export(req)
                     .await
-                    .map_err(|e| e.to_string())?;
-                if resp.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}", resp.status()))
-                }
+                    .map(|_| ())
+                    .map_err(|s| format!("gRPC {:?}: {}", s.code(), s.message()))
             }
+            Transport::Http { client, uri } => {
+                let content_type = [(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-protobuf"),
+                )];
+                client.post(uri.clone(), &content_type, req.encode_to_vec()).await
+            }
+        }
+    }
+}
+
+/// A transport with its configuration checked (endpoint, TLS files), not yet connected.
+enum Prepared {
+    Grpc(Box<tonic::transport::Endpoint>, http::HeaderMap),
+    Http(Box<HttpClient>, http::Uri),
+}
+
+impl Prepared {
+    fn new(cfg: &Config) -> Result<Prepared, ExportError> {
+        let headers = cfg.headers.merged(&cfg.traces_headers);
+        let tls = Tls::load(&cfg.traces_tls.or(&cfg.tls))?;
+        let timeout = cfg.batch.export_timeout;
+        match cfg.protocol {
+            Protocol::Grpc => {
+                let url = cfg.traces_endpoint.clone().unwrap_or_else(|| cfg.endpoint.clone());
+                let bad =
+                    |e: &dyn std::fmt::Display| ExportError::Endpoint(url.clone(), e.to_string());
+                let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
+                    .map_err(|e| bad(&e))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout);
+                if url.starts_with("https://") {
+                    // Replaces the TLS tonic sets up by itself for https (all enabled roots).
+                    ep = ep.tls_config(tls.tonic()).map_err(|e| {
+                        ExportError::Tls(TlsError::Setup(http_client::error_chain(&e)))
+                    })?;
+                }
+                Ok(Prepared::Grpc(Box::new(ep), headers.to_header_map()))
+            }
+            Protocol::HttpProtobuf => {
+                let url = http_traces_url(cfg);
+                let uri =
+                    http_client::uri(&url).map_err(|e| ExportError::Endpoint(url.clone(), e))?;
+                let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+                Ok(Prepared::Http(Box::new(HttpClient::new(https, &tls, &headers, timeout)?), uri))
+            }
+        }
+    }
+
+    /// Needs a runtime (the gRPC channel spawns its worker).
+    fn connect(self) -> Transport {
+        match self {
+            Prepared::Grpc(ep, metadata) => {
+                Transport::Grpc { client: TraceServiceClient::new((*ep).connect_lazy()), metadata }
+            }
+            Prepared::Http(client, uri) => Transport::Http { client, uri },
         }
     }
 }
@@ -155,21 +212,26 @@ fn http_traces_url(cfg: &Config) -> String {
     }
 }
 
+/// One export request through the transport `cfg` configures, as the export thread sends it
+/// (for tests of the transports: headers, TLS). Outer error: the configuration; inner: the send.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub async fn export_once(
+    cfg: &Config,
+    req: ExportTraceServiceRequest,
+) -> Result<Result<(), String>, ExportError> {
+    let mut transport = Prepared::new(cfg)?.connect();
+    let timeout = cfg.batch.export_timeout;
+    Ok(tokio::time::timeout(timeout, transport.send(req))
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}"))))
+}
+
 /// Installs the process-wide pipeline and starts its export thread.
 pub(crate) fn install(cfg: &Config) -> Result<(), ExportError> {
-    let endpoint = match cfg.protocol {
-        Protocol::Grpc => cfg.traces_endpoint.clone().unwrap_or_else(|| cfg.endpoint.clone()),
-        Protocol::HttpProtobuf => http_traces_url(cfg),
-    };
-    let grpc_endpoint = match cfg.protocol {
-        Protocol::Grpc => Some(
-            tonic::transport::Endpoint::from_shared(endpoint.clone())
-                .map_err(|e| ExportError::Endpoint(endpoint.clone(), e.to_string()))?
-                .connect_timeout(cfg.batch.export_timeout)
-                .timeout(cfg.batch.export_timeout),
-        ),
-        Protocol::HttpProtobuf => None,
-    };
+    let prepared = Prepared::new(cfg)?;
+    cfg.headers.warn_skipped();
+    cfg.traces_headers.warn_skipped();
     let (done_tx, done_rx) = mpsc::channel();
     let pipeline = Pipeline {
         propagators: cfg.propagators.clone(),
@@ -196,18 +258,7 @@ pub(crate) fn install(cfg: &Config) -> Result<(), ExportError> {
                 return;
             }
         };
-        let mut transport = rt.block_on(async {
-            match grpc_endpoint {
-                Some(ep) => Transport::Grpc(TraceServiceClient::new(ep.connect_lazy())),
-                None => Transport::Http {
-                    client: reqwest::Client::builder()
-                        .timeout(timeout)
-                        .build()
-                        .unwrap_or_else(|_| reqwest::Client::new()),
-                    url: endpoint,
-                },
-            }
-        });
+        let mut transport = rt.block_on(async { prepared.connect() });
         run(p, &rt, &mut transport, &resource, delay, timeout);
         let _ = done_tx.send(());
     });

@@ -17,8 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
+use crate::config::Config;
+use crate::http_client::HttpClient;
 use crate::span::hooks::{self, Hooks};
 use crate::span::{Inner, KeyValue, MAX_ATTRIBUTES, Record, Scope, Span};
+use crate::tls::Tls;
 
 mod collect;
 mod modules;
@@ -51,6 +54,8 @@ pub enum ProfilingError {
     PushInterval(Duration),
     #[error("invalid profiling endpoint {0:?}: {1}")]
     Endpoint(String, String),
+    #[error("profile push TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{what} failed: {source}")]
     Sys {
         what: &'static str,
@@ -149,7 +154,8 @@ static PROFILER: OnceLock<Profiler> = OnceLock::new();
 
 /// Starts profiling for `service`: installs the SIGPROF handler, arms the timer and starts
 /// the drain and push threads. Once per process.
-pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), ProfilingError> {
+/// Pushes carry `config`'s general headers (under `cfg.headers`) and use its general TLS files.
+pub(crate) fn install(config: &Config, cfg: &ProfilingConfig) -> Result<(), ProfilingError> {
     if !sampler::SUPPORTED {
         return Err(ProfilingError::Unsupported);
     }
@@ -165,6 +171,14 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
     if !matches!(ingest.scheme(), "http" | "https") {
         return Err(ProfilingError::Endpoint(cfg.endpoint.clone(), "not http(s)".into()));
     }
+    let tls = Tls::load(&config.tls)?;
+    let client = HttpClient::new(
+        ingest.scheme() == "https",
+        &tls,
+        &config.headers.merged(&cfg.headers),
+        push::PUSH_TIMEOUT,
+    )?;
+    cfg.headers.warn_skipped();
     let (done_tx, done_rx) = mpsc::channel();
     let profiler = Profiler {
         spans: cfg.spans.clone(),
@@ -180,13 +194,13 @@ pub(crate) fn install(service: &str, cfg: &ProfilingConfig) -> Result<(), Profil
     hooks::install(Hooks { on_start, publish, on_end });
     let target = push::Target {
         ingest,
-        service: service.to_string(),
+        service: config.service_name.clone(),
         hz: cfg.frequency_hz,
         tenant: cfg.tenant.clone(),
     };
     let (tx, rx) = mpsc::sync_channel(2);
     std::thread::Builder::new().name("skein-profile-push".into()).spawn(move || {
-        push::run(rx, target);
+        push::run(rx, target, client);
         let _ = done_tx.send(());
     })?;
     let interval = cfg.push_interval;

@@ -13,6 +13,7 @@ use super::collect::{Batch, SpanLabels};
 use super::pprof::{self, Line, Mapping, Profile};
 use super::symbols::Symbolizer;
 use super::{COUNTERS, ProfilingStats, bump};
+use crate::http_client::{self, HttpClient};
 use crate::propagation::hex;
 
 /// How long one push may take.
@@ -196,22 +197,24 @@ pub(super) fn ingest_url(t: &Target, from: SystemTime, until: SystemTime) -> req
 }
 
 async fn send(
-    client: &reqwest::Client,
+    client: &HttpClient,
     url: reqwest::Url,
     body: Vec<u8>,
     tenant: Option<&str>,
 ) -> Result<(), String> {
-    let mut req =
-        client.post(url).header(http::header::CONTENT_TYPE, "application/octet-stream").body(body);
+    let mut extra = vec![(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    )];
     if let Some(t) = tenant {
-        req = req.header("X-Scope-OrgID", t);
+        let v = http::HeaderValue::from_str(t).map_err(|_| "invalid tenant header".to_string())?;
+        extra.push((http::HeaderName::from_static("x-scope-orgid"), v));
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
-    if resp.status().is_success() { Ok(()) } else { Err(format!("HTTP {}", resp.status())) }
+    client.post(http_client::uri(url.as_str())?, &extra, body).await
 }
 
 /// The push thread: one batch at a time until the final one.
-pub(super) fn run(rx: std::sync::mpsc::Receiver<Batch>, t: Target) {
+pub(super) fn run(rx: std::sync::mpsc::Receiver<Batch>, t: Target, client: HttpClient) {
     crate::suppress::suppress_on_this_thread();
     super::sampler::register_current_thread();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -221,10 +224,6 @@ pub(super) fn run(rx: std::sync::mpsc::Receiver<Batch>, t: Target) {
             return;
         }
     };
-    let client = reqwest::Client::builder()
-        .timeout(PUSH_TIMEOUT)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new());
     let mut sym = Symbolizer::new();
     let mut reporter = Reporter::default();
     while let Ok(batch) = rx.recv() {

@@ -24,6 +24,7 @@ use skein_instrument::profiling::pprof::Profile;
 pub struct Push {
     pub query: HashMap<String, String>,
     pub tenant: Option<String>,
+    pub headers: HeaderMap,
     pub gzip_bytes: usize,
     pub profile: Profile,
 }
@@ -87,7 +88,8 @@ async fn ingest(
     flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw).unwrap();
     let profile = Profile::decode(raw.as_slice()).unwrap();
     let tenant = headers.get("x-scope-orgid").and_then(|v| v.to_str().ok()).map(String::from);
-    r.pushes.lock().unwrap().push(Push { query, tenant, gzip_bytes: body.len(), profile });
+    let gzip_bytes = body.len();
+    r.pushes.lock().unwrap().push(Push { query, tenant, headers, gzip_bytes, profile });
     "ok"
 }
 
