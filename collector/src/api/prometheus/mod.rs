@@ -26,7 +26,7 @@ use crate::promql::time_range::{MILLIS, Steps};
 use crate::promql::value::{format_time, format_value, to_json};
 use crate::promql::{self, PromqlError, now_ms, selector_matches};
 use crate::span_metrics::exposition::FAMILIES;
-use crate::tenant::{InvalidTenant, Tenant};
+use crate::tenant::Tenant;
 use params::{Params, parse_step};
 
 pub fn router() -> Router<AppState> {
@@ -58,11 +58,10 @@ fn storage(s: &AppState, rules: &Rules, tenant: &str) -> Arc<dyn promql::Storage
 /// The caller's tenant's rules only (an empty list for a tenant without rules).
 async fn rules(
     rules: Rules,
-    tenant: Result<Tenant, InvalidTenant>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Answer {
-    let Tenant(tenant) = tenant?;
     let p = Params::new(q.as_deref(), &headers, &[]);
     let filter = RuleFilter {
         kind: match p.get("type") {
@@ -85,8 +84,7 @@ async fn rules(
 }
 
 /// The caller's tenant's pending and firing alerts only.
-async fn alerts(rules: Rules, tenant: Result<Tenant, InvalidTenant>) -> Answer {
-    let Tenant(tenant) = tenant?;
+async fn alerts(rules: Rules, Tenant(tenant): Tenant) -> Answer {
     Ok(success(match rules {
         Some(Extension(a)) => a.alerts_json(&tenant),
         None => json!({"alerts": []}),
