@@ -103,6 +103,7 @@ impl Access {
 
     pub fn from_file(path: &Path) -> Result<Arc<Access>, TokenFileError> {
         let set = TokenSet::load(path)?;
+        warn_weak(&set);
         Ok(Arc::new(Access {
             file: Some(path.to_path_buf()),
             tokens: RwLock::new(Some(Arc::new(set))),
@@ -122,6 +123,7 @@ impl Access {
     pub fn reload(&self) -> Result<usize, TokenFileError> {
         let Some(path) = &self.file else { return Ok(0) };
         let set = TokenSet::load(path)?;
+        warn_weak(&set);
         let n = set.len();
         *self.tokens.write() = Some(Arc::new(set));
         Ok(n)
@@ -129,20 +131,21 @@ impl Access {
 
     /// The tenant a request acts for, if its credentials allow a call that needs `role`.
     pub fn resolve(&self, headers: &HeaderMap, role: Role) -> Result<Tenant, TenantError> {
-        self.resolve_named(headers, headers.get(HEADER).map(|v| v.as_bytes()), role)
+        let named = headers.get(HEADER).map(|v| Named::Header(v.as_bytes()));
+        self.resolve_named(headers, named, role)
     }
 
-    /// As [`Access::resolve`], with the tenant the request names (`X-Scope-OrgID`, or the
-    /// `tenant` query parameter of a client that cannot set headers) given apart.
+    /// As [`Access::resolve`], with the tenant the request names given apart.
     pub fn resolve_named(
         &self,
         headers: &HeaderMap,
-        named: Option<&[u8]>,
+        named: Option<Named<'_>>,
         role: Role,
     ) -> Result<Tenant, TenantError> {
+        let by_query = matches!(named, Some(Named::Query(_)));
         let was_named = named.is_some();
         let named = match named {
-            Some(v) => Some(validate(Some(v))?),
+            Some(Named::Header(v) | Named::Query(v)) => Some(validate(Some(v))?),
             None => None,
         };
         let Some(tokens) = self.tokens.read().clone() else {
@@ -150,6 +153,11 @@ impl Access {
         };
         let presented = credentials(headers)?;
         let grant = tokens.find(&presented).ok_or(TenantError::Unauthenticated(UNKNOWN))?;
+        if by_query && grant.role != Role::Admin {
+            return Err(TenantError::Forbidden(
+                "only admin tokens may name the tenant with ?tenant=; send X-Scope-OrgID".into(),
+            ));
+        }
         if !grant.role.allows(role) {
             return Err(TenantError::Forbidden(format!(
                 "this token has the {} role; this endpoint needs {}",
@@ -173,6 +181,16 @@ impl Access {
                 "this token acts for several tenants: name one with X-Scope-OrgID".to_string(),
             ))
         }
+    }
+}
+
+fn warn_weak(set: &TokenSet) {
+    if set.weak() > 0 {
+        tracing::warn!(
+            tokens = set.weak(),
+            "auth file has tokens shorter than {} bytes: they could be guessed",
+            tokens::WEAK_TOKEN_LEN
+        );
     }
 }
 
@@ -208,6 +226,13 @@ fn credentials(headers: &HeaderMap) -> Result<Vec<u8>, TenantError> {
 /// How a surface answers a refused request in its own wire format.
 pub type Reject = fn(TenantError) -> Response;
 
+/// Where a request names its tenant.
+#[derive(Debug, Clone, Copy)]
+pub enum Named<'a> {
+    Header(&'a [u8]),
+    Query(&'a [u8]),
+}
+
 /// The state of one [`gate`]: whose tokens, the role the routes behind it need, and how
 /// refusals are written.
 #[derive(Clone)]
@@ -225,8 +250,8 @@ pub async fn gate(
     next: Next,
 ) -> Response {
     let named = match req.headers().get(HEADER) {
-        Some(v) => Some(v.as_bytes()),
-        None => query_tenant(req.uri().query()),
+        Some(v) => Some(Named::Header(v.as_bytes())),
+        None => query_tenant(req.uri().query()).map(Named::Query),
     };
     match g.access.resolve_named(req.headers(), named, g.role) {
         Ok(t) => {
@@ -238,8 +263,9 @@ pub async fn gate(
 }
 
 /// The `tenant` query parameter, for scrapers that cannot set `X-Scope-OrgID` (Prometheus 2.x
-/// scrape configs take `params:` but not headers). Valid ids need no percent-encoding, so an
-/// encoded one is left as is and refused by validation.
+/// scrape configs take `params:` but not headers). It never overrides the header (an auth
+/// proxy injecting `X-Scope-OrgID` stays in charge), and with an auth file only admin tokens
+/// may use it. Valid ids need no percent-encoding, so an encoded one is refused by validation.
 fn query_tenant(query: Option<&str>) -> Option<&[u8]> {
     query?.split('&').find_map(|kv| kv.strip_prefix("tenant=")).map(str::as_bytes)
 }
@@ -448,11 +474,11 @@ role = "admin"
         assert_eq!(resp.status(), StatusCode::OK);
         let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], DEFAULT_TENANT.as_bytes());
-        let resp = call("/q?x=1&tenant=beta", Some("Bearer two-tenant-reader-0")).await.unwrap();
+        let resp = call("/q?x=1&tenant=beta", Some("Bearer any-tenant-admin-00")).await.unwrap();
         let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
-        assert_eq!(&body[..], b"beta", "a scraper names its tenant in the query");
-        let resp = call("/q?tenant=zeta", Some("Bearer two-tenant-reader-0")).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(&body[..], b"beta", "an admin scraper names its tenant in the query");
+        let resp = call("/q?tenant=beta", Some("Bearer two-tenant-reader-0")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "?tenant= is for admin tokens only");
         let resp = call("/ungated", Some("Bearer any-tenant-admin-00")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "fails closed");
     }

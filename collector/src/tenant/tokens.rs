@@ -110,13 +110,15 @@ struct FileToken {
     role: Role,
 }
 
-/// Shortest plain token accepted: anything shorter could be guessed.
-const MIN_TOKEN_LEN: usize = 16;
+/// Plain tokens shorter than this are accepted (the file is the operator's) but warned about
+/// at load: they could be guessed.
+pub const WEAK_TOKEN_LEN: usize = 16;
 
 /// The tokens of one reading of the auth file.
 #[derive(Debug, Clone)]
 pub struct TokenSet {
     grants: Vec<Grant>,
+    weak: usize,
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -140,13 +142,17 @@ impl TokenSet {
             return Err("no [[token]] entries: every request would be refused".into());
         }
         let mut grants: Vec<Grant> = Vec::with_capacity(file.token.len());
+        let mut weak = 0usize;
         for (i, t) in file.token.into_iter().enumerate() {
             let entry = i.saturating_add(1);
             let at = |m: &str| format!("token entry {entry}: {m}");
             let digest = match (t.token, t.token_sha256) {
                 (Some(plain), None) => {
-                    if plain.len() < MIN_TOKEN_LEN {
-                        return Err(at(&format!("a token needs at least {MIN_TOKEN_LEN} bytes")));
+                    if plain.is_empty() {
+                        return Err(at("token is empty"));
+                    }
+                    if plain.len() < WEAK_TOKEN_LEN {
+                        weak = weak.saturating_add(1);
                     }
                     if !plain.bytes().all(|b| b.is_ascii_graphic()) {
                         return Err(at("a token is printable ASCII without spaces"));
@@ -177,7 +183,7 @@ impl TokenSet {
             }
             grants.push(Grant { digest, tenants, role: t.role, entry });
         }
-        Ok(TokenSet { grants })
+        Ok(TokenSet { grants, weak })
     }
 
     /// The grant of a presented token. Every entry is compared, in constant time, whatever
@@ -195,6 +201,11 @@ impl TokenSet {
 
     pub fn len(&self) -> usize {
         self.grants.len()
+    }
+
+    /// Plain tokens shorter than [`WEAK_TOKEN_LEN`] bytes.
+    pub fn weak(&self) -> usize {
+        self.weak
     }
 
     pub fn is_empty(&self) -> bool {
@@ -241,6 +252,15 @@ role = "read"
         assert_eq!(r.tenants.only_one(), None);
         assert!(s.find(b"writer-token-012345678").is_none());
         assert!(s.find(b"").is_none());
+        assert_eq!(s.weak(), 0);
+    }
+
+    #[test]
+    fn short_tokens_are_accepted_and_counted_as_weak() {
+        let s = TokenSet::parse("[[token]]\ntoken = \"s3cr3t\"\ntenants = [\"acme\"]\nrole = \"write\"")
+            .unwrap();
+        assert_eq!(s.weak(), 1);
+        assert!(s.find(b"s3cr3t").is_some());
     }
 
     #[test]
@@ -257,7 +277,7 @@ role = "read"
         let cases = [
             ("", "no [[token]]"),
             ("[[token]]\ntenants=[\"a\"]\nrole=\"read\"", "exactly one"),
-            ("[[token]]\ntoken=\"short\"\ntenants=[\"a\"]\nrole=\"read\"", "at least 16"),
+            ("[[token]]\ntoken=\"\"\ntenants=[\"a\"]\nrole=\"read\"", "empty"),
             ("[[token]]\ntoken_sha256=\"abcd\"\ntenants=[\"a\"]\nrole=\"read\"", "64 hex"),
             ("[[token]]\ntoken_sha256=\"zz\"\ntenants=[\"a\"]\nrole=\"read\"", "hexadecimal"),
             ("[[token]]\ntoken=\"0123456789abcdefg\"\ntenants=[]\nrole=\"read\"", "empty"),
