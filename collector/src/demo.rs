@@ -46,6 +46,11 @@ pub struct DemoArgs {
     /// (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// TLS and token authentication on every listener, with a development CA, certificates and
+    /// tokens kept in `<data-dir>/dev-tls` (made by `skein certs` on first use); the shop
+    /// exports with the write token over TLS. `--tls-*`/`--auth-file` given explicitly win.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -163,7 +168,14 @@ async fn stdin_closed() {
 }
 
 /// `skein demo`.
-pub async fn demo(args: DemoArgs) -> ExitCode {
+pub async fn demo(mut args: DemoArgs) -> ExitCode {
+    let secure = match args.secure.then(|| secure(&mut args.serve)).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skein: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let cfg = match args.serve.clone().resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -179,7 +191,7 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
         }
     };
     let mut shop = Shop::default();
-    let outcome = run(&mut running, &mut shop, &args).await;
+    let outcome = run(&mut running, &mut shop, &args, secure.as_ref()).await;
     shop.stop().await;
     let stopped = running.stop().await.map_err(|e| e.to_string());
     match outcome.and(stopped) {
@@ -191,14 +203,40 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
     }
 }
 
+/// What `--secure` set up: the CA clients must trust and the tokens.
+struct Secure {
+    ca: std::path::PathBuf,
+    tokens: crate::devcerts::DevTokens,
+}
+
+/// Points the collector's TLS and auth flags at the dev PKI in `<data-dir>/dev-tls`.
+fn secure(serve: &mut ServeArgs) -> Result<Secure, crate::devcerts::CertsError> {
+    use crate::devcerts as dev;
+    let data = serve.data_dir.clone().unwrap_or_else(|| "./skein-data".into());
+    let dir = data.join("dev-tls");
+    let tokens = dev::ensure(&dir, &[])?;
+    let absolute = |f: &str| std::path::absolute(dir.join(f)).unwrap_or_else(|_| dir.join(f));
+    serve.tls_cert.get_or_insert_with(|| absolute(dev::SERVER_CERT));
+    serve.tls_key.get_or_insert_with(|| absolute(dev::SERVER_KEY));
+    serve.auth_file.get_or_insert_with(|| absolute(dev::AUTH_FILE));
+    Ok(Secure { ca: absolute(dev::CA), tokens })
+}
+
 /// Starts the shop and the load generator, then waits for a shutdown signal or a failure.
-async fn run(running: &mut Running, shop: &mut Shop, args: &DemoArgs) -> Result<(), String> {
+async fn run(
+    running: &mut Running,
+    shop: &mut Shop,
+    args: &DemoArgs,
+    secure: Option<&Secure>,
+) -> Result<(), String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the skein executable: {e}"))?;
+    let scheme = if secure.is_some() { "https" } else { "http" };
     let endpoints = ShopEnv {
-        otlp: format!("http://{}", connectable(running.otlp_grpc_addr)),
-        http: format!("http://{}", connectable(running.http_addr)),
+        otlp: format!("{scheme}://{}", connectable(running.otlp_grpc_addr)),
+        http: format!("{scheme}://{}", connectable(running.http_addr)),
         profiling_hz: args.profiling_hz,
+        secure: secure.map(|s| (s.ca.clone(), s.tokens.write.clone())),
     };
     let any_port = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
     let inventory = shop.spawn(&exe, Service::Inventory, any_port, &[], &endpoints).await?;
@@ -216,7 +254,7 @@ async fn run(running: &mut Running, shop: &mut Shop, args: &DemoArgs) -> Result<
         .spawn(&exe, Service::Gateway, args.gateway_addr, &[("--orders", orders)], &endpoints)
         .await?;
     let gateway = format!("http://{}", connectable(gateway));
-    print_welcome(running, &gateway, args.rps);
+    print_welcome(running, &gateway, args.rps, secure);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let loadgen_started = std::time::Instant::now();
@@ -258,10 +296,28 @@ fn connectable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn print_welcome(running: &Running, gateway: &str, rps: u32) {
-    let http = format!("http://{}", connectable(running.http_addr));
+fn print_welcome(running: &Running, gateway: &str, rps: u32, secure: Option<&Secure>) {
+    let scheme = if secure.is_some() { "https" } else { "http" };
+    let http = format!("{scheme}://{}", connectable(running.http_addr));
     let grpc = connectable(running.otlp_grpc_addr);
     let otlp_http = connectable(running.otlp_http_addr);
+    let (curl, security) = match secure {
+        None => (String::new(), String::new()),
+        Some(s) => (
+            format!("--cacert {} -H 'Authorization: Bearer {}' ", s.ca.display(), s.tokens.read),
+            format!(
+                "
+  TLS CA                  {ca}  (trust it, or accept the browser's warning)
+  Tokens                  read {read}  write {write}  admin {admin}
+                          (the web UI asks for one; Grafana: basic auth, any user, token as password)
+",
+                ca = s.ca.display(),
+                read = s.tokens.read,
+                write = s.tokens.write,
+                admin = s.tokens.admin,
+            ),
+        ),
+    };
     let traffic = match rps {
         0 => "none (--rps 0)".to_string(),
         n => format!("{n} requests/s (a status line every 10 s)"),
@@ -272,13 +328,13 @@ skein demo is running: the collector and the shop (gateway -> orders -> inventor
 
   Collector               {http}/
   Tempo API               {http}/api/search?limit=20
-  Slow checkouts          curl -G {http}/api/search \\
+  Slow checkouts          curl -G {curl}{http}/api/search \\
                             --data-urlencode 'q={{resource.service.name=\"gateway\" && duration > 300ms}}'
-  OTLP                    grpc http://{grpc}  http http://{otlp_http}
+  OTLP                    grpc {scheme}://{grpc}  http {scheme}://{otlp_http}
   Grafana                 add a Tempo datasource with URL {http}
   Shop gateway            {gateway}/
   Generated traffic       {traffic}
-
+{security}
 Place your own order:
   curl -X POST {gateway}/checkout -H 'content-type: application/json' \\
     -d '{{\"customer\":\"ada\",\"items\":[{{\"sku\":\"moka-pot\",\"quantity\":1}}]}}'
@@ -328,6 +384,8 @@ struct ShopEnv {
     otlp: String,
     http: String,
     profiling_hz: u32,
+    /// `--secure`: the CA to trust and the token to send.
+    secure: Option<(std::path::PathBuf, String)>,
 }
 
 impl Shop {
@@ -359,6 +417,11 @@ impl Shop {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some((ca, token)) = &collector.secure {
+            // Traces and profile pushes both use these (skein-instrument's TLS and headers).
+            cmd.env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)
+                .env("OTEL_EXPORTER_OTLP_HEADERS", format!("authorization=Bearer%20{token}"));
+        }
         #[cfg(unix)]
         cmd.process_group(0);
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {service}: {e}"))?;

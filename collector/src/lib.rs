@@ -19,6 +19,7 @@ pub mod config;
 pub mod deadline;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod devcerts;
 pub mod error;
 pub mod fuzzing;
 pub mod head;

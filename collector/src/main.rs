@@ -40,6 +40,9 @@ enum Command {
     Shop(demo::ShopArgs),
     /// Prometheus rule files: `skein rules check FILE...`.
     Rules(skein_collector::alert::cli::RulesArgs),
+    /// Write a development CA, server and client certificates and an auth file with one random
+    /// token per role into DIR (files already there are kept).
+    Certs(skein_collector::devcerts::CertsArgs),
 }
 
 fn init_logs() {
@@ -52,9 +55,11 @@ fn init_logs() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Rules(args) = cli.command {
-        return skein_collector::alert::cli::run(args);
-    }
+    let cli = match cli.command {
+        Command::Rules(args) => return skein_collector::alert::cli::run(args),
+        Command::Certs(args) => return skein_collector::devcerts::run(args),
+        command => Cli { command },
+    };
     // Shop services log through skein-instrument's subscriber (trace ids on every line).
     let own_logs = match cli.command {
         #[cfg(feature = "demo")]
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => rt.block_on(demo::demo(args)),
         #[cfg(feature = "demo")]
         Command::Shop(args) => rt.block_on(demo::shop(args)),
-        Command::Rules(args) => skein_collector::alert::cli::run(args),
+        // Handled before the runtime starts.
+        Command::Rules(_) | Command::Certs(_) => ExitCode::SUCCESS,
     }
 }

@@ -40,7 +40,10 @@ class SkeinNotReady(RuntimeError):
 class Skein:
     """One `skein serve` process on loopback ports; ports and data dir survive restarts."""
 
-    def __init__(self, data_dir: pathlib.Path, log_dir: pathlib.Path, extra_args=(), env: dict | None = None):
+    def __init__(self, data_dir: pathlib.Path, log_dir: pathlib.Path, extra_args=(), env: dict | None = None,
+                 tls_ca: pathlib.Path | None = None, token: str | None = None):
+        """`tls_ca`: the listeners serve TLS (pass --tls-cert/--tls-key in `extra_args`) and the
+        session trusts this CA; `token`: the session sends it as `Authorization: Bearer`."""
         self.bin = skein_bin()
         self.env = dict(env or {})  # extra environment (e.g. AWS_* for s3:// storage)
         self.data_dir = pathlib.Path(data_dir)
@@ -53,6 +56,12 @@ class Skein:
         self.starts = 0
         self._log_paths: list[pathlib.Path] = []
         self.session = requests.Session()
+        self.scheme = "https" if tls_ca else "http"
+        self.tls_ca = tls_ca
+        if tls_ca:
+            self.session.verify = str(tls_ca)
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     # ---- addresses -------------------------------------------------------------------
     @property
@@ -61,11 +70,11 @@ class Skein:
 
     @property
     def otlp_http_url(self) -> str:
-        return f"http://127.0.0.1:{self.otlp_http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.otlp_http_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def pid(self) -> int:

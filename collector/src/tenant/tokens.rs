@@ -257,8 +257,10 @@ role = "read"
 
     #[test]
     fn short_tokens_are_accepted_and_counted_as_weak() {
-        let s = TokenSet::parse("[[token]]\ntoken = \"s3cr3t\"\ntenants = [\"acme\"]\nrole = \"write\"")
-            .unwrap();
+        let s = TokenSet::parse(
+            "[[token]]\ntoken = \"s3cr3t\"\ntenants = [\"acme\"]\nrole = \"write\"",
+        )
+        .unwrap();
         assert_eq!(s.weak(), 1);
         assert!(s.find(b"s3cr3t").is_some());
     }

@@ -14,6 +14,8 @@ const LAYERS: &[(&str, u32)] = &[
     // metrics, the write-ahead log, and the span-row codec (OTLP <-> Arrow).
     ("tenant", 1),
     ("tls", 1),
+    // Dev PKI and tokens for `skein certs` / `skein demo --secure` (checked against tls, tenant).
+    ("devcerts", 2),
     ("telemetry", 1),
     ("health", 1),
     ("deadline", 1),
