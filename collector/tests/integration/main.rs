@@ -22,4 +22,5 @@ mod promql;
 mod recovery;
 mod search;
 mod storage;
+mod tenancy;
 mod traceql_metrics;
