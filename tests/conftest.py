@@ -34,10 +34,12 @@ class _Factory:
         self.base = base
         self.instances: list[Skein] = []
 
-    def __call__(self, *extra_args: str, data_dir: pathlib.Path | None = None, env: dict | None = None) -> Skein:
+    def __call__(self, *extra_args: str, data_dir: pathlib.Path | None = None, env: dict | None = None,
+                 **security) -> Skein:
+        """`security`: tls_ca / token / client_cert for the collector's session (see Skein)."""
         n = len(self.instances)
         d = pathlib.Path(data_dir) if data_dir else self.base / f"data-{n}"
-        s = Skein(d, self.base / f"logs-{n}", extra_args, env=env)
+        s = Skein(d, self.base / f"logs-{n}", extra_args, env=env, **security)
         self.instances.append(s)
         _live.add(s)
         s.start()

@@ -41,9 +41,11 @@ class Skein:
     """One `skein serve` process on loopback ports; ports and data dir survive restarts."""
 
     def __init__(self, data_dir: pathlib.Path, log_dir: pathlib.Path, extra_args=(), env: dict | None = None,
-                 tls_ca: pathlib.Path | None = None, token: str | None = None):
+                 tls_ca: pathlib.Path | None = None, token: str | None = None,
+                 client_cert: tuple[pathlib.Path, pathlib.Path] | None = None):
         """`tls_ca`: the listeners serve TLS (pass --tls-cert/--tls-key in `extra_args`) and the
-        session trusts this CA; `token`: the session sends it as `Authorization: Bearer`."""
+        session trusts this CA; `token`: the session sends it as `Authorization: Bearer`;
+        `client_cert`: (certificate, key) the session presents (for --tls-client-ca)."""
         self.bin = skein_bin()
         self.env = dict(env or {})  # extra environment (e.g. AWS_* for s3:// storage)
         self.data_dir = pathlib.Path(data_dir)
@@ -60,8 +62,12 @@ class Skein:
         self.tls_ca = tls_ca
         if tls_ca:
             self.session.verify = str(tls_ca)
+            # Otherwise REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE from the environment beat `verify`.
+            self.session.trust_env = False
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+        if client_cert:
+            self.session.cert = (str(client_cert[0]), str(client_cert[1]))
 
     # ---- addresses -------------------------------------------------------------------
     @property
