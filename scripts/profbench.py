@@ -49,7 +49,7 @@ def start(hz, slot, seed):
     d = f"/tmp/profbench-{slot}"
     shutil.rmtree(d, ignore_errors=True)
     port = 18095 + 1000 * slot
-    return subprocess.Popen([BIN, "demo", "--rps", str(RPS), "--profiling-hz", str(hz), "--data-dir", d,
+    return subprocess.Popen([BIN, "demo", "--insecure", "--rps", str(RPS), "--profiling-hz", str(hz), "--data-dir", d,
                              "--seed", str(seed),
                              "--gateway-addr", f"127.0.0.1:{port}", "--http-addr", f"127.0.0.1:{port + 1}",
                              "--otlp-grpc-addr", f"127.0.0.1:{port + 2}",

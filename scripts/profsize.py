@@ -40,7 +40,7 @@ def profile_block_bytes(root):
 
 shutil.rmtree(DATA, ignore_errors=True)
 demo = subprocess.Popen(
-    [BIN, "demo", "--rps", str(RPS), "--data-dir", DATA, "--gateway-addr", "127.0.0.1:18097",
+    [BIN, "demo", "--insecure", "--rps", str(RPS), "--data-dir", DATA, "--gateway-addr", "127.0.0.1:18097",
      "--http-addr", HTTP, "--otlp-grpc-addr", "127.0.0.1:14397", "--otlp-http-addr", "127.0.0.1:14398"],
     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:

@@ -46,11 +46,12 @@ pub struct DemoArgs {
     /// (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// TLS and token authentication on every listener, with a development CA, certificates and
-    /// tokens kept in `<data-dir>/dev-tls` (made by `skein certs` on first use); the shop
-    /// exports with the write token over TLS. `--tls-*`/`--auth-file` given explicitly win.
+    /// Plain HTTP and no tokens. By default the demo runs as a deploy should: TLS and token
+    /// authentication on every listener, with a development CA, certificates and tokens kept in
+    /// `<data-dir>/dev-tls` (made by `skein certs` on first use), and the shop exporting with
+    /// the write token over TLS. `--tls-*`/`--auth-file` given explicitly win.
     #[arg(long)]
-    secure: bool,
+    insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +170,7 @@ async fn stdin_closed() {
 
 /// `skein demo`.
 pub async fn demo(mut args: DemoArgs) -> ExitCode {
-    let secure = match args.secure.then(|| secure(&mut args.serve)).transpose() {
+    let secure = match (!args.insecure).then(|| secure(&mut args.serve)).transpose() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("skein: {e}");
@@ -203,7 +204,7 @@ pub async fn demo(mut args: DemoArgs) -> ExitCode {
     }
 }
 
-/// What `--secure` set up: the CA clients must trust and the tokens.
+/// What the secure demo set up: the CA clients must trust and the tokens.
 struct Secure {
     ca: std::path::PathBuf,
     tokens: crate::devcerts::DevTokens,
@@ -384,7 +385,7 @@ struct ShopEnv {
     otlp: String,
     http: String,
     profiling_hz: u32,
-    /// `--secure`: the CA to trust and the token to send.
+    /// The secure demo: the CA to trust and the token to send.
     secure: Option<(std::path::PathBuf, String)>,
 }
 

@@ -1,5 +1,5 @@
 //! `skein certs DIR`: a development certificate authority, a server and a client certificate
-//! signed by it, and an auth file with one random token per role, so that `skein demo --secure`
+//! signed by it, and an auth file with one random token per role, so that `skein demo`
 //! and the compose/Kubernetes deploys run with TLS and authentication without an external PKI.
 //!
 //! Files already in DIR are kept (running it again is harmless, and a deploy's init step can run
@@ -24,7 +24,7 @@ pub const CLIENT_CERT: &str = "client.pem";
 pub const CLIENT_KEY: &str = "client-key.pem";
 pub const AUTH_FILE: &str = "auth.toml";
 /// `SKEIN_ADMIN_TOKEN=…`, `SKEIN_WRITE_TOKEN=…`, `SKEIN_READ_TOKEN=…` (an env file for
-/// compose, and what `skein demo --secure` prints).
+/// compose, and what `skein demo` prints).
 pub const TOKENS_ENV: &str = "tokens.env";
 /// Each token alone in a file (`admin.token`, `write.token`, `read.token`), for clients that
 /// read credentials from a file: Prometheus' `credentials_file`, Grafana's `$__file{…}`.

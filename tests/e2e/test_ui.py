@@ -31,7 +31,7 @@ class Demo(Skein):
     def argv(self) -> list[str]:
         argv = super().argv()
         argv[1] = "demo"
-        return [*argv, "--gateway-addr", "127.0.0.1:0", "--rps", "12"]
+        return [*argv, "--insecure", "--gateway-addr", "127.0.0.1:0", "--rps", "12"]
 
 
 @pytest.fixture(scope="module")

@@ -414,7 +414,7 @@ class DemoSkein(Skein):
 
     def argv(self) -> list[str]:
         return [
-            str(self.bin), "demo",
+            str(self.bin), "demo", "--insecure",
             "--data-dir", str(self.data_dir),
             "--otlp-grpc-addr", self.grpc_addr,
             "--otlp-http-addr", f"127.0.0.1:{self.otlp_http_port}",

@@ -1,5 +1,7 @@
-//! `skein demo` as a user runs it: the shop answers on the printed gateway URL, and SIGTERM stops
-//! everything with exit code 0 and no leftover processes.
+//! `skein demo` as a user runs it: the collector serves TLS and wants tokens (made on first use
+//! in `<data-dir>/dev-tls`), the shop answers on the printed gateway URL and its traces reach the
+//! collector over TLS with the write token, and SIGTERM stops everything with exit code 0 and no
+//! leftover processes.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -18,6 +20,41 @@ fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str, timeout: Duration
             Err(e) => panic!("no line with {needle:?} on stdout: {e}"),
         }
     }
+}
+
+/// `GET path` over TLS trusting `ca`, with `Authorization: Bearer token`: (status, body).
+async fn tls_get(
+    addr: &str,
+    ca: &std::path::Path,
+    token: Option<&str>,
+    path: &str,
+) -> (u16, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
 }
 
 /// Processes whose parent is `pid` (Linux).
@@ -63,6 +100,9 @@ async fn demo_serves_the_shop_and_stops_cleanly_on_sigterm() {
         }
     });
 
+    let line = wait_for_line(&lines, "  Collector ", Duration::from_secs(60));
+    let collector = line.split_whitespace().last().unwrap().trim_end_matches('/').to_string();
+    let collector = collector.strip_prefix("https://").expect("the demo serves TLS").to_string();
     let line = wait_for_line(&lines, "Shop gateway", Duration::from_secs(60));
     let gateway = line.split_whitespace().last().unwrap().trim_end_matches('/').to_string();
     assert!(gateway.starts_with("http://127.0.0.1:"), "{line}");
@@ -90,6 +130,23 @@ async fn demo_serves_the_shop_and_stops_cleanly_on_sigterm() {
         }
     }
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+
+    // The shop's spans arrive over TLS with the write token; reading needs the read token.
+    let dev = dir.path().join("dev-tls");
+    let ca = dev.join("ca.pem");
+    let read = std::fs::read_to_string(dev.join("read.token")).unwrap();
+    let (status, _) = tls_get(&collector, &ca, None, "/api/search?limit=5").await;
+    assert_eq!(status, 401, "the demo collector wants a token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = "/api/search?q=%7Bresource.service.name%3D%22gateway%22%7D&limit=5";
+        let (status, body) = tls_get(&collector, &ca, Some(&read), q).await;
+        if status == 200 && body.contains("traceID") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no gateway trace reached the collector: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let kill = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
     assert!(kill.success());
