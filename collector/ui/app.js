@@ -1,7 +1,7 @@
 // The skein web UI shell: client-side routing (History API), the tenant setting and global
 // keyboard shortcuts. Each page module exports `render(main, params, path) → cleanup?`.
 
-import { getTenant, setTenant, navigate, h } from "./util.js";
+import { getTenant, setTenant, getToken, setToken, navigate, h } from "./util.js";
 import * as search from "./search.js";
 import * as trace from "./trace.js";
 import * as flame from "./flame.js";
@@ -110,6 +110,26 @@ dialog.addEventListener("close", () => {
   lastPath = null;
   route();
 });
+// Sign out: forget the token; the next refused request asks again.
+const signoutButton = document.getElementById("signout-button");
+function showSignedIn() {
+  signoutButton.hidden = !getToken();
+}
+signoutButton.addEventListener("click", () => {
+  setToken("");
+  lastPath = null;
+  route();
+});
+window.addEventListener("skein:token", () => {
+  showSignedIn();
+});
+document.getElementById("token-input").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter") {
+    ev.preventDefault();
+    document.getElementById("signin").close("save");
+  }
+});
+showSignedIn();
 // A link may name its tenant (alert annotations of tenants other than the default do): it
 // becomes the tenant setting. The server still decides what requests as that tenant may see.
 const linkedTenant = new URLSearchParams(location.search).get("tenant");

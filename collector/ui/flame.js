@@ -5,7 +5,7 @@
 
 import {
   h, api, qs, errorBox, emptyBox, loading, fmtDur, fmtPct, rangeControl, resolveRange, navigate,
-  tagSelect, fillTagSelect, serviceFilter,
+  tagSelect, fillTagSelect, serviceFilter, openApi,
 } from "./util.js";
 
 const ROW = 20;
@@ -113,7 +113,7 @@ export function render(main, params) {
       return;
     }
     const svgUrl = (mode === "diff" ? "/skein/api/flamegraph/diff" : "/skein/api/flamegraph") + qs({ ...base, format: "svg" });
-    const links = [h("a", { class: "button ghost", href: svgUrl, target: "_blank", rel: "noopener" }, "SVG")];
+    const links = [h("button", { type: "button", class: "ghost", id: "open-svg", onclick: () => openApi(svgUrl, "image/svg+xml") }, "SVG")];
     if (g("trace")) {
       links.unshift(h("a", { class: "button ghost", id: "to-trace", href: `/trace/${encodeURIComponent(g("trace"))}${qs({ span: g("span_id") })}` }, "Back to the trace"));
     }

@@ -3,7 +3,7 @@
 // coloured, collapsible subtrees, error markers, the critical path, and a span detail panel.
 
 import {
-  h, api, errorBox, emptyBox, loading, fmtDur, fmtTime, colorFor, durParam, qs, kv, setUrl,
+  h, api, errorBox, emptyBox, loading, fmtDur, fmtTime, colorFor, durParam, qs, kv, setUrl, openApi,
 } from "./util.js";
 
 const ROW = 24;
@@ -265,7 +265,7 @@ class TraceView {
           h("span", { class: "svc-dot big", style: { background: colorFor(root.service) } }),
           h("span", { class: "root-svc" }, root.service), " ", h("span", { class: "root-name" }, root.name)),
         h("div", { class: "row" },
-          h("a", { class: "button ghost", href: `/api/traces/${this.traceId}`, target: "_blank", rel: "noopener" }, "JSON"))),
+          h("button", { type: "button", class: "ghost", id: "open-json", onclick: () => openApi(`/api/traces/${this.traceId}`, "application/json") }, "JSON"))),
       h("div", { class: "row stats" },
         stat("Trace ID", h("code", { class: "trace-id" }, this.traceId)),
         stat("Start", fmtTime(Number(t.t0 / 1000000n))),

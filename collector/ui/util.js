@@ -1,5 +1,5 @@
-// Shared helpers: DOM building, API calls (with the tenant header), formatting, colours,
-// time ranges and in-app navigation.
+// Shared helpers: DOM building, API calls (with the tenant header and the session's token),
+// formatting, colours, time ranges and in-app navigation.
 
 /** Creates an element: h("a", {href: "/x", class: "y", onclick: f}, "text", child, [more]). */
 export function h(tag, attrs, ...children) {
@@ -47,6 +47,97 @@ export function setTenant(t) {
   } catch { /* storage unavailable: the setting lasts for this page only */ }
 }
 
+// The token of a collector started with --auth-file: asked for on the first 401, kept in
+// sessionStorage (this tab, until it closes; never localStorage, never a URL) and sent as
+// `Authorization: Bearer`.
+const TOKEN_KEY = "skein.token";
+let pageToken = "";
+export function getToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch { return pageToken; }
+}
+export function setToken(t) {
+  pageToken = t || "";
+  try {
+    if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+  } catch { /* storage unavailable: the token lasts for this page only */ }
+  window.dispatchEvent(new Event("skein:token"));
+}
+
+/** Request headers: `extra`, the tenant and the token when set. */
+export function authHeaders(extra) {
+  const headers = { ...(extra || {}) };
+  const tenant = getTenant();
+  if (tenant) headers["X-Scope-OrgID"] = tenant;
+  const token = getToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
+let signIn = null;
+/**
+ * Shows the sign-in dialog with `message`; resolves true once a token is saved, false when the
+ * user cancels. Requests refused at the same time share one dialog.
+ */
+export function askToken(message) {
+  if (signIn) return signIn;
+  const dlg = document.getElementById("signin");
+  const input = document.getElementById("token-input");
+  if (!dlg || !input) return Promise.resolve(false);
+  document.getElementById("signin-msg").textContent = message;
+  input.value = "";
+  signIn = new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      signIn = null;
+      const token = input.value.trim();
+      input.value = "";
+      if (dlg.returnValue === "save" && token) {
+        setToken(token);
+        resolve(true);
+      } else {
+        resolve(false);
+      }
+    }, { once: true });
+  });
+  dlg.showModal();
+  input.focus();
+  return signIn;
+}
+
+/** fetch() with the tenant and token; a 401 asks for a token and retries with it. */
+export async function authFetch(url, { headers, signal } = {}) {
+  for (;;) {
+    const resp = await fetch(url, { headers: authHeaders(headers), signal });
+    if (resp.status !== 401) return resp;
+    const text = await resp.text();
+    const why = text.trim() || "authentication required";
+    const message = getToken()
+      ? `The token was not accepted (${why}). Enter another one.`
+      : `This skein needs a token (${why}).`;
+    if (!(await askToken(message))) {
+      return new Response(text, { status: 401, statusText: resp.statusText, headers: resp.headers });
+    }
+  }
+}
+
+/**
+ * Opens an API answer (an SVG flame graph, a trace's JSON) in a new tab. Fetched with the
+ * headers and shown from a blob: URL, so the token never appears in an address.
+ */
+export async function openApi(url, accept) {
+  const win = window.open("about:blank", "_blank");
+  try {
+    const resp = await authFetch(url, { headers: { Accept: accept } });
+    if (!resp.ok) throw new Error(`${resp.status}: ${(await resp.text()).trim()}`);
+    const blob = await resp.blob();
+    const blobUrl = URL.createObjectURL(blob);
+    if (win) win.location.href = blobUrl; else window.open(blobUrl, "_blank");
+    setTimeout(() => URL.revokeObjectURL(blobUrl), 60_000);
+  } catch (e) {
+    if (win) win.close();
+    window.alert(`Opening ${url} failed: ${e.message}`);
+  }
+}
+
 /** Query string from an object, skipping empty values; arrays repeat the key. */
 export function qs(params) {
   const u = new URLSearchParams();
@@ -59,17 +150,15 @@ export function qs(params) {
 }
 
 /**
- * GET an API path (JSON). Sends X-Scope-OrgID when a tenant is set. Throws ApiError with the
- * server's message: `{"error": …}`, Prometheus' `{"status":"error","error":…}`, or plain text.
+ * GET an API path (JSON). Sends X-Scope-OrgID when a tenant is set and the token when there is
+ * one (asking for it on a 401). Throws ApiError with the server's message: `{"error": …}`,
+ * Prometheus' `{"status":"error","error":…}`, or plain text (a 403 says which tenant or role).
  */
 export async function api(path, params, { signal, accept = "application/json" } = {}) {
   const url = path + qs(params);
-  const headers = { Accept: accept };
-  const tenant = getTenant();
-  if (tenant) headers["X-Scope-OrgID"] = tenant;
   let resp;
   try {
-    resp = await fetch(url, { headers, signal });
+    resp = await authFetch(url, { headers: { Accept: accept }, signal });
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ApiError(`cannot reach skein (${e.message})`, 0, path);
