@@ -82,6 +82,11 @@ pub struct ShopArgs {
     /// HTTP service the gateway asks for a shipping quote after each order.
     #[arg(long)]
     shipping_url: Option<String>,
+    /// A file holding the collector's write token, sent as `Authorization: Bearer` with traces
+    /// and profile pushes (containers, where the token is a mounted secret rather than an
+    /// environment variable).
+    #[arg(long)]
+    otlp_token_file: Option<std::path::PathBuf>,
 }
 
 /// `skein shop SERVICE`: runs one shop service until stdin closes, SIGTERM or Ctrl-C.
@@ -89,9 +94,23 @@ pub async fn shop(args: ShopArgs) -> ExitCode {
     let service = args.service;
     // Traces, `tracing` spans and log lines with trace ids, configured by the OTEL_* variables
     // (`skein demo` points them at its collector); flushed when the guard drops.
+    let token = match &args.otlp_token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("skein shop {service}: --otlp-token-file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let instrumentation = skein_instrument::Builder::from_env().and_then(|b| {
         let named = b.config().service_name != skein_instrument::Config::default().service_name;
         let b = if named { b } else { b.service_name(service.otel_service_name()) };
+        let b = match &token {
+            Some(t) => b.header("authorization", &format!("Bearer {t}"))?,
+            None => b,
+        };
         b.install()
     });
     let _guard = match instrumentation {

@@ -329,3 +329,43 @@ def test_sighup_reloads_the_auth_file_and_the_certificate(skein_factory, tmp_pat
     wait_until(served_by_fresh_ca, timeout=10, what="the new certificate after SIGHUP")
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(sk.http_url + "/ready", verify=str(ca), timeout=5)
+
+
+def test_the_provisioned_grafana_datasources_reach_a_secured_skein(skein_factory, tmp_path):
+    """grafana/provisioning's skein datasources, used the way Grafana does (https, basic auth
+    with the $__file{} read token, the $__file{} CA), against skein run as the deploys run it:
+    `skein certs` files standing in for /etc/skein/tls."""
+    import re
+
+    from support import grafana as gf
+
+    certs = make_certs(tmp_path / "tls")
+    sk = skein_factory(*tls_args(certs, certs / "auth.toml"), tls_ca=certs / "ca.pem")
+
+    def file_ref(value: str) -> pathlib.Path:
+        m = re.fullmatch(r"\$__file\{/etc/skein/tls/([^}]+)\}", value)
+        assert m, f"{value!r} is not a $__file{{}} reference into /etc/skein/tls"
+        return certs / m.group(1)
+
+    probes = {
+        "skein-tempo": ("GET", "/api/echo", None),
+        "skein-prometheus": ("GET", "/api/v1/query?query=vector(1)", None),
+        "skein-pyroscope": ("POST", "/querier.v1.QuerierService/ProfileTypes", b"{}"),
+    }
+    datasources = gf.provisioned_datasources()
+    for uid, (method, path, body) in probes.items():
+        ds = datasources[uid]
+        assert ds["url"].startswith("https://skein:3200"), ds["url"]
+        url = ds["url"].replace("https://skein:3200", sk.http_url) + path
+        secure = ds["secureJsonData"]
+        assert ds["jsonData"]["tlsAuthWithCACert"] is True
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(file_ref(secure["tlsCACert"]))
+        headers = {"Content-Type": "application/json"} if body else {}
+        r = session.request(method, url, data=body, headers=headers, timeout=10)
+        assert r.status_code == 401, f"{uid} without its credentials: {r.status_code}"
+        assert ds["basicAuth"] is True
+        session.auth = (ds["basicAuthUser"], file_ref(secure["basicAuthPassword"]).read_text())
+        r = session.request(method, url, data=body, headers=headers, timeout=10)
+        assert r.status_code == 200, f"{uid}: {r.status_code} {r.text[:300]}"

@@ -217,7 +217,9 @@ def self_prometheus(demo):
 
 @pytest.fixture(scope="module")
 def endpoints(demo, self_prometheus):
-    return gf.Endpoints({"http://skein:3200": demo.http_url, "http://prometheus:9090": self_prometheus})
+    # The provisioning's https + basic auth + CA against a secured skein is test_auth's
+    # test_the_provisioned_grafana_datasources_reach_a_secured_skein; here the demo is plain.
+    return gf.Endpoints({"https://skein:3200": demo.http_url, "http://prometheus:9090": self_prometheus})
 
 
 def _prom(demo, query):

@@ -22,6 +22,8 @@ REPO = gf.REPO
 DEPLOY = REPO / "deploy"
 RULES_FILE = DEPLOY / "rules" / "skein-latency.rules.yml"  # written with skein's alerting (deploy/rules/)
 PORTS = {4317, 4318, 3200}
+# Where the compose certs volume and the k8s skein-tls Secret are mounted.
+TLS_DIR = "/etc/skein/tls"
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -180,12 +182,32 @@ def test_compose_mounts_exist_and_match_grafana_provisioning():
     # Datasource URLs name compose services and the ports they listen on.
     ds = gf.provisioned_datasources()
     for d in ds.values():
-        host, port = re.match(r"http://([^:/]+):(\d+)", d["url"]).groups()
+        host, port = re.match(r"https?://([^:/]+):(\d+)", d["url"]).groups()
         assert host in c["services"], f"{d['uid']}: no compose service {host}"
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     (job,) = prom["scrape_configs"]
     assert job["static_configs"][0]["targets"] == ["skein:3200"] and job.get("metrics_path", "/metrics") == "/metrics"
     assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in c["services"]["prometheus"]["volumes"]
+    # skein's /metrics is scraped over TLS with the admin token from the certs volume.
+    assert job["scheme"] == "https" and job["tls_config"]["ca_file"] == f"{TLS_DIR}/ca.pem"
+    assert job["authorization"]["credentials_file"] == f"{TLS_DIR}/admin.token"
+    assert f"skein-tls:{TLS_DIR}:ro" in c["services"]["prometheus"]["volumes"]
+    assert f"skein-tls:{TLS_DIR}:ro" in c["services"]["grafana"]["volumes"]
+
+
+def test_compose_runs_skein_with_tls_and_tokens_from_the_certs_service():
+    c = compose()
+    svcs = c["services"]
+    certs, sk = svcs["certs"], svcs["skein"]
+    assert certs["image"] == sk["image"] and "skein-tls" in c["volumes"]
+    script = certs["command"][0]
+    assert f"/usr/local/bin/skein certs {TLS_DIR} --host skein" in script
+    assert f"skein-tls:{TLS_DIR}" in certs["volumes"]
+    assert sk["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    cmd = sk["command"]
+    for flag, file in (("--tls-cert", "server.pem"), ("--tls-key", "server-key.pem"), ("--auth-file", "auth.toml")):
+        assert cmd[cmd.index(flag) + 1] == f"{TLS_DIR}/{file}", flag
+    assert f"skein-tls:{TLS_DIR}:ro" in sk["volumes"]
 
 
 def test_compose_rules_flag_points_at_the_rules_file():
@@ -210,8 +232,11 @@ def test_compose_shop_is_wired_like_skein_demo():
         listen[name] = argv[argv.index("--listen") + 1].rsplit(":", 1)[1]
         env = s["environment"]
         assert env["OTEL_SERVICE_NAME"] == name
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://skein:4317" and env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
-        assert env["SKEIN_PROFILING"] == "true" and env["SKEIN_PROFILING_ENDPOINT"] == "http://skein:3200"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://skein:4317" and env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+        assert env["OTEL_EXPORTER_OTLP_CERTIFICATE"] == f"{TLS_DIR}/ca.pem"
+        assert argv[argv.index("--otlp-token-file") + 1] == f"{TLS_DIR}/write.token"
+        assert f"skein-tls:{TLS_DIR}:ro" in s["volumes"]
+        assert env["SKEIN_PROFILING"] == "true" and env["SKEIN_PROFILING_ENDPOINT"] == "https://skein:3200"
     for name, flag in (("orders", "--inventory"), ("orders", "--payment"), ("gateway", "--orders")):
         argv = svcs[name]["entrypoint"]
         target = flag[2:]
@@ -279,8 +304,15 @@ def test_k8s_statefulset_service_and_config():
     assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
     assert {p["port"] for p in svc["spec"]["ports"]} == PORTS
     assert all(p["targetPort"] in port_names for p in svc["spec"]["ports"])
-    # The provisioned datasources reach skein as http://skein:3200 — this Service.
-    assert gf.provisioned_datasources()["skein-tempo"]["url"] == f"http://{svc['metadata']['name']}:3200"
+    # The provisioned datasources reach skein as https://skein:3200 — this Service.
+    assert gf.provisioned_datasources()["skein-tempo"]["url"] == f"https://{svc['metadata']['name']}:3200"
+    # TLS and tokens from the skein-tls Secret, mounted where skein.toml names them.
+    tls = mounts[TLS_DIR]
+    assert volumes[tls["name"]]["secret"]["secretName"] == "skein-tls" and tls.get("readOnly")
+    for key, file in (("tls-cert", "server.pem"), ("tls-key", "server-key.pem"), ("auth-file", "auth.toml")):
+        assert toml[key] == f"{TLS_DIR}/{file}", key
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
 
 
 def test_k8s_grafana_mounts_provisioning_and_dashboards():
@@ -300,6 +332,10 @@ def test_k8s_grafana_mounts_provisioning_and_dashboards():
     assert all(p.parent == gf.DASHBOARDS.resolve() for p in generated[cm])
     svc = kind(docs, "Service", "grafana")
     assert svc["spec"]["ports"][0]["targetPort"] in {p["name"] for p in c["ports"]}
+    # The datasources' $__file{} references resolve inside the Grafana pod.
+    secret = mounts[TLS_DIR]["secret"]
+    assert secret["secretName"] == "skein-tls"
+    assert {i["path"] for i in secret["items"]} == {"ca.pem", "read.token"}
 
 
 def test_deploy_readme_covers_the_guide():

@@ -22,7 +22,8 @@ GROUP_KEYS = {"orgId", "name", "folder", "interval", "rules"}
 QUERY_KEYS = {"refId", "datasourceUid", "relativeTimeRange", "queryType", "model"}
 EXPR_TYPES = {"reduce", "threshold", "math", "classic_conditions", "resample"}
 # Grafana expands $VAR and ${VAR} from the environment in provisioning values; a literal $ is $$.
-ENV_REF = re.compile(r"(?<!\$)\$(?!\$)(\{?\w+)")
+# A `$` Grafana would expand from the environment; `$__file{…}` (and `$__env{…}`) are meant.
+ENV_REF = re.compile(r"(?<!\$)\$(?!\$)(?!__(?:file|env)\{)(\{?\w+)")
 
 
 def datasource_files():
@@ -59,9 +60,15 @@ def test_datasources_are_wired_together():
         by_type.setdefault(d["type"], []).append(d)
     tempo, prom, pyro = ds["skein-tempo"], ds["skein-prometheus"], ds["skein-pyroscope"]
     assert (tempo["type"], prom["type"], pyro["type"]) == ("tempo", "prometheus", "grafana-pyroscope-datasource")
-    assert tempo["url"] == "http://skein:3200"
-    assert prom["url"] == "http://skein:3200/prometheus"
-    assert pyro["url"] == "http://skein:3200/pyroscope"
+    assert tempo["url"] == "https://skein:3200"
+    assert prom["url"] == "https://skein:3200/prometheus"
+    assert pyro["url"] == "https://skein:3200/pyroscope"
+    for d in (tempo, prom, pyro):
+        # TLS with the deploy's CA and the read token as the basic-auth password.
+        assert d["basicAuth"] is True and d["basicAuthUser"], d["uid"]
+        assert d["jsonData"]["tlsAuthWithCACert"] is True, d["uid"]
+        assert d["secureJsonData"] == {"basicAuthPassword": "$__file{/etc/skein/tls/read.token}",
+                                       "tlsCACert": "$__file{/etc/skein/tls/ca.pem}"}, d["uid"]
     tj = tempo["jsonData"]
     assert tj["streamingEnabled"] == {"search": False, "metrics": False}, "streaming would need Tempo's gRPC API"
     assert tj["serviceMap"]["datasourceUid"] == "skein-prometheus"
@@ -157,6 +164,7 @@ def test_alert_rule_is_well_formed(rule):
     assert any(p["id"] == rule["panelId"] for p in gf.panels(dash)), "panelId not in the dashboard"
 
 
-def test_env_reference_check_catches_a_bare_dollar():
+def test_env_reference_check_catches_a_bare_dollar_but_not_file_references():
+    assert not ENV_REF.search("$__file{/etc/skein/tls/read.token}")
     assert ENV_REF.search('histogram_quantile(0.9, sum(rate(x{$__tags}[5m])) by (le))')
     assert not ENV_REF.search('histogram_quantile(0.9, sum(rate(x{$$__tags}[5m])) by (le))')

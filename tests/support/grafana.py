@@ -297,7 +297,7 @@ def _format(value: str, fmt: str | None) -> str:
 class Endpoints:
     """Where the provisioned datasource URLs' hosts are reached in this test run."""
 
-    hosts: dict[str, str]  # "http://skein:3200" -> "http://127.0.0.1:41234"
+    hosts: dict[str, str]  # "https://skein:3200" -> "http://127.0.0.1:41234"
 
     def url(self, ds: dict) -> str:
         u = urllib.parse.urlparse(ds["url"])
