@@ -122,7 +122,8 @@ async fn span_metrics_and_service_graph_answer_grafana_queries() {
         &c,
         "sum by (service, status_code) (traces_spanmetrics_calls_total{span_kind=\"SPAN_KIND_SERVER\"})",
         None,
-        |v| v.len() == 4,
+        // A sample taken while the calls were still arriving holds fewer: wait for all 20.
+        |v| v.len() == 4 && v.iter().map(|x| x.1).sum::<f64>() == 20.0,
     )
     .await;
     let get_v = |svc: &str, st: &str| {
