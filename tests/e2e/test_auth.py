@@ -369,3 +369,26 @@ def test_the_provisioned_grafana_datasources_reach_a_secured_skein(skein_factory
         session.auth = (ds["basicAuthUser"], file_ref(secure["basicAuthPassword"]).read_text())
         r = session.request(method, url, data=body, headers=headers, timeout=10)
         assert r.status_code == 200, f"{uid}: {r.status_code} {r.text[:300]}"
+
+
+def test_a_non_loopback_listener_without_auth_is_warned_about(tmp_path):
+    from support.collector import Skein
+
+    class Exposed(Skein):
+        def argv(self):
+            argv = super().argv()
+            argv[argv.index("--http-addr") + 1] = f"0.0.0.0:{self.http_port}"
+            return argv
+
+    auth = tmp_path / "auth.toml"
+    auth.write_text(AUTH)
+    for extra, warned in (((), True), (("--auth-file", str(auth)), False)):
+        sk = Exposed(tmp_path / f"data-{warned}", tmp_path / f"logs-{warned}", extra)
+        try:
+            sk.start()
+            log = sk.log_text()
+        finally:
+            sk.terminate_quietly()
+        assert ("non-loopback address without authentication" in log) == warned, log[-2000:]
+        if warned:
+            assert "listener=\"http\"" in log and "listener=\"otlp" not in log, "only the exposed listener"
