@@ -198,6 +198,33 @@ pub struct ServeArgs {
     /// but /healthz and /ready then needs a token. Re-read on SIGHUP.
     #[arg(long, env = "SKEIN_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
+    // Replicas sharing one storage root (cluster/).
+    /// This replica's name: its namespace (nodes/<id>/) on the storage and the skein_node
+    /// label of its span-metric series. Default: the host name.
+    #[arg(long, env = "SKEIN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The other replicas' HTTP API base URLs, comma separated, or dns+http://NAME:PORT
+    /// (every address NAME resolves to, re-resolved every 15 s).
+    #[arg(long, env = "SKEIN_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// How long one call to a peer may take before it is skipped (the answer is then
+    /// partial), e.g. 5s.
+    #[arg(long, env = "SKEIN_PEER_TIMEOUT")]
+    pub peer_timeout: Option<String>,
+    /// How often the other replicas' namespaces are listed for new blocks, e.g. 30s.
+    #[arg(long, env = "SKEIN_PEER_POLL_INTERVAL")]
+    pub peer_poll_interval: Option<String>,
+    /// File holding the token sent to peers (one of theirs, role read or admin, tenants "*").
+    #[arg(long, env = "SKEIN_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
+    /// PEM CA that signed the peers' certificates (https peers).
+    #[arg(long, env = "SKEIN_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for peers that require one (with --peer-tls-key).
+    #[arg(long, env = "SKEIN_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "SKEIN_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
 }
 
 /// Resolved configuration, built once from [`ServeArgs`]: one section per subsystem, each
@@ -218,6 +245,8 @@ pub struct Config {
     pub alerting: AlertingSection,
     pub profiles: ProfileConfig,
     pub security: SecuritySection,
+    /// This replica among the others sharing the storage root.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// TLS and authentication, loaded (and so checked) when the configuration is resolved.
@@ -233,7 +262,7 @@ impl Config {
         TracesConfig {
             wal: self.wal.clone(),
             head: self.head.clone(),
-            store: self.store.clone(),
+            store: StoreConfig { node: Some(self.cluster.node.clone()), ..self.store.clone() },
             max_inflight_bytes: self.ingest.max_inflight_bytes,
             quarantine_dir: self.data_dir.join("quarantine"),
             max_attribute_bytes: self.ingest.max_attribute_bytes,
@@ -397,6 +426,7 @@ impl ServeArgs {
                     2_000_000,
                 )?,
                 retention,
+                node: None,
             },
             query: query_section(
                 query_memory_bytes,
@@ -461,6 +491,17 @@ impl ServeArgs {
                 )?,
             },
             security: security_section(a.tls_cert, a.tls_key, a.tls_client_ca, a.auth_file)?,
+            cluster: cluster_section(ClusterArgs {
+                node_id: a.node_id,
+                peers: a.peers,
+                timeout: a.peer_timeout,
+                poll: a.peer_poll_interval,
+                token_file: a.peer_token_file,
+                ca: a.peer_tls_ca,
+                cert: a.peer_tls_cert,
+                key: a.peer_tls_key,
+                retention,
+            })?,
             head,
             data_dir,
         };
@@ -522,8 +563,82 @@ impl ServeArgs {
             tls_key: self.tls_key.or(file.tls_key),
             tls_client_ca: self.tls_client_ca.or(file.tls_client_ca),
             auth_file: self.auth_file.or(file.auth_file),
+            node_id: self.node_id.or(file.node_id),
+            peers: self.peers.or(file.peers),
+            peer_timeout: self.peer_timeout.or(file.peer_timeout),
+            peer_poll_interval: self.peer_poll_interval.or(file.peer_poll_interval),
+            peer_token_file: self.peer_token_file.or(file.peer_token_file),
+            peer_tls_ca: self.peer_tls_ca.or(file.peer_tls_ca),
+            peer_tls_cert: self.peer_tls_cert.or(file.peer_tls_cert),
+            peer_tls_key: self.peer_tls_key.or(file.peer_tls_key),
         }
     }
+}
+
+/// The replica flags, as given.
+struct ClusterArgs {
+    node_id: Option<String>,
+    peers: Option<Vec<String>>,
+    timeout: Option<String>,
+    poll: Option<String>,
+    token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    retention: Duration,
+}
+
+fn cluster_section(a: ClusterArgs) -> Result<crate::cluster::ClusterConfig, ConfigError> {
+    use crate::cluster::{ClusterConfig, PeerSource};
+    use crate::store::namespace::NodeId;
+    let node = match a.node_id {
+        Some(id) => NodeId::new(id.trim())
+            .map_err(|e| ConfigError::Invalid { key: "node-id", message: e.to_string() })?,
+        None => NodeId::from_host(),
+    };
+    let peers = a
+        .peers
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| PeerSource::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ConfigError::Invalid { key: "peers", message })?;
+    let token = match a.token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "peer-token-file",
+                    message: format!("{} is empty", path.display()),
+                });
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let identity = match (a.cert, a.key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid {
+                key: "peer-tls-cert",
+                message: "--peer-tls-cert and --peer-tls-key go together".into(),
+            });
+        }
+    };
+    Ok(ClusterConfig {
+        node,
+        peers,
+        timeout: duration("peer-timeout", a.timeout.as_deref(), "5s")?,
+        poll: duration("peer-poll-interval", a.poll.as_deref(), "30s")?,
+        token,
+        ca: a.ca,
+        identity,
+        retention: a.retention,
+    })
 }
 
 /// The dedicated attribute columns, defaulted and checked.

@@ -8,6 +8,9 @@
 //! uses none of them.
 //! `span_metrics` aggregates spans into span-metrics and service-graph series at ingest;
 //! `promql` evaluates Prometheus queries over them.
+//! `cluster` is this replica among the others sharing one storage root: the peers, their
+//! internal API's client, the other namespaces' blocks; `query` asks it for what the peers
+//! hold in memory.
 //!
 //! Below everything: `error` (which kind of failure an error is, so the API answers it
 //! consistently), `tenant` (the one reader of `X-Scope-OrgID`, for HTTP and gRPC) and `health`
@@ -15,6 +18,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod deadline;
 #[cfg(feature = "demo")]
@@ -25,6 +29,7 @@ pub mod fuzzing;
 pub mod head;
 pub mod health;
 pub mod ingest;
+pub mod partial;
 pub mod profile;
 pub mod promql;
 pub mod query;

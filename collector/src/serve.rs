@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::alert::notify::Targets;
 use crate::alert::{Alerting, AlertingConfig};
 use crate::api::{self, AppState};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::health::Health;
 use crate::ingest::{self, Ingestor};
@@ -18,6 +19,7 @@ use crate::profile::Profiles;
 use crate::query::QueryEngine;
 use crate::span_metrics::SpanMetrics;
 use crate::store::open_object_store;
+use crate::store::shared::SharedBlocks;
 use crate::telemetry::Telemetry;
 use crate::tenant::{Access, Gate, Role};
 use crate::tls::{Protocols, Tls, TlsListener};
@@ -43,6 +45,8 @@ pub enum ServeError {
     SpanMetrics(#[from] crate::span_metrics::SpanMetricsError),
     #[error("{0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("peers: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl crate::error::Coded for ServeError {
@@ -58,6 +62,7 @@ impl crate::error::Coded for ServeError {
                 ErrorCode::Unavailable
             }
             ServeError::Task(_) => ErrorCode::Internal,
+            ServeError::Cluster(e) => e.code(),
         }
     }
 }
@@ -203,13 +208,25 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     )
     .await?;
     let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.limits());
-    let profiles = Profiles::open(object_store, cfg.profiles.clone(), metrics.clone()).await?;
-    let engine = Arc::new(QueryEngine::with_limits(
-        traces.store().clone(),
-        traces.head().clone(),
-        metrics.clone(),
-        cfg.query.clone(),
-    )?);
+    let node = &cfg.cluster.node;
+    let own = crate::store::namespace::within(&object_store, &node.dir());
+    let profiles = Profiles::open(own, cfg.profiles.clone(), metrics.clone()).await?;
+    // The other replicas' blocks (and blocks at the root, from before namespaces), listed once
+    // before the first query and then every poll interval.
+    let shared = Arc::new(SharedBlocks::new(object_store, node.clone(), metrics.clone()));
+    if let Err(e) = shared.refresh_all().await {
+        tracing::warn!(error = %e, "cannot list the other replicas' blocks yet");
+    }
+    let cluster = Arc::new(Cluster::new(cfg.cluster.clone(), shared, metrics.clone())?);
+    let engine = Arc::new(
+        QueryEngine::with_limits(
+            traces.store().clone(),
+            traces.head().clone(),
+            metrics.clone(),
+            cfg.query.clone(),
+        )?
+        .with_cluster(cluster.clone()),
+    );
 
     let otlp_http_listener = bind(cfg.listen.otlp_http).await?;
     // Bind gRPC ourselves too, so a busy port fails start-up instead of a background task.
@@ -262,6 +279,11 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             tracing::error!(error = %e, "span maintenance loop died");
             h.fail(crate::health::Check::Flusher, format!("maintenance loop died: {e}"));
         }
+        Ok(())
+    }));
+    let (c, s) = (cluster.clone(), stopped(rx.clone()));
+    tasks.push(tokio::spawn(async move {
+        c.run(Box::pin(s)).await;
         Ok(())
     }));
     let (p, s) = (profiles.clone(), stopped(rx.clone()));

@@ -60,6 +60,17 @@ pub struct Telemetry {
     pub queries_refused: IntCounterVec,
     /// Profile pushes refused by a limit (`too_large`, `too_complex`, `busy`, `too_many_apps`).
     pub profile_pushes_refused: IntCounterVec,
+    // Replicas sharing one storage root (cluster/).
+    /// Peer calls that failed (timeout, refused, error answer), by internal endpoint; each
+    /// made the answer it was for partial.
+    pub peer_failures: IntCounterVec,
+    /// Peer calls that answered, by internal endpoint.
+    pub peer_seconds: prometheus::HistogramVec,
+    /// Blocks of the other namespaces of the storage root, by namespace (`(root)`: blocks at
+    /// the root, from before namespaces).
+    pub peer_namespace_blocks: prometheus::IntGaugeVec,
+    /// Answers that lacked a peer's part, by API surface.
+    pub partial_answers: IntCounterVec,
 }
 
 /// Distinct combinations of client-chosen label values (tenants, applications) one family
@@ -298,6 +309,43 @@ impl Telemetry {
                 "skein_queries_refused_total",
                 "Queries refused or stopped by a query limit.",
                 &["reason"],
+            ),
+            peer_failures: counter_vec(
+                &r,
+                "skein_peer_failures_total",
+                "Calls to peer replicas that failed (the answer was partial), by endpoint.",
+                &["endpoint"],
+            ),
+            peer_seconds: {
+                let h = prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "skein_peer_request_duration_seconds",
+                        "Calls to peer replicas that answered, by endpoint.",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                    &["endpoint"],
+                )
+                .unwrap_or_else(|e| panic!("skein_peer_request_duration_seconds: {e}"));
+                r.register(Box::new(h.clone())).unwrap_or_else(|e| panic!("peer: {e}"));
+                h
+            },
+            peer_namespace_blocks: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "skein_peer_namespace_blocks",
+                        "Blocks of other replicas' namespaces of the storage root.",
+                    ),
+                    &["namespace"],
+                )
+                .unwrap_or_else(|e| panic!("skein_peer_namespace_blocks: {e}"));
+                r.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("namespaces: {e}"));
+                g
+            },
+            partial_answers: counter_vec(
+                &r,
+                "skein_partial_answers_total",
+                "Query answers that lacked a peer replica's part, by API surface.",
+                &["api"],
             ),
             registry: r,
         }

@@ -2,6 +2,7 @@
 //! endpoints.
 
 pub mod error;
+pub mod internal;
 pub mod native;
 pub mod ops;
 pub mod prometheus;
@@ -58,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         .merge(gated(run(tempo::router()), a, Role::Read, refuse::text))
         .merge(gated(run(prometheus::router()), a, Role::Read, refuse::prometheus))
         .merge(gated(run(native::router()), a, Role::Read, refuse::native))
-        .merge(gated(run(pyroscope::querier_router()), a, Role::Read, refuse::connect));
+        .merge(gated(run(pyroscope::querier_router()), a, Role::Read, refuse::connect))
+        // Not through the runner: a peer's query already holds a slot on the replica that
+        // asks, and waiting for one here could refuse it while that replica waits.
+        .merge(gated(internal::router(), a, Role::Read, refuse::text));
     let pushes = Router::new()
         .merge(gated(pyroscope::ingest_router(), a, Role::Write, refuse::text))
         .merge(gated(pyroscope::push_router(), a, Role::Write, refuse::connect));
@@ -71,10 +75,41 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Answers the request on the query runtime, within the query limits.
+/// Answers the request on the query runtime, within the query limits. An answer that lacks a
+/// peer's part says so in `x-skein-partial` (and is counted).
 async fn run_query(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match state.engine.runner.run(next.run(req)).await {
+    let api = surface(req.uri().path());
+    let notes = crate::partial::Notes::default();
+    let run = state.engine.runner.run(next.run(req));
+    let mut resp = match crate::partial::scope(notes.clone(), run).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
+    };
+    let missing = notes.take();
+    if !missing.is_empty() {
+        state.engine.metrics.partial_answers.with_label_values(&[api]).inc();
+        let text: String = missing
+            .join("; ")
+            .chars()
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .take(2000)
+            .collect();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            resp.headers_mut().insert(crate::cluster::PARTIAL_HEADER, v);
+        }
+    }
+    resp
+}
+
+/// The API surface a query path belongs to (a label of `skein_partial_answers_total`).
+fn surface(path: &str) -> &'static str {
+    if path.starts_with("/api/v1/") || path.starts_with("/prometheus/") {
+        "prometheus"
+    } else if path.starts_with("/skein/") {
+        "native"
+    } else if path.starts_with("/querier.v1") || path.starts_with("/pyroscope/") {
+        "pyroscope"
+    } else {
+        "tempo"
     }
 }

@@ -19,7 +19,7 @@ use super::schema::{col, samples_schema};
 
 /// Top-level prefix of profile blocks; span blocks live at `<tenant>/<ulid>/`, one level
 /// shallower, so neither store mistakes the other's files for its own.
-pub const PREFIX: &str = "profiles";
+pub const PREFIX: &str = crate::store::blocks::PROFILES_DIR;
 pub const META_FILE: &str = "meta.json";
 pub const SAMPLES_FILE: &str = "samples.parquet";
 pub const STACKS_FILE: &str = "stacks.parquet";

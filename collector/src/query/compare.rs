@@ -526,6 +526,10 @@ pub(super) async fn spans_of_traces(
                 && ids.iter().any(|id| b.bloom.contains(id))
         },
         || trace_id_in(ids),
+        &crate::cluster::SpanScope {
+            trace_ids: ids.iter().map(hex::encode).collect(),
+            ..Default::default()
+        },
     )
     .await?;
     Ok(flatten(&to_traces_data(&batches, &dedicated)?))

@@ -17,8 +17,9 @@ use super::tags::{TagScope, TagValue};
 use super::traceql::{Attribute, Filter};
 use super::{
     QueryError, QueryLimits, QueryRunner, Tables, compare, critical_path, metrics_eval, operation,
-    search, tables, tags, trace,
+    peer, search, tables, tags, trace,
 };
+use crate::cluster::{Cluster, SpanScope};
 use crate::head::SpanHead;
 use crate::store::{Block, Store};
 use crate::telemetry::Telemetry;
@@ -33,6 +34,8 @@ pub struct QueryEngine {
     pub(super) runtime: Arc<RuntimeEnv>,
     /// Where and for how long queries run; the API runs every query through it.
     pub runner: QueryRunner,
+    /// The other replicas sharing the storage root, if any.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl QueryEngine {
@@ -62,7 +65,7 @@ impl QueryEngine {
         let url = url::Url::parse(BLOCKS_URL).map_err(|e| QueryError::Internal(e.to_string()))?;
         runtime.register_object_store(&url, store.object_store.clone());
         let runner = QueryRunner::new(limits, metrics.clone());
-        Ok(QueryEngine { store, head, metrics, runtime, runner })
+        Ok(QueryEngine { store, head, metrics, runtime, runner, cluster: None })
     }
 
     /// All spans of one trace, without needing a time range. `range` (unix nanos) only
@@ -86,12 +89,12 @@ impl QueryEngine {
     }
 
     /// Attribute keys per scope (`resource`, `span`, `intrinsic`), optionally one scope.
-    pub fn tag_scopes(
+    pub async fn tag_scopes(
         &self,
         tenant: &str,
         scope: Option<&str>,
     ) -> Result<Vec<TagScope>, QueryError> {
-        tags::tag_scopes(self, tenant, scope)
+        tags::tag_scopes(self, tenant, scope).await
     }
 
     /// Distinct values of `tag` among spans matching `filter` within `range`.
@@ -154,12 +157,34 @@ impl QueryEngine {
 
     /// Spans of `tenant` from the blocks `select` keeps plus the head, as one DataFrame (the
     /// table ad-hoc SQL runs on).
-    pub fn span_tables(
+    pub async fn span_tables(
         &self,
         tenant: &str,
         select: impl Fn(&Block) -> bool,
+        range: (i64, i64),
     ) -> Result<Tables, QueryError> {
-        tables::span_tables(self, tenant, select)
+        let scope = SpanScope { range: Some(range), ..Default::default() };
+        tables::span_tables(self, tenant, select, &scope).await
+    }
+
+    /// This replica's head rows in `scope` and its block ids, for a peer.
+    pub async fn answer_peer_spans(
+        &self,
+        tenant: &str,
+        scope: &SpanScope,
+    ) -> Result<bytes::Bytes, QueryError> {
+        peer::answer_spans(self, tenant, scope).await
+    }
+
+    /// This replica's head tag keys and block ids, for a peer.
+    pub fn answer_peer_tags(&self, tenant: &str) -> Result<peer::HeadTags, QueryError> {
+        peer::answer_tags(self, tenant)
+    }
+
+    /// Makes queries also answer for the replicas of `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Bytes queries hold in the memory pool now (0 once every query has ended).

@@ -387,10 +387,16 @@ pub(super) async fn traceql_metrics(
     };
     let grid = req.grid;
     let (start, end) = (grid.start, grid.end());
+    let peers = crate::cluster::SpanScope {
+        traceql: Some(req.query.spans.to_string()),
+        range: Some((start, end.saturating_sub(1))),
+        ..Default::default()
+    };
     let tables =
-        span_tables(engine, tenant, |b| b.meta.max_time >= start && b.meta.min_time < end)?;
+        span_tables(engine, tenant, |b| b.meta.max_time >= start && b.meta.min_time < end, &peers)
+            .await?;
     let with_trace = req.query.by.iter().any(needs_trace);
-    let df = filtered_with(engine, &tables, filter, Some((start, end - 1)), with_trace)?;
+    let df = filtered_with(&tables, filter, Some((start, end - 1)), with_trace)?;
 
     let mut group = Vec::new();
     let mut kinds = Vec::new();

@@ -19,6 +19,7 @@ pub mod critical_path;
 mod engine;
 pub mod metrics_eval;
 pub mod operation;
+pub mod peer;
 pub mod runner;
 pub mod search;
 pub mod sql;

@@ -38,9 +38,15 @@ pub(super) async fn operation_spans(
     tenant: &str,
     q: &OperationQuery,
 ) -> Result<Vec<OperationSpan>, QueryError> {
-    let tables = span_tables(engine, tenant, |b| {
-        b.meta.max_time >= q.start_ns && b.meta.min_time <= q.end_ns
-    })?;
+    let peers =
+        crate::cluster::SpanScope { range: Some((q.start_ns, q.end_ns)), ..Default::default() };
+    let tables = span_tables(
+        engine,
+        tenant,
+        |b| b.meta.max_time >= q.start_ns && b.meta.min_time <= q.end_ns,
+        &peers,
+    )
+    .await?;
     let mut pred = ident(c::SERVICE)
         .eq(lit(q.service.as_str()))
         .and(ident(c::NAME).eq(lit(q.span_name.as_str())))

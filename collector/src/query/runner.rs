@@ -134,11 +134,12 @@ impl QueryRunner {
             }
         };
         let deadline = std::time::Instant::now().checked_add(self.limits.timeout);
-        let work = async move {
+        let notes = crate::partial::current().unwrap_or_default();
+        let work = crate::partial::scope(notes, async move {
             let out = work.await;
             drop(permit);
             out
-        };
+        });
         let task = match deadline {
             Some(d) => self.handle()?.spawn(crate::deadline::scope(d, work).boxed()),
             None => self.handle()?.spawn(work.boxed()),

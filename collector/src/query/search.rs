@@ -24,6 +24,7 @@ use super::compile::{
 use super::tables::{span_tables, trace_summaries};
 use super::traceql::{Filter, Query};
 use super::{QueryEngine, QueryError, Tables};
+use crate::cluster::SpanScope;
 use crate::spanrows::{col as c, column};
 use crate::store::block::{trace_col, trace_key};
 
@@ -192,18 +193,16 @@ fn combine(
 
 /// Spans of `tables` that satisfy `f`, with trace summaries joined in when needed.
 fn filtered(
-    engine: &QueryEngine,
     tables: &Tables,
     f: &Filter,
     range: Option<(i64, i64)>,
 ) -> Result<DataFrame, QueryError> {
-    filtered_with(engine, tables, f, range, false)
+    filtered_with(tables, f, range, false)
 }
 
 /// As [`filtered`]; `with_trace` joins the trace summaries (`t_root_name`,
 /// `t_root_service`, `t_duration`) even when the filter itself does not need them.
 pub(super) fn filtered_with(
-    engine: &QueryEngine,
     tables: &Tables,
     f: &Filter,
     range: Option<(i64, i64)>,
@@ -214,7 +213,7 @@ pub(super) fn filtered_with(
         df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
     }
     if with_trace || needs_trace(f) {
-        let t = trace_summaries(engine, tables)?
+        let t = trace_summaries(tables)?
             .with_column(T_DURATION, col(T_END) - col(T_START))?
             .with_column_renamed(trace_col::TRACE_ID, T_TRACE_ID)?;
         df = df.join(t, JoinType::Inner, &[c::TRACE_ID], &[T_TRACE_ID], None)?;
@@ -232,10 +231,19 @@ async fn phase1(
     range: Option<(i64, i64)>,
     limit: Option<usize>,
 ) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
-    let tables = span_tables(engine, tenant, |b| {
-        range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
-    })?;
-    let mut df = filtered(engine, &tables, f, range)?.aggregate(
+    let scope = SpanScope {
+        traceql: Some(Query::Filter(f.clone()).to_string()),
+        range,
+        ..Default::default()
+    };
+    let tables = span_tables(
+        engine,
+        tenant,
+        |b| range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e),
+        &scope,
+    )
+    .await?;
+    let mut df = filtered(&tables, f, range)?.aggregate(
         vec![col(c::TRACE_ID)],
         vec![
             max(col(c::START)).alias(out_col::LAST),
@@ -358,14 +366,13 @@ async fn details_one_scan(
 
 /// The same details when filters need trace-level fields (joined summaries).
 async fn details_joined(
-    engine: &QueryEngine,
     tables: &Tables,
     filters: &[Filter],
     ids: &[[u8; 16]],
     meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
     spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
 ) -> Result<(), QueryError> {
-    let summaries = trace_summaries(engine, tables)?.filter(trace_id_in(ids))?.collect().await?;
+    let summaries = trace_summaries(tables)?.filter(trace_id_in(ids))?.collect().await?;
     for b in &summaries {
         read_summaries(b, meta)?;
     }
@@ -391,7 +398,7 @@ async fn details_joined(
         read_service_stats(b, meta)?;
     }
     for f in filters {
-        let df = filtered(engine, tables, f, None)?.filter(trace_id_in(ids))?.select_columns(&[
+        let df = filtered(tables, f, None)?.filter(trace_id_in(ids))?.select_columns(&[
             c::TRACE_ID,
             c::SPAN_ID,
             c::NAME,
@@ -431,11 +438,14 @@ pub(super) async fn search(
     let ids: Vec<[u8; 16]> = top.iter().map(|(id, _)| *id).collect();
 
     // Phase 2: only blocks that may hold the chosen traces.
-    let tables = span_tables(engine, tenant, |b| ids.iter().any(|id| b.bloom.contains(id)))?;
+    let scope =
+        SpanScope { trace_ids: ids.iter().map(hex::encode).collect(), ..Default::default() };
+    let tables =
+        span_tables(engine, tenant, |b| ids.iter().any(|id| b.bloom.contains(id)), &scope).await?;
     let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
     let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
     if filters.iter().any(needs_trace) {
-        details_joined(engine, &tables, &filters, &ids, &mut meta, &mut spans).await?;
+        details_joined(&tables, &filters, &ids, &mut meta, &mut spans).await?;
     } else {
         details_one_scan(&tables, &filters, &ids, &mut meta, &mut spans).await?;
     }

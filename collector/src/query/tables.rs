@@ -15,7 +15,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::compile::{T_END, T_ROOT_NAME, T_ROOT_SERVICE, T_SPAN_COUNT, T_START};
 use super::engine::BLOCKS_URL;
-use super::{QueryEngine, QueryError, udf};
+use super::{QueryEngine, QueryError, peer, udf};
+use crate::cluster::SpanScope;
 use crate::spanrows::{DedicatedColumns, col as c, span_schema};
 use crate::store::Block;
 use crate::store::block::{SPANS_FILE, TRACES_FILE, align, trace_col, traces_schema};
@@ -27,7 +28,7 @@ pub struct Tables {
     pub dedicated: DedicatedColumns,
     pub schema: SchemaRef,
     pub blocks: Vec<Arc<Block>>,
-    /// The head snapshot taken together with `blocks` (not aligned to `schema`).
+    /// The rows not in blocks yet (this replica's head and its peers'), aligned to `schema`.
     pub head: Vec<RecordBatch>,
 }
 
@@ -64,7 +65,7 @@ pub(super) async fn block_rows(
     filter: datafusion::prelude::Expr,
 ) -> Result<Vec<RecordBatch>, QueryError> {
     let ctx = ordered_context(engine);
-    let Some(table) = listing(vec![block.meta.file(SPANS_FILE).to_string()], schema)? else {
+    let Some(table) = listing(vec![block.file(SPANS_FILE).to_string()], schema)? else {
         return Ok(Vec::new());
     };
     Ok(ctx.read_table(table)?.filter(filter)?.collect().await?)
@@ -86,32 +87,57 @@ fn listing(files: Vec<String>, schema: SchemaRef) -> Result<Option<Arc<ListingTa
     Ok(Some(Arc::new(ListingTable::try_new(cfg)?)))
 }
 
-/// The blocks `select` keeps and the head, taken atomically with respect to flushes.
-pub(super) fn view(
+/// What one query reads: blocks (this replica's and, with peers, every namespace's) and the
+/// rows not in blocks yet (this replica's head and its peers'), aligned to one schema.
+pub(super) struct Viewed {
+    pub blocks: Vec<Arc<Block>>,
+    pub head: Vec<RecordBatch>,
+    pub dedicated: DedicatedColumns,
+    pub schema: SchemaRef,
+}
+
+/// The blocks `select` keeps and the rows not in blocks yet. This replica's blocks and head
+/// are taken atomically with respect to its flushes; each peer's rows come with the blocks
+/// they are not in (`peer.rs`), which are the blocks of its namespace read. `scope` says which
+/// of the peers' rows the query can use (a superset is always right).
+pub(super) async fn view(
     engine: &QueryEngine,
     tenant: &str,
     select: impl Fn(&Block) -> bool,
-) -> Result<(Vec<Arc<Block>>, Vec<RecordBatch>), QueryError> {
-    engine.store.view(tenant, |blocks| {
-        let chosen: Vec<Arc<Block>> = blocks.iter().filter(|b| select(b)).cloned().collect();
-        Ok((chosen, engine.head.snapshot(tenant)?))
-    })
+    scope: &SpanScope,
+) -> Result<Viewed, QueryError> {
+    let parts = peer::peer_parts(engine, tenant, scope).await;
+    let mut blocks: Vec<Arc<Block>> = peer::shared_blocks(engine, tenant, &parts)
+        .await?
+        .into_iter()
+        .filter(|b| select(b))
+        .collect();
+    let head = engine.store.view(tenant, |own| {
+        blocks.extend(own.iter().filter(|b| select(b)).cloned());
+        engine.head.snapshot(tenant)
+    })?;
+    let dedicated = parts
+        .iter()
+        .fold(engine.store.dedicated_columns(&blocks), |acc, p| acc.union(&p.dedicated));
+    let schema = span_schema(&dedicated);
+    let mut aligned = Vec::with_capacity(head.len());
+    for b in head.iter().chain(parts.iter().flat_map(|p| p.rows.iter())) {
+        aligned.push(align(b, &schema)?);
+    }
+    Ok(Viewed { blocks, head: aligned, dedicated, schema })
 }
 
 /// Spans of `tenant` from the selected blocks plus the head, as one DataFrame.
-pub(super) fn span_tables(
+pub(super) async fn span_tables(
     engine: &QueryEngine,
     tenant: &str,
     select: impl Fn(&Block) -> bool,
+    scope: &SpanScope,
 ) -> Result<Tables, QueryError> {
-    let (blocks, head) = view(engine, tenant, select)?;
+    let Viewed { blocks, head, dedicated, schema } = view(engine, tenant, select, scope).await?;
     let ctx = context(engine);
-    let dedicated = engine.store.dedicated_columns(&blocks);
-    let schema = span_schema(&dedicated);
-    let files: Vec<String> = blocks.iter().map(|b| b.meta.file(SPANS_FILE).to_string()).collect();
-    let aligned: Vec<RecordBatch> =
-        head.iter().map(|b| align(b, &schema)).collect::<Result<_, _>>()?;
-    let spans = union(&ctx, files, aligned, schema.clone())?;
+    let files: Vec<String> = blocks.iter().map(|b| b.file(SPANS_FILE).to_string()).collect();
+    let spans = union(&ctx, files, head.clone(), schema.clone())?;
     Ok(Tables { ctx, spans, dedicated, schema, blocks, head })
 }
 
@@ -132,14 +158,11 @@ fn union(
 
 /// Per-trace summaries (start, end, root service/name) for traces in `blocks` and the head,
 /// merged across blocks: a trace may be split over several.
-pub(super) fn trace_summaries(
-    engine: &QueryEngine,
-    tables: &Tables,
-) -> Result<DataFrame, QueryError> {
+pub(super) fn trace_summaries(tables: &Tables) -> Result<DataFrame, QueryError> {
     use datafusion::functions_aggregate::expr_fn::{max, min, sum};
     use datafusion::prelude::*;
     let files: Vec<String> =
-        tables.blocks.iter().map(|b| b.meta.file(TRACES_FILE).to_string()).collect();
+        tables.blocks.iter().map(|b| b.file(TRACES_FILE).to_string()).collect();
     // Unqualified names on both sides of the union keep later references unambiguous.
     let unqualified = |df: DataFrame| -> Result<DataFrame, QueryError> {
         let cols: Vec<Expr> =
@@ -153,8 +176,7 @@ pub(super) fn trace_summaries(
     {
         let head = tables.head.clone();
         if !head.is_empty() {
-            let schema = span_schema(engine.head.dedicated());
-            let mem = Arc::new(MemTable::try_new(schema, vec![head])?);
+            let mem = Arc::new(MemTable::try_new(tables.schema.clone(), vec![head])?);
             let is_root = col(c::PARENT_SPAN_ID).is_null();
             let h = tables.ctx.read_table(mem)?.aggregate(
                 vec![col(c::TRACE_ID)],

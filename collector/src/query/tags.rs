@@ -46,13 +46,14 @@ const MAX_VALUES: usize = 1000;
 const VALUE: &str = "v";
 
 /// Attribute keys per scope (`resource`, `span`, `intrinsic`), optionally one scope.
-pub(super) fn tag_scopes(
+pub(super) async fn tag_scopes(
     engine: &QueryEngine,
     tenant: &str,
     scope: Option<&str>,
 ) -> Result<Vec<TagScope>, QueryError> {
     let mut tags = engine.store.tag_keys(tenant);
     tags.extend(&engine.head.tag_keys(tenant)?);
+    tags.extend(&super::peer::peer_tags(engine, tenant).await);
     let mut out = Vec::new();
     let want = |s: &str| scope.is_none_or(|x| x == s || x == "all" || x.is_empty());
     if want("resource") {
@@ -128,9 +129,18 @@ pub(super) async fn tag_values(
     };
     let root_only =
         matches!(tag, Attribute::Intrinsic(Intrinsic::RootServiceName | Intrinsic::RootName));
-    let tables = span_tables(engine, tenant, |b| {
-        range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
-    })?;
+    let peers = crate::cluster::SpanScope {
+        traceql: filter.map(|f| super::traceql::Query::Filter(f.clone()).to_string()),
+        range,
+        ..Default::default()
+    };
+    let tables = span_tables(
+        engine,
+        tenant,
+        |b| range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e),
+        &peers,
+    )
+    .await?;
     let mut df = tables.spans.clone();
     if let Some((s, e)) = range {
         df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;

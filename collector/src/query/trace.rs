@@ -10,11 +10,12 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{Expr, SessionContext, col, lit};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 
-use super::tables::{block_rows, view};
+use super::tables::{Viewed, block_rows, view};
 use super::{QueryEngine, QueryError};
-use crate::spanrows::{DedicatedColumns, col as c, span_schema, to_traces_data};
+use crate::cluster::SpanScope;
+use crate::spanrows::{DedicatedColumns, col as c, to_traces_data};
 use crate::store::Block;
-use crate::store::block::{align, decode_parents};
+use crate::store::block::decode_parents;
 
 /// All spans of one trace, without needing a time range. `range` (unix nanos) only
 /// narrows the blocks read.
@@ -34,6 +35,7 @@ pub(super) async fn trace_by_id(
                 && range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
         },
         id_eq,
+        &SpanScope { trace_ids: vec![hex::encode(id)], ..Default::default() },
     )
     .await?;
     let data = to_traces_data(&batches, &dedicated)?;
@@ -52,10 +54,9 @@ pub(super) async fn whole_trace_rows(
     tenant: &str,
     select: impl Fn(&Block) -> bool,
     filter: impl Fn() -> Expr,
+    scope: &SpanScope,
 ) -> Result<(Vec<RecordBatch>, DedicatedColumns), QueryError> {
-    let (blocks, head) = view(engine, tenant, select)?;
-    let dedicated = engine.store.dedicated_columns(&blocks);
-    let schema = span_schema(&dedicated);
+    let Viewed { blocks, head, dedicated, schema } = view(engine, tenant, select, scope).await?;
     // Each block is read on its own, in file order, so parent offsets can be resolved
     // (all rows of a trace pass the filter, so offsets within it stay valid).
     let per_block = futures::future::try_join_all(
@@ -68,10 +69,8 @@ pub(super) async fn whole_trace_rows(
     }
     if !head.is_empty() {
         let ctx = SessionContext::new();
-        let mem = Arc::new(MemTable::try_new(head[0].schema(), vec![head])?);
-        for b in ctx.read_table(mem)?.filter(filter())?.collect().await? {
-            batches.push(align(&b, &schema)?);
-        }
+        let mem = Arc::new(MemTable::try_new(schema, vec![head])?);
+        batches.extend(ctx.read_table(mem)?.filter(filter())?.collect().await?);
     }
     Ok((first_copies(batches)?, dedicated))
 }

@@ -34,6 +34,9 @@ pub trait BlockMetaFile: DeserializeOwned {
 /// than span block files (`<tenant>/<id>/<file>`), so no scan takes them for blocks.
 pub const QUARANTINE: &str = "quarantine";
 
+/// Top-level directory of profile blocks (`profiles/<tenant>/<id>/`).
+pub const PROFILES_DIR: &str = "profiles";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BlockDirError {
     #[error("object store: {0}")]
@@ -96,19 +99,7 @@ impl BlockDir {
     /// blocks a committed compaction replaced (a crash before their deletion) are deleted and
     /// left out; damaged blocks are quarantined and left out. Fails only if the store does.
     pub async fn scan<M: BlockMetaFile>(&self) -> Result<Vec<M>, BlockDirError> {
-        let prefix = self.prefix.map(Path::from);
-        let objects: Vec<ObjectMeta> =
-            self.object_store.list(prefix.as_ref()).try_collect().await?;
-        // `[prefix/]tenant/id/file`: anything shallower or deeper is not a block file of ours.
-        let depth = 3 + usize::from(prefix.is_some());
-        let mut dirs: HashMap<(String, String), Vec<ObjectMeta>> = HashMap::new();
-        for o in objects {
-            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
-            if parts.len() == depth {
-                let key = (parts[depth - 3].clone(), parts[depth - 2].clone());
-                dirs.entry(key).or_default().push(o);
-            }
-        }
+        let dirs = self.list_dirs().await?;
         let mut metas: Vec<M> = Vec::new();
         let mut damaged = Vec::new();
         for ((tenant, id), files) in &dirs {
@@ -161,6 +152,68 @@ impl BlockDir {
             kept.push(meta);
         }
         Ok(kept)
+    }
+
+    /// Every block directory's files, by (tenant, id).
+    async fn list_dirs(&self) -> Result<HashMap<(String, String), Vec<ObjectMeta>>, BlockDirError> {
+        let prefix = self.prefix.map(Path::from);
+        let objects: Vec<ObjectMeta> =
+            self.object_store.list(prefix.as_ref()).try_collect().await?;
+        // `[prefix/]tenant/id/file`: anything shallower or deeper is not a block file of ours.
+        let depth = 3 + usize::from(prefix.is_some());
+        let mut dirs: HashMap<(String, String), Vec<ObjectMeta>> = HashMap::new();
+        for o in objects {
+            let parts: Vec<String> = o.location.parts().map(|p| p.as_ref().to_string()).collect();
+            if parts.len() == depth {
+                let key = (parts[depth - 3].clone(), parts[depth - 2].clone());
+                dirs.entry(key).or_default().push(o);
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// Reads the metas of the committed blocks of a directory another replica owns, touching
+    /// nothing: a directory without a meta may be a write in progress, a damaged block is its
+    /// owner's to quarantine, a compacted-away block its owner's to delete. `known` blocks
+    /// (by tenant and id, with their `compacted_from`) are not read again. Fails only if the
+    /// store does.
+    pub async fn scan_committed<M: BlockMetaFile>(
+        &self,
+        known: &HashMap<(String, String), Vec<String>>,
+    ) -> Result<ScanResult<M>, BlockDirError> {
+        let dirs = self.list_dirs().await?;
+        let mut out = ScanResult { new: Vec::new(), present: HashSet::new() };
+        let mut compacted_from = Vec::new();
+        for ((tenant, id), files) in &dirs {
+            if !files.iter().any(|o| o.location.filename() == Some(self.meta_file)) {
+                continue;
+            }
+            let key = (tenant.clone(), id.clone());
+            if let Some(from) = known.get(&key) {
+                compacted_from.push((tenant.clone(), from.clone()));
+                out.present.insert(key);
+                continue;
+            }
+            match self.check::<M>(tenant, id, files).await? {
+                Ok(meta) => {
+                    compacted_from.push((tenant.clone(), meta.compacted_from().to_vec()));
+                    out.present.insert(key);
+                    out.new.push(meta);
+                }
+                Err(reason) => {
+                    tracing::debug!(
+                        tenant,
+                        block = id,
+                        reason,
+                        "skipping a peer's unreadable block"
+                    )
+                }
+            }
+        }
+        let superseded = superseded(compacted_from.iter().map(|(t, f)| (t.as_str(), f.as_slice())));
+        out.present.retain(|k| !superseded.contains(k));
+        out.new.retain(|m| !superseded.contains(&(m.tenant().to_string(), m.id().to_string())));
+        Ok(out)
     }
 
     /// The meta of block `tenant/id` (whose listed files are `files`) if the meta parses,
@@ -274,17 +327,31 @@ impl BlockDir {
         catalog: &Catalog<B>,
         retention: Duration,
     ) -> Vec<Arc<B>> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let cutoff = now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
+        let cutoff = cutoff_nanos(retention);
         let expired = catalog.expire(cutoff);
         for b in &expired {
             self.delete(b.tenant(), b.id()).await;
         }
         expired
     }
+}
+
+/// Unix nanoseconds `retention` ago: blocks whose newest data is older are expired.
+pub fn cutoff_nanos(retention: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What [`BlockDir::scan_committed`] found.
+pub struct ScanResult<M> {
+    /// Committed blocks not known before.
+    pub new: Vec<M>,
+    /// Every committed block there, known or new (by tenant and id), except those a committed
+    /// compaction replaced.
+    pub present: HashSet<(String, String)>,
 }
 
 /// (tenant, block id) of every block a committed compaction replaced, from the blocks'

@@ -252,7 +252,7 @@ mod tests {
                 compacted_from: vec![],
             };
             let (meta, bloom): (_, Bloom) = write_block(&store, nb).await.unwrap();
-            blocks.push(Arc::new(Block { meta, bloom }));
+            blocks.push(Arc::new(Block { meta, bloom, root: Default::default() }));
         }
         let mut files = Vec::new();
         for b in &blocks {

@@ -10,7 +10,9 @@ pub mod compact;
 pub mod durable;
 pub mod faults;
 pub mod metered;
+pub mod namespace;
 pub mod prefix;
+pub mod shared;
 mod span_ids;
 
 use std::collections::HashMap;
@@ -78,6 +80,17 @@ async fn blocking<T: Send + 'static>(
 pub struct Block {
     pub meta: BlockMeta,
     pub bloom: Bloom,
+    /// The namespace directory the block lives in, from the storage root (`nodes/<node>`, or
+    /// empty for blocks at the root).
+    pub root: object_store::path::Path,
+}
+
+impl Block {
+    /// File `name` of this block, from the storage root (what queries read through
+    /// [`Store::object_store`]).
+    pub fn file(&self, name: &str) -> object_store::path::Path {
+        self.root.parts().chain(self.meta.file(name).parts()).collect()
+    }
 }
 
 impl From<BlockDirError> for StoreError {
@@ -168,7 +181,14 @@ pub fn open_object_store(
 }
 
 pub struct Store {
+    /// The storage root: every namespace's blocks are read through it ([`Block::file`]).
     pub object_store: Arc<dyn ObjectStore>,
+    /// This replica's namespace: what it writes, compacts and cleans up.
+    own: Arc<dyn ObjectStore>,
+    /// `own`'s directory from the storage root.
+    root: object_store::path::Path,
+    /// This replica's node id, when it has a namespace of its own.
+    node: Option<namespace::NodeId>,
     dir: BlockDir,
     dedicated: DedicatedColumns,
     catalog: Catalog<Block>,
@@ -178,15 +198,38 @@ pub struct Store {
 impl Store {
     /// Opens storage and loads the catalog. Leftovers of interrupted writes (block directories
     /// without meta) and inputs of committed compactions are deleted.
+    /// Blocks live at the root of `object_store` (one replica alone; see [`Store::open_in`]).
     pub async fn open(
         object_store: Arc<dyn ObjectStore>,
         dedicated: DedicatedColumns,
         metrics: Arc<Telemetry>,
     ) -> Result<Store, StoreError> {
+        Self::open_in(object_store, None, dedicated, metrics).await
+    }
+
+    /// Opens this replica's namespace `node` of the shared storage root (`nodes/<node>/`;
+    /// `None`: the root itself). The catalog holds this namespace's blocks only; other
+    /// namespaces are [`shared::SharedBlocks`].
+    pub async fn open_in(
+        object_store: Arc<dyn ObjectStore>,
+        node: Option<&namespace::NodeId>,
+        dedicated: DedicatedColumns,
+        metrics: Arc<Telemetry>,
+    ) -> Result<Store, StoreError> {
+        let root = node.map(namespace::NodeId::dir).unwrap_or_default();
+        let own = namespace::within(&object_store, &root);
         let quarantined = metrics.blocks_quarantined.with_label_values(&["spans"]);
-        let dir =
-            BlockDir::new(object_store.clone(), None, META_FILE, DATA_FILES, "block", quarantined);
-        let store = Store { object_store, dir, dedicated, catalog: Catalog::default(), metrics };
+        let dir = BlockDir::new(own.clone(), None, META_FILE, DATA_FILES, "block", quarantined);
+        let store = Store {
+            object_store,
+            own,
+            root,
+            node: node.cloned(),
+            dir,
+            dedicated,
+            catalog: Catalog::default(),
+            metrics,
+        };
         store.load().await?;
         Ok(store)
     }
@@ -203,7 +246,8 @@ impl Store {
                 Err(len) => Some(format!("{BLOOM_FILE} ({len} bytes) does not decode")),
                 Ok(bloom) => match self.parquet_damage(&meta).await? {
                     None => {
-                        catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom })));
+                        let root = self.root.clone();
+                        catalog.push((meta.tenant.clone(), Arc::new(Block { meta, bloom, root })));
                         continue;
                     }
                     some => some,
@@ -231,8 +275,8 @@ impl Store {
                 return Ok(Some(format!("{file} ({len} bytes) is too short for Parquet")));
             };
             let path = meta.file(file);
-            let head = self.object_store.get_range(&path, 0..4).await;
-            let end = self.object_store.get_range(&path, tail..len).await;
+            let head = self.own.get_range(&path, 0..4).await;
+            let end = self.own.get_range(&path, tail..len).await;
             let (head, end) = match (head, end) {
                 (Ok(h), Ok(e)) => (h, e),
                 (Err(object_store::Error::NotFound { .. }), _)
@@ -262,6 +306,11 @@ impl Store {
 
     pub fn dedicated(&self) -> &DedicatedColumns {
         &self.dedicated
+    }
+
+    /// This replica's node id, when its blocks live in a namespace of their own.
+    pub fn node(&self) -> Option<&namespace::NodeId> {
+        self.node.as_ref()
     }
 
     pub fn tenants(&self) -> Vec<String> {
@@ -309,7 +358,7 @@ impl Store {
         let (batches, dedicated) = (frozen.batches.clone(), self.dedicated.clone());
         let prepared = blocking(move || block::prepare_block(&batches, &dedicated)).await?;
         let (meta, bloom) = block::commit_block(
-            &self.object_store,
+            &self.own,
             NewBlock {
                 tenant: &frozen.tenant,
                 batches: &[],
@@ -321,7 +370,7 @@ impl Store {
             prepared,
         )
         .await?;
-        let block = Arc::new(Block { meta, bloom });
+        let block = Arc::new(Block { meta, bloom, root: self.root.clone() });
         self.catalog.publish(&frozen.tenant, block.clone(), on_publish);
         self.metrics.flush_seconds.observe(timer.elapsed().as_secs_f64());
         self.metrics.flushes.inc();
@@ -388,7 +437,7 @@ impl Store {
         })
         .await?;
         let (meta, bloom) = block::commit_block(
-            &self.object_store,
+            &self.own,
             NewBlock {
                 tenant,
                 batches: &[],
@@ -400,7 +449,11 @@ impl Store {
             prepared,
         )
         .await?;
-        self.catalog.swap(tenant, &inputs, Arc::new(Block { meta, bloom }));
+        self.catalog.swap(
+            tenant,
+            &inputs,
+            Arc::new(Block { meta, bloom, root: self.root.clone() }),
+        );
         for b in &inputs {
             self.dir.delete(&b.meta.tenant, &b.meta.id).await;
         }

@@ -60,6 +60,8 @@ pub struct StoreConfig {
     pub block_target_spans: usize,
     /// How long blocks (and span-metrics history) are kept.
     pub retention: Duration,
+    /// This replica's namespace of a shared storage root (`None`: blocks at the root).
+    pub node: Option<crate::store::namespace::NodeId>,
 }
 
 /// What the span write path is opened with (sections of the collector's `Config`).
@@ -124,7 +126,9 @@ impl Traces {
         observer: Option<Arc<dyn ApplyObserver>>,
     ) -> Result<Arc<Traces>, TracesError> {
         let dedicated = cfg.store.dedicated.clone();
-        let store = Arc::new(Store::open(object_store, dedicated.clone(), metrics.clone()).await?);
+        let node = cfg.store.node.as_ref();
+        let store =
+            Arc::new(Store::open_in(object_store, node, dedicated.clone(), metrics.clone()).await?);
         let limits =
             HeadLimits { max_attribute_bytes: cfg.max_attribute_bytes, ..Default::default() };
         let head = Arc::new(SpanHead::with_limits(dedicated, limits));

@@ -19,29 +19,33 @@ const LAYERS: &[(&str, u32)] = &[
     ("telemetry", 1),
     ("health", 1),
     ("deadline", 1),
+    ("partial", 1),
     ("wal", 1),
     ("spanrows", 1),
     // Span storage (the in-memory head and the block store) and the PromQL engine.
     ("head", 2),
     ("store", 2),
     ("promql", 2),
+    // This replica among the others sharing the storage root: peers, their client, the
+    // other namespaces' blocks.
+    ("cluster", 3),
     // Questions over head and blocks.
-    ("query", 3),
+    ("query", 4),
     // The span write path: WAL + head + flush to blocks, behind one handle.
-    ("traces", 4),
+    ("traces", 5),
     // What stands on the write path: OTLP receivers, and span metrics fed as spans apply.
-    ("ingest", 5),
-    ("span_metrics", 5),
+    ("ingest", 6),
+    ("span_metrics", 6),
     // Alerting over span metrics; the profile pipeline (its own receiver, WAL, head, blocks).
-    ("alert", 6),
-    ("profile", 6),
+    ("alert", 7),
+    ("profile", 7),
     // Wire surfaces and configuration, then the wiring itself.
-    ("api", 7),
-    ("config", 7),
+    ("api", 8),
+    ("config", 8),
     // The fuzz harnesses' entry points drive input paths of every layer below.
-    ("fuzzing", 7),
-    ("serve", 8),
-    ("demo", 9),
+    ("fuzzing", 8),
+    ("serve", 9),
+    ("demo", 10),
 ];
 
 fn src_dir() -> PathBuf {

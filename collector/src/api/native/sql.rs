@@ -177,7 +177,8 @@ pub async fn handler(
     let started = std::time::Instant::now();
     let tables = state
         .engine
-        .span_tables(&tenant, |b| b.meta.max_time >= start && b.meta.min_time <= end)?;
+        .span_tables(&tenant, |b| b.meta.max_time >= start && b.meta.min_time <= end, (start, end))
+        .await?;
     let spans = tables
         .spans
         .filter(col(c::START).gt_eq(lit(start)).and(col(c::START).lt_eq(lit(end))))

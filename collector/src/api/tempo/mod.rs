@@ -349,7 +349,7 @@ async fn tags_v2(
     QueryParams(p): Params,
     Tenant(tenant): Tenant,
 ) -> Result<Json<serde_json::Value>, QueryError> {
-    let scopes = s.engine.tag_scopes(&tenant, p.get("scope").map(|x| x.as_str()))?;
+    let scopes = s.engine.tag_scopes(&tenant, p.get("scope").map(|x| x.as_str())).await?;
     Ok(Json(json!({ "scopes": scopes })))
 }
 
@@ -357,7 +357,7 @@ async fn tags_v1(
     State(s): State<AppState>,
     Tenant(tenant): Tenant,
 ) -> Result<Json<serde_json::Value>, QueryError> {
-    let scopes = s.engine.tag_scopes(&tenant, None)?;
+    let scopes = s.engine.tag_scopes(&tenant, None).await?;
     let mut names: Vec<String> =
         scopes.into_iter().filter(|sc| sc.name != "intrinsic").flat_map(|sc| sc.tags).collect();
     names.sort();

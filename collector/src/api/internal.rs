@@ -1,0 +1,41 @@
+//! The internal API replicas sharing one storage root ask each other (`/internal/v1/…`,
+//! `cluster/DESIGN.md`): what each holds in memory and not yet in blocks. Behind the read gate
+//! like every query (peers send a token of the read or admin role and the tenant); every
+//! answer names the replica in `x-skein-node`, so a replica that reaches itself through a
+//! DNS name knows to skip the answer.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::AppState;
+use crate::cluster::{NODE_HEADER, SpanScope};
+use crate::query::QueryError;
+use crate::query::peer::{SPANS_PATH, TAGS_PATH};
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("/internal/v1/{SPANS_PATH}"), post(spans))
+        .route(&format!("/internal/v1/{TAGS_PATH}"), post(tags))
+}
+
+fn node(s: &AppState) -> String {
+    s.engine.store.node().map(|n| n.to_string()).unwrap_or_default()
+}
+
+async fn spans(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(scope): Json<SpanScope>,
+) -> Result<Response, QueryError> {
+    let body = s.engine.answer_peer_spans(&tenant, &scope).await?;
+    Ok(([(NODE_HEADER, node(&s))], body).into_response())
+}
+
+async fn tags(State(s): State<AppState>, Tenant(tenant): Tenant) -> Result<Response, QueryError> {
+    let tags = s.engine.answer_peer_tags(&tenant)?;
+    Ok(([(NODE_HEADER, node(&s))], Json(tags)).into_response())
+}

@@ -1,0 +1,211 @@
+//! The spans other replicas hold in memory, both ways: what this replica answers a peer
+//! (its head's rows in a [`SpanScope`], with the ids of its own blocks taken atomically with
+//! them), and what it asks its peers for while assembling a query's tables. A peer's answer
+//! names exactly the blocks its rows are not in, so the asking replica reads exactly those
+//! blocks of that peer's namespace with them: every span once, before and after the peer
+//! flushes. See `cluster/DESIGN.md`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use datafusion::common::JoinType;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{Expr, SessionContext, col};
+use serde::{Deserialize, Serialize};
+
+use super::compile::{filter_expr, needs_trace, trace_id_in};
+use super::traceql::{self, Filter, Query};
+use super::{QueryEngine, QueryError, parse_trace_id};
+use crate::cluster::{SpanScope, wire};
+use crate::spanrows::{DedicatedColumns, TagKeys, col as c, span_schema, tag_keys_of};
+use crate::store::Block;
+
+/// Internal endpoints (under `/internal/v1/`).
+pub const SPANS_PATH: &str = "spans";
+pub const TAGS_PATH: &str = "tags";
+
+/// What a peer's rows need to be understood.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeadMeta {
+    /// Ids of the peer's own blocks of the tenant, at the moment its rows were taken.
+    pub blocks: Vec<String>,
+    /// The columns of the rows.
+    pub dedicated: DedicatedColumns,
+}
+
+/// The tag keys a peer's head holds, and its blocks (whose keys are in their metas).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeadTags {
+    pub blocks: Vec<String>,
+    pub tags: TagKeys,
+}
+
+/// One peer's part of a query's tables.
+pub struct PeerPart {
+    pub node: String,
+    pub blocks: Vec<String>,
+    pub dedicated: DedicatedColumns,
+    pub rows: Vec<RecordBatch>,
+}
+
+/// This replica's head rows of `tenant` in `scope`, and its block ids (a peer asks).
+pub async fn answer_spans(
+    engine: &QueryEngine,
+    tenant: &str,
+    scope: &SpanScope,
+) -> Result<Bytes, QueryError> {
+    let (blocks, head) = engine.store.view(tenant, |bs| {
+        let ids: Vec<String> = bs.iter().map(|b| b.meta.id.clone()).collect();
+        engine.head.snapshot(tenant).map(|h| (ids, h))
+    })?;
+    let dedicated = engine.head.dedicated().clone();
+    let schema = span_schema(&dedicated);
+    let overlaps = match (scope.range, engine.head.time_range(tenant)) {
+        (Some((s, e)), Some((lo, hi))) => hi >= s && lo <= e,
+        (_, None) => false,
+        (None, Some(_)) => true,
+    };
+    let rows = if overlaps && !head.is_empty() {
+        select_rows(engine, head, &dedicated, scope).await?
+    } else {
+        Vec::new()
+    };
+    let meta = HeadMeta { blocks, dedicated };
+    wire::encode(&meta, &schema, &rows).map_err(|e| QueryError::Internal(e.to_string()))
+}
+
+/// This replica's head tag keys of `tenant` and its block ids (a peer asks).
+pub fn answer_tags(engine: &QueryEngine, tenant: &str) -> Result<HeadTags, QueryError> {
+    let (blocks, head) = engine.store.view(tenant, |bs| {
+        let ids: Vec<String> = bs.iter().map(|b| b.meta.id.clone()).collect();
+        engine.head.snapshot(tenant).map(|h| (ids, h))
+    })?;
+    Ok(HeadTags { blocks, tags: tag_keys_of(&head, engine.head.dedicated()) })
+}
+
+/// The head rows in `scope`: every span of each trace that has a span matching one of the
+/// scope's spanset filters (or of the scope's traces).
+async fn select_rows(
+    engine: &QueryEngine,
+    head: Vec<RecordBatch>,
+    dedicated: &DedicatedColumns,
+    scope: &SpanScope,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let ids = scope.trace_ids.iter().map(|s| parse_trace_id(s)).collect::<Result<Vec<_>, _>>()?;
+    let matching = match &scope.traceql {
+        Some(q) => matching_expr(q, dedicated)?,
+        None => None,
+    };
+    if ids.is_empty() && matching.is_none() {
+        return Ok(head);
+    }
+    let ctx = SessionContext::new_with_config_rt(Default::default(), engine.runtime.clone());
+    let schema = head[0].schema();
+    let df = ctx.read_table(Arc::new(MemTable::try_new(schema, vec![head])?))?;
+    let df = if ids.is_empty() { df } else { df.filter(trace_id_in(&ids))? };
+    let df = match matching {
+        None => df,
+        Some(expr) => {
+            let traces = df
+                .clone()
+                .filter(expr)?
+                .select(vec![col(c::TRACE_ID).alias("matched_trace")])?
+                .distinct()?;
+            df.join(traces, JoinType::LeftSemi, &[c::TRACE_ID], &["matched_trace"], None)?
+        }
+    };
+    Ok(df.collect().await?)
+}
+
+/// A span predicate every span that can make a trace match `q` satisfies (one of its spanset
+/// filters); `None` when some filter matches any span or needs the whole trace to decide.
+fn matching_expr(q: &str, dedicated: &DedicatedColumns) -> Result<Option<Expr>, QueryError> {
+    let query = match traceql::parse(q) {
+        Ok(query) => query,
+        Err(_) => traceql::parse_metrics(q)?.spans,
+    };
+    let mut filters = Vec::new();
+    collect_filters(&query, &mut filters);
+    let mut out: Option<Expr> = None;
+    for f in filters {
+        if needs_trace(f) {
+            return Ok(None);
+        }
+        let Some(e) = filter_expr(f, dedicated)? else { return Ok(None) };
+        out = Some(match out {
+            Some(o) => o.or(e),
+            None => e,
+        });
+    }
+    Ok(out)
+}
+
+fn collect_filters<'a>(q: &'a Query, out: &mut Vec<&'a Filter>) {
+    match q {
+        Query::Filter(f) => out.push(f),
+        Query::And(a, b) | Query::Or(a, b) => {
+            collect_filters(a, out);
+            collect_filters(b, out);
+        }
+    }
+}
+
+/// Asks every peer for its head rows of `tenant` in `scope`.
+pub(super) async fn peer_parts(
+    engine: &QueryEngine,
+    tenant: &str,
+    scope: &SpanScope,
+) -> Vec<PeerPart> {
+    let Some(cluster) = &engine.cluster else { return Vec::new() };
+    let mut out = Vec::new();
+    for reply in cluster.ask(SPANS_PATH, tenant, scope).await {
+        match wire::decode::<HeadMeta>(&reply.body) {
+            Ok((meta, rows)) => out.push(PeerPart {
+                node: reply.node,
+                blocks: meta.blocks,
+                dedicated: meta.dedicated,
+                rows,
+            }),
+            Err(e) => crate::partial::note(format!("peer {}: unreadable answer: {e}", reply.node)),
+        }
+    }
+    out
+}
+
+/// The other namespaces' blocks of `tenant`: of each peer that answered, exactly the blocks it
+/// named; of every other namespace (a peer that is down, a retired replica, the root), what
+/// the last listing found.
+pub(super) async fn shared_blocks(
+    engine: &QueryEngine,
+    tenant: &str,
+    parts: &[PeerPart],
+) -> Result<Vec<Arc<Block>>, QueryError> {
+    let Some(cluster) = &engine.cluster else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    let mut pinned = HashSet::new();
+    for p in parts {
+        out.extend(cluster.shared.pinned(&p.node, tenant, &p.blocks).await?);
+        pinned.insert(p.node.clone());
+    }
+    let cutoff = crate::store::blocks::cutoff_nanos(cluster.retention());
+    out.extend(cluster.shared.blocks(tenant, &pinned, cutoff));
+    Ok(out)
+}
+
+/// Tag keys of `tenant` on the peers: their heads' keys (their blocks' keys come from the
+/// shared catalog).
+pub(super) async fn peer_tags(engine: &QueryEngine, tenant: &str) -> TagKeys {
+    let mut tags = TagKeys::default();
+    let Some(cluster) = &engine.cluster else { return tags };
+    for reply in cluster.ask(TAGS_PATH, tenant, &()).await {
+        match serde_json::from_slice::<HeadTags>(&reply.body) {
+            Ok(t) => tags.extend(&t.tags),
+            Err(e) => crate::partial::note(format!("peer {}: unreadable answer: {e}", reply.node)),
+        }
+    }
+    let cutoff = crate::store::blocks::cutoff_nanos(cluster.retention());
+    tags.extend(&cluster.shared.tag_keys(tenant, cutoff));
+    tags
+}
