@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::AppState;
+use super::prometheus::federate::{self, SERIES_PATH, SeriesRequest};
 use crate::cluster::{NODE_HEADER, SpanScope};
 use crate::query::QueryError;
 use crate::query::peer::{SPANS_PATH, TAGS_PATH};
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route(&format!("/internal/v1/{SPANS_PATH}"), post(spans))
         .route(&format!("/internal/v1/{TAGS_PATH}"), post(tags))
+        .route(&format!("/internal/v1/{SERIES_PATH}"), post(series))
 }
 
 fn node(s: &AppState) -> String {
@@ -38,4 +40,17 @@ async fn spans(
 async fn tags(State(s): State<AppState>, Tenant(tenant): Tenant) -> Result<Response, QueryError> {
     let tags = s.engine.answer_peer_tags(&tenant)?;
     Ok(([(NODE_HEADER, node(&s))], Json(tags)).into_response())
+}
+
+/// This replica's span-metric series (not rule output: each replica evaluates its rules over
+/// the federated series itself).
+async fn series(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(req): Json<SeriesRequest>,
+) -> Result<Response, crate::promql::PromqlError> {
+    let storage = s.span_metrics.storage(&tenant);
+    let node = node(&s);
+    let found = federate::answer(storage.as_ref(), &node, &req)?;
+    Ok(([(NODE_HEADER, node)], Json(found)).into_response())
 }

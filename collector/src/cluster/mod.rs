@@ -145,6 +145,11 @@ impl Cluster {
         })
     }
 
+    /// True when `--peers` names any (a replica alone never labels or fetches anything).
+    pub fn has_peers(&self) -> bool {
+        self.peers.configured()
+    }
+
     pub fn retention(&self) -> Duration {
         self.retention
     }

@@ -59,6 +59,10 @@ impl Peers {
         Peers { sources, resolved: Mutex::new(None) }
     }
 
+    pub fn configured(&self) -> bool {
+        !self.sources.is_empty()
+    }
+
     /// The peers' base URLs now. A name that does not resolve contributes nothing this time
     /// (its replicas are then missing from answers, which say so only if they are asked);
     /// the last good answer is kept for a name that fails.

@@ -7,6 +7,7 @@ pub mod answer_limits;
 pub mod binary;
 pub mod depth;
 pub mod eval;
+pub mod federation;
 pub mod functions;
 pub mod labels;
 pub mod literals;

@@ -4,6 +4,7 @@
 //! (or, on any gated route, `?tenant=`, since Prometheus 2.x scrape configs cannot set
 //! headers), checked against the caller's token like the header.
 
+pub mod federate;
 pub mod params;
 
 use std::collections::BTreeSet;
@@ -134,10 +135,15 @@ async fn query(
 ) -> Answer {
     let r = async {
         let p = Params::new(q.as_deref(), &headers, &body);
-        let storage = storage(&s, &rules, &tenant);
+        let local = storage(&s, &rules, &tenant);
         let expr = promql::parse(p.required("query")?)?;
         let t = p.time("time", now_ms())?;
         let limits = limits(&lim);
+        let (e, l) = (expr.clone(), limits);
+        let dry = move |st: &dyn promql::Storage| {
+            let _ = promql::instant_limited(st, &e, t, &l);
+        };
+        let storage = federate::storage(&s, local, &tenant, &expr, dry).await?;
         let v =
             blocking(move || promql::instant_limited(storage.as_ref(), &expr, t, &limits)).await?;
         Ok::<_, PromqlError>(success(to_json(&v, t)))
@@ -156,13 +162,18 @@ async fn query_range(
 ) -> Answer {
     let r = async {
         let p = Params::new(q.as_deref(), &headers, &body);
-        let storage = storage(&s, &rules, &tenant);
+        let local = storage(&s, &rules, &tenant);
         let expr = promql::parse(p.required("query")?)?;
         let start = p.required("start").and_then(|_| p.time("start", 0))?;
         let end = p.required("end").and_then(|_| p.time("end", 0))?;
         let step = parse_step(p.required("step")?)?;
         let steps = Steps::new(MILLIS, start, end, step)?;
         let limits = limits(&lim);
+        let (e, st, l) = (expr.clone(), steps, limits);
+        let dry = move |storage: &dyn promql::Storage| {
+            let _ = promql::range(storage, &e, &st, &l);
+        };
+        let storage = federate::storage(&s, local, &tenant, &expr, dry).await?;
         let v = blocking(move || promql::range(storage.as_ref(), &expr, &steps, &limits)).await?;
         Ok::<_, PromqlError>(success(to_json(&v, end)))
     };
@@ -278,7 +289,7 @@ async fn buildinfo() -> Response {
     }))
 }
 
-fn collect_selectors<'e>(e: &'e Expr, out: &mut Vec<&'e VectorSelector>) {
+pub(super) fn collect_selectors<'e>(e: &'e Expr, out: &mut Vec<&'e VectorSelector>) {
     match e {
         Expr::VectorSelector(vs) => out.push(vs),
         Expr::MatrixSelector(ms) => out.push(&ms.vs),
