@@ -61,7 +61,8 @@ def test_damaged_block_is_quarantined_and_the_rest_is_served(skein_factory, dama
     intact = dict([_export(sk, "intact", 3, INTACT)])
     client.wait_flushed(sk, min_blocks=2)
     intact.update([_export(sk, "intact-wal", 1, INTACT)])  # below --head-max-spans: only in the head and WAL
-    storage = sk.data_dir / "blocks"
+    # this replica's namespace of the storage root (nodes/<node-id>/)
+    storage = next((sk.data_dir / "blocks" / "nodes").iterdir())
     metas = list((storage / VICTIM).glob("*/meta.json"))
     assert len(metas) == 1, f"expected one block of tenant {VICTIM}: {metas}"
     block = metas[0].parent

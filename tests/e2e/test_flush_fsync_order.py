@@ -163,7 +163,8 @@ def test_block_files_are_fsynced_before_the_wal_segments_and_inputs_they_replace
     finally:
         sk.terminate_quietly()
 
-    storage = os.path.realpath(data / "blocks")
+    # this replica's namespace of the storage root (nodes/<node-id>/)
+    storage = os.path.realpath(next((data / "blocks" / "nodes").iterdir()))
     r = _replay(trace.read_text(errors="replace"), storage, os.path.realpath(data / "wal"), os.getcwd())
     published, wal_unlinks, block_deletes = r.published, r.wal_unlinks, r.block_deletes
     bad_publish, bad_wal, bad_delete, calls = r.bad_publish, r.bad_wal, r.bad_delete, r.calls

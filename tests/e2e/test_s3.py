@@ -80,6 +80,12 @@ def _meta_keys(moto, bucket, prefix=""):
     return [k for k in moto.keys(bucket, prefix) if k.endswith("/meta.json")]
 
 
+def _tenant_meta_keys(moto, bucket, prefix: str, tenant: str):
+    """Block metas of `tenant` in this replica's namespace (`[prefix/]nodes/<node-id>/<tenant>/`)."""
+    return [k for k in _meta_keys(moto, bucket, f"{prefix}/nodes/" if prefix else "nodes/")
+            if k.split("/")[-3] == tenant]
+
+
 @pytest.mark.parametrize("prefix", ["skein", "deep/er/prefix"])
 def test_blocks_under_a_prefix_are_read_back_by_id_and_search(skein_factory, moto, bucket, prefix):
     sk = _skein(skein_factory, moto.url, bucket, prefix, "--head-max-spans", "3")
@@ -116,8 +122,7 @@ def test_flush_compaction_retention_and_restart_on_s3(skein_factory, moto, bucke
     wait_until(lambda: client.metric_total(sk, "skein_compactions_total") >= 1, timeout=40,
                what="a compaction on S3 (runs every 10 s)")
     _exactly_once(sk, compacted, tenant=cmp)
-    cmp_prefix = f"{prefix}/{cmp}/" if prefix else f"{cmp}/"
-    wait_until(lambda: len(_meta_keys(moto, bucket, cmp_prefix)) < 5, timeout=20,
+    wait_until(lambda: len(_tenant_meta_keys(moto, bucket, prefix, cmp)) < 5, timeout=20,
                what="compaction inputs deleted from the bucket")
     assert _all_ids(sk, cmp) == {t.hex() for t in compacted}, "search after compaction on S3"
 
@@ -127,8 +132,7 @@ def test_flush_compaction_retention_and_restart_on_s3(skein_factory, moto, bucke
     wait_until(lambda: deleted + client.metric_total(sk, "skein_retention_deleted_blocks_total") >= 1, timeout=20,
                what="retention deleting the expired block on S3")
     assert client.trace_v2_json(sk, old_tid.hex(), ret).status_code == 404, "expired trace still served"
-    ret_prefix = f"{prefix}/{ret}/" if prefix else f"{ret}/"
-    assert len(_meta_keys(moto, bucket, ret_prefix)) == 1, moto.keys(bucket, ret_prefix)
+    assert len(_tenant_meta_keys(moto, bucket, prefix, ret)) == 1, _tenant_meta_keys(moto, bucket, prefix, ret)
     _exactly_once(sk, fresh, tenant=ret)
     _exactly_once(sk, compacted, tenant=cmp)
     assert _search_ids(sk, "s3-fresh", tenant=ret) == {t.hex() for t in fresh}

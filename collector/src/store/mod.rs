@@ -189,6 +189,9 @@ pub struct Store {
     root: object_store::path::Path,
     /// This replica's node id, when it has a namespace of its own.
     node: Option<namespace::NodeId>,
+    /// WAL sequences held by blocks at the storage root, written by this node before it had a
+    /// namespace (an upgrade): replay must skip them as it skips its own blocks'.
+    root_covered: HashMap<String, SeqRanges>,
     dir: BlockDir,
     dedicated: DedicatedColumns,
     catalog: Catalog<Block>,
@@ -220,11 +223,16 @@ impl Store {
         let own = namespace::within(&object_store, &root);
         let quarantined = metrics.blocks_quarantined.with_label_values(&["spans"]);
         let dir = BlockDir::new(own.clone(), None, META_FILE, DATA_FILES, "block", quarantined);
+        let root_covered = match node {
+            Some(_) => Self::root_covered(&object_store, &metrics).await?,
+            None => HashMap::new(),
+        };
         let store = Store {
             object_store,
             own,
             root,
             node: node.cloned(),
+            root_covered,
             dir,
             dedicated,
             catalog: Catalog::default(),
@@ -232,6 +240,24 @@ impl Store {
         };
         store.load().await?;
         Ok(store)
+    }
+
+    /// The WAL sequences of the blocks at the storage root, per tenant (nothing to read unless
+    /// the root holds tenant directories).
+    async fn root_covered(
+        root: &Arc<dyn ObjectStore>,
+        metrics: &Telemetry,
+    ) -> Result<HashMap<String, SeqRanges>, StoreError> {
+        let mut out: HashMap<String, SeqRanges> = HashMap::new();
+        if !namespace::root_has_blocks(root).await? {
+            return Ok(out);
+        }
+        let quarantined = metrics.blocks_quarantined.with_label_values(&["spans"]);
+        let dir = BlockDir::new(root.clone(), None, META_FILE, DATA_FILES, "block", quarantined);
+        for meta in dir.scan_committed::<BlockMeta>(&HashMap::new()).await?.new {
+            out.entry(meta.tenant.clone()).or_default().extend(&meta.covered());
+        }
+        Ok(out)
     }
 
     async fn load(&self) -> Result<(), StoreError> {
@@ -327,9 +353,14 @@ impl Store {
         self.catalog.view(tenant, f)
     }
 
-    /// Per tenant, the WAL sequences whose records are in blocks (what replay skips).
+    /// Per tenant, the WAL sequences whose records are in blocks (what replay skips): this
+    /// namespace's blocks and those this node wrote at the root before it had one.
     pub fn covered(&self) -> HashMap<String, SeqRanges> {
-        self.catalog.covered()
+        let mut covered = self.catalog.covered();
+        for (tenant, r) in &self.root_covered {
+            covered.entry(tenant.clone()).or_default().extend(r);
+        }
+        covered
     }
 
     pub fn tag_keys(&self, tenant: &str) -> TagKeys {

@@ -64,6 +64,18 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// True when the storage root holds tenant directories of its own: blocks written before
+/// namespaces existed (top-level names other than `nodes`, `quarantine` and `profiles`).
+pub async fn root_has_blocks(store: &Arc<dyn ObjectStore>) -> Result<bool, object_store::Error> {
+    use super::blocks::{PROFILES_DIR, QUARANTINE};
+    let top = store.list_with_delimiter(None).await?;
+    Ok(top
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename())
+        .any(|name| name != NODES && name != QUARANTINE && name != PROFILES_DIR))
+}
+
 /// `store` seen from directory `dir` (itself when `dir` is the root).
 pub fn within(store: &Arc<dyn ObjectStore>, dir: &Path) -> Arc<dyn ObjectStore> {
     if dir.as_ref().is_empty() {

@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::RwLock;
 
 use super::block::{BLOOM_FILE, BlockMeta, META_FILE};
-use super::blocks::{BlockDir, PROFILES_DIR, QUARANTINE, cutoff_nanos};
+use super::blocks::{BlockDir, cutoff_nanos};
 use super::bloom::Bloom;
 use super::namespace::{NODES, NodeId, within};
 use super::{Block, DATA_FILES, StoreError};
@@ -69,13 +69,7 @@ impl SharedBlocks {
                 out.push(name.to_string());
             }
         }
-        let top = self.root.list_with_delimiter(None).await?;
-        let tenant_dirs = top
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename())
-            .any(|name| name != NODES && name != QUARANTINE && name != PROFILES_DIR);
-        if tenant_dirs {
+        if super::namespace::root_has_blocks(&self.root).await? {
             out.push(ROOT_NAMESPACE.to_string());
         }
         Ok(out)
@@ -170,14 +164,30 @@ impl SharedBlocks {
         ids: &[String],
     ) -> Result<Vec<Arc<Block>>, StoreError> {
         let pick = |spaces: &BTreeMap<String, Space>| -> (Vec<Arc<Block>>, bool) {
-            let known: HashMap<&str, &Arc<Block>> = spaces
-                .get(name)
-                .and_then(|s| s.blocks.get(tenant))
+            let blocks = spaces.get(name).and_then(|s| s.blocks.get(tenant));
+            let known: HashMap<&str, &Arc<Block>> = blocks
                 .map(|bs| bs.iter().map(|b| (b.meta.id.as_str(), b)).collect())
                 .unwrap_or_default();
-            let chosen: Vec<Arc<Block>> =
-                ids.iter().filter_map(|id| known.get(id.as_str()).map(|b| Arc::clone(b))).collect();
-            let complete = chosen.len() == ids.len();
+            let mut chosen: Vec<Arc<Block>> = Vec::with_capacity(ids.len());
+            let mut complete = true;
+            for id in ids {
+                match known.get(id.as_str()) {
+                    Some(b) => chosen.push(Arc::clone(b)),
+                    None => {
+                        complete = false;
+                        // Compacted since the owner named it: its rows are in the merged block.
+                        let merged = blocks
+                            .into_iter()
+                            .flatten()
+                            .find(|b| b.meta.compacted_from.contains(id));
+                        if let Some(m) = merged
+                            && !chosen.iter().any(|c| Arc::ptr_eq(c, m))
+                        {
+                            chosen.push(m.clone());
+                        }
+                    }
+                }
+            }
             (chosen, complete)
         };
         let (chosen, complete) = pick(&self.spaces.read());

@@ -20,6 +20,7 @@ mod native;
 mod profiles;
 mod promql;
 mod recovery;
+mod replicas;
 mod search;
 mod storage;
 mod tenancy;

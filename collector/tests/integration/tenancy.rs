@@ -192,6 +192,28 @@ fn rows() -> Vec<Row> {
         get("/skein/api/services", "/skein/api/services", Own),
         get("/skein/api/operations", "/skein/api/operations?service={svc}", Own),
         get("/skein/api/red", "/skein/api/red?service={svc}&step=15s", Numbers(has_calls)),
+        // The internal API peers ask each other (the same read gate).
+        Row {
+            route: "/internal/v1/spans",
+            method: "POST",
+            path: "/internal/v1/spans",
+            body: Some(r#"{"trace_ids": ["{tid}"]}"#),
+            shows: Own,
+        },
+        Row {
+            route: "/internal/v1/tags",
+            method: "POST",
+            path: "/internal/v1/tags",
+            body: Some("{}"),
+            shows: Own,
+        },
+        Row {
+            route: "/internal/v1/series",
+            method: "POST",
+            path: "/internal/v1/series",
+            body: Some(r#"{"selectors": [], "start": {start_ms}, "end": {end_ms}}"#),
+            shows: Own,
+        },
         Row {
             route: "/skein/api/sql",
             method: "POST",

@@ -146,12 +146,6 @@ pub async fn handler(
         return Err(NativeError::BadRequest(e.to_string()));
     }
     let span_name = p.span_name.as_deref().filter(|s| !s.is_empty());
-    Ok(Json(red(
-        state.span_metrics.storage(&tenant).as_ref(),
-        service,
-        span_name,
-        start,
-        end,
-        step,
-    )?))
+    let storage = super::federated(&state, &tenant, start, end).await;
+    Ok(Json(red(storage.as_ref(), service, span_name, start, end, step)?))
 }

@@ -223,7 +223,8 @@ pub async fn services_handler(
     let p = params(q)?;
     let Tenant(tenant) = tenant?;
     let (start, end) = range_ms(p.start, p.end)?;
-    Ok(Json(services(state.span_metrics.storage(&tenant).as_ref(), start, end)?))
+    let storage = super::federated(&state, &tenant, start, end).await;
+    Ok(Json(services(storage.as_ref(), start, end)?))
 }
 
 pub async fn operations_handler(
@@ -235,5 +236,6 @@ pub async fn operations_handler(
     let Tenant(tenant) = tenant?;
     let service = super::required("service", p.service.as_deref())?;
     let (start, end) = range_ms(p.start, p.end)?;
-    Ok(Json(operations(state.span_metrics.storage(&tenant).as_ref(), service, start, end)?))
+    let storage = super::federated(&state, &tenant, start, end).await;
+    Ok(Json(operations(storage.as_ref(), service, start, end)?))
 }

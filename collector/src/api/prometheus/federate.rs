@@ -83,29 +83,48 @@ pub async fn storage(
         Ok(())
     })
     .await?;
+    let Some((start, end)) = recording.range() else {
+        return Ok(Arc::new(Federated {
+            local,
+            node: cluster.node.to_string(),
+            remote: Vec::new(),
+        }));
+    };
+    let mut sel = Vec::new();
+    collect_selectors(expr, &mut sel);
+    let selectors = sel.iter().map(|vs| vs.to_string()).collect();
+    Ok(storage_in(s, local, tenant, selectors, start, end).await)
+}
+
+/// The storage for reads within `[start, end]` (ms) of series matching `selectors` (empty:
+/// all): with peers, this replica's series and theirs.
+pub async fn storage_in(
+    s: &AppState,
+    local: Arc<dyn Storage>,
+    tenant: &str,
+    selectors: Vec<String>,
+    start: i64,
+    end: i64,
+) -> Arc<dyn Storage> {
+    let Some(cluster) = s.engine.cluster.as_ref().filter(|c| c.has_peers()) else {
+        return local;
+    };
     let mut remote = Vec::new();
-    if let Some((start, end)) = recording.range() {
-        let mut sel = Vec::new();
-        collect_selectors(expr, &mut sel);
-        let req =
-            SeriesRequest { selectors: sel.iter().map(|vs| vs.to_string()).collect(), start, end };
-        for reply in cluster.ask(SERIES_PATH, tenant, &req).await {
-            match serde_json::from_slice::<Vec<WireSeries>>(&reply.body) {
-                Ok(series) => remote.extend(series.into_iter().map(|w| {
-                    Series {
-                        labels: Labels::new(w.labels),
-                        points: w
-                            .points
-                            .into_iter()
-                            .map(|(t, v)| (t, v.parse::<f64>().unwrap_or(f64::NAN)))
-                            .collect(),
-                    }
-                })),
-                Err(e) => {
-                    crate::partial::note(format!("peer {}: unreadable series: {e}", reply.node))
+    let req = SeriesRequest { selectors, start, end };
+    for reply in cluster.ask(SERIES_PATH, tenant, &req).await {
+        match serde_json::from_slice::<Vec<WireSeries>>(&reply.body) {
+            Ok(series) => remote.extend(series.into_iter().map(|w| {
+                Series {
+                    labels: Labels::new(w.labels),
+                    points: w
+                        .points
+                        .into_iter()
+                        .map(|(t, v)| (t, v.parse::<f64>().unwrap_or(f64::NAN)))
+                        .collect(),
                 }
-            }
+            })),
+            Err(e) => crate::partial::note(format!("peer {}: unreadable series: {e}", reply.node)),
         }
     }
-    Ok(Arc::new(Federated { local, node: cluster.node.to_string(), remote }))
+    Arc::new(Federated { local, node: cluster.node.to_string(), remote })
 }
