@@ -209,8 +209,14 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     .await?;
     let ingestor = Ingestor::new(traces.clone(), metrics.clone(), cfg.ingest.limits());
     let node = &cfg.cluster.node;
-    let own = crate::store::namespace::within(&object_store, &node.dir());
-    let profiles = Profiles::open(own, cfg.profiles.clone(), metrics.clone()).await?;
+    // Profile blocks stay at the root for a replica alone (where they always were); replicas
+    // sharing the root keep theirs in their own namespaces, and queries ask the peers.
+    let profile_root = if cfg.cluster.peers.is_empty() {
+        object_store.clone()
+    } else {
+        crate::store::namespace::within(&object_store, &node.dir())
+    };
+    let profiles = Profiles::open(profile_root, cfg.profiles.clone(), metrics.clone()).await?;
     // The other replicas' blocks (and blocks at the root, from before namespaces), listed once
     // before the first query and then every poll interval.
     let shared = Arc::new(SharedBlocks::new(object_store, node.clone(), metrics.clone()));
@@ -227,6 +233,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         )?
         .with_cluster(cluster.clone()),
     );
+    profiles.set_cluster(cluster.clone());
 
     let otlp_http_listener = bind(cfg.listen.otlp_http).await?;
     // Bind gRPC ourselves too, so a busy port fails start-up instead of a background task.

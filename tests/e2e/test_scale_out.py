@@ -192,3 +192,33 @@ def test_a_killed_replica_makes_answers_partial_until_it_is_back_and_loses_nothi
     assert client.metric_total(r0, "skein_peer_failures_total") >= 1
     r2.start()
     _check_everywhere(cluster, expected, {"svc-2": 3, "svc-0": 3})
+
+
+def test_profiles_pushed_to_different_replicas_merge_in_one_answer_from_any_replica(cluster):
+    from support import pyroscope as pyro
+
+    ms = 1_000_000
+    start = (otlp.now_ns() - 120 * otlp.SEC) // ms * ms
+    # the same app on two replicas, one span's samples on each; a second app on the third
+    for sk, frames, span in ((cluster[0], ["main", "a_hot"], "GET /a"), (cluster[1], ["main", "b_hot"], "GET /b"),
+                             (cluster[2], ["main", "other"], "GET /c")):
+        app = "scale-other" if span == "GET /c" else "scale-app"
+        body = pyro.pprof([(frames, 40 * ms, {"span_name": span})], time_ns=start + 100 * ms)
+        r = pyro.ingest(sk, {"name": app, "format": "pprof", "spyName": "skein", "from": start // otlp.SEC}, body)
+        assert r.status_code == 200, r.text
+    lo, hi = start // ms - 3_600_000, start // ms + 60_000
+    selector = '{service_name="scale-app"}'
+    for sk in cluster:
+        req = pyro.msg("querier.v1.SelectMergeStacktracesRequest")(
+            profile_typeID=pyro.CPU, label_selector=selector, start=lo, end=hi, max_nodes=1024)
+        fg = pyro.connect(sk, "SelectMergeStacktraces", req, "querier.v1.SelectMergeStacktracesResponse").flamegraph
+        nodes = {name for name, _, _ in pyro.flamegraph_nodes(fg)}
+        assert fg.total == 80 * ms and {"a_hot", "b_hot"} <= nodes and "other" not in nodes, (sk.http_url, nodes)
+        values = pyro.connect(sk, "LabelValues", pyro.msg("types.v1.LabelValuesRequest")(
+            name="service_name", start=lo, end=hi), "types.v1.LabelValuesResponse").names
+        assert set(values) == {"scale-app", "scale-other"}, (sk.http_url, values)
+        series = pyro.connect(sk, "SelectSeries", pyro.msg("querier.v1.SelectSeriesRequest")(
+            profile_typeID=pyro.CPU, label_selector=selector, start=lo, end=hi, group_by=["span_name"], step=15.0),
+            "querier.v1.SelectSeriesResponse").series
+        got = {tuple((l.name, l.value) for l in s.labels): sum(p.value for p in s.points) for s in series}
+        assert got == {(("span_name", "GET /a"),): 40 * ms, (("span_name", "GET /b"),): 40 * ms}, (sk.http_url, got)

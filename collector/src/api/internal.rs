@@ -13,6 +13,8 @@ use axum::routing::post;
 use super::AppState;
 use super::prometheus::federate::{self, SeriesRequest};
 use crate::cluster::{NODE_HEADER, SpanScope};
+use crate::profile::federate::LabelsRequest;
+use crate::profile::query::{MergeRequest, SeriesRequest as ProfileSeriesRequest};
 use crate::query::QueryError;
 use crate::tenant::Tenant;
 
@@ -22,20 +24,60 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/spans", post(spans))
         .route("/internal/v1/tags", post(tags))
         .route("/internal/v1/series", post(series))
+        .route("/internal/v1/profiles/types", post(profile_types))
+        .route("/internal/v1/profiles/label-names", post(profile_label_names))
+        .route("/internal/v1/profiles/label-values", post(profile_label_values))
+        .route("/internal/v1/profiles/stacks", post(profile_stacks))
+        .route("/internal/v1/profiles/series", post(profile_series))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_routes_are_the_paths_peers_call() {
-        let v = crate::cluster::API_VERSION;
-        use crate::api::prometheus::federate::SERIES_PATH;
-        use crate::query::peer::{SPANS_PATH, TAGS_PATH};
-        for p in [SPANS_PATH, TAGS_PATH, SERIES_PATH] {
-            let route = format!("/internal/{v}/{p}");
-            assert!(include_str!("internal.rs").contains(&format!("route(\"{route}\"")), "{route}");
-        }
-    }
+type ProfileAnswer = Result<Response, crate::profile::ProfileError>;
+
+/// This replica's part of a profile question: its head and its own blocks.
+async fn profile_types(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(r): Json<LabelsRequest>,
+) -> ProfileAnswer {
+    let types = s.profiles.profile_types_local(&tenant, r.start_ns, r.end_ns).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(types)).into_response())
+}
+
+async fn profile_label_names(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(r): Json<LabelsRequest>,
+) -> ProfileAnswer {
+    let names = s.profiles.label_names_local(&tenant, &r.matchers, r.start_ns, r.end_ns).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(names)).into_response())
+}
+
+async fn profile_label_values(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(r): Json<LabelsRequest>,
+) -> ProfileAnswer {
+    let p = &s.profiles;
+    let values = p.label_values_local(&tenant, &r.name, &r.matchers, r.start_ns, r.end_ns).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(values)).into_response())
+}
+
+async fn profile_stacks(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(r): Json<MergeRequest>,
+) -> ProfileAnswer {
+    let stacks = s.profiles.merged_stacks(&tenant, r).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(stacks)).into_response())
+}
+
+async fn profile_series(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(r): Json<ProfileSeriesRequest>,
+) -> ProfileAnswer {
+    let buckets = s.profiles.series_buckets(&tenant, r).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(buckets)).into_response())
 }
 
 fn node(s: &AppState) -> String {
@@ -67,4 +109,21 @@ async fn series(
     let node = node(&s);
     let found = federate::answer(storage.as_ref(), &node, &req)?;
     Ok(([(NODE_HEADER, node)], Json(found)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_routes_are_the_paths_peers_call() {
+        let v = crate::cluster::API_VERSION;
+        use crate::api::prometheus::federate::SERIES_PATH;
+        use crate::profile::federate::{LABEL_NAMES, LABEL_VALUES, SERIES, STACKS, TYPES};
+        use crate::query::peer::{SPANS_PATH, TAGS_PATH};
+        for p in
+            [SPANS_PATH, TAGS_PATH, SERIES_PATH, TYPES, LABEL_NAMES, LABEL_VALUES, STACKS, SERIES]
+        {
+            let route = format!("/internal/{v}/{p}");
+            assert!(include_str!("internal.rs").contains(&format!("route(\"{route}\"")), "{route}");
+        }
+    }
 }

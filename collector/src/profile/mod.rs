@@ -31,6 +31,7 @@
 //! [`ProfileError::ResourcesExhausted`] when the query would exceed `--query-memory-bytes`.
 
 pub mod block;
+pub mod federate;
 pub mod folded;
 pub mod head;
 pub mod limits;

@@ -22,7 +22,7 @@ use super::stack::frames_from_batch;
 use super::tree::Tree;
 
 /// A merged flame graph request. Times are unix nanoseconds, inclusive.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct MergeRequest {
     pub profile_type: String,
     pub selector: String,
@@ -35,7 +35,7 @@ pub struct MergeRequest {
 }
 
 /// A time series request. Times are unix nanoseconds, inclusive.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SeriesRequest {
     pub profile_type: String,
     pub selector: String,
@@ -54,6 +54,47 @@ pub struct SeriesRequest {
 pub struct Series {
     pub labels: Vec<(String, String)>,
     pub points: Vec<(i64, f64)>,
+}
+
+/// A stack's frames (root first) and its summed value.
+pub type Stack = (Vec<String>, i64);
+
+/// Per step end: (sum, distinct profile times when averaging).
+type Buckets = BTreeMap<i64, (f64, HashSet<i64>)>;
+
+/// One series' per-step parts as one replica has them: (step end, sum, profile times).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SeriesBuckets {
+    pub labels: Vec<(String, String)>,
+    pub buckets: Vec<(i64, f64, Vec<i64>)>,
+}
+
+/// Sums or averages per step, the `limit` largest series, sorted by labels.
+fn finish_series(
+    series: HashMap<Vec<(String, String)>, Buckets>,
+    req: &SeriesRequest,
+) -> Vec<Series> {
+    let mut out: Vec<(f64, Series)> = series
+        .into_iter()
+        .map(|(labels, buckets)| {
+            let points: Vec<(i64, f64)> = buckets
+                .into_iter()
+                .map(|(t, (sum, profiles))| {
+                    let v = if req.average { sum / profiles.len().max(1) as f64 } else { sum };
+                    (t, v)
+                })
+                .collect();
+            let total = points.iter().map(|(_, v)| v).sum();
+            (total, Series { labels, points })
+        })
+        .collect();
+    if let Some(limit) = req.limit {
+        out.sort_by(|a, b| b.0.total_cmp(&a.0));
+        out.truncate(limit);
+    }
+    let mut out: Vec<Series> = out.into_iter().map(|(_, s)| s).collect();
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    out
 }
 
 /// Memory a query holds, checked against `--query-memory-bytes`.
@@ -232,7 +273,7 @@ impl Profiles {
     }
 
     /// Profile types with data in the range.
-    pub async fn profile_types(
+    pub async fn profile_types_local(
         &self,
         tenant: &str,
         start_ns: i64,
@@ -252,7 +293,7 @@ impl Profiles {
 
     /// Label names of the rows any of `matchers` selects (all rows when none), including the
     /// ones derived from the profile type (`__name__`, ...), sorted.
-    pub async fn label_names(
+    pub async fn label_names_local(
         self: &Arc<Self>,
         tenant: &str,
         matchers: &[String],
@@ -283,7 +324,7 @@ impl Profiles {
     }
 
     /// Distinct non-empty values of label `name` in the rows `matchers` selects, sorted.
-    pub async fn label_values(
+    pub async fn label_values_local(
         self: &Arc<Self>,
         tenant: &str,
         name: &str,
@@ -311,6 +352,26 @@ impl Profiles {
         tenant: &str,
         req: SeriesRequest,
     ) -> Result<Vec<Series>, ProfileError> {
+        let peers = self.ask_peers::<_, Vec<SeriesBuckets>>(super::federate::SERIES, tenant, &req);
+        let (local, remote) = futures::join!(self.series_buckets(tenant, req.clone()), peers);
+        let mut series: HashMap<Vec<(String, String)>, Buckets> = HashMap::new();
+        for part in local?.into_iter().chain(remote.into_iter().flatten()) {
+            let buckets = series.entry(part.labels).or_default();
+            for (t, sum, times) in part.buckets {
+                let b = buckets.entry(t).or_default();
+                b.0 += sum;
+                b.1.extend(times);
+            }
+        }
+        Ok(finish_series(series, &req))
+    }
+
+    /// This replica's per-step sums (and profile times) of each series `req` selects.
+    pub async fn series_buckets(
+        self: &Arc<Self>,
+        tenant: &str,
+        req: SeriesRequest,
+    ) -> Result<Vec<SeriesBuckets>, ProfileError> {
         super::model::ProfileType::parse(&req.profile_type)?;
         let filter = Filter {
             start: req.start_ns,
@@ -323,8 +384,6 @@ impl Profiles {
         let this = self.clone();
         blocking(move || {
             let step = req.step_ns.max(1_000_000);
-            // Per series, per step end: (sum, distinct profile times when averaging).
-            type Buckets = BTreeMap<i64, (f64, HashSet<i64>)>;
             let mut series: HashMap<Vec<(String, String)>, Buckets> = HashMap::new();
             let mut budget = this.budget();
             this.scan(&view, &filter, &mut budget, |v, row, budget| {
@@ -357,38 +416,43 @@ impl Profiles {
                 }
                 Ok(())
             })?;
-            let mut out: Vec<(f64, Series)> = series
+            Ok(series
                 .into_iter()
-                .map(|(labels, buckets)| {
-                    let points: Vec<(i64, f64)> = buckets
+                .map(|(labels, buckets)| SeriesBuckets {
+                    labels,
+                    buckets: buckets
                         .into_iter()
-                        .map(|(t, (sum, profiles))| {
-                            let v =
-                                if req.average { sum / profiles.len().max(1) as f64 } else { sum };
-                            (t, v)
-                        })
-                        .collect();
-                    let total = points.iter().map(|(_, v)| v).sum();
-                    (total, Series { labels, points })
+                        .map(|(t, (sum, times))| (t, sum, times.into_iter().collect()))
+                        .collect(),
                 })
-                .collect();
-            if let Some(limit) = req.limit {
-                out.sort_by(|a, b| b.0.total_cmp(&a.0));
-                out.truncate(limit);
-            }
-            let mut out: Vec<Series> = out.into_iter().map(|(_, s)| s).collect();
-            out.sort_by(|a, b| a.labels.cmp(&b.labels));
-            Ok(out)
+                .collect())
         })
         .await
     }
 
-    /// The merged call tree of the samples `req` selects.
+    /// The merged call tree of the samples `req` selects (every replica's).
     pub async fn merge(
         self: &Arc<Self>,
         tenant: &str,
         req: MergeRequest,
     ) -> Result<Tree, ProfileError> {
+        let mut sums: HashMap<Vec<String>, i64> = HashMap::new();
+        let peers = self.ask_peers::<_, Vec<Stack>>(super::federate::STACKS, tenant, &req);
+        let (local, remote) = futures::join!(self.merged_stacks(tenant, req.clone()), peers);
+        for (frames, v) in local?.into_iter().chain(remote.into_iter().flatten()) {
+            let s = sums.entry(frames).or_default();
+            *s = s.saturating_add(v);
+        }
+        Ok(Tree::from_stacks(sums.iter().map(|(f, v)| (f.as_slice(), *v))))
+    }
+
+    /// This replica's stacks (frames, root first) and their summed values among the samples
+    /// `req` selects.
+    pub async fn merged_stacks(
+        self: &Arc<Self>,
+        tenant: &str,
+        req: MergeRequest,
+    ) -> Result<Vec<Stack>, ProfileError> {
         super::model::ProfileType::parse(&req.profile_type)?;
         let filter = Filter {
             start: req.start_ns,
@@ -398,7 +462,7 @@ impl Profiles {
             span_ids: req.span_ids.as_deref().map(span_ids).transpose()?,
         };
         if filter.span_ids.as_ref().is_some_and(|s| s.is_empty()) {
-            return Ok(Tree::from_stacks(std::iter::empty()));
+            return Ok(Vec::new());
         }
         let view = self.view(tenant, &filter)?;
         let this = self.clone();
@@ -418,13 +482,14 @@ impl Profiles {
             })?;
             let frames = this.resolve(&view, &hits, &sums, &mut budget)?;
             let call_site = &req.call_site;
+            let mut frames = frames;
             let stacks = sums.iter().filter_map(|(id, v)| {
-                let f = frames.get(id)?;
+                let f = frames.remove(id)?;
                 let keep =
                     f.len() >= call_site.len() && f.iter().zip(call_site).all(|(a, b)| a == b);
-                keep.then_some((f.as_slice(), *v))
+                keep.then_some((f, *v))
             });
-            Ok(Tree::from_stacks(stacks))
+            Ok(stacks.collect())
         })
         .await
     }

@@ -51,6 +51,8 @@ pub struct Profiles {
     failed: Mutex<Vec<Arc<FrozenSamples>>>,
     decodes: DecodeSlots,
     apps: Mutex<AppCensus>,
+    /// The other replicas, whose profiles queries also answer for (`federate.rs`).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// The service names a batch's samples are stored under (see `head.rs`).
@@ -126,6 +128,7 @@ impl Profiles {
             cfg,
             metrics,
             failed: Mutex::new(Vec::new()),
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 

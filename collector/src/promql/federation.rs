@@ -94,10 +94,16 @@ mod tests {
         fn select(
             &self,
             m: &dyn Fn(&Labels) -> bool,
-            _: i64,
-            _: i64,
+            start: i64,
+            end: i64,
         ) -> Result<Vec<Series>, PromqlError> {
-            Ok(if m(&self.0.labels) { vec![self.0.clone()] } else { Vec::new() })
+            let points: Vec<(i64, f64)> =
+                self.0.points.iter().copied().filter(|(t, _)| (start..=end).contains(t)).collect();
+            Ok(if m(&self.0.labels) {
+                vec![Series { labels: self.0.labels.clone(), points }]
+            } else {
+                Vec::new()
+            })
         }
     }
 

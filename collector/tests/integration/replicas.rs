@@ -65,8 +65,7 @@ fn engine_of(
 #[tokio::test]
 async fn replicas_read_each_others_blocks_and_leave_each_others_writes_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let root: Arc<dyn object_store::ObjectStore> =
-        Arc::new(DurableStore::new(dir.path().to_path_buf()).unwrap());
+    let root: Arc<dyn object_store::ObjectStore> = Arc::new(DurableStore::new(dir.path()).unwrap());
     // Written before namespaces existed: a block at the root.
     let (old, old_head) = replica(&root, None).await;
     write(&old, &old_head, 7, 10).await;

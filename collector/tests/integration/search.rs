@@ -134,7 +134,7 @@ async fn limit_and_time_window_narrow_results() {
 async fn tags_and_values_come_from_head_and_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path()).await;
-    let scopes = e.tag_scopes(T, None).unwrap();
+    let scopes = e.tag_scopes(T, None).await.unwrap();
     let names: Vec<&str> = scopes.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["resource", "span", "intrinsic"]);
     assert!(scopes[0].tags.contains(&"service.name".to_string()));

@@ -324,6 +324,19 @@ async fn diff_handler(
     }
 }
 
+/// The span-metric series a native query over `[start, end]` (ms) reads: with peers, every
+/// replica's (each labelled with its `skein_node`, which the native answers aggregate away).
+async fn federated(
+    state: &AppState,
+    tenant: &str,
+    start: i64,
+    end: i64,
+) -> std::sync::Arc<dyn crate::promql::Storage> {
+    let from = start.saturating_sub(series::BASELINE_LOOKBACK_MS);
+    let local = state.span_metrics.storage(tenant);
+    super::prometheus::federate::storage_in(state, local, tenant, Vec::new(), from, end).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,17 +354,4 @@ mod tests {
         assert!(operation(&Params::default()).is_err());
         assert_eq!(quoted(r#"a"b"#), r#""a\"b""#);
     }
-}
-
-/// The span-metric series a native query over `[start, end]` (ms) reads: with peers, every
-/// replica's (each labelled with its `skein_node`, which the native answers aggregate away).
-async fn federated(
-    state: &AppState,
-    tenant: &str,
-    start: i64,
-    end: i64,
-) -> std::sync::Arc<dyn crate::promql::Storage> {
-    let from = start.saturating_sub(series::BASELINE_LOOKBACK_MS);
-    let local = state.span_metrics.storage(tenant);
-    super::prometheus::federate::storage_in(state, local, tenant, Vec::new(), from, end).await
 }
