@@ -343,3 +343,22 @@ def test_deploy_readme_covers_the_guide():
     for needle in ("docker compose up", "loadbalancing", "routing_key: traceID", "s3://", "kubectl", "X-Scope-OrgID"):
         assert needle in text, needle
     assert "deploy/" in (REPO / "README.md").read_text(), "the top-level README points at deploy/"
+
+
+def test_k8s_replicas_share_one_bucket_with_peers_behind_a_loadbalancing_collector():
+    docs = k8s_docs()
+    sts = kind(docs, "StatefulSet", "skein")
+    n = sts["spec"]["replicas"]
+    assert n >= 2, "scale-out: several replicas"
+    (c,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "skein"]
+    env = {e["name"]: e for e in c.get("env", [])}
+    assert env["SKEIN_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    peers = env["SKEIN_PEERS"]["value"].split(",")
+    assert peers == [f"https://skein-{i}.skein-headless:3200" for i in range(n)], peers
+    toml_text = (DEPLOY / "k8s" / "skein.toml").read_text()
+    assert re.search(r'^storage\s*=\s*"s3://', toml_text, re.M), "one shared s3:// storage root"
+    otel = yaml.safe_load((DEPLOY / "k8s" / "otelcol-config.yml").read_text())
+    (lb,) = [v for k, v in otel["exporters"].items() if k.startswith("loadbalancing")]
+    assert lb["routing_key"] == "traceID"
+    assert any(p["exporters"] == [k for k in otel["exporters"] if k.startswith("loadbalancing")]
+               for p in otel["service"]["pipelines"].values())
