@@ -150,8 +150,20 @@ def test_every_replica_answers_for_every_replicas_spans_before_and_after_flush_a
     wait_until(lambda: all(client.metric_total(sk, "skein_compactions_total") >= 1 for sk in cluster),
                timeout=60, what="a compaction on every replica (small blocks are merged every 10 s once old enough)")
     _check_everywhere(cluster, expected, services)
+    # TraceQL metrics over many blocks were shared out: every replica aggregated peers' shares
+    shares = [_peer_calls(sk, "metrics-part") for sk in cluster]
+    assert all(n > 0 for n in shares), f"metrics-part calls per replica: {shares}"
     keys = moto.keys(moto_bucket(cluster[0]), "shared/")
     assert all(k.startswith(("shared/nodes/r0/", "shared/nodes/r1/", "shared/nodes/r2/")) for k in keys), keys
+
+
+def _peer_calls(sk, endpoint: str) -> float:
+    """Answered calls this replica made to peers' /internal/v1/<endpoint>."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.api_get(sk, "/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "skein_peer_request_duration_seconds_count" and s.labels.get("endpoint") == endpoint)
 
 
 def moto_bucket(sk) -> str:

@@ -16,6 +16,7 @@ use crate::cluster::{NODE_HEADER, SpanScope};
 use crate::profile::federate::LabelsRequest;
 use crate::profile::query::{MergeRequest, SeriesRequest as ProfileSeriesRequest};
 use crate::query::QueryError;
+use crate::query::peer::MetricsPart;
 use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
@@ -24,11 +25,22 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/spans", post(spans))
         .route("/internal/v1/tags", post(tags))
         .route("/internal/v1/series", post(series))
+        .route("/internal/v1/metrics-part", post(metrics_part))
         .route("/internal/v1/profiles/types", post(profile_types))
         .route("/internal/v1/profiles/label-names", post(profile_label_names))
         .route("/internal/v1/profiles/label-values", post(profile_label_values))
         .route("/internal/v1/profiles/stacks", post(profile_stacks))
         .route("/internal/v1/profiles/series", post(profile_series))
+}
+
+/// This replica's share of a peer's TraceQL metrics query (the blocks it names).
+async fn metrics_part(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(part): Json<MetricsPart>,
+) -> Result<Response, QueryError> {
+    let groups = crate::query::peer::answer_metrics_part(&s.engine, &tenant, part).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(groups)).into_response())
 }
 
 type ProfileAnswer = Result<Response, crate::profile::ProfileError>;

@@ -72,6 +72,8 @@ impl crate::error::Coded for ClusterError {
 pub struct Reply {
     /// The replica that answered (its namespace).
     pub node: String,
+    /// Its base URL (to ask it again, [`Cluster::ask_one`]).
+    pub base: String,
     pub body: bytes::Bytes,
 }
 
@@ -180,6 +182,24 @@ impl Cluster {
         out
     }
 
+    /// Asks one peer (one that answered before); `None`, counted, when it fails now.
+    pub async fn ask_one<T: Serialize>(
+        &self,
+        base: &str,
+        path: &str,
+        tenant: &str,
+        body: &T,
+    ) -> Option<Reply> {
+        match self.call(base, path, tenant, body).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(peer = base, error = %e, "peer failed its share of a query");
+                self.metrics.peer_failures.with_label_values(&[path]).inc();
+                None
+            }
+        }
+    }
+
     async fn call<T: Serialize>(
         &self,
         base: &str,
@@ -208,7 +228,7 @@ impl Cluster {
             return Err(peer(format!("{status}: {}", text.trim())));
         }
         let node = node.ok_or_else(|| peer(format!("no {NODE_HEADER} header")))?;
-        Ok(Reply { node, body })
+        Ok(Reply { node, base: base.to_string(), body })
     }
 
     /// Lists the other namespaces every poll interval (new blocks of peers that are down, and

@@ -19,8 +19,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::compile::{T_DURATION, T_ROOT_NAME, T_ROOT_SERVICE, attr, string_attr};
+use super::peer::{ask_part, share_blocks};
 use super::search::{SearchMetrics, filtered_with};
-use super::tables::span_tables;
+use super::tables::{Viewed, assemble, view};
 use super::traceql::{Attribute, CmpOp, Intrinsic, MetricsFunction, MetricsQuery, Query, Scope};
 use super::udf::Slot;
 use super::{QueryEngine, QueryError};
@@ -127,6 +128,30 @@ impl Serialize for LabelValue {
             LabelValue::Bool(v) => m.serialize_entry("boolValue", v)?,
         }
         m.end()
+    }
+}
+
+/// Reads the protojson [`LabelValue`] is written as (peers send grouped partial results).
+impl<'de> serde::Deserialize<'de> for LabelValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct AnyValue {
+            string_value: Option<String>,
+            int_value: Option<String>,
+            double_value: Option<f64>,
+            bool_value: Option<bool>,
+        }
+        let v = AnyValue::deserialize(d)?;
+        match (v.string_value, v.int_value, v.double_value, v.bool_value) {
+            (Some(s), None, None, None) => Ok(LabelValue::Str(s)),
+            (None, Some(i), None, None) => {
+                i.parse().map(LabelValue::Int).map_err(serde::de::Error::custom)
+            }
+            (None, None, Some(f), None) => Ok(LabelValue::Float(f)),
+            (None, None, None, Some(b)) => Ok(LabelValue::Bool(b)),
+            _ => Err(serde::de::Error::custom("an AnyValue needs exactly one value")),
+        }
     }
 }
 
@@ -350,7 +375,8 @@ pub fn log2_bucket(d: i64) -> i64 {
 }
 
 /// One group of the aggregation: matching spans of one series in one bucket.
-struct Group {
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Group {
     interval: usize,
     count: i64,
     /// Raw durations (duration functions only), unsorted.
@@ -392,9 +418,49 @@ pub(super) async fn traceql_metrics(
         range: Some((start, end.saturating_sub(1))),
         ..Default::default()
     };
-    let tables =
-        span_tables(engine, tenant, |b| b.meta.max_time >= start && b.meta.min_time < end, &peers)
-            .await?;
+    let viewed =
+        view(engine, tenant, |b| b.meta.max_time >= start && b.meta.min_time < end, &peers).await?;
+    let total_blocks = viewed.blocks.len();
+    // Blocks go round-robin to this replica and the peers that answered; each peer aggregates
+    // its share (`metrics_part`), this replica its own share plus every head.
+    let (mine, shares) = share_blocks(engine, viewed.blocks, &viewed.answered);
+    let mut groups = BTreeMap::new();
+    let local = Viewed { blocks: mine, ..viewed };
+    let parts = futures::future::join_all(
+        shares.iter().map(|(base, blocks)| ask_part(engine, tenant, req, base, blocks)),
+    );
+    let (local, parts) =
+        futures::join!(partial_groups(engine, assemble(engine, local)?, req, filter), parts);
+    merge_groups(&mut groups, local?);
+    for ((_, blocks), part) in shares.into_iter().zip(parts) {
+        match part {
+            Some(g) => merge_groups(&mut groups, g),
+            // The peer failed after it answered for its head: its share is read here.
+            None => {
+                let dedicated = engine.store.dedicated_columns(&blocks);
+                let schema = crate::spanrows::span_schema(&dedicated);
+                let own =
+                    Viewed { blocks, head: Vec::new(), dedicated, schema, answered: Vec::new() };
+                merge_groups(
+                    &mut groups,
+                    partial_groups(engine, assemble(engine, own)?, req, filter).await?,
+                );
+            }
+        }
+    }
+    build_response(engine, req, groups, total_blocks, started)
+}
+
+/// The grouped aggregates of the spans in `tables` matching `filter`, per by() key: what one
+/// replica contributes to a TraceQL metrics answer (merged by concatenating the groups).
+pub(super) async fn partial_groups(
+    engine: &QueryEngine,
+    tables: super::Tables,
+    req: &MetricsRequest,
+    filter: &super::traceql::Filter,
+) -> Result<GroupMap, QueryError> {
+    let grid = req.grid;
+    let (start, end) = (grid.start, grid.end());
     let with_trace = req.query.by.iter().any(needs_trace);
     let df = filtered_with(&tables, filter, Some((start, end - 1)), with_trace)?;
 
@@ -443,8 +509,55 @@ pub(super) async fn traceql_metrics(
         // Counted per batch, before the series (each `intervals` long) are allocated.
         req.limits.grid(groups.len().saturating_mul(per_key), intervals).map_err(refuse)?;
     }
+    Ok(groups)
+}
+
+/// Per by() key (its debug text): the typed key values and the groups of every replica.
+pub type GroupMap = BTreeMap<String, (Vec<Option<LabelValue>>, Vec<Group>)>;
+
+/// One group per interval: several replicas' groups of an interval added up (counts summed,
+/// durations joined, the slowest exemplar kept).
+fn combine(groups: Vec<Group>) -> Vec<Group> {
+    let mut by: BTreeMap<usize, Group> = BTreeMap::new();
+    for g in groups {
+        match by.get_mut(&g.interval) {
+            None => {
+                by.insert(g.interval, g);
+            }
+            Some(into) => {
+                into.count = into.count.saturating_add(g.count);
+                into.durations.extend(g.durations);
+                if g.exemplar.map(|e| e.2) > into.exemplar.map(|e| e.2) {
+                    into.exemplar = g.exemplar;
+                }
+            }
+        }
+    }
+    by.into_values().collect()
+}
+
+fn merge_groups(into: &mut GroupMap, part: GroupMap) {
+    for (k, (keys, gs)) in part {
+        into.entry(k).or_insert_with(|| (keys, Vec::new())).1.extend(gs);
+    }
+}
+
+fn build_response(
+    engine: &QueryEngine,
+    req: &MetricsRequest,
+    groups: GroupMap,
+    total_blocks: usize,
+    started: std::time::Instant,
+) -> Result<QueryRangeResponse, QueryError> {
+    let grid = req.grid;
+    let refuse = |e: AnswerLimitError| {
+        engine.metrics.queries_refused.with_label_values(&[e.reason()]).inc();
+        QueryError::ResourcesExhausted(e.to_string())
+    };
+    let intervals = usize::try_from(grid.intervals).unwrap_or(usize::MAX);
     let mut series = Vec::new();
     for (keys, gs) in groups.into_values() {
+        let gs = combine(gs);
         let labels: Vec<KeyValue> = req
             .query
             .by
@@ -459,7 +572,7 @@ pub(super) async fn traceql_metrics(
         series: series.into_iter().map(|s| finish(s, &grid, req.exemplars)).collect(),
         metrics: SearchMetrics::default(),
     };
-    out.metrics.total_blocks = u32::try_from(tables.blocks.len()).unwrap_or(u32::MAX);
+    out.metrics.total_blocks = u32::try_from(total_blocks).unwrap_or(u32::MAX);
     engine.observe("traceql_metrics", started);
     Ok(out)
 }
@@ -671,6 +784,20 @@ fn finish(s: Building, grid: &Grid, max_exemplars: usize) -> TimeSeries {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+
+    #[test]
+    fn replicas_groups_of_one_interval_add_up() {
+        let g = |interval, count, d: i64| Group {
+            interval,
+            count,
+            durations: vec![d],
+            exemplar: Some(([d as u8; 16], 0, d)),
+        };
+        let out = combine(vec![g(3, 1, 10), g(1, 2, 5), g(3, 2, 30)]);
+        assert_eq!(out.iter().map(|g| (g.interval, g.count)).collect::<Vec<_>>(), [(1, 2), (3, 3)]);
+        assert_eq!(out[1].durations, [10, 30]);
+        assert_eq!(out[1].exemplar.map(|e| e.2), Some(30), "the slowest span is the exemplar");
+    }
     use super::*;
 
     const S: i64 = 1_000_000_000;

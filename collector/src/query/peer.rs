@@ -45,6 +45,7 @@ pub struct HeadTags {
 /// One peer's part of a query's tables.
 pub struct PeerPart {
     pub node: String,
+    pub base: String,
     pub blocks: Vec<String>,
     pub dedicated: DedicatedColumns,
     pub rows: Vec<RecordBatch>,
@@ -164,6 +165,7 @@ pub(super) async fn peer_parts(
         match wire::decode::<HeadMeta>(&reply.body) {
             Ok((meta, rows)) => out.push(PeerPart {
                 node: reply.node,
+                base: reply.base,
                 blocks: meta.blocks,
                 dedicated: meta.dedicated,
                 rows,
@@ -208,4 +210,131 @@ pub(super) async fn peer_tags(engine: &QueryEngine, tenant: &str) -> TagKeys {
     let cutoff = crate::store::blocks::cutoff_nanos(cluster.retention());
     tags.extend(&cluster.shared.tag_keys(tenant, cutoff));
     tags
+}
+
+pub const METRICS_PART_PATH: &str = "metrics-part";
+
+/// A block as every replica names it: its namespace (a node id; empty for the root) and id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockRef {
+    pub node: String,
+    pub id: String,
+}
+
+/// A peer's share of a TraceQL metrics query: the query, its grid, and the blocks to read
+/// (no head: the replica asked reads every head).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MetricsPart {
+    pub query: String,
+    pub start: i64,
+    pub step: i64,
+    pub intervals: i64,
+    pub blocks: Vec<BlockRef>,
+}
+
+fn block_ref(b: &Block) -> BlockRef {
+    // `nodes/<id>` or the root.
+    let node = b.root.filename().unwrap_or_default().to_string();
+    BlockRef { node, id: b.meta.id.clone() }
+}
+
+/// Splits `blocks` round-robin (by id, so every replica would split alike) between this
+/// replica and the live peers `answered`: this replica's share, and each peer's.
+pub(super) fn share_blocks(
+    engine: &QueryEngine,
+    mut blocks: Vec<Arc<Block>>,
+    answered: &[String],
+) -> (Vec<Arc<Block>>, Vec<(String, Vec<Arc<Block>>)>) {
+    if engine.cluster.is_none() || answered.is_empty() || blocks.len() < 2 {
+        return (blocks, Vec::new());
+    }
+    blocks.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+    let n = answered.len() + 1;
+    let mut mine = Vec::new();
+    let mut shares: Vec<(String, Vec<Arc<Block>>)> =
+        answered.iter().map(|b| (b.clone(), Vec::new())).collect();
+    for (i, b) in blocks.into_iter().enumerate() {
+        match (i % n).checked_sub(1).and_then(|p| shares.get_mut(p)) {
+            Some((_, share)) => share.push(b),
+            None => mine.push(b),
+        }
+    }
+    shares.retain(|(_, s)| !s.is_empty());
+    (mine, shares)
+}
+
+/// Asks peer `base` for the grouped aggregates of its share; `None` if it fails (the caller
+/// then reads the share itself).
+pub(super) async fn ask_part(
+    engine: &QueryEngine,
+    tenant: &str,
+    req: &super::metrics_eval::MetricsRequest,
+    base: &str,
+    blocks: &[Arc<Block>],
+) -> Option<super::metrics_eval::GroupMap> {
+    let cluster = engine.cluster.as_ref()?;
+    let part = MetricsPart {
+        query: req.query.to_string(),
+        start: req.grid.start,
+        step: req.grid.step,
+        intervals: req.grid.intervals,
+        blocks: blocks.iter().map(|b| block_ref(b)).collect(),
+    };
+    let reply = cluster.ask_one(base, METRICS_PART_PATH, tenant, &part).await?;
+    match serde_json::from_slice(&reply.body) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(peer = base, error = %e, "unreadable share of a metrics query");
+            None
+        }
+    }
+}
+
+/// This replica's answer to a peer's [`MetricsPart`]: the grouped aggregates of exactly the
+/// named blocks. A block it cannot find (compacted or expired since) fails the part, so the
+/// asking replica reads the share itself.
+pub async fn answer_metrics_part(
+    engine: &QueryEngine,
+    tenant: &str,
+    part: MetricsPart,
+) -> Result<super::metrics_eval::GroupMap, QueryError> {
+    use super::metrics_eval::{Grid, MetricsRequest};
+    let query = traceql::parse_metrics(&part.query)?;
+    let Query::Filter(filter) = &query.spans else {
+        return Err(QueryError::BadRequest("a metrics part needs a single { } filter".into()));
+    };
+    let filter = filter.clone();
+    let own = engine.store.node().map(|n| n.to_string()).unwrap_or_default();
+    let mut by_node: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for r in &part.blocks {
+        by_node.entry(r.node.as_str()).or_default().push(r.id.clone());
+    }
+    let mut blocks = Vec::new();
+    for (node, ids) in by_node {
+        let found: Vec<Arc<Block>> = if node == own {
+            let mine = engine.store.blocks(tenant);
+            ids.iter().filter_map(|id| mine.iter().find(|b| &b.meta.id == id).cloned()).collect()
+        } else {
+            match &engine.cluster {
+                Some(c) => c.shared.pinned(node, tenant, &ids).await?,
+                None => Vec::new(),
+            }
+        };
+        if found.len() != ids.len() {
+            return Err(QueryError::NotFound);
+        }
+        blocks.extend(found);
+    }
+    let dedicated = engine.store.dedicated_columns(&blocks);
+    let schema = span_schema(&dedicated);
+    let viewed =
+        super::tables::Viewed { blocks, head: Vec::new(), dedicated, schema, answered: Vec::new() };
+    let req = MetricsRequest {
+        query,
+        grid: Grid { start: part.start, step: part.step, intervals: part.intervals },
+        exemplars: 0,
+        limits: engine.runner.limits().answer,
+    };
+    let tables = super::tables::assemble(engine, viewed)?;
+    super::metrics_eval::partial_groups(engine, tables, &req, &filter).await
 }

@@ -94,6 +94,8 @@ pub(super) struct Viewed {
     pub head: Vec<RecordBatch>,
     pub dedicated: DedicatedColumns,
     pub schema: SchemaRef,
+    /// Base URLs of the peers whose heads are in `head` (live, so they may share the work).
+    pub answered: Vec<String>,
 }
 
 /// The blocks `select` keeps and the rows not in blocks yet. This replica's blocks and head
@@ -124,7 +126,8 @@ pub(super) async fn view(
     for b in head.iter().chain(parts.iter().flat_map(|p| p.rows.iter())) {
         aligned.push(align(b, &schema)?);
     }
-    Ok(Viewed { blocks, head: aligned, dedicated, schema })
+    let answered = parts.into_iter().map(|p| p.base).collect();
+    Ok(Viewed { blocks, head: aligned, dedicated, schema, answered })
 }
 
 /// Spans of `tenant` from the selected blocks plus the head, as one DataFrame.
@@ -134,7 +137,12 @@ pub(super) async fn span_tables(
     select: impl Fn(&Block) -> bool,
     scope: &SpanScope,
 ) -> Result<Tables, QueryError> {
-    let Viewed { blocks, head, dedicated, schema } = view(engine, tenant, select, scope).await?;
+    assemble(engine, view(engine, tenant, select, scope).await?)
+}
+
+/// The tables over exactly what `viewed` holds.
+pub(super) fn assemble(engine: &QueryEngine, viewed: Viewed) -> Result<Tables, QueryError> {
+    let Viewed { blocks, head, dedicated, schema, .. } = viewed;
     let ctx = context(engine);
     let files: Vec<String> = blocks.iter().map(|b| b.file(SPANS_FILE).to_string()).collect();
     let spans = union(&ctx, files, head.clone(), schema.clone())?;

@@ -56,7 +56,8 @@ pub(super) async fn whole_trace_rows(
     filter: impl Fn() -> Expr,
     scope: &SpanScope,
 ) -> Result<(Vec<RecordBatch>, DedicatedColumns), QueryError> {
-    let Viewed { blocks, head, dedicated, schema } = view(engine, tenant, select, scope).await?;
+    let Viewed { blocks, head, dedicated, schema, .. } =
+        view(engine, tenant, select, scope).await?;
     // Each block is read on its own, in file order, so parent offsets can be resolved
     // (all rows of a trace pass the filter, so offsets within it stay valid).
     let per_block = futures::future::try_join_all(

@@ -232,21 +232,27 @@ fn rows() -> Vec<Row> {
             route: "/internal/v1/profiles/label-values",
             method: "POST",
             path: "/internal/v1/profiles/label-values",
-            body: Some(r#"{"name": "service_name", "start_ns": {start}000000000, "end_ns": {end}000000000}"#),
+            body: Some(
+                r#"{"name": "service_name", "start_ns": {start}000000000, "end_ns": {end}000000000}"#,
+            ),
             shows: Own,
         },
         Row {
             route: "/internal/v1/profiles/stacks",
             method: "POST",
             path: "/internal/v1/profiles/stacks",
-            body: Some(r#"{"profile_type": "{cpu}", "selector": "{}", "span_ids": null, "call_site": [], "start_ns": {start}000000000, "end_ns": {end}000000000}"#),
+            body: Some(
+                r#"{"profile_type": "{cpu}", "selector": "{}", "span_ids": null, "call_site": [], "start_ns": {start}000000000, "end_ns": {end}000000000}"#,
+            ),
             shows: Own,
         },
         Row {
             route: "/internal/v1/profiles/series",
             method: "POST",
             path: "/internal/v1/profiles/series",
-            body: Some(r#"{"profile_type": "{cpu}", "selector": "{}", "group_by": ["service_name"], "step_ns": 15000000000, "average": false, "limit": null, "start_ns": {start}000000000, "end_ns": {end}000000000}"#),
+            body: Some(
+                r#"{"profile_type": "{cpu}", "selector": "{}", "group_by": ["service_name"], "step_ns": 15000000000, "average": false, "limit": null, "start_ns": {start}000000000, "end_ns": {end}000000000}"#,
+            ),
             shows: Own,
         },
         Row {

@@ -55,6 +55,30 @@ impl MetricsFunction {
     }
 }
 
+/// Canonical text that parses back into the same query (what a replica sends its peers).
+impl std::fmt::Display for MetricsQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} | ", self.spans)?;
+        match &self.function {
+            MetricsFunction::Rate => f.write_str("rate()")?,
+            MetricsFunction::CountOverTime => f.write_str("count_over_time()")?,
+            MetricsFunction::HistogramOverTime => f.write_str("histogram_over_time(duration)")?,
+            MetricsFunction::QuantileOverTime(qs) => {
+                f.write_str("quantile_over_time(duration")?;
+                for q in qs {
+                    write!(f, ", {q:?}")?;
+                }
+                f.write_str(")")?;
+            }
+        }
+        if !self.by.is_empty() {
+            let by: Vec<String> = self.by.iter().map(|a| a.to_string()).collect();
+            write!(f, " by({})", by.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn parse_metrics_query(src: &str) -> Result<MetricsQuery, ParseError> {
     let mut p = Parser::new(src);
     if src.trim().is_empty() {

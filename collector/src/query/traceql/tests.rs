@@ -1022,3 +1022,17 @@ fn a_long_chain_of_one_operator_prints_flat_and_parses_back() {
         assert_eq!(parse(&printed), Ok(parsed));
     }
 }
+
+#[test]
+fn metrics_queries_print_as_text_that_parses_back_to_the_same_query() {
+    for q in [
+        "{} | rate()",
+        "{ resource.service.name = \"a\" && duration > 5ms } | count_over_time() by(span.http.route, name)",
+        "{ status = error } | quantile_over_time(duration, 0.5, 0.99, 1) by(resource.service.name)",
+        "{ } | histogram_over_time(duration)",
+    ] {
+        let parsed = parse_metrics(q).unwrap();
+        let printed = parsed.to_string();
+        assert_eq!(parse_metrics(&printed).unwrap(), parsed, "{q} printed as {printed}");
+    }
+}
