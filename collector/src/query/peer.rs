@@ -238,21 +238,23 @@ fn block_ref(b: &Block) -> BlockRef {
     BlockRef { node, id: b.meta.id.clone() }
 }
 
+/// A peer's base URL and the blocks it is to read.
+pub(super) type Share = (String, Vec<Arc<Block>>);
+
 /// Splits `blocks` round-robin (by id, so every replica would split alike) between this
 /// replica and the live peers `answered`: this replica's share, and each peer's.
 pub(super) fn share_blocks(
     engine: &QueryEngine,
     mut blocks: Vec<Arc<Block>>,
     answered: &[String],
-) -> (Vec<Arc<Block>>, Vec<(String, Vec<Arc<Block>>)>) {
+) -> (Vec<Arc<Block>>, Vec<Share>) {
     if engine.cluster.is_none() || answered.is_empty() || blocks.len() < 2 {
         return (blocks, Vec::new());
     }
     blocks.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
     let n = answered.len() + 1;
     let mut mine = Vec::new();
-    let mut shares: Vec<(String, Vec<Arc<Block>>)> =
-        answered.iter().map(|b| (b.clone(), Vec::new())).collect();
+    let mut shares: Vec<Share> = answered.iter().map(|b| (b.clone(), Vec::new())).collect();
     for (i, b) in blocks.into_iter().enumerate() {
         match (i % n).checked_sub(1).and_then(|p| shares.get_mut(p)) {
             Some((_, share)) => share.push(b),
