@@ -40,6 +40,12 @@ const NOT_TENANT_DATA: &[(&str, &str)] = &[
     ("/pyroscope/ingest", "write path (Pyroscope ingest)"),
     ("/push.v1.PusherService/Push", "write path (Pyroscope push)"),
     ("/pyroscope/push.v1.PusherService/Push", "write path (Pyroscope push)"),
+    (
+        "/internal/v1/metrics-part",
+        "a peer's share of a metrics query: it reads only blocks it names by id, looked up among \
+         the gate's tenant's blocks (another tenant's id is not found), and no head; these rows \
+         hold their data in the head (test_scale_out covers it)",
+    ),
 ];
 
 /// What a row expects of a tenant holding data.
