@@ -81,10 +81,15 @@ def _exactly_once(sk, expected: dict):
         assert counts == {s.hex(): 1 for s in sids}, f"{sk.http_url}: trace {tid.hex()} span counts {counts}"
 
 
-def _search(sk, q: str) -> tuple[set[str], dict]:
-    r = client.api_get(sk, "/api/search", params={"q": q, "limit": "1000"})
+def _search_traces(sk, q: str, limit: int = 1000) -> tuple[list[dict], dict]:
+    r = client.api_get(sk, "/api/search", params={"q": q, "limit": str(limit)})
     assert r.status_code == 200, r.text
-    return {t["traceID"].rjust(32, "0") for t in r.json().get("traces", [])}, r.headers
+    return r.json().get("traces", []), r.headers
+
+
+def _search(sk, q: str) -> tuple[set[str], dict]:
+    traces, headers = _search_traces(sk, q)
+    return {t["traceID"].rjust(32, "0") for t in traces}, headers
 
 
 def _metrics_count(sk, q: str) -> float:
@@ -103,11 +108,20 @@ def _check_everywhere(replicas, expected: dict, services: dict[str, int]):
     """Every replica finds every trace by id (each span once), by search, and counts the spans
     of each service in TraceQL metrics."""
     want_ids = {t.hex() for t in expected}
+    q = '{ resource.service.name =~ "svc-.*|split" }'
     for sk in replicas:
         _exactly_once(sk, expected)
-        found, headers = _search(sk, '{ resource.service.name =~ "svc-.*|split" }')
+        traces, headers = _search_traces(sk, q)
+        found = {t["traceID"].rjust(32, "0") for t in traces}
         assert found == want_ids, f"{sk.http_url}: search found {len(found)} of {len(want_ids)} traces"
         assert "x-skein-partial" not in headers, headers["x-skein-partial"]
+        # every span of these traces matches, wherever its blocks are and whoever read them
+        matched = {t["traceID"].rjust(32, "0"): t["spanSet"]["matched"] for t in traces}
+        assert matched == {t.hex(): len(s) for t, s in expected.items()}, f"{sk.http_url}: {matched}"
+        # a limit keeps the most recent traces of the whole answer, with their whole counts
+        few, _ = _search_traces(sk, q, limit=2)
+        assert [t["traceID"] for t in few] == [t["traceID"] for t in traces[:2]], sk.http_url
+        assert [t["spanSet"]["matched"] for t in few] == [t["spanSet"]["matched"] for t in traces[:2]]
         for svc, n in services.items():
             got = _metrics_count(sk, f'{{ resource.service.name = "{svc}" }} | count_over_time()')
             assert got == n, f"{sk.http_url}: count_over_time of {svc} = {got}, sent {n}"
@@ -153,6 +167,9 @@ def test_every_replica_answers_for_every_replicas_spans_before_and_after_flush_a
     # TraceQL metrics over many blocks were shared out: every replica aggregated peers' shares
     shares = [_peer_calls(sk, "metrics-part") for sk in cluster]
     assert all(n > 0 for n in shares), f"metrics-part calls per replica: {shares}"
+    # and so were searches (phase 1 of each spanset filter, by block)
+    shares = [_peer_calls(sk, "search-part") for sk in cluster]
+    assert all(n > 0 for n in shares), f"search-part calls per replica: {shares}"
     keys = moto.keys(moto_bucket(cluster[0]), "shared/")
     assert all(k.startswith(("shared/nodes/r0/", "shared/nodes/r1/", "shared/nodes/r2/")) for k in keys), keys
 

@@ -16,7 +16,7 @@ use crate::cluster::{NODE_HEADER, SpanScope};
 use crate::profile::federate::LabelsRequest;
 use crate::profile::query::{MergeRequest, SeriesRequest as ProfileSeriesRequest};
 use crate::query::QueryError;
-use crate::query::peer::MetricsPart;
+use crate::query::peer::{MetricsPart, SearchPart};
 use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/internal/v1/tags", post(tags))
         .route("/internal/v1/series", post(series))
         .route("/internal/v1/metrics-part", post(metrics_part))
+        .route("/internal/v1/search-part", post(search_part))
         .route("/internal/v1/profiles/types", post(profile_types))
         .route("/internal/v1/profiles/label-names", post(profile_label_names))
         .route("/internal/v1/profiles/label-values", post(profile_label_values))
@@ -41,6 +42,16 @@ async fn metrics_part(
 ) -> Result<Response, QueryError> {
     let groups = crate::query::peer::answer_metrics_part(&s.engine, &tenant, part).await?;
     Ok(([(NODE_HEADER, node(&s))], Json(groups)).into_response())
+}
+
+/// This replica's share of phase 1 of a peer's search (the blocks it names).
+async fn search_part(
+    State(s): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(part): Json<SearchPart>,
+) -> Result<Response, QueryError> {
+    let hits = crate::query::peer::answer_search_part(&s.engine, &tenant, part).await?;
+    Ok(([(NODE_HEADER, node(&s))], Json(hits)).into_response())
 }
 
 type ProfileAnswer = Result<Response, crate::profile::ProfileError>;

@@ -19,9 +19,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::compile::{T_DURATION, T_ROOT_NAME, T_ROOT_SERVICE, attr, string_attr};
-use super::peer::{ask_part, share_blocks};
+use super::peer::{ask_metrics_part, shared_work};
 use super::search::{SearchMetrics, filtered_with};
-use super::tables::{Viewed, assemble, view};
+use super::tables::{assemble, view};
 use super::traceql::{Attribute, CmpOp, Intrinsic, MetricsFunction, MetricsQuery, Query, Scope};
 use super::udf::Slot;
 use super::{QueryEngine, QueryError};
@@ -423,30 +423,16 @@ pub(super) async fn traceql_metrics(
     let total_blocks = viewed.blocks.len();
     // Blocks go round-robin to this replica and the peers that answered; each peer aggregates
     // its share (`metrics_part`), this replica its own share plus every head.
-    let (mine, shares) = share_blocks(engine, viewed.blocks, &viewed.answered);
+    let parts = shared_work(
+        engine,
+        viewed,
+        |v| async move { partial_groups(engine, assemble(engine, v)?, req, filter).await },
+        |base, blocks| ask_metrics_part(engine, tenant, req, base, blocks),
+    )
+    .await?;
     let mut groups = BTreeMap::new();
-    let local = Viewed { blocks: mine, ..viewed };
-    let parts = futures::future::join_all(
-        shares.iter().map(|(base, blocks)| ask_part(engine, tenant, req, base, blocks)),
-    );
-    let (local, parts) =
-        futures::join!(partial_groups(engine, assemble(engine, local)?, req, filter), parts);
-    merge_groups(&mut groups, local?);
-    for ((_, blocks), part) in shares.into_iter().zip(parts) {
-        match part {
-            Some(g) => merge_groups(&mut groups, g),
-            // The peer failed after it answered for its head: its share is read here.
-            None => {
-                let dedicated = engine.store.dedicated_columns(&blocks);
-                let schema = crate::spanrows::span_schema(&dedicated);
-                let own =
-                    Viewed { blocks, head: Vec::new(), dedicated, schema, answered: Vec::new() };
-                merge_groups(
-                    &mut groups,
-                    partial_groups(engine, assemble(engine, own)?, req, filter).await?,
-                );
-            }
-        }
+    for part in parts {
+        merge_groups(&mut groups, part);
     }
     build_response(engine, req, groups, total_blocks, started)
 }

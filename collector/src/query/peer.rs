@@ -6,6 +6,7 @@
 //! flushes. See `cluster/DESIGN.md`.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -265,16 +266,74 @@ pub(super) fn share_blocks(
     (mine, shares)
 }
 
-/// Asks peer `base` for the grouped aggregates of its share; `None` if it fails (the caller
-/// then reads the share itself).
-pub(super) async fn ask_part(
+/// Runs `work` over this replica's share of `viewed`'s blocks (with every head) while each
+/// live peer computes its share (`ask`); a share whose peer fails is computed here instead, so
+/// the parts always cover every block and head exactly once. The caller merges the parts.
+pub(super) async fn shared_work<T, W, WF, A, AF>(
+    engine: &QueryEngine,
+    viewed: super::tables::Viewed,
+    work: W,
+    ask: A,
+) -> Result<Vec<T>, QueryError>
+where
+    W: Fn(super::tables::Viewed) -> WF,
+    WF: Future<Output = Result<T, QueryError>>,
+    A: Fn(String, Vec<Arc<Block>>) -> AF,
+    AF: Future<Output = Option<T>>,
+{
+    let super::tables::Viewed { blocks, head, dedicated, schema, answered } = viewed;
+    let (mine, shares) = share_blocks(engine, blocks, &answered);
+    let local = super::tables::Viewed { blocks: mine, head, dedicated, schema, answered };
+    let asks = futures::future::join_all(
+        shares.iter().map(|(base, blocks)| ask(base.clone(), blocks.clone())),
+    );
+    let (local, parts) = futures::join!(work(local), asks);
+    let mut out = vec![local?];
+    for ((_, blocks), part) in shares.into_iter().zip(parts) {
+        match part {
+            Some(p) => out.push(p),
+            // The peer failed after it answered for its head: its share is read here.
+            None => out.push(work(blocks_only(engine, blocks)).await?),
+        }
+    }
+    Ok(out)
+}
+
+/// Exactly `blocks`, no head.
+fn blocks_only(engine: &QueryEngine, blocks: Vec<Arc<Block>>) -> super::tables::Viewed {
+    let dedicated = engine.store.dedicated_columns(&blocks);
+    let schema = span_schema(&dedicated);
+    super::tables::Viewed { blocks, head: Vec::new(), dedicated, schema, answered: Vec::new() }
+}
+
+/// Asks peer `base` for its part of a query at `path`; `None` if it fails (the caller then
+/// reads the share itself).
+async fn ask_share<Q: Serialize, R: serde::de::DeserializeOwned>(
+    engine: &QueryEngine,
+    tenant: &str,
+    path: &str,
+    base: &str,
+    question: &Q,
+) -> Option<R> {
+    let cluster = engine.cluster.as_ref()?;
+    let reply = cluster.ask_one(base, path, tenant, question).await?;
+    match serde_json::from_slice(&reply.body) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(peer = base, endpoint = path, error = %e, "unreadable share of a query");
+            None
+        }
+    }
+}
+
+/// Asks peer `base` for the grouped aggregates of its share.
+pub(super) async fn ask_metrics_part(
     engine: &QueryEngine,
     tenant: &str,
     req: &super::metrics_eval::MetricsRequest,
-    base: &str,
-    blocks: &[Arc<Block>],
+    base: String,
+    blocks: Vec<Arc<Block>>,
 ) -> Option<super::metrics_eval::GroupMap> {
-    let cluster = engine.cluster.as_ref()?;
     let part = MetricsPart {
         query: req.query.to_string(),
         start: req.grid.start,
@@ -282,33 +341,20 @@ pub(super) async fn ask_part(
         intervals: req.grid.intervals,
         blocks: blocks.iter().map(|b| block_ref(b)).collect(),
     };
-    let reply = cluster.ask_one(base, METRICS_PART_PATH, tenant, &part).await?;
-    match serde_json::from_slice(&reply.body) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            tracing::warn!(peer = base, error = %e, "unreadable share of a metrics query");
-            None
-        }
-    }
+    ask_share(engine, tenant, METRICS_PART_PATH, &base, &part).await
 }
 
-/// This replica's answer to a peer's [`MetricsPart`]: the grouped aggregates of exactly the
-/// named blocks. A block it cannot find (compacted or expired since) fails the part, so the
-/// asking replica reads the share itself.
-pub async fn answer_metrics_part(
+/// The blocks `refs` names, of this replica's namespace and the others'. A block it cannot
+/// find (compacted or expired since) fails the part, so the asking replica reads the share
+/// itself.
+async fn resolve(
     engine: &QueryEngine,
     tenant: &str,
-    part: MetricsPart,
-) -> Result<super::metrics_eval::GroupMap, QueryError> {
-    use super::metrics_eval::{Grid, MetricsRequest};
-    let query = traceql::parse_metrics(&part.query)?;
-    let Query::Filter(filter) = &query.spans else {
-        return Err(QueryError::BadRequest("a metrics part needs a single { } filter".into()));
-    };
-    let filter = filter.clone();
+    refs: &[BlockRef],
+) -> Result<Vec<Arc<Block>>, QueryError> {
     let own = engine.store.node().map(|n| n.to_string()).unwrap_or_default();
     let mut by_node: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    for r in &part.blocks {
+    for r in refs {
         by_node.entry(r.node.as_str()).or_default().push(r.id.clone());
     }
     let mut blocks = Vec::new();
@@ -327,10 +373,23 @@ pub async fn answer_metrics_part(
         }
         blocks.extend(found);
     }
-    let dedicated = engine.store.dedicated_columns(&blocks);
-    let schema = span_schema(&dedicated);
-    let viewed =
-        super::tables::Viewed { blocks, head: Vec::new(), dedicated, schema, answered: Vec::new() };
+    Ok(blocks)
+}
+
+/// This replica's answer to a peer's [`MetricsPart`]: the grouped aggregates of exactly the
+/// named blocks.
+pub async fn answer_metrics_part(
+    engine: &QueryEngine,
+    tenant: &str,
+    part: MetricsPart,
+) -> Result<super::metrics_eval::GroupMap, QueryError> {
+    use super::metrics_eval::{Grid, MetricsRequest};
+    let query = traceql::parse_metrics(&part.query)?;
+    let Query::Filter(filter) = &query.spans else {
+        return Err(QueryError::BadRequest("a metrics part needs a single { } filter".into()));
+    };
+    let filter = filter.clone();
+    let viewed = blocks_only(engine, resolve(engine, tenant, &part.blocks).await?);
     let req = MetricsRequest {
         query,
         grid: Grid { start: part.start, step: part.step, intervals: part.intervals },
@@ -339,4 +398,64 @@ pub async fn answer_metrics_part(
     };
     let tables = super::tables::assemble(engine, viewed)?;
     super::metrics_eval::partial_groups(engine, tables, &req, &filter).await
+}
+
+pub const SEARCH_PART_PATH: &str = "search-part";
+
+/// A peer's share of phase 1 of a search: one spanset filter (without trace-level fields),
+/// its range and limit, and the blocks to read (no head).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SearchPart {
+    pub filter: String,
+    pub range: Option<(i64, i64)>,
+    pub limit: Option<usize>,
+    pub blocks: Vec<BlockRef>,
+}
+
+/// One trace of a search part: hex trace id, latest matching start, matching spans.
+pub type PartHit = (String, i64, u64);
+
+/// Asks peer `base` for the traces of its share matching `filter`.
+pub(super) async fn ask_search_part(
+    engine: &QueryEngine,
+    tenant: &str,
+    filter: &Filter,
+    range: Option<(i64, i64)>,
+    limit: Option<usize>,
+    base: String,
+    blocks: Vec<Arc<Block>>,
+) -> Option<Vec<PartHit>> {
+    let part = SearchPart {
+        filter: Query::Filter(filter.clone()).to_string(),
+        range,
+        limit,
+        blocks: blocks.iter().map(|b| block_ref(b)).collect(),
+    };
+    ask_share(engine, tenant, SEARCH_PART_PATH, &base, &part).await
+}
+
+/// This replica's answer to a peer's [`SearchPart`]: the matching traces of exactly the named
+/// blocks, at most as many as a search may collect.
+pub async fn answer_search_part(
+    engine: &QueryEngine,
+    tenant: &str,
+    part: SearchPart,
+) -> Result<Vec<PartHit>, QueryError> {
+    let started = std::time::Instant::now();
+    let Query::Filter(filter) = traceql::parse(&part.filter)? else {
+        return Err(QueryError::BadRequest("a search part needs a single { } filter".into()));
+    };
+    if needs_trace(&filter) {
+        return Err(QueryError::BadRequest(
+            "a search part cannot read trace-level fields (they need every block of a trace)"
+                .into(),
+        ));
+    }
+    let viewed = blocks_only(engine, resolve(engine, tenant, &part.blocks).await?);
+    let tables = super::tables::assemble(engine, viewed)?;
+    let max = engine.runner.limits().max_search_trace_ids.saturating_add(1);
+    let limit = part.limit.map(|l| l.min(max));
+    let hits = super::search::matches(engine, &tables, &filter, part.range, limit).await?;
+    engine.observe("search_part", started);
+    Ok(hits.into_iter().map(|(id, h)| (hex::encode(id), h.last_start, h.matched)).collect())
 }

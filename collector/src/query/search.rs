@@ -21,9 +21,10 @@ use super::compile::{
     T_DURATION, T_END, T_ROOT_NAME, T_ROOT_SERVICE, T_START, T_TRACE_ID, filter_expr, needs_trace,
     trace_id_in,
 };
-use super::tables::{span_tables, trace_summaries};
+use super::peer::{ask_search_part, shared_work};
+use super::tables::{assemble, span_tables, trace_summaries, view};
 use super::traceql::{Filter, Query};
-use super::{QueryEngine, QueryError, Tables};
+use super::{QueryEngine, QueryError, Tables, parse_trace_id};
 use crate::cluster::SpanScope;
 use crate::spanrows::{col as c, column};
 use crate::store::block::{trace_col, trace_key};
@@ -137,9 +138,9 @@ fn is_zero_str(v: &String) -> bool {
 
 /// A trace matched by phase 1.
 #[derive(Debug, Clone, Copy)]
-struct Hit {
-    last_start: i64,
-    matched: u64,
+pub(super) struct Hit {
+    pub last_start: i64,
+    pub matched: u64,
 }
 
 fn leaves(q: &Query, out: &mut Vec<Filter>) {
@@ -224,6 +225,10 @@ pub(super) fn filtered_with(
     Ok(df)
 }
 
+/// Phase 1 of one spanset filter: its matching traces over every block of the range and every
+/// head. Without trace-level fields the blocks are shared across the live replicas (each
+/// computes [`matches`] over its share) and the parts merged here; a trace-level field needs
+/// each trace's summary over all its blocks, so such a filter is read here alone.
 async fn phase1(
     engine: &QueryEngine,
     tenant: &str,
@@ -236,22 +241,72 @@ async fn phase1(
         range,
         ..Default::default()
     };
-    let tables = span_tables(
+    let viewed = view(
         engine,
         tenant,
         |b| range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e),
         &scope,
     )
     .await?;
-    let mut df = filtered(&tables, f, range)?.aggregate(
+    let work = |v| async move { matches(engine, &assemble(engine, v)?, f, range, limit).await };
+    let parts = if needs_trace(f) {
+        vec![work(viewed).await?]
+    } else {
+        let ask = |base, blocks| async move {
+            let hits = ask_search_part(engine, tenant, f, range, limit, base, blocks).await?;
+            let mut out = HashMap::with_capacity(hits.len());
+            for (id, last_start, matched) in hits {
+                out.insert(parse_trace_id(&id).ok()?, Hit { last_start, matched });
+            }
+            Some(out)
+        };
+        shared_work(engine, viewed, work, ask).await?
+    };
+    // A trace whose spans are in several shares is in several parts. With a limit each part
+    // holds its own most recent traces: the merged most recent `limit` are among them (a
+    // trace's latest match is its latest in some part), but a trace's count may miss a part
+    // that cut it, so phase 2 counts the chosen traces' matches again.
+    let mut out: HashMap<[u8; 16], Hit> = HashMap::new();
+    for part in parts {
+        for (id, h) in part {
+            out.entry(id)
+                .and_modify(|o| {
+                    o.last_start = o.last_start.max(h.last_start);
+                    o.matched = o.matched.saturating_add(h.matched);
+                })
+                .or_insert(h);
+        }
+    }
+    let max_ids = engine.runner.limits().max_search_trace_ids;
+    if limit.is_none() && out.len() > max_ids {
+        engine.runner.refused("search_trace_ids");
+        return Err(QueryError::TooExpensive(format!(
+            "a spanset of the query matches more than {max_ids} traces \
+             (--max-search-trace-ids); narrow the query or the time range"
+        )));
+    }
+    Ok(out)
+}
+
+/// The traces of `tables` with spans matching `f` in `range`: the latest matching start and
+/// the number of matching spans of each; the `limit` most recent, or (without a limit) at most
+/// one more than `--max-search-trace-ids`, so the caller can refuse.
+pub(super) async fn matches(
+    engine: &QueryEngine,
+    tables: &Tables,
+    f: &Filter,
+    range: Option<(i64, i64)>,
+    limit: Option<usize>,
+) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
+    let mut df = filtered(tables, f, range)?.aggregate(
         vec![col(c::TRACE_ID)],
         vec![
             max(col(c::START)).alias(out_col::LAST),
             cast(count(lit(1u8)), DataType::UInt64).alias(out_col::COUNT),
         ],
     )?;
-    // Without a limit (several spansets, combined here) every matching trace id comes out of
-    // the memory pool into this map: at most `--max-search-trace-ids` of them.
+    // Without a limit (several spansets, combined by the caller) every matching trace id comes
+    // out of the memory pool into this map: at most `--max-search-trace-ids` of them.
     let max_ids = engine.runner.limits().max_search_trace_ids;
     df = match limit {
         Some(l) => df.sort(vec![col(out_col::LAST).sort(false, false)])?.limit(0, Some(l))?,
@@ -266,14 +321,16 @@ async fn phase1(
             out.insert(trace_key(ids, i), Hit { last_start: last.value(i), matched: n.value(i) });
         }
     }
-    if limit.is_none() && out.len() > max_ids {
-        engine.runner.refused("search_trace_ids");
-        return Err(QueryError::TooExpensive(format!(
-            "a spanset of the query matches more than {max_ids} traces \
-             (--max-search-trace-ids); narrow the query or the time range"
-        )));
-    }
     Ok(out)
+}
+
+/// What phase 2 finds of the chosen traces.
+#[derive(Default)]
+struct Details {
+    meta: HashMap<[u8; 16], TraceSearchMetadata>,
+    spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+    /// Spans matching a filter within the search's range, per trace (one scan only).
+    matched_in_range: HashMap<[u8; 16], u64>,
 }
 
 /// Summaries, service stats and matching spans of the chosen traces from one scan of their
@@ -282,9 +339,10 @@ async fn details_one_scan(
     tables: &Tables,
     filters: &[Filter],
     ids: &[[u8; 16]],
-    meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
-    spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+    range: Option<(i64, i64)>,
+    out: &mut Details,
 ) -> Result<(), QueryError> {
+    let Details { meta, spans, matched_in_range } = out;
     let mut matched: Option<Expr> = None;
     for f in filters {
         let e = filter_expr(f, &tables.dedicated)?.unwrap_or_else(|| lit(true));
@@ -342,6 +400,9 @@ async fn details_one_scan(
                 st.error_count += 1;
             }
             if hit.value(i) {
+                if range.is_none_or(|(lo, hi)| s >= lo && s <= hi) {
+                    *matched_in_range.entry(id).or_default() += 1;
+                }
                 let sid = hex::encode(sids.value(i));
                 spans.entry(id).or_default().insert(
                     (s, sid.clone()),
@@ -369,9 +430,9 @@ async fn details_joined(
     tables: &Tables,
     filters: &[Filter],
     ids: &[[u8; 16]],
-    meta: &mut HashMap<[u8; 16], TraceSearchMetadata>,
-    spans: &mut HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>>,
+    out: &mut Details,
 ) -> Result<(), QueryError> {
+    let Details { meta, spans, .. } = out;
     let summaries = trace_summaries(tables)?.filter(trace_id_in(ids))?.collect().await?;
     for b in &summaries {
         read_summaries(b, meta)?;
@@ -442,14 +503,21 @@ pub(super) async fn search(
         SpanScope { trace_ids: ids.iter().map(hex::encode).collect(), ..Default::default() };
     let tables =
         span_tables(engine, tenant, |b| ids.iter().any(|id| b.bloom.contains(id)), &scope).await?;
-    let mut meta: HashMap<[u8; 16], TraceSearchMetadata> = HashMap::new();
-    let mut spans: HashMap<[u8; 16], BTreeMap<(i64, String), SearchSpan>> = HashMap::new();
-    if filters.iter().any(needs_trace) {
-        details_joined(&tables, &filters, &ids, &mut meta, &mut spans).await?;
+    let mut details = Details::default();
+    let joined = filters.iter().any(needs_trace);
+    if joined {
+        details_joined(&tables, &filters, &ids, &mut details).await?;
     } else {
-        details_one_scan(&tables, &filters, &ids, &mut meta, &mut spans).await?;
+        details_one_scan(&tables, &filters, &ids, req.range, &mut details).await?;
     }
+    let Details { mut meta, mut spans, matched_in_range } = details;
     for (id, hit) in &top {
+        // A single filter's count from phase 1 may miss a share that cut the trace; the scan
+        // of the whole trace counts every match (several filters are never cut: no limit).
+        let matched = match (single && !joined, matched_in_range.get(id)) {
+            (true, Some(n)) => *n,
+            _ => hit.matched,
+        };
         let mut m = meta.remove(id).unwrap_or_default();
         m.trace_id = hex::encode(id);
         let set = SpanSet {
@@ -457,7 +525,7 @@ pub(super) async fn search(
                 .remove(id)
                 .map(|s| s.into_values().take(req.spss).collect())
                 .unwrap_or_default(),
-            matched: u32::try_from(hit.matched).unwrap_or(u32::MAX),
+            matched: u32::try_from(matched).unwrap_or(u32::MAX),
         };
         m.span_set = Some(set.clone());
         m.span_sets = vec![set];

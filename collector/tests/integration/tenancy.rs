@@ -46,6 +46,11 @@ const NOT_TENANT_DATA: &[(&str, &str)] = &[
          the gate's tenant's blocks (another tenant's id is not found), and no head; these rows \
          hold their data in the head (test_scale_out covers it)",
     ),
+    (
+        "/internal/v1/search-part",
+        "a peer's share of a search: like metrics-part, only blocks it names by id among the \
+         gate's tenant's blocks, and no head (test_scale_out covers it)",
+    ),
 ];
 
 /// What a row expects of a tenant holding data.
