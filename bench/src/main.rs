@@ -13,6 +13,7 @@ mod query;
 mod red;
 mod report;
 mod rpc;
+mod scale;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,9 @@ enum Which {
     /// RED panel `query_range` latency over an hour of demo-shaped span metrics, against
     /// Prometheus holding the same samples.
     Red(red::RedArgs),
+    /// TraceQL search over one data set with 1, 2 and 3 replicas sharing the work: CPU per
+    /// replica, the cost of splitting, latency.
+    Scale(scale::ScaleArgs),
 }
 
 async fn run(which: Which) -> Result<(), BenchError> {
@@ -54,6 +58,7 @@ async fn run(which: Which) -> Result<(), BenchError> {
         Which::Ingest(a) => ingest::run(a).await,
         Which::Query(a) => query::run(a).await,
         Which::Red(a) => red::run(a).await,
+        Which::Scale(a) => scale::run(a).await,
     }
 }
 

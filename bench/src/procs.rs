@@ -140,16 +140,45 @@ pub fn skein_exe() -> Result<PathBuf, BenchError> {
     Ok(exe)
 }
 
+/// The listeners of one `skein serve`, on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct SkeinPorts {
+    pub grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl SkeinPorts {
+    /// Ports that were free a moment ago.
+    pub fn free() -> Result<Self, BenchError> {
+        let at = |p: u16| -> SocketAddr { ([127, 0, 0, 1], p).into() };
+        Ok(SkeinPorts {
+            grpc: at(free_port()?),
+            otlp_http: at(free_port()?),
+            http: at(free_port()?),
+        })
+    }
+}
+
 /// Starts `skein serve` ([`skein_exe`]) on free ports with its data under `data_dir`.
 pub async fn spawn_skein(
     data_dir: &Path,
     fsync: &str,
     extra: &[String],
 ) -> Result<Spawned, BenchError> {
+    spawn_skein_on(SkeinPorts::free()?, data_dir, fsync, extra).await
+}
+
+/// Starts `skein serve` on `ports` (chosen beforehand, e.g. to name replicas as each other's
+/// peers) with its data under `data_dir`.
+pub async fn spawn_skein_on(
+    ports: SkeinPorts,
+    data_dir: &Path,
+    fsync: &str,
+    extra: &[String],
+) -> Result<Spawned, BenchError> {
     let exe = skein_exe()?;
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let otlp_http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let SkeinPorts { grpc, otlp_http, http } = ports;
     let log = data_dir.with_extension("log");
     let log_file = std::fs::File::create(&log)
         .map_err(|e| BenchError::Failed(format!("cannot create {}: {e}", log.display())))?;

@@ -78,7 +78,7 @@ pub struct QueryArgs {
     pub json: Option<PathBuf>,
 }
 
-const MANIFEST: &str = "bench-dataset.json";
+pub(crate) const MANIFEST: &str = "bench-dataset.json";
 const SAMPLE_IDS: usize = 2000;
 
 /// What was loaded, kept next to the data so later runs can reuse it.
@@ -150,7 +150,7 @@ fn span_count(t: &TracesData) -> usize {
     t.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
 }
 
-async fn load(
+pub(crate) async fn load(
     args: &QueryArgs,
     serve: &Spawned,
     manifest_path: &Path,
@@ -289,7 +289,7 @@ async fn load(
 }
 
 /// Waits until the head is empty and flushes, compactions and the block count stop changing.
-async fn settle(
+pub(crate) async fn settle(
     args: &QueryArgs,
     serve: &mut Spawned,
     http: &reqwest::Client,
@@ -459,7 +459,7 @@ async fn repeated(t: &HttpTarget, label: &str, path_and_query: &str, n: usize) -
     Timed { latency: samples.summary(), failures, first_failure, result_size: size, mismatches: 0 }
 }
 
-fn search_path(q: &str, start: u64, end: u64) -> String {
+pub(crate) fn search_path(q: &str, start: u64, end: u64) -> String {
     let qs: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("q", q)
         .append_pair("start", &start.to_string())
@@ -469,7 +469,7 @@ fn search_path(q: &str, start: u64, end: u64) -> String {
     format!("/api/search?{qs}")
 }
 
-fn load_manifest(dir: &Path, args: &QueryArgs) -> Option<Manifest> {
+pub(crate) fn load_manifest(dir: &Path, args: &QueryArgs) -> Option<Manifest> {
     let text = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
     let m: Manifest = serde_json::from_str(&text).ok()?;
     let same = m.spans_per_trace == args.spans_per_trace

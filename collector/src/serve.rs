@@ -259,6 +259,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         cfg.alerting.groups.clone(),
         span_metrics.clone(),
     );
+    alerting.set_cluster(cluster.clone());
     // The Prometheus API finds the rules' state (and recorded series) as an extension, so the
     // shared AppState stays as it is.
     let app = api::router(AppState {

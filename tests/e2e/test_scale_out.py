@@ -7,7 +7,9 @@ standalone server, `support/s3.py`), each with `--node-id` and the other two as 
 - span metrics of all replicas come back in one PromQL answer (one series per `skein_node`), and
   `sum by (service)` equals what was sent;
 - `kill -9` of one replica: the others answer, flagged partial (`x-skein-partial`) for its
-  unflushed spans; after its restart every answer is whole again and nothing acknowledged is lost.
+  unflushed spans; after its restart every answer is whole again and nothing acknowledged is lost;
+- rules on every replica read every replica's span metrics: a threshold only the sum over all
+  three crosses fires the same alert on each, and recorded series hold the whole sum.
 """
 
 from __future__ import annotations
@@ -35,17 +37,33 @@ def moto(tmp_path_factory):
     server.stop()
 
 
+RULES = """
+groups:
+  - name: scale
+    interval: 1s
+    rules:
+      - record: scale:calls:sum
+        expr: sum by (service) (traces_spanmetrics_calls_total{service="alerted"})
+      - alert: ClusterCallsHigh
+        expr: scale:calls:sum >= 6
+        labels:
+          severity: page
+"""
+
+
 @pytest.fixture
 def cluster(moto, tmp_path):
     bucket = f"skein-scale-{next(_bucket_no)}"
     moto.create_bucket(bucket)
+    rules = tmp_path / "scale.rules.yml"
+    rules.write_text(RULES)
     replicas = [Skein(tmp_path / f"data-{n}", tmp_path / f"logs-{n}", env=skein_env(moto.url)) for n in NODES]
     for node, r in zip(NODES, replicas):
         peers = ",".join(p.http_url for p in replicas if p is not r)
         r.extra_args = [
             "--storage", f"s3://{bucket}/shared", "--node-id", node, "--peers", peers,
             "--peer-timeout", "2s", "--peer-poll-interval", "1s", "--head-max-spans", str(HEAD_MAX_SPANS),
-            "--block-target-spans", "800", "--metrics-scrape-interval", "1s",
+            "--block-target-spans", "800", "--metrics-scrape-interval", "1s", "--rules", str(rules),
         ]
     try:
         for r in replicas:
@@ -251,3 +269,29 @@ def test_profiles_pushed_to_different_replicas_merge_in_one_answer_from_any_repl
             "querier.v1.SelectSeriesResponse").series
         got = {tuple((l.name, l.value) for l in s.labels): sum(p.value for p in s.points) for s in series}
         assert got == {(("span_name", "GET /a"),): 40 * ms, (("span_name", "GET /b"),): 40 * ms}, (sk.http_url, got)
+
+
+def test_rules_on_every_replica_read_every_replicas_series(cluster):
+    for sk in cluster:
+        _send(sk, "alerted", 2)  # 2 calls on each replica, 6 in all: only the sum crosses 6
+
+    def firing_everywhere():
+        labels = []
+        for sk in cluster:
+            r = client.api_get(sk, "/prometheus/api/v1/alerts")
+            assert r.status_code == 200, r.text
+            firing = [a for a in r.json()["data"]["alerts"]
+                      if a["labels"].get("alertname") == "ClusterCallsHigh" and a["state"] == "firing"]
+            if not firing:
+                return None
+            labels.append(firing[0]["labels"])
+        return labels
+
+    labels = wait_until(firing_everywhere, timeout=30, what="the cluster-wide alert firing on every replica")
+    # the same alert from each replica, so Alertmanager deduplicates them
+    assert all(l == labels[0] for l in labels), labels
+    assert labels[0] == {"alertname": "ClusterCallsHigh", "service": "alerted", "severity": "page"}, labels[0]
+    for sk in cluster:
+        res = _promql(sk, "scale:calls:sum")
+        assert [(r["metric"], float(r["value"][1])) for r in res] == [
+            ({"__name__": "scale:calls:sum", "service": "alerted"}, 6.0)], (sk.http_url, res)

@@ -1,8 +1,10 @@
 //! Rule evaluation: each group runs on its own interval, its rules in order (a recording
 //! rule's output is visible to the rules after it), with skein's PromQL evaluator over its
-//! tenant's span metrics plus that tenant's recorded series. A group's tenant comes from where
-//! its file is (`layout`); everything the group writes or reports (recorded series, `ALERTS`,
-//! rule state, notifications) is that tenant's alone.
+//! tenant's span metrics plus that tenant's recorded series. With peers the span metrics are
+//! every replica's: each replica evaluates every rule over the whole cluster's series and
+//! sends the same alerts, which Alertmanager deduplicates as it does for a Prometheus HA pair.
+//! A group's tenant comes from where its file is (`layout`); everything the group writes or
+//! reports (recorded series, `ALERTS`, rule state, notifications) is that tenant's alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ use super::recorded::{Layered, Recorded};
 use super::rules::{AlertingRule, Group, RecordingRule, Rule};
 use super::state::{AlertState, Returned, RuleAlerts};
 use super::template::Data;
+use crate::cluster::Cluster;
+use crate::promql::federation::{Federated, Recording};
 use crate::promql::labels::{Labels, METRIC_NAME};
 use crate::promql::value::Value;
 use crate::promql::{self, Storage};
@@ -85,6 +89,9 @@ pub struct Alerting {
     /// Every tenant's groups, tenant by tenant.
     pub groups: Vec<GroupRuntime>,
     notifier: Mutex<Option<Notifier>>,
+    /// The replicas sharing this one's storage root: with peers, rules read every replica's
+    /// series (set by `serve`).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 /// `ALERTS` and `ALERTS_FOR_STATE`, as Prometheus writes them for every pending or firing alert.
@@ -141,7 +148,14 @@ impl Alerting {
                 }
             })
             .collect();
-        Arc::new(Alerting { cfg, generator, recorded, groups, notifier: Mutex::new(None) })
+        Arc::new(Alerting {
+            cfg,
+            generator,
+            recorded,
+            groups,
+            notifier: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
+        })
     }
 
     /// What PromQL reads for `tenant`: its span metrics, plus its rules' output.
@@ -151,6 +165,51 @@ impl Alerting {
             Some(recorded) => Arc::new(Layered { base, recorded: recorded.clone() }),
             None => base,
         }
+    }
+
+    /// `tenant`'s rule output (recorded series and `ALERTS`), if it has rules.
+    pub fn rule_output(&self, tenant: &str) -> Option<Arc<dyn Storage>> {
+        self.recorded.get(tenant).map(|r| r.clone() as Arc<dyn Storage>)
+    }
+
+    /// Makes the rules read the series of every replica in `cluster` (when it has peers).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// What group `gi`'s rules read at `t` when this replica has peers: its own series and
+    /// rule output plus the peers' series of the rules' selectors, over the range a dry run
+    /// of the rules over its own series reads. `None` without peers.
+    async fn group_storage(self: &Arc<Self>, gi: usize, t: i64) -> Option<Arc<dyn Storage>> {
+        let cluster = self.cluster.get().filter(|c| c.has_peers())?.clone();
+        let g = self.groups.get(gi)?;
+        let tenant = g.group.tenant.clone();
+        let exprs: Vec<promql_parser::parser::Expr> =
+            g.group.rules.iter().map(|r| r.expr().clone()).collect();
+        let selectors: Vec<String> = exprs
+            .iter()
+            .flat_map(|e| promql::collect_selectors(e).into_iter().map(|vs| vs.to_string()))
+            .collect();
+        let recording = Arc::new(Recording::new(self.storage(&tenant)));
+        let r = recording.clone();
+        let dry = tokio::task::spawn_blocking(move || {
+            for e in &exprs {
+                let _ = promql::instant(r.as_ref(), e, t);
+            }
+        });
+        if let Err(e) = dry.await {
+            tracing::error!(error = %e, "dry run of a rule group panicked");
+        }
+        let remote = match recording.range() {
+            Some((start, end)) => cluster.series(&tenant, selectors, start, end).await,
+            None => Vec::new(),
+        };
+        Some(Arc::new(Federated {
+            local: self.generator.storage(&tenant),
+            node: Some(cluster.node.to_string()),
+            remote,
+            rules: self.rule_output(&tenant),
+        }))
     }
 
     pub fn rule_count(&self) -> usize {
@@ -179,8 +238,19 @@ impl Alerting {
         format!("{}/prometheus/api/v1/query?{q}", self.cfg.external_url.trim_end_matches('/'))
     }
 
-    /// Evaluates group `gi` at `t` (ms) and returns the alerts due for notification.
+    /// Evaluates group `gi` at `t` (ms) over this replica's series and returns the alerts due
+    /// for notification.
     pub fn eval_group(&self, gi: usize, t: i64) -> Vec<WireAlert> {
+        self.eval_group_over(gi, t, None)
+    }
+
+    /// As [`Self::eval_group`], reading `storage` (every replica's series) when given.
+    fn eval_group_over(
+        &self,
+        gi: usize,
+        t: i64,
+        storage: Option<Arc<dyn Storage>>,
+    ) -> Vec<WireAlert> {
         let Some(g) = self.groups.get(gi) else { return Vec::new() };
         let started = Instant::now();
         let mut status = g.status.lock();
@@ -188,11 +258,14 @@ impl Alerting {
         let resend = millis(self.cfg.resend_delay);
         let mut out = Vec::new();
         let tenant = g.group.tenant.as_str();
+        let storage = storage.unwrap_or_else(|| self.storage(tenant));
         for (rule, st) in g.group.rules.iter().zip(status.rules.iter_mut()) {
             let rule_started = Instant::now();
             let result = match rule {
-                Rule::Recording(r) => self.record(tenant, r, g.group.limit, t),
-                Rule::Alerting(r) => self.alert(tenant, r, g.group.limit, t, &mut st.alerts),
+                Rule::Recording(r) => self.record(storage.as_ref(), tenant, r, g.group.limit, t),
+                Rule::Alerting(r) => {
+                    self.alert(storage.as_ref(), tenant, r, g.group.limit, t, &mut st.alerts)
+                }
             };
             match result {
                 Ok(()) => {
@@ -223,16 +296,14 @@ impl Alerting {
         out
     }
 
-    /// Instant query over `tenant`'s series at `t` as a list of samples (a scalar is one
-    /// sample without labels).
+    /// Instant query over `storage` (a tenant's series) at `t` as a list of samples (a scalar
+    /// is one sample without labels).
     fn query(
-        &self,
-        tenant: &str,
+        storage: &dyn Storage,
         expr: &promql_parser::parser::Expr,
         t: i64,
     ) -> Result<Vec<(Labels, f64)>, AlertError> {
-        let storage = self.storage(tenant);
-        match promql::instant(storage.as_ref(), expr, t)? {
+        match promql::instant(storage, expr, t)? {
             Value::Vector(v) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect()),
             Value::Scalar(v) => Ok(vec![(Labels::default(), v)]),
             other => Err(AlertError::Config(format!(
@@ -244,12 +315,13 @@ impl Alerting {
 
     fn record(
         &self,
+        storage: &dyn Storage,
         tenant: &str,
         r: &RecordingRule,
         limit: usize,
         t: i64,
     ) -> Result<(), AlertError> {
-        let samples = self.query(tenant, &r.expr, t)?;
+        let samples = Self::query(storage, &r.expr, t)?;
         if limit > 0 && samples.len() > limit {
             return Err(AlertError::Config(format!(
                 "exceeded limit of {limit} with {} series",
@@ -279,13 +351,14 @@ impl Alerting {
 
     fn alert(
         &self,
+        storage: &dyn Storage,
         tenant: &str,
         r: &AlertingRule,
         limit: usize,
         t: i64,
         alerts: &mut RuleAlerts,
     ) -> Result<(), AlertError> {
-        let samples = self.query(tenant, &r.expr, t)?;
+        let samples = Self::query(storage, &r.expr, t)?;
         let mut seen = HashSet::new();
         let mut results = Vec::with_capacity(samples.len());
         for (sample_labels, value) in samples {
@@ -365,9 +438,11 @@ impl Alerting {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
                     tick.tick().await;
+                    let t = promql::now_ms();
+                    let storage = me.group_storage(gi, t).await;
                     let me2 = me.clone();
                     let evaluated =
-                        tokio::task::spawn_blocking(move || me2.eval_group(gi, promql::now_ms()))
+                        tokio::task::spawn_blocking(move || me2.eval_group_over(gi, t, storage))
                             .await;
                     match evaluated {
                         Ok(alerts) if !alerts.is_empty() => n.queue(alerts),

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::AppState;
-use super::prometheus::federate::{self, SeriesRequest};
+use crate::cluster::series::{self, SeriesRequest};
 use crate::cluster::{NODE_HEADER, SpanScope};
 use crate::profile::federate::LabelsRequest;
 use crate::profile::query::{MergeRequest, SeriesRequest as ProfileSeriesRequest};
@@ -130,7 +130,7 @@ async fn series(
 ) -> Result<Response, crate::promql::PromqlError> {
     let storage = s.span_metrics.storage(&tenant);
     let node = node(&s);
-    let found = federate::answer(storage.as_ref(), &node, &req)?;
+    let found = series::answer(storage.as_ref(), &node, &req)?;
     Ok(([(NODE_HEADER, node)], Json(found)).into_response())
 }
 
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn the_routes_are_the_paths_peers_call() {
         let v = crate::cluster::API_VERSION;
-        use crate::api::prometheus::federate::SERIES_PATH;
+        use crate::cluster::series::SERIES_PATH;
         use crate::profile::federate::{LABEL_NAMES, LABEL_VALUES, SERIES, STACKS, TYPES};
         use crate::query::peer::{SPANS_PATH, TAGS_PATH};
         for p in

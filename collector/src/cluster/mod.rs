@@ -5,6 +5,7 @@
 //! `cluster/DESIGN.md`.
 
 pub mod peers;
+pub mod series;
 pub mod wire;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! Storages that put several replicas' series into one PromQL evaluation, like Prometheus
 //! external labels: each replica's series carry the `skein_node` label, so series of
-//! different replicas stay apart and `sum by (...)` adds them up.
+//! different replicas stay apart and `sum by (...)` adds them up. Rule output is the
+//! exception: every replica evaluates its rules over all replicas' series, so its recorded
+//! series already hold the whole answer and are read as they are, from this replica only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,12 +14,22 @@ use super::{PromqlError, Storage};
 /// The label naming the replica a series comes from.
 pub const NODE_LABEL: &str = "skein_node";
 
-/// This replica's series with its node label, plus series fetched from the peers (which carry
-/// theirs).
+/// This replica's span-metric series (with its node label when it has peers), its rule output
+/// as it is, and series fetched from the peers (which carry their node labels).
 pub struct Federated {
     pub local: Arc<dyn Storage>,
-    pub node: String,
+    /// This replica's node id; `None` for a replica alone (no label is added).
+    pub node: Option<String>,
     pub remote: Vec<Series>,
+    /// Rule output (recorded series, `ALERTS`).
+    pub rules: Option<Arc<dyn Storage>>,
+}
+
+impl Federated {
+    /// A replica alone: its series and rule output, unlabelled.
+    pub fn alone(local: Arc<dyn Storage>, rules: Option<Arc<dyn Storage>>) -> Self {
+        Federated { local, node: None, remote: Vec::new(), rules }
+    }
 }
 
 impl Storage for Federated {
@@ -29,7 +41,9 @@ impl Storage for Federated {
     ) -> Result<Vec<Series>, PromqlError> {
         let labeled = |l: &Labels| {
             let mut l = l.clone();
-            l.set(NODE_LABEL, &self.node);
+            if let Some(node) = &self.node {
+                l.set(NODE_LABEL, node);
+            }
             l
         };
         let mut out: Vec<Series> = self
@@ -38,6 +52,9 @@ impl Storage for Federated {
             .into_iter()
             .map(|s| Series { labels: labeled(&s.labels), points: s.points })
             .collect();
+        if let Some(rules) = &self.rules {
+            out.extend(rules.select(matches, start, end)?);
+        }
         for s in &self.remote {
             if !matches(&s.labels) {
                 continue;
@@ -117,8 +134,9 @@ mod tests {
         };
         let f = Federated {
             local: Arc::new(One(s(None))),
-            node: "a".into(),
+            node: Some("a".into()),
             remote: vec![s(Some("b"))],
+            rules: None,
         };
         let all = f.select(&|_| true, 0, 15).unwrap();
         let nodes: Vec<_> = all.iter().map(|s| s.labels.get(NODE_LABEL).unwrap()).collect();
@@ -126,5 +144,26 @@ mod tests {
         assert!(all.iter().all(|s| s.points == vec![(10, 1.0)]));
         let only_b = f.select(&|l| l.get(NODE_LABEL) == Some("b"), 0, 30).unwrap();
         assert_eq!(only_b.len(), 1);
+    }
+
+    #[test]
+    fn rule_output_is_read_as_it_is_and_a_replica_alone_adds_no_label() {
+        let recorded = Series {
+            labels: Labels::new([("__name__", "job:calls:sum")]),
+            points: vec![(10, 6.0)],
+        };
+        let calls =
+            Series { labels: Labels::new([("__name__", "calls_total")]), points: vec![(10, 1.0)] };
+        let f = Federated {
+            local: Arc::new(One(calls.clone())),
+            node: Some("a".into()),
+            remote: Vec::new(),
+            rules: Some(Arc::new(One(recorded.clone()))),
+        };
+        let all = f.select(&|_| true, 0, 15).unwrap();
+        assert_eq!(all[0].labels.get(NODE_LABEL), Some("a"));
+        assert_eq!(all[1].labels, recorded.labels, "rule output keeps its labels");
+        let alone = Federated::alone(Arc::new(One(calls.clone())), None);
+        assert_eq!(alone.select(&|_| true, 0, 15).unwrap()[0].labels, calls.labels);
     }
 }

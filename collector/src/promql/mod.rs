@@ -106,6 +106,29 @@ pub fn parse(query: &str) -> Result<Expr, PromqlError> {
     Ok(expr)
 }
 
+/// Every series selector `e` reads (vector selectors and those of range vectors).
+pub fn collect_selectors(e: &Expr) -> Vec<&promql_parser::parser::VectorSelector> {
+    fn walk<'e>(e: &'e Expr, out: &mut Vec<&'e promql_parser::parser::VectorSelector>) {
+        match e {
+            Expr::VectorSelector(vs) => out.push(vs),
+            Expr::MatrixSelector(ms) => out.push(&ms.vs),
+            Expr::Paren(p) => walk(&p.expr, out),
+            Expr::Unary(u) => walk(&u.expr, out),
+            Expr::Subquery(s) => walk(&s.expr, out),
+            Expr::Binary(b) => {
+                walk(&b.lhs, out);
+                walk(&b.rhs, out);
+            }
+            Expr::Aggregate(a) => walk(&a.expr, out),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, out)),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
+}
+
 /// Evaluates at one time (ms) under the default [`AnswerLimits`].
 pub fn instant(storage: &dyn Storage, expr: &Expr, t: i64) -> Result<Value, PromqlError> {
     instant_limited(storage, expr, t, &AnswerLimits::default())

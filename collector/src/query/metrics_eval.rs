@@ -421,7 +421,7 @@ pub(super) async fn traceql_metrics(
     let viewed =
         view(engine, tenant, |b| b.meta.max_time >= start && b.meta.min_time < end, &peers).await?;
     let total_blocks = viewed.blocks.len();
-    // Blocks go round-robin to this replica and the peers that answered; each peer aggregates
+    // Blocks are dealt to this replica and the peers that answered; each peer aggregates
     // its share (`metrics_part`), this replica its own share plus every head.
     let parts = shared_work(
         engine,

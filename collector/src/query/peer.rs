@@ -242,28 +242,43 @@ fn block_ref(b: &Block) -> BlockRef {
 /// A peer's base URL and the blocks it is to read.
 pub(super) type Share = (String, Vec<Arc<Block>>);
 
-/// Splits `blocks` round-robin (by id, so every replica would split alike) between this
-/// replica and the live peers `answered`: this replica's share, and each peer's.
+/// Splits `blocks` between this replica and the live peers `answered` so that each reads about
+/// as many spans: largest block first, each to the share with the fewest spans so far (ties:
+/// by block id, then this replica first, so every replica splits the same blocks alike). This
+/// replica's share, and each peer's.
 pub(super) fn share_blocks(
     engine: &QueryEngine,
-    mut blocks: Vec<Arc<Block>>,
+    blocks: Vec<Arc<Block>>,
     answered: &[String],
 ) -> (Vec<Arc<Block>>, Vec<Share>) {
     if engine.cluster.is_none() || answered.is_empty() || blocks.len() < 2 {
         return (blocks, Vec::new());
     }
-    blocks.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-    let n = answered.len() + 1;
-    let mut mine = Vec::new();
-    let mut shares: Vec<Share> = answered.iter().map(|b| (b.clone(), Vec::new())).collect();
-    for (i, b) in blocks.into_iter().enumerate() {
-        match (i % n).checked_sub(1).and_then(|p| shares.get_mut(p)) {
-            Some((_, share)) => share.push(b),
-            None => mine.push(b),
-        }
-    }
+    let mut parts = balance(blocks, answered.len() + 1, |b| b.meta.spans, |b| &b.meta.id);
+    let mine = parts.remove(0);
+    let mut shares: Vec<Share> = answered.iter().cloned().zip(parts).collect();
     shares.retain(|(_, s)| !s.is_empty());
     (mine, shares)
+}
+
+/// Deals `items` into `n` parts of about equal total `weight` (longest processing time first).
+fn balance<T, K: Ord + ?Sized>(
+    mut items: Vec<T>,
+    n: usize,
+    weight: impl Fn(&T) -> u64,
+    key: impl Fn(&T) -> &K,
+) -> Vec<Vec<T>> {
+    items.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| key(a).cmp(key(b))));
+    let mut parts: Vec<(u64, Vec<T>)> = (0..n.max(1)).map(|_| (0, Vec::new())).collect();
+    for item in items {
+        let w = weight(&item);
+        // `min_by_key` keeps the first of equals: the lowest part index.
+        if let Some(p) = parts.iter_mut().min_by_key(|p| p.0) {
+            p.0 = p.0.saturating_add(w);
+            p.1.push(item);
+        }
+    }
+    parts.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Runs `work` over this replica's share of `viewed`'s blocks (with every head) while each
@@ -458,4 +473,29 @@ pub async fn answer_search_part(
     let hits = super::search::matches(engine, &tables, &filter, part.range, limit).await?;
     engine.observe("search_part", started);
     Ok(hits.into_iter().map(|(id, h)| (hex::encode(id), h.last_start, h.matched)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balance;
+
+    #[test]
+    fn blocks_are_dealt_so_every_share_reads_about_as_many_spans() {
+        let blocks = vec![("a", 1000u64), ("b", 100), ("c", 600), ("d", 400), ("e", 500)];
+        let parts = balance(blocks.clone(), 3, |b| b.1, |b| b.0);
+        let totals: Vec<u64> = parts.iter().map(|p| p.iter().map(|b| b.1).sum()).collect();
+        assert_eq!(totals, vec![1000, 700, 900]);
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), blocks.len());
+        // the same blocks in any order are dealt alike
+        let mut shuffled = blocks;
+        shuffled.reverse();
+        assert_eq!(balance(shuffled, 3, |b| b.1, |b| b.0), parts);
+    }
+
+    #[test]
+    fn equal_blocks_go_round_robin_by_id_starting_with_this_replica() {
+        let blocks = vec![("b", 5u64), ("a", 5), ("c", 5)];
+        let parts = balance(blocks, 2, |b| b.1, |b| b.0);
+        assert_eq!(parts, vec![vec![("a", 5), ("c", 5)], vec![("b", 5)]]);
+    }
 }

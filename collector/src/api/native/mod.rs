@@ -333,7 +333,10 @@ async fn federated(
     end: i64,
 ) -> std::sync::Arc<dyn crate::promql::Storage> {
     let from = start.saturating_sub(series::BASELINE_LOOKBACK_MS);
-    let local = state.span_metrics.storage(tenant);
+    let local = super::prometheus::federate::Local {
+        series: state.span_metrics.storage(tenant),
+        rules: None,
+    };
     super::prometheus::federate::storage_in(state, local, tenant, Vec::new(), from, end).await
 }
 

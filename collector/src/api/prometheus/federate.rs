@@ -1,66 +1,23 @@
 //! PromQL over every replica's span metrics: a dry run over this replica's series tells which
 //! time range the query reads; the peers send their series of the query's selectors in that
-//! range (`/internal/v1/series`, each labelled with its `skein_node`); the query is then
-//! evaluated over the union ([`Federated`]). Without peers the local series are read as they
-//! are, without the label.
+//! range (`cluster/series.rs`, each labelled with its `skein_node`); the query is then
+//! evaluated over the union ([`Federated`]), with this replica's rule output read as it is.
+//! Without peers the local series are read as they are, without the label.
 
 use std::sync::Arc;
 
-use promql_parser::parser::{Expr, VectorSelector};
-use serde::{Deserialize, Serialize};
+use promql_parser::parser::Expr;
 
-use super::{blocking, collect_selectors};
+use super::blocking;
 use crate::api::AppState;
-use crate::promql::federation::{Federated, NODE_LABEL, Recording};
-use crate::promql::labels::Labels;
-use crate::promql::value::Series;
-use crate::promql::{PromqlError, Storage, selector_matches};
+use crate::promql::federation::{Federated, Recording};
+use crate::promql::{PromqlError, Storage, collect_selectors};
 
-pub const SERIES_PATH: &str = "series";
-
-/// What a replica asks its peers for.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SeriesRequest {
-    /// Series selectors (PromQL text); empty: every series.
-    pub selectors: Vec<String>,
-    /// Milliseconds, inclusive.
-    pub start: i64,
-    pub end: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct WireSeries {
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// (ms, value as Prometheus formats it: NaN and ±Inf survive JSON).
-    pub points: Vec<(i64, String)>,
-}
-
-/// This replica's series of `selectors` in `[start, end]`, labelled with its node.
-pub fn answer(
-    storage: &dyn Storage,
-    node: &str,
-    req: &SeriesRequest,
-) -> Result<Vec<WireSeries>, PromqlError> {
-    let sel: Vec<VectorSelector> = req
-        .selectors
-        .iter()
-        .map(|m| match crate::promql::parse(m)? {
-            Expr::VectorSelector(vs) => Ok(vs),
-            _ => Err(PromqlError::BadData(format!("{m:?} is not a series selector"))),
-        })
-        .collect::<Result<_, _>>()?;
-    let matches = |l: &Labels| sel.is_empty() || sel.iter().any(|vs| selector_matches(vs, l));
-    Ok(storage
-        .select(&matches, req.start, req.end)?
-        .into_iter()
-        .map(|s| {
-            let mut labels: std::collections::BTreeMap<String, String> =
-                s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            labels.insert(NODE_LABEL.to_string(), node.to_string());
-            let points = s.points.iter().map(|(t, v)| (*t, v.to_string())).collect();
-            WireSeries { labels, points }
-        })
-        .collect())
+/// What this replica holds for PromQL: span metrics, and rule output where rules run.
+#[derive(Clone)]
+pub struct Local {
+    pub series: Arc<dyn Storage>,
+    pub rules: Option<Arc<dyn Storage>>,
 }
 
 /// The storage `expr` is evaluated over: with peers, this replica's series and theirs.
@@ -68,15 +25,15 @@ pub fn answer(
 /// read matters).
 pub async fn storage(
     s: &AppState,
-    local: Arc<dyn Storage>,
+    local: Local,
     tenant: &str,
     expr: &Expr,
     dry: impl FnOnce(&dyn Storage) + Send + 'static,
 ) -> Result<Arc<dyn Storage>, PromqlError> {
-    let Some(cluster) = s.engine.cluster.as_ref().filter(|c| c.has_peers()) else {
-        return Ok(local);
-    };
-    let recording = Arc::new(Recording::new(local.clone()));
+    if !has_peers(s) {
+        return Ok(Arc::new(Federated::alone(local.series, local.rules)));
+    }
+    let recording = Arc::new(Recording::new(local.series.clone()));
     let r = recording.clone();
     blocking(move || {
         dry(r.as_ref());
@@ -84,47 +41,35 @@ pub async fn storage(
     })
     .await?;
     let Some((start, end)) = recording.range() else {
-        return Ok(Arc::new(Federated {
-            local,
-            node: cluster.node.to_string(),
-            remote: Vec::new(),
-        }));
+        return Ok(storage_in(s, local, tenant, Vec::new(), 0, -1).await);
     };
-    let mut sel = Vec::new();
-    collect_selectors(expr, &mut sel);
-    let selectors = sel.iter().map(|vs| vs.to_string()).collect();
+    let selectors = collect_selectors(expr).iter().map(|vs| vs.to_string()).collect();
     Ok(storage_in(s, local, tenant, selectors, start, end).await)
 }
 
+fn has_peers(s: &AppState) -> bool {
+    s.engine.cluster.as_ref().is_some_and(|c| c.has_peers())
+}
+
 /// The storage for reads within `[start, end]` (ms) of series matching `selectors` (empty:
-/// all): with peers, this replica's series and theirs.
+/// all): with peers, this replica's series and theirs (none asked for an empty range).
 pub async fn storage_in(
     s: &AppState,
-    local: Arc<dyn Storage>,
+    local: Local,
     tenant: &str,
     selectors: Vec<String>,
     start: i64,
     end: i64,
 ) -> Arc<dyn Storage> {
     let Some(cluster) = s.engine.cluster.as_ref().filter(|c| c.has_peers()) else {
-        return local;
+        return Arc::new(Federated::alone(local.series, local.rules));
     };
-    let mut remote = Vec::new();
-    let req = SeriesRequest { selectors, start, end };
-    for reply in cluster.ask(SERIES_PATH, tenant, &req).await {
-        match serde_json::from_slice::<Vec<WireSeries>>(&reply.body) {
-            Ok(series) => remote.extend(series.into_iter().map(|w| {
-                Series {
-                    labels: Labels::new(w.labels),
-                    points: w
-                        .points
-                        .into_iter()
-                        .map(|(t, v)| (t, v.parse::<f64>().unwrap_or(f64::NAN)))
-                        .collect(),
-                }
-            })),
-            Err(e) => crate::partial::note(format!("peer {}: unreadable series: {e}", reply.node)),
-        }
-    }
-    Arc::new(Federated { local, node: cluster.node.to_string(), remote })
+    let remote =
+        if start <= end { cluster.series(tenant, selectors, start, end).await } else { Vec::new() };
+    Arc::new(Federated {
+        local: local.series,
+        node: Some(cluster.node.to_string()),
+        remote,
+        rules: local.rules,
+    })
 }

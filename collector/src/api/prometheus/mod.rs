@@ -49,10 +49,10 @@ pub fn router() -> Router<AppState> {
 type Rules = Option<Extension<Arc<Alerting>>>;
 
 /// What PromQL reads for a tenant: span metrics, plus rule output where rules run.
-fn storage(s: &AppState, rules: &Rules, tenant: &str) -> Arc<dyn promql::Storage> {
-    match rules {
-        Some(Extension(a)) => a.storage(tenant),
-        None => s.span_metrics.storage(tenant),
+fn storage(s: &AppState, rules: &Rules, tenant: &str) -> federate::Local {
+    federate::Local {
+        series: s.span_metrics.storage(tenant),
+        rules: rules.as_ref().and_then(|Extension(a)| a.rule_output(tenant)),
     }
 }
 
@@ -193,17 +193,20 @@ fn selectors(p: &Params) -> Result<Vec<VectorSelector>, PromqlError> {
         .collect()
 }
 
-/// Label sets of the series matching any of `match[]` (all series without it) in the range.
-fn matching_series(
+/// Label sets of the series matching any of `match[]` (all series without it) in the range,
+/// every replica's.
+async fn matching_series(
     s: &AppState,
     rules: &Rules,
     tenant: &str,
     p: &Params,
 ) -> Result<Vec<promql::labels::Labels>, PromqlError> {
-    let storage = storage(s, rules, tenant);
     let sel = selectors(p)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
+    let texts = sel.iter().map(|vs| vs.to_string()).collect();
+    let storage =
+        federate::storage_in(s, storage(s, rules, tenant), tenant, texts, start, end).await;
     let matches =
         |l: &promql::labels::Labels| sel.is_empty() || sel.iter().any(|vs| selector_matches(vs, l));
     Ok(storage.select(&matches, start, end)?.into_iter().map(|s| s.labels).collect())
@@ -225,7 +228,8 @@ async fn labels(
     body: Bytes,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &body);
-    let names: BTreeSet<String> = matching_series(&s, &rules, &tenant, &p)?
+    let names: BTreeSet<String> = matching_series(&s, &rules, &tenant, &p)
+        .await?
         .iter()
         .flat_map(|l| l.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())
         .collect();
@@ -241,7 +245,8 @@ async fn label_values(
     RawQuery(q): RawQuery,
 ) -> Answer {
     let p = Params::new(q.as_deref(), &headers, &[]);
-    let values: BTreeSet<String> = matching_series(&s, &rules, &tenant, &p)?
+    let values: BTreeSet<String> = matching_series(&s, &rules, &tenant, &p)
+        .await?
         .iter()
         .filter_map(|l| l.get(&name).map(String::from))
         .collect();
@@ -260,7 +265,7 @@ async fn series(
     if p.all("match[]").is_empty() {
         return Err(PromqlError::BadData("no match[] parameter provided".into()));
     }
-    let mut found = matching_series(&s, &rules, &tenant, &p)?;
+    let mut found = matching_series(&s, &rules, &tenant, &p).await?;
     found.sort();
     Ok(success(Json::Array(limited(found.iter().map(|l| l.to_json()).collect(), p.limit()?))))
 }
@@ -289,23 +294,6 @@ async fn buildinfo() -> Response {
     }))
 }
 
-pub(super) fn collect_selectors<'e>(e: &'e Expr, out: &mut Vec<&'e VectorSelector>) {
-    match e {
-        Expr::VectorSelector(vs) => out.push(vs),
-        Expr::MatrixSelector(ms) => out.push(&ms.vs),
-        Expr::Paren(p) => collect_selectors(&p.expr, out),
-        Expr::Unary(u) => collect_selectors(&u.expr, out),
-        Expr::Subquery(s) => collect_selectors(&s.expr, out),
-        Expr::Binary(b) => {
-            collect_selectors(&b.lhs, out);
-            collect_selectors(&b.rhs, out);
-        }
-        Expr::Aggregate(a) => collect_selectors(&a.expr, out),
-        Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
-    }
-}
-
 async fn exemplars(
     State(s): State<AppState>,
     Tenant(tenant): Tenant,
@@ -317,8 +305,7 @@ async fn exemplars(
     let expr = promql::parse(p.required("query")?)?;
     let start = p.time("start", i64::MIN / 2)?;
     let end = p.time("end", i64::MAX / 2)?;
-    let mut sel = Vec::new();
-    collect_selectors(&expr, &mut sel);
+    let sel = promql::collect_selectors(&expr);
     let matches = |l: &promql::labels::Labels| sel.iter().any(|vs| selector_matches(vs, l));
     let data: Vec<Json> = s
         .span_metrics
