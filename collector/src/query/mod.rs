@@ -22,6 +22,7 @@ pub mod operation;
 pub mod peer;
 pub mod runner;
 pub mod search;
+mod search_index;
 pub mod sql;
 mod tables;
 pub mod tags;

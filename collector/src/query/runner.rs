@@ -90,6 +90,11 @@ impl QueryRunner {
         &self.limits
     }
 
+    /// Queries holding a slot now.
+    pub fn running(&self) -> usize {
+        self.limits.max_concurrent.max(1).saturating_sub(self.slots.available_permits())
+    }
+
     /// Counts a refusal of `reason` on `/metrics`.
     pub fn refused(&self, reason: &str) {
         self.metrics.queries_refused.with_label_values(&[reason]).inc();

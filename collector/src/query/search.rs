@@ -22,7 +22,8 @@ use super::compile::{
     trace_id_in,
 };
 use super::peer::{ask_search_part, shared_work};
-use super::tables::{assemble, span_tables, trace_summaries, view};
+use super::search_index;
+use super::tables::{Viewed, assemble, span_tables, trace_summaries, view};
 use super::traceql::{Filter, Query};
 use super::{QueryEngine, QueryError, Tables, parse_trace_id};
 use crate::cluster::SpanScope;
@@ -292,6 +293,47 @@ async fn phase1(
 /// the number of matching spans of each; the `limit` most recent, or (without a limit) at most
 /// one more than `--max-search-trace-ids`, so the caller can refuse.
 pub(super) async fn matches(
+    engine: &QueryEngine,
+    tables: &Tables,
+    f: &Filter,
+    range: Option<(i64, i64)>,
+    limit: Option<usize>,
+) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
+    let indexed = tables.blocks.iter().any(|b| search_index::indexed(b));
+    let expr = match indexed {
+        true => search_index::indexable(f, &tables.dedicated)?,
+        false => None,
+    };
+    let Some(expr) = expr else { return scanned_matches(engine, tables, f, range, limit).await };
+    // Head and blocks without an index are scanned; the indexed blocks are read through their
+    // indexes, newest first, seeded with what the scan found.
+    let (with_index, without): (Vec<_>, Vec<_>) =
+        tables.blocks.iter().cloned().partition(|b| search_index::indexed(b));
+    let rest = assemble(
+        engine,
+        Viewed {
+            blocks: without,
+            head: tables.head.clone(),
+            dedicated: tables.dedicated.clone(),
+            schema: tables.schema.clone(),
+            answered: Vec::new(),
+        },
+    )?;
+    let mut out = scanned_matches(engine, &rest, f, range, limit).await?;
+    let cap = engine.runner.limits().max_search_trace_ids.saturating_add(1);
+    search_index::add_matches(engine, &with_index, expr, range, limit, cap, &mut out).await?;
+    let keep = limit.unwrap_or(cap);
+    if out.len() > keep {
+        let mut all: Vec<([u8; 16], Hit)> = out.into_iter().collect();
+        all.sort_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
+        all.truncate(keep);
+        out = all.into_iter().collect();
+    }
+    Ok(out)
+}
+
+/// [`matches`] by scanning the span tables.
+async fn scanned_matches(
     engine: &QueryEngine,
     tables: &Tables,
     f: &Filter,

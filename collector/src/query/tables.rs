@@ -32,7 +32,7 @@ pub struct Tables {
     pub head: Vec<RecordBatch>,
 }
 
-fn context(engine: &QueryEngine) -> SessionContext {
+pub(super) fn context(engine: &QueryEngine) -> SessionContext {
     context_with(engine, 2)
 }
 
@@ -71,7 +71,10 @@ pub(super) async fn block_rows(
     Ok(ctx.read_table(table)?.filter(filter)?.collect().await?)
 }
 
-fn listing(files: Vec<String>, schema: SchemaRef) -> Result<Option<Arc<ListingTable>>, QueryError> {
+pub(super) fn listing(
+    files: Vec<String>,
+    schema: SchemaRef,
+) -> Result<Option<Arc<ListingTable>>, QueryError> {
     if files.is_empty() {
         return Ok(None);
     }

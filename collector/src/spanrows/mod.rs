@@ -22,8 +22,8 @@ pub use build::{
 };
 pub use decode::{column, decode_resource, to_traces_data};
 pub use schema::{
-    DedicatedColumns, SERVICE_NAME_KEY, attr_field, attr_fields, attr_list_type, col, event_field,
-    link_field, resource_type, span_schema,
+    DedicatedColumns, SERVICE_NAME_KEY, attr_field, attr_fields, attr_list_type, col, dict_utf8,
+    event_field, link_field, resource_type, span_schema,
 };
 pub use sealed::SealedRows;
 pub use tags::{TagKeys, tag_keys_of};

@@ -109,7 +109,7 @@ impl DedicatedColumns {
     }
 }
 
-pub(super) fn dict_utf8() -> DataType {
+pub fn dict_utf8() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 

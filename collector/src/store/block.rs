@@ -20,6 +20,7 @@ use parquet::schema::types::ColumnPath;
 
 use super::StoreError;
 use super::bloom::Bloom;
+use super::search;
 use crate::spanrows::{DedicatedColumns, TagKeys, col, span_schema};
 use crate::wal::SeqRanges;
 
@@ -32,6 +33,8 @@ pub const META_FILE: &str = "meta.json";
 pub const SPANS_FILE: &str = "spans.parquet";
 pub const TRACES_FILE: &str = "traces.parquet";
 pub const BLOOM_FILE: &str = "bloom.bin";
+/// The block's search index (`search.rs`); blocks written before it have none.
+pub const SEARCH_FILE: &str = "search.parquet";
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BlockMeta {
@@ -56,6 +59,9 @@ pub struct BlockMeta {
     pub dedicated: DedicatedColumns,
     pub tags: TagKeys,
     pub created_unix: i64,
+    /// Size of `search.parquet`; `None` for blocks written before search indexes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_bytes: Option<u64>,
 }
 
 impl BlockMeta {
@@ -66,7 +72,7 @@ impl BlockMeta {
         Self::dir(&self.tenant, &self.id).join(name)
     }
     pub fn bytes(&self) -> u64 {
-        self.spans_bytes + self.traces_bytes
+        self.spans_bytes + self.traces_bytes + self.search_bytes.unwrap_or(0)
     }
     /// WAL sequences this block holds; a block from before `wal_ranges` claims everything up
     /// to its `wal_seq`, which is what such blocks promised.
@@ -374,6 +380,7 @@ pub struct NewBlock<'a> {
 /// part (sort, encode, compress): callers run it on a blocking thread.
 pub struct Prepared {
     spans_pq: Bytes,
+    search_pq: Bytes,
     spans: u64,
     traces: RecordBatch,
 }
@@ -386,7 +393,10 @@ pub fn prepare_block(
     let sorted = sort_spans(batches, dedicated)?;
     let traces = summarize(&sorted)?;
     let spans_pq = encode_parquet(&encode_parents(&sorted)?, span_props())?;
-    Ok(Prepared { spans_pq, spans: sorted.num_rows() as u64, traces })
+    let mut search = search::SearchWriter::new()?;
+    search.push(search::rows(&sorted, 0)?)?;
+    let search_pq = search.finish()?;
+    Ok(Prepared { spans_pq, search_pq, spans: sorted.num_rows() as u64, traces })
 }
 
 /// Writes a block (data files first, meta last) and returns its meta and bloom filter.
@@ -403,6 +413,8 @@ pub struct BlockWriter {
     writer: ArrowWriter<Vec<u8>>,
     spans: u64,
     traces: Vec<RecordBatch>,
+    trace_count: u32,
+    search: search::SearchWriter,
 }
 
 impl BlockWriter {
@@ -412,12 +424,19 @@ impl BlockWriter {
             span_schema(dedicated),
             Some(span_props()),
         )?;
-        Ok(BlockWriter { writer, spans: 0, traces: Vec::new() })
+        let search = search::SearchWriter::new()?;
+        Ok(BlockWriter { writer, spans: 0, traces: Vec::new(), trace_count: 0, search })
     }
 
     /// `chunk` must hold whole traces, sorted, following the previous chunk's traces.
     pub fn write(&mut self, chunk: &RecordBatch) -> Result<(), StoreError> {
-        self.traces.push(summarize(chunk)?);
+        let traces = summarize(chunk)?;
+        self.search.push(search::rows(chunk, self.trace_count)?)?;
+        self.trace_count = u32::try_from(traces.num_rows())
+            .ok()
+            .and_then(|n| self.trace_count.checked_add(n))
+            .ok_or_else(|| StoreError::Corrupt("more than 2^32 traces in one block".into()))?;
+        self.traces.push(traces);
         self.writer.write(&encode_parents(chunk)?)?;
         self.spans += chunk.num_rows() as u64;
         Ok(())
@@ -426,7 +445,8 @@ impl BlockWriter {
     pub fn finish(self) -> Result<Prepared, StoreError> {
         let buf = self.writer.into_inner()?;
         let traces = concat_batches(&traces_schema(), &self.traces)?;
-        Ok(Prepared { spans_pq: Bytes::from(buf), spans: self.spans, traces })
+        let search_pq = self.search.finish()?;
+        Ok(Prepared { spans_pq: Bytes::from(buf), search_pq, spans: self.spans, traces })
     }
 }
 
@@ -436,7 +456,7 @@ pub async fn commit_block(
     nb: NewBlock<'_>,
     prepared: Prepared,
 ) -> Result<(BlockMeta, Bloom), StoreError> {
-    let Prepared { spans_pq, spans, traces } = prepared;
+    let Prepared { spans_pq, search_pq, spans, traces } = prepared;
     let (min_time, max_time) = time_range(&traces);
     let bloom = bloom_of(&traces);
     let traces_pq = encode_parquet(&traces, traces_props())?;
@@ -459,11 +479,13 @@ pub async fn commit_block(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
+        search_bytes: Some(search_pq.len() as u64),
     };
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let files = [
         (SPANS_FILE, spans_pq),
         (TRACES_FILE, traces_pq),
+        (SEARCH_FILE, search_pq),
         (BLOOM_FILE, Bytes::from(bloom.to_bytes())),
         (META_FILE, Bytes::from(json)),
     ];
@@ -480,7 +502,7 @@ pub async fn commit_block(
 /// still have been stored, and the caller writes the same rows again under a new id. What
 /// cannot be deleted now is an incomplete block, removed at the next start.
 async fn abandon(store: &Arc<dyn ObjectStore>, meta: &BlockMeta) {
-    for name in [META_FILE, SPANS_FILE, TRACES_FILE, BLOOM_FILE] {
+    for name in [META_FILE, SPANS_FILE, TRACES_FILE, SEARCH_FILE, BLOOM_FILE] {
         match store.delete(&meta.file(name)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => {

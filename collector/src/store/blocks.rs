@@ -28,6 +28,10 @@ pub trait BlockMetaFile: DeserializeOwned {
     fn compacted_from(&self) -> &[String];
     /// The size of data file `file` the meta records, if it records one.
     fn recorded_size(&self, file: &str) -> Option<u64>;
+    /// Whether the block has data file `file` (blocks written before a file was added lack it).
+    fn expects(&self, _file: &str) -> bool {
+        true
+    }
 }
 
 /// Top-level directory damaged blocks are moved to. Its keys are at least one level deeper
@@ -251,7 +255,7 @@ impl BlockDir {
                 meta.id()
             )));
         }
-        for name in self.data_files {
+        for name in self.data_files.iter().filter(|n| meta.expects(n)) {
             let Some(file) = files.iter().find(|o| o.location.filename() == Some(name)) else {
                 return Ok(Err(format!("{name} is missing")));
             };
@@ -304,7 +308,9 @@ impl BlockDir {
 
     async fn delete_files<'a>(&self, files: impl IntoIterator<Item = &'a Path>) {
         for f in files {
-            if let Err(e) = self.object_store.delete(f).await {
+            if let Err(e) = self.object_store.delete(f).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
                 tracing::warn!(path = %f, error = %e, "delete failed");
             }
         }

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod metered;
 pub mod namespace;
 pub mod prefix;
+pub mod search;
 pub mod shared;
 mod span_ids;
 
@@ -103,7 +104,7 @@ impl From<BlockDirError> for StoreError {
 }
 
 /// Files of a span block besides `meta.json`.
-const DATA_FILES: &[&str] = &[SPANS_FILE, block::TRACES_FILE, BLOOM_FILE];
+const DATA_FILES: &[&str] = &[SPANS_FILE, block::TRACES_FILE, block::SEARCH_FILE, BLOOM_FILE];
 
 impl BlockMetaFile for BlockMeta {
     fn tenant(&self) -> &str {
@@ -119,8 +120,12 @@ impl BlockMetaFile for BlockMeta {
         match file {
             SPANS_FILE => Some(self.spans_bytes),
             block::TRACES_FILE => Some(self.traces_bytes),
+            block::SEARCH_FILE => self.search_bytes,
             _ => None,
         }
+    }
+    fn expects(&self, file: &str) -> bool {
+        file != block::SEARCH_FILE || self.search_bytes.is_some()
     }
 }
 
@@ -295,8 +300,9 @@ impl Store {
     /// wrong, if anything.
     async fn parquet_damage(&self, meta: &BlockMeta) -> Result<Option<String>, StoreError> {
         const MAGIC: &[u8] = b"PAR1";
-        for (file, len) in [(SPANS_FILE, meta.spans_bytes), (block::TRACES_FILE, meta.traces_bytes)]
-        {
+        let search = meta.search_bytes.map(|len| (block::SEARCH_FILE, len));
+        let files = [(SPANS_FILE, meta.spans_bytes), (block::TRACES_FILE, meta.traces_bytes)];
+        for (file, len) in files.into_iter().chain(search) {
             let Some(tail) = len.checked_sub(8).filter(|&t| t >= 4) else {
                 return Ok(Some(format!("{file} ({len} bytes) is too short for Parquet")));
             };

@@ -239,11 +239,14 @@ async fn hostile_query_flood_does_not_starve_ingest() {
             tokio::spawn(async move { reqwest::Client::new().post(url).body(ENDLESS).send().await })
         })
         .collect();
-    // Poll until all 8 run: a ninth query is turned away.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sql(&c, "SELECT 1 AS one").await.0 != 429 {
+    // Poll until all 8 hold a slot (a probe query here could take a free slot and then queue
+    // behind the flood on the query runtime); then a ninth query is turned away.
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    while c.r().engine.runner.running() < 8 {
         assert!(Instant::now() < deadline, "the flood did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(sql(&c, "SELECT 1 AS one").await.0, 429);
     let http = reqwest::Client::new();
     let mut worst = Duration::ZERO;
     for n in 0..20u64 {

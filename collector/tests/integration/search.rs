@@ -211,3 +211,123 @@ async fn operation_spans_are_selected_by_service_name_and_duration_over_head_and
     let other = OperationQuery { service: "payments".into(), ..q(None, None) };
     assert!(e.operation_spans(T, &other).await.unwrap().is_empty(), "name must match too");
 }
+
+/// Batches of traces over many services, names and durations; every tenth trace's children
+/// come one batch after its root, so such traces are split over two blocks.
+fn mixed_batches() -> Vec<Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>> {
+    let ms = 1_000_000u64;
+    let mut batches = vec![Vec::new(); 6];
+    for n in 0..300u64 {
+        let start = BASE + ((n * 7919) % 1000) * 10 * ms;
+        let svc = format!("svc-{}", n % 4);
+        let name = format!("op-{}", n % 3);
+        let mut rs = trace(n + 1, &svc, &name, start, (n * 37) % 500 + 1, n % 4, n % 7 == 0);
+        let batch = (n % 5) as usize;
+        if n % 10 == 3 {
+            let mut later = rs.clone();
+            later.scope_spans[0].spans.drain(..1);
+            rs.scope_spans[0].spans.truncate(1);
+            batches[batch + 1].push(later);
+        }
+        batches[batch].push(rs);
+    }
+    batches
+}
+
+/// What a search answers: trace ids, most recent first, with their match counts.
+async fn answers(e: &QueryEngine, q: &str, limit: usize, range: Option<(i64, i64)>) -> Vec<String> {
+    let query = traceql::parse(q).unwrap();
+    let r = e.search(T, SearchRequest { query, limit, spss: 2, range }).await.unwrap();
+    r.traces.iter().map(|t| format!("{}:{}", &t.trace_id[28..], t.span_sets[0].matched)).collect()
+}
+
+const MIXED_QUERIES: &[&str] = &[
+    "{}",
+    r#"{ resource.service.name = "svc-1" && duration > 200ms }"#,
+    "{ status = error }",
+    r#"{ name = "op-2" }"#,
+    "{ kind = client && duration < 3ms }",
+    r#"{ resource.service.name = "svc-2" } && { status = error }"#,
+    r#"{ name = "child-0" } || { resource.service.name = "svc-3" && duration > 400ms }"#,
+    "{ span.attempt >= 1 }",
+];
+
+#[tokio::test]
+async fn search_through_block_indexes_answers_as_a_scan_of_the_same_spans() {
+    // The same spans twice: all in the head (scanned), and flushed batch by batch into blocks
+    // (read through their search indexes).
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store_a, head_a, metrics_a) = store_and_head(a.path()).await;
+    let (store_b, head_b, metrics_b) = store_and_head(b.path()).await;
+    for (seq, batch) in mixed_batches().into_iter().enumerate() {
+        let seq = seq as u64 + 1;
+        head_a.apply(seq, T, &request(batch.clone())).unwrap();
+        head_b.apply(seq, T, &request(batch)).unwrap();
+        for f in head_b.freeze_due(1, std::time::Duration::from_secs(1), true).unwrap() {
+            store_b.flush(&f, || head_b.release(&f)).await.unwrap();
+        }
+    }
+    assert!(store_b.blocks(T).len() >= 5);
+    assert!(store_b.blocks(T).iter().all(|b| b.meta.search_bytes.is_some()));
+    let scanned = QueryEngine::new(store_a, head_a, metrics_a, 256 << 20).unwrap();
+    let indexed = QueryEngine::new(store_b, head_b, metrics_b, 256 << 20).unwrap();
+    let window = Some((BASE as i64 + 2_000_000_000, BASE as i64 + 6_000_000_000));
+    for q in MIXED_QUERIES {
+        for (limit, range) in [(20, None), (3, None), (20, window), (1000, None)] {
+            let want = answers(&scanned, q, limit, range).await;
+            assert!(!want.is_empty(), "{q}: no traces, the comparison would prove nothing");
+            assert_eq!(
+                answers(&indexed, q, limit, range).await,
+                want,
+                "{q} limit {limit} {range:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn blocks_written_before_search_indexes_still_load_and_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, head, metrics) = store_and_head(dir.path()).await;
+    for (seq, batch) in mixed_batches().into_iter().enumerate() {
+        let seq = seq as u64 + 1;
+        head.apply(seq, T, &request(batch)).unwrap();
+        for f in head.freeze_due(1, std::time::Duration::from_secs(1), true).unwrap() {
+            store.flush(&f, || head.release(&f)).await.unwrap();
+        }
+    }
+    let blocks = store.blocks(T).len();
+    let e = QueryEngine::new(store, head, metrics, 256 << 20).unwrap();
+    let mut want = Vec::new();
+    for q in MIXED_QUERIES {
+        want.push(answers(&e, q, 20, None).await);
+    }
+    drop(e);
+    // Turn every block into one of the old format: no search.parquet, no search_bytes.
+    let mut stripped = 0;
+    let mut stack = vec![dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "search.parquet") {
+                std::fs::remove_file(&p).unwrap();
+                let meta = p.with_file_name("meta.json");
+                let mut json: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+                json.as_object_mut().unwrap().remove("search_bytes").unwrap();
+                std::fs::write(&meta, serde_json::to_vec(&json).unwrap()).unwrap();
+                stripped += 1;
+            }
+        }
+    }
+    assert_eq!(stripped, blocks);
+    let (store, head, metrics) = store_and_head(dir.path()).await;
+    assert_eq!(store.blocks(T).len(), blocks, "old blocks are loaded, none quarantined");
+    assert!(store.blocks(T).iter().all(|b| b.meta.search_bytes.is_none()));
+    let e = QueryEngine::new(store, head, metrics, 256 << 20).unwrap();
+    for (q, want) in MIXED_QUERIES.iter().zip(want) {
+        assert_eq!(answers(&e, q, 20, None).await, want, "{q}");
+    }
+}

@@ -276,7 +276,7 @@ async fn damaged_blocks_are_quarantined_at_start_and_the_rest_is_served() {
         let moved = files_under(&root, &format!("quarantine/{T}/{id}"));
         assert!(moved.iter().any(|f| f.ends_with("meta.json")), "block {k}: {moved:?}");
     }
-    assert_eq!(files_under(&root, &format!("quarantine/{T}/{}", ids[2])).len(), 3);
+    assert_eq!(files_under(&root, &format!("quarantine/{T}/{}", ids[2])).len(), 4);
 
     // Quarantined files are never taken for blocks again, nor deleted as incomplete ones.
     let before = files_under(&root, "quarantine");
@@ -473,7 +473,7 @@ async fn a_flushed_block_is_fsynced_file_and_directories_before_flush_returns() 
     let synced = synced.lock().unwrap().clone();
     let b = format!("{T}/{id}");
     let mut want = Vec::new();
-    for f in ["spans.parquet", "traces.parquet", "bloom.bin", "meta.json"] {
+    for f in ["spans.parquet", "traces.parquet", "search.parquet", "bloom.bin", "meta.json"] {
         want.extend([format!("{b}/{f}"), b.clone(), T.to_string(), String::new()]);
     }
     assert_eq!(synced, want, "each file, then its directories, meta last");
