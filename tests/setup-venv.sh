@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Create (if missing) and update the end-to-end test virtualenv at <repo>/.venv.
-# Idempotent: pip runs only when tests/requirements.txt changed since the last install.
+# Idempotent: pip runs only when tests/requirements.txt (or $REQUIREMENTS) changed since the last
+# install.
 # Usage: bash tests/setup-venv.sh && .venv/bin/pytest tests/e2e -q
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 venv="${SKEIN_VENV:-$root/.venv}"
-req="$here/requirements.txt"
+req="${REQUIREMENTS:-$here/requirements.txt}"
 stamp="$venv/.requirements.sha256"
 python="${PYTHON:-python3}"
 

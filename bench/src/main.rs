@@ -6,6 +6,7 @@
 //! as JSON (`--json FILE`). The `skein` under test is the one built beside this executable
 //! (`cargo build --release --bin skein`), or `SKEIN_BIN`.
 
+mod clickhouse;
 mod dataset;
 mod ingest;
 mod procs;

@@ -16,7 +16,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::dataset::{DataSpec, Rng, TraceGenerator};
+use super::clickhouse::{self, MixParams, MixQuery, RowsWriter, Survey};
+use super::dataset::{DataSpec, Generated, Rng, TraceGenerator};
 use super::ingest::{fetch_metrics, metric_sum, now_ns};
 use super::procs::{self, RssSampler, ScratchDir, Spawned};
 use super::report::{Report, Row, Samples, Summary, fmt_count, fmt_mib, fmt_ms, machine_line};
@@ -41,6 +42,12 @@ pub struct QueryArgs {
     /// The data set's spans start within this long before the load begins.
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub spread: Duration,
+    /// The last this long of the spread is a burst: `--burst-share` of the spans start in it.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub burst: Duration,
+    /// Share of the data set's spans that start within the burst (0 for none).
+    #[arg(long, default_value_t = 0.5)]
+    pub burst_share: f64,
     /// Search window (ending at the newest data).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub window: Duration,
@@ -76,6 +83,27 @@ pub struct QueryArgs {
     /// Write results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Python with chdb for the ClickHouse peer (default: .venv-bench/bin/python in or above
+    /// the current directory, as `bench/setup-chdb.sh` makes it).
+    #[arg(long)]
+    pub chdb_python: Option<PathBuf>,
+    /// Do not run the ClickHouse peer.
+    #[arg(long)]
+    pub no_clickhouse: bool,
+}
+
+impl QueryArgs {
+    pub(crate) fn plan(&self, from_ns: u64, to_ns: u64) -> Plan {
+        Plan::with_burst(
+            self.spans,
+            self.batch,
+            self.spans_per_trace,
+            from_ns,
+            to_ns,
+            self.burst.as_nanos() as u64,
+            self.burst_share,
+        )
+    }
 }
 
 pub(crate) const MANIFEST: &str = "bench-dataset.json";
@@ -93,30 +121,96 @@ pub struct Manifest {
     pub sample_trace_ids: Vec<String>,
     pub load_seconds: f64,
     pub load_spans_per_sec: f64,
+    #[serde(default)]
+    pub burst_ns: u64,
+    #[serde(default)]
+    pub burst_share: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub batch: usize,
+    /// Thresholds of the search mix, surveyed from the generated data.
+    #[serde(default)]
+    pub mix: Option<MixParams>,
 }
 
 /// Plan of the load: `requests` requests of `traces_per_request` traces, request `i` covering
-/// the `i`-th slice of [from, to) so the data arrives roughly in time order, as live data would.
+/// the `i`-th slice of its period so the data arrives roughly in time order, as live data would.
+/// The first `steady` requests cover [from, burst_from), the rest the burst [burst_from, to).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     pub requests: u64,
     pub traces_per_request: usize,
     pub from_ns: u64,
     pub to_ns: u64,
+    pub burst_from_ns: u64,
+    pub steady: u64,
 }
 
 impl Plan {
-    pub fn new(spans: u64, batch: usize, spans_per_trace: usize, from_ns: u64, to_ns: u64) -> Self {
+    /// A plan whose last `burst_share` of the requests all fall in the last `burst_ns`.
+    pub fn with_burst(
+        spans: u64,
+        batch: usize,
+        spans_per_trace: usize,
+        from_ns: u64,
+        to_ns: u64,
+        burst_ns: u64,
+        burst_share: f64,
+    ) -> Self {
         let traces_per_request = (batch / spans_per_trace.max(1)).max(1);
         let per_request = (traces_per_request * spans_per_trace.max(1)) as u64;
-        Plan { requests: spans.div_ceil(per_request).max(1), traces_per_request, from_ns, to_ns }
+        let requests = spans.div_ceil(per_request).max(1);
+        let burst_ns = burst_ns.min(to_ns.saturating_sub(from_ns));
+        let share = if burst_ns == 0 { 0.0 } else { burst_share.clamp(0.0, 1.0) };
+        let burst = ((requests as f64 * share).round() as u64).min(requests);
+        Plan {
+            requests,
+            traces_per_request,
+            from_ns,
+            to_ns,
+            burst_from_ns: to_ns - burst_ns,
+            steady: requests - burst,
+        }
     }
 
     pub fn slot(&self, i: u64) -> (u64, u64) {
-        let width = (self.to_ns - self.from_ns) as u128;
-        let a = self.from_ns + (width * i as u128 / self.requests as u128) as u64;
-        let b = self.from_ns + (width * (i as u128 + 1) / self.requests as u128) as u64;
+        let (from, to, k, n) = if i < self.steady {
+            (self.from_ns, self.burst_from_ns, i, self.steady)
+        } else {
+            (self.burst_from_ns, self.to_ns, i - self.steady, self.requests - self.steady)
+        };
+        let width = to.saturating_sub(from) as u128;
+        let a = from + (width * k as u128 / n.max(1) as u128) as u64;
+        let b = from + (width * (k as u128 + 1) / n.max(1) as u128) as u64;
         (a, b.max(a + 1))
+    }
+
+    /// Generates the plan's requests in order, as `load` sends them, with a sample of trace
+    /// ids (one per `every` requests). Deterministic for a seed, so the same rows can be
+    /// generated again for a peer.
+    pub fn generate(
+        &self,
+        spec: DataSpec,
+        seed: u64,
+        mut each: impl FnMut(u64, &Generated) -> bool,
+    ) -> Vec<String> {
+        let g = TraceGenerator::new(spec);
+        let mut rng = Rng::new(seed);
+        let every = (self.requests as usize / SAMPLE_IDS).max(1) as u64;
+        let mut sample = Vec::new();
+        for i in 0..self.requests {
+            let (a, b) = self.slot(i);
+            let out = g.request(&mut rng, self.traces_per_request, a, b);
+            if i % every == 0 {
+                let k = rng.below(out.trace_ids.len() as u64) as usize;
+                sample.push(hex::encode(out.trace_ids[k]));
+            }
+            if !each(i, &out) {
+                break;
+            }
+        }
+        sample
     }
 }
 
@@ -158,7 +252,7 @@ pub(crate) async fn load(
     let spec = DataSpec::new(args.spans_per_trace, args.attributes);
     let to_ns = now_ns();
     let from_ns = to_ns - args.spread.as_nanos() as u64;
-    let plan = Plan::new(args.spans, args.batch, spec.spans_per_trace, from_ns, to_ns);
+    let plan = args.plan(from_ns, to_ns);
     let total_spans = plan.requests * (plan.traces_per_request * spec.spans_per_trace) as u64;
     eprintln!(
         "loading {} spans ({} requests × {} traces × {} spans, {} attributes/span) spread over {}",
@@ -173,24 +267,11 @@ pub(crate) async fn load(
     // Generation runs on its own thread, a little ahead of the exporters.
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Bytes, usize)>(args.concurrency * 4);
     let seed = args.seed;
-    let every = (plan.requests as usize / SAMPLE_IDS).max(1) as u64;
     let generator = tokio::task::spawn_blocking(move || {
-        let g = TraceGenerator::new(spec);
-        let mut rng = Rng::new(seed);
-        let mut sample = Vec::new();
-        for i in 0..plan.requests {
-            let (a, b) = plan.slot(i);
-            let out = g.request(&mut rng, plan.traces_per_request, a, b);
-            if i % every == 0 {
-                let k = rng.below(out.trace_ids.len() as u64) as usize;
-                sample.push(hex::encode(out.trace_ids[k]));
-            }
+        plan.generate(spec, seed, |i, out| {
             let body = Bytes::from(out.req.encode_to_vec());
-            if tx.blocking_send((i, body, out.spans)).is_err() {
-                break;
-            }
-        }
-        sample
+            tx.blocking_send((i, body, out.spans)).is_ok()
+        })
     });
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let acked = Arc::new(AtomicU64::new(0));
@@ -274,6 +355,11 @@ pub(crate) async fn load(
         sample_trace_ids: sample,
         load_seconds: secs,
         load_spans_per_sec: spans as f64 / secs,
+        burst_ns: args.burst.as_nanos() as u64,
+        burst_share: args.burst_share,
+        seed: args.seed,
+        batch: args.batch,
+        mix: None,
     };
     eprintln!(
         "loaded {} spans in {secs:.1} s ({} spans/s, {} refusals retried)",
@@ -351,6 +437,8 @@ struct Timed {
     /// Per-request result size (spans for trace by id, traces for search), first request.
     result_size: Option<usize>,
     mismatches: usize,
+    /// Trace ids of the first search answer.
+    first_ids: Vec<String>,
 }
 
 async fn trace_by_id(
@@ -408,12 +496,20 @@ async fn trace_by_id(
         }
     }
     bar.finish_and_clear();
-    Timed { latency: samples.summary(), failures, first_failure, result_size: size, mismatches }
+    Timed {
+        latency: samples.summary(),
+        failures,
+        first_failure,
+        result_size: size,
+        mismatches,
+        first_ids: Vec::new(),
+    }
 }
 
 async fn repeated(t: &HttpTarget, label: &str, path_and_query: &str, n: usize) -> Timed {
     let mut samples = Samples::default();
     let (mut failures, mut first_failure, mut size) = (0, None, None);
+    let mut first_ids: Option<Vec<String>> = None;
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(&format!("  {label} [{{bar:30}}] {{pos}}/{{len}}"))
@@ -431,6 +527,11 @@ async fn repeated(t: &HttpTarget, label: &str, path_and_query: &str, n: usize) -
                     .map(|a| a.len())
                     .or_else(|| v["data"]["result"].as_array().map(|a| a.len()));
                 size = size.or(n);
+                if first_ids.is_none() {
+                    first_ids = v["traces"].as_array().map(|a| {
+                        a.iter().filter_map(|t| t["traceID"].as_str().map(str::to_string)).collect()
+                    });
+                }
             }
             continue;
         }
@@ -456,7 +557,14 @@ async fn repeated(t: &HttpTarget, label: &str, path_and_query: &str, n: usize) -
         }
     }
     bar.finish_and_clear();
-    Timed { latency: samples.summary(), failures, first_failure, result_size: size, mismatches: 0 }
+    Timed {
+        latency: samples.summary(),
+        failures,
+        first_failure,
+        result_size: size,
+        mismatches: 0,
+        first_ids: first_ids.unwrap_or_default(),
+    }
 }
 
 pub(crate) fn search_path(q: &str, start: u64, end: u64) -> String {
@@ -475,6 +583,10 @@ pub(crate) fn load_manifest(dir: &Path, args: &QueryArgs) -> Option<Manifest> {
     let same = m.spans_per_trace == args.spans_per_trace
         && m.attributes == args.attributes
         && m.spans.abs_diff(args.spans) < (args.batch as u64).max(args.spans_per_trace as u64)
+        && m.burst_ns == args.burst.as_nanos() as u64
+        && m.burst_share == args.burst_share
+        && m.seed == args.seed
+        && m.batch == args.batch
         && !m.sample_trace_ids.is_empty();
     same.then_some(m)
 }
@@ -542,12 +654,34 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
         }
     };
     let rss_settle_peak = sampler.peak();
+    let python = if args.no_clickhouse {
+        None
+    } else {
+        clickhouse::find_python(args.chdb_python.as_deref())
+    };
+    let ch_dir = data.join("clickhouse");
+    let ch_loaded = ch_dir.join("loaded.json");
+    let need_rows = python.is_some() && !ch_loaded.is_file();
+    let mix_params = match (manifest.mix, need_rows) {
+        (Some(m), false) => m,
+        _ => {
+            let m = survey(&args, &manifest, need_rows.then(|| ch_dir.join("rows")).as_deref())?;
+            let mut saved = manifest.clone();
+            saved.mix = Some(m);
+            let text =
+                serde_json::to_string(&saved).map_err(|e| BenchError::Failed(e.to_string()))?;
+            std::fs::write(data.join(MANIFEST), text)
+                .map_err(|e| BenchError::Failed(format!("cannot write the manifest: {e}")))?;
+            m
+        }
+    };
     let before_queries = phase_started.elapsed();
 
     let blocks_dir = data.join("blocks");
     let parquet = procs::dir_bytes(&blocks_dir, ".parquet");
     let spans_file = procs::dir_bytes(&blocks_dir, "spans.parquet");
     let traces_file = procs::dir_bytes(&blocks_dir, "traces.parquet");
+    let search_file = procs::dir_bytes(&blocks_dir, "search.parquet");
     let all_block_files = procs::dir_bytes(&blocks_dir, "");
     let wal = procs::dir_bytes(&data.join("wal"), "");
     let columns = procs::parquet_column_bytes(&blocks_dir, "spans.parquet");
@@ -574,18 +708,14 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     .await;
     let end_s = manifest.to_ns / 1_000_000_000;
     let start_s = end_s - args.window.as_secs();
-    let q_slow = r#"{ resource.service.name = "svc-3" && duration > 500ms }"#;
-    let q_svc = r#"{ resource.service.name = "svc-3" }"#;
-    let s_slow = repeated(
-        &target,
-        "search svc+duration",
-        &search_path(q_slow, start_s, end_s),
-        args.search_queries,
-    )
-    .await;
-    let s_svc =
-        repeated(&target, "search svc", &search_path(q_svc, start_s, end_s), args.search_queries)
-            .await;
+    let hour = (start_s, end_s);
+    let burst = (end_s - args.burst.as_secs().max(1), end_s);
+    let queries = clickhouse::mix(&mix_params, burst, hour);
+    let mut searches = Vec::with_capacity(queries.len());
+    for q in &queries {
+        let path = search_path(&q.traceql, q.window.0, q.window.1);
+        searches.push(repeated(&target, &q.name, &path, args.search_queries).await);
+    }
     let red_qs: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair(
             "query",
@@ -621,6 +751,16 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     let log = serve.log.clone();
     serve.stop().await;
     alive?;
+    // The peer runs after skein has stopped, so neither competes with the other for the cores.
+    let ch = match &python {
+        Some(py) => Some(run_clickhouse(py, &ch_dir, &manifest, &queries, &args).await?),
+        None => {
+            eprintln!(
+                "chdb not found (--chdb-python, or bench/setup-chdb.sh for .venv-bench): no ClickHouse figures"
+            );
+            None
+        }
+    };
     if args.data_dir.is_none() {
         drop(scratch);
     }
@@ -643,7 +783,7 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
         Row::new("RED query_range 1 h / 15 s step, p50 / p99", lat(&red))
             .goal("p50 ≤ 20 ms", p50(&red).map(|v| v <= 20_000_000))
     };
-    let rows = vec![
+    let mut rows = vec![
         Row::new("data set spans", fmt_count(manifest.spans as f64)),
         Row::new(
             if was_reused {
@@ -653,25 +793,34 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             },
             format!("{} spans/s", fmt_count(manifest.load_spans_per_sec)),
         ),
-        Row::new("bytes/span on disk (Parquet, no WAL)", format!("{bps:.1} B"))
-            .goal("≤ 25 B", Some(bps <= 25.0)),
-        Row::new("trace by id, no time range, p50 / p99", lat(&by_id))
-            .goal("p50 ≤ 10 ms", p50(&by_id).map(|v| v <= 10_000_000)),
-        Row::new("search service + duration>500ms, 1 h, p50 / p99", lat(&s_slow))
-            .goal("p50 ≤ 30 ms", p50(&s_slow).map(|v| v <= 30_000_000)),
-        Row::new("search service only, 1 h, p50 / p99", lat(&s_svc)),
+        disk_row(bps, spans as f64, ch.as_ref()),
+        peer_row(
+            "trace by id, no time range, p50 / p99",
+            &by_id,
+            ch.as_ref().map(|c| &c.trace_by_id),
+            0.33,
+            Some(10),
+        ),
         red_row,
+    ];
+    for (k, (q, t)) in queries.iter().zip(&searches).enumerate() {
+        let budget = (k < 2).then_some(30);
+        let label = format!("search {}, p50 / p99", q.name);
+        rows.push(peer_row(&label, t, ch.as_ref().map(|c| &c.searches[k]), 1.0, budget));
+    }
+    rows.extend([
         Row::new(
             "collector peak RSS while loading",
             if was_reused { "— (data set reused)".into() } else { fmt_mib(rss_load_peak) },
         ),
         Row::new("collector peak RSS during queries", fmt_mib(rss_query_peak)),
-    ];
+    ]);
     let mut notes = vec![
         format!(
-            "disk: spans.parquet {:.1} B/span, traces.parquet {:.1} B/span, all block files (incl. bloom, meta) {:.1} B/span; {} blocks; WAL left {}",
+            "disk: spans.parquet {:.1} B/span, traces.parquet {:.1} B/span, search.parquet (index) {:.1} B/span, all block files (incl. bloom, meta) {:.1} B/span; {} blocks; WAL left {}",
             spans_file as f64 / spans as f64,
             traces_file as f64 / spans as f64,
+            search_file as f64 / spans as f64,
             all_block_files as f64 / spans as f64,
             blocks,
             fmt_mib(wal)
@@ -684,8 +833,34 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             humantime::format_duration(args.window),
             humantime::format_duration(args.spread)
         ),
-        format!("queries: {}; {}", q_slow, q_svc),
     ];
+    for q in &queries {
+        notes.push(format!("{}: {} over [{}, {}]", q.name, q.traceql, q.window.0, q.window.1));
+    }
+    if let Some(c) = &ch {
+        notes.push(format!(
+            "ClickHouse {} (chdb, embedded, timed in-process: no HTTP): Jaeger v2's span table (ORDER BY service_name, name, start_time; bloom filter on trace_id and string attributes; minmax on start_time and duration), parts merged (OPTIMIZE FINAL); spans table {:.1} B/span, trace_id_timestamps {:.1} B/span",
+            c.version,
+            c.spans_bytes as f64 / spans as f64,
+            c.timestamps_bytes as f64 / spans as f64
+        ));
+        for (q, (t, p)) in queries.iter().zip(searches.iter().zip(&c.searches)) {
+            let mine: std::collections::BTreeSet<&String> = t.first_ids.iter().collect();
+            let theirs: std::collections::BTreeSet<&String> = p.ids.iter().collect();
+            if mine != theirs {
+                notes.push(format!(
+                    "{}: skein and ClickHouse found different traces ({} vs {}, {} in common)",
+                    q.name,
+                    mine.len(),
+                    theirs.len(),
+                    mine.intersection(&theirs).count()
+                ));
+            }
+            if let Some(e) = &p.error {
+                notes.push(format!("{}: ClickHouse failed: {e}", q.name));
+            }
+        }
+    }
     let top: Vec<String> = columns
         .iter()
         .take(8)
@@ -697,12 +872,10 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             "other processes used {c:.2} cores while the queries ran: latencies are disturbed, re-run on a quiet machine"
         ));
     }
-    for (label, t) in [
-        ("trace by id", &by_id),
-        ("search svc+duration", &s_slow),
-        ("search svc", &s_svc),
-        ("RED query_range", &red),
-    ] {
+    let labelled = [("trace by id".to_string(), &by_id), ("RED query_range".to_string(), &red)];
+    let searched = queries.iter().map(|q| q.name.clone()).zip(searches.iter());
+    for (label, t) in labelled.into_iter().chain(searched) {
+        let label = label.as_str();
         if t.failures > 0 || t.mismatches > 0 {
             notes.push(format!(
                 "{label}: {} failed, {} wrong results; first: {} (log {})",
@@ -754,6 +927,7 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
             "parquet_bytes": parquet,
             "spans_parquet_bytes": spans_file,
             "traces_parquet_bytes": traces_file,
+            "search_parquet_bytes": search_file,
             "block_files_bytes": all_block_files,
             "wal_bytes": wal,
             "bytes_per_span_parquet": (bps * 100.0).round() / 100.0,
@@ -763,8 +937,15 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
                 .collect::<serde_json::Map<String, Value>>(),
         },
         "trace_by_id": json_t(&by_id),
-        "search_service_duration": json_t(&s_slow),
-        "search_service": json_t(&s_svc),
+        "searches": queries.iter().zip(&searches).map(|(q, t)| {
+            let mut v = json_t(t);
+            v["name"] = json!(q.name);
+            v["traceql"] = json!(q.traceql);
+            v["clickhouse_sql"] = json!(q.sql);
+            v
+        }).collect::<Vec<_>>(),
+        "mix_params": mix_params,
+        "clickhouse": ch.as_ref().map(|c| c.json.clone()),
         "red_query_range": json_t(&red),
         "rss": {
             "load_peak_bytes": rss_load_peak,
@@ -777,13 +958,15 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     let report = Report {
         title: "skein-bench query".into(),
         against: format!(
-            "skein serve (spawned, fsync={}, --head-max-age={}) with {} spans ({} spans/trace, {} attributes/span, 10 services, 50 operations) over {}; no peer in this benchmark; {}",
+            "skein serve (spawned, fsync={}, --head-max-age={}) with {} spans ({} spans/trace, {} attributes/span, 10 services, 50 operations) over {} ({} of the spans in the last {}); peer: ClickHouse via chdb on the same rows, when installed; {}",
             args.fsync,
             args.head_max_age,
             fmt_count(manifest.spans as f64),
             args.spans_per_trace,
             args.attributes,
             humantime::format_duration(args.spread),
+            args.burst_share,
+            humantime::format_duration(args.burst),
             machine_line()
         ),
         rows,
@@ -793,6 +976,191 @@ pub async fn run(args: QueryArgs) -> Result<(), BenchError> {
     report.finish(args.json.as_deref())
 }
 
+/// One pass over the data set as generated (the same rows `load` sent): the mix's thresholds,
+/// and ClickHouse's rows written to `rows` when given.
+fn survey(args: &QueryArgs, m: &Manifest, rows: Option<&Path>) -> Result<MixParams, BenchError> {
+    let plan = args.plan(m.from_ns, m.to_ns);
+    let end_s = m.to_ns / 1_000_000_000;
+    let burst_from = (end_s - args.burst.as_secs().max(1)) * 1_000_000_000;
+    let window_from = (end_s - args.window.as_secs()) * 1_000_000_000;
+    let mut writer = match rows {
+        Some(dir) => {
+            let _ = std::fs::remove_dir_all(dir);
+            Some(RowsWriter::new(dir)?)
+        }
+        None => None,
+    };
+    let bar = ProgressBar::new(plan.requests);
+    bar.set_style(
+        ProgressStyle::with_template(if rows.is_some() {
+            "  rows for ClickHouse [{bar:30}] {pos}/{len} requests ETA {eta}"
+        } else {
+            "  surveying the data set [{bar:30}] {pos}/{len} requests ETA {eta}"
+        })
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut survey = Survey::default();
+    let mut failed = None;
+    let spec = DataSpec::new(args.spans_per_trace, args.attributes);
+    plan.generate(spec, args.seed, |_, g: &Generated| {
+        survey.add(g, burst_from, window_from);
+        if let Some(w) = writer.as_mut()
+            && let Err(e) = w.add(g)
+        {
+            failed = Some(e);
+            return false;
+        }
+        bar.inc(1);
+        true
+    });
+    bar.finish_and_clear();
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    Ok(survey.finish())
+}
+
+/// What the ClickHouse peer measured.
+struct ChResults {
+    version: String,
+    spans_bytes: u64,
+    timestamps_bytes: u64,
+    trace_by_id: PeerTimed,
+    searches: Vec<PeerTimed>,
+    json: Value,
+}
+
+struct PeerTimed {
+    latency: Option<Summary>,
+    ids: Vec<String>,
+    error: Option<String>,
+}
+
+async fn run_clickhouse(
+    python: &Path,
+    dir: &Path,
+    m: &Manifest,
+    queries: &[MixQuery],
+    args: &QueryArgs,
+) -> Result<ChResults, BenchError> {
+    let db = dir.join("db");
+    let loaded_path = dir.join("loaded.json");
+    let db_arg = db.to_string_lossy().to_string();
+    let loaded =
+        match std::fs::read(&loaded_path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            Some(v) => v,
+            None => {
+                let _ = std::fs::remove_dir_all(&db);
+                let rows = dir.join("rows");
+                eprintln!("loading the same rows into ClickHouse ({})", python.display());
+                let rows_arg = rows.to_string_lossy().to_string();
+                let v = clickhouse::peer(
+                    python,
+                    &["load", "--db", &db_arg, "--rows", &rows_arg],
+                    json!({}),
+                )
+                .await?;
+                std::fs::write(&loaded_path, v.to_string())
+                    .map_err(|e| BenchError::Failed(format!("{}: {e}", loaded_path.display())))?;
+                // The rows are in ClickHouse now; keep only its database.
+                let _ = std::fs::remove_dir_all(&rows);
+                v
+            }
+        };
+    let spec =
+        clickhouse::run_spec(queries, args.search_queries, &m.sample_trace_ids, args.trace_queries);
+    eprintln!("querying ClickHouse");
+    let out = clickhouse::peer(python, &["run", "--db", &db_arg], spec).await?;
+    let results = out["results"].as_array().cloned().unwrap_or_default();
+    let timed = |v: &Value| PeerTimed {
+        latency: Samples(
+            v["samples_ns"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default(),
+        )
+        .summary(),
+        ids: v["first"]
+            .as_array()
+            .map(|rows| rows.iter().filter_map(|r| r[0].as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        error: v["error"].as_str().map(str::to_string),
+    };
+    let trace_by_id = results.first().map(timed).unwrap_or(PeerTimed {
+        latency: None,
+        ids: Vec::new(),
+        error: Some("no result".into()),
+    });
+    let searches = (0..queries.len())
+        .map(|k| {
+            results.get(k + 1).map(timed).unwrap_or(PeerTimed {
+                latency: None,
+                ids: Vec::new(),
+                error: Some("no result".into()),
+            })
+        })
+        .collect();
+    let bytes = |t: &str| out["disk"][t]["bytes"].as_u64().unwrap_or(0);
+    Ok(ChResults {
+        version: loaded["version"].as_str().unwrap_or("?").to_string(),
+        spans_bytes: bytes("spans"),
+        timestamps_bytes: bytes("trace_id_timestamps"),
+        trace_by_id,
+        searches,
+        json: json!({ "load": loaded, "run": out }),
+    })
+}
+
+fn disk_row(bps: f64, spans: f64, ch: Option<&ChResults>) -> Row {
+    let row = Row::new("bytes/span on disk (Parquet, no WAL)", format!("{bps:.1} B"));
+    match ch {
+        Some(c) if c.spans_bytes > 0 => {
+            // ClickHouse's figure counts the tables a search reads: spans and trace_id_timestamps.
+            let theirs = (c.spans_bytes + c.timestamps_bytes) as f64 / spans;
+            let ratio = bps / theirs;
+            row.peer(format!("{theirs:.1} B"), Some(ratio))
+                .goal("≤ 25 B and ≤ 0.45×", Some(bps <= 25.0 && ratio <= 0.45))
+        }
+        _ => row.goal("≤ 25 B", Some(bps <= 25.0)),
+    }
+}
+
+fn peer_row(
+    label: &str,
+    t: &Timed,
+    p: Option<&PeerTimed>,
+    max_ratio: f64,
+    max_ms: Option<u64>,
+) -> Row {
+    let lat = |l: Option<Summary>| match l {
+        Some(l) => format!("{} / {}", fmt_ms(l.p50), fmt_ms(l.p99)),
+        None => "—".into(),
+    };
+    let mine = t.latency.map(|l| l.p50);
+    let row = Row::new(label, lat(t.latency));
+    let within_ms = |v: u64| max_ms.is_none_or(|m| v <= m * 1_000_000);
+    let ms_goal = max_ms.map(|m| format!(" and ≤ {m} ms")).unwrap_or_default();
+    match p {
+        Some(p) => {
+            let ratio = match (mine, p.latency) {
+                (Some(a), Some(b)) if b.p50 > 0 => Some(a as f64 / b.p50 as f64),
+                _ => None,
+            };
+            row.peer(lat(p.latency), ratio).goal(
+                &format!("p50 ≤ {max_ratio}× ClickHouse{ms_goal}"),
+                ratio.zip(mine).map(|(r, v)| r <= max_ratio && within_ms(v)),
+            )
+        }
+        None => row.goal(
+            &format!("p50{}", if ms_goal.is_empty() { " —".to_string() } else { ms_goal }),
+            mine.map(within_ms),
+        ),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -800,7 +1168,7 @@ mod tests {
 
     #[test]
     fn plan_covers_the_spread_in_order_without_gaps() {
-        let p = Plan::new(10_000, 1000, 10, 1_000, 11_000);
+        let p = Plan::with_burst(10_000, 1000, 10, 1_000, 11_000, 0, 0.0);
         assert_eq!(p.requests, 10);
         assert_eq!(p.traces_per_request, 100);
         assert_eq!(p.slot(0), (1_000, 2_000));
@@ -809,8 +1177,21 @@ mod tests {
             assert_eq!(p.slot(i - 1).1, p.slot(i).0);
         }
         // Partial last request rounds up.
-        assert_eq!(Plan::new(10_001, 1000, 10, 0, 1).requests, 11);
-        assert_eq!(Plan::new(5, 1000, 10, 0, 1).requests, 1);
+        assert_eq!(Plan::with_burst(10_001, 1000, 10, 0, 1, 0, 0.0).requests, 11);
+        assert_eq!(Plan::with_burst(5, 1000, 10, 0, 1, 0, 0.0).requests, 1);
+    }
+
+    #[test]
+    fn a_burst_plan_puts_its_share_of_requests_in_the_last_stretch_in_order() {
+        let p = Plan::with_burst(10_000, 1000, 10, 0, 100_000, 1_000, 0.5);
+        assert_eq!((p.requests, p.steady), (10, 5));
+        assert_eq!(p.slot(0), (0, 19_800));
+        assert_eq!(p.slot(4).1, 99_000);
+        assert_eq!(p.slot(5), (99_000, 99_200));
+        assert_eq!(p.slot(9).1, 100_000);
+        for i in 1..10 {
+            assert_eq!(p.slot(i - 1).1, p.slot(i).0);
+        }
     }
 
     #[test]
