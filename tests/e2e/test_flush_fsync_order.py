@@ -2,9 +2,9 @@
 `strace -f -y` (file-system calls only) through flushes, WAL truncation and a compaction, and the
 trace is replayed (`support/fstrace.py`):
 
-- when a block's `meta.json` appears (the block exists), its `spans.parquet`, `traces.parquet`
-  and `bloom.bin` were fsynced;
-- when a WAL segment is unlinked, every published block's four files, their entries in the block
+- when a block's `meta.json` appears (the block exists), its `spans.parquet`, `traces.parquet`,
+  `search.parquet` and `bloom.bin` were fsynced;
+- when a WAL segment is unlinked, every published block's five files, their entries in the block
   directory, the block directory's entry in the tenant directory (and the tenant's in the storage
   root) were fsynced — object_store's local store writes `<name>#<n>` and renames it, so the
   rename into place must be covered by a directory fsync too;
@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed (tests/setup-apt.sh)"),
 ]
 
-DATA_FILES = ("spans.parquet", "traces.parquet", "bloom.bin")
+DATA_FILES = ("spans.parquet", "traces.parquet", "search.parquet", "bloom.bin")
 BLOCK_FILES = DATA_FILES + ("meta.json",)
 
 
