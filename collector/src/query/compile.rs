@@ -264,3 +264,20 @@ pub fn trace_id_in(ids: &[[u8; 16]]) -> Expr {
         ids.iter().map(|id| lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec())))).collect();
     col(c::TRACE_ID).in_list(list, false)
 }
+
+/// `expr` as a physical expression over batches of `schema`, for reads without a plan: type
+/// coercion and simplification first, as the planner would (functions such as `coalesce` are
+/// only executable once simplified).
+pub fn physical(
+    ctx: &datafusion::prelude::SessionContext,
+    expr: Expr,
+    schema: &arrow::datatypes::Schema,
+) -> Result<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>, QueryError> {
+    use datafusion::logical_expr::simplify::SimplifyContext;
+    use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+    let df = std::sync::Arc::new(datafusion::common::DFSchema::try_from(schema.clone())?);
+    let simplifier =
+        ExprSimplifier::new(SimplifyContext::builder().with_schema(df.clone()).build());
+    let expr = simplifier.simplify(simplifier.coerce(expr, &df)?)?;
+    Ok(ctx.create_physical_expr(expr, &df)?)
+}

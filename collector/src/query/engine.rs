@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::trace::v1::TracesData;
 
 use super::compare::{CompareRequest, Comparison};
 use super::critical_path::TraceSpan;
+use super::footers::{self, Footers};
 use super::metrics_eval::{MetricsRequest, QueryRangeResponse};
 use super::operation::{OperationQuery, OperationSpan};
 use super::search::{SearchRequest, SearchResponse};
@@ -36,6 +37,8 @@ pub struct QueryEngine {
     pub runner: QueryRunner,
     /// The other replicas sharing the storage root, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// Decoded footers of block files read without a DataFusion plan.
+    pub(super) footers: Arc<Footers>,
 }
 
 impl QueryEngine {
@@ -65,7 +68,16 @@ impl QueryEngine {
         let url = url::Url::parse(BLOCKS_URL).map_err(|e| QueryError::Internal(e.to_string()))?;
         runtime.register_object_store(&url, store.object_store.clone());
         let runner = QueryRunner::new(limits, metrics.clone());
-        Ok(QueryEngine { store, head, metrics, runtime, runner, cluster: None })
+        let footers = Arc::new(Footers::new(footers::DEFAULT_BUDGET));
+        Ok(QueryEngine { store, head, metrics, runtime, runner, cluster: None, footers })
+    }
+
+    /// Block file access for reads without a DataFusion plan.
+    pub(super) fn files(&self) -> footers::BlockFiles {
+        footers::BlockFiles {
+            store: self.store.object_store.clone(),
+            footers: self.footers.clone(),
+        }
     }
 
     /// All spans of one trace, without needing a time range. `range` (unix nanos) only

@@ -17,8 +17,10 @@ pub mod compare;
 pub mod compile;
 pub mod critical_path;
 mod engine;
+mod footers;
 pub mod metrics_eval;
 pub mod operation;
+mod page_prune;
 pub mod peer;
 pub mod runner;
 pub mod search;
@@ -27,6 +29,7 @@ pub mod sql;
 mod tables;
 pub mod tags;
 pub mod trace;
+mod trace_rows;
 pub mod traceql;
 pub mod udf;
 

@@ -24,6 +24,7 @@ use super::compile::{
 use super::peer::{ask_search_part, shared_work};
 use super::search_index;
 use super::tables::{Viewed, assemble, span_tables, trace_summaries, view};
+use super::trace_rows::{Wanted, trace_rows};
 use super::traceql::{Filter, Query};
 use super::{QueryEngine, QueryError, Tables, parse_trace_id};
 use crate::cluster::SpanScope;
@@ -378,6 +379,7 @@ struct Details {
 /// Summaries, service stats and matching spans of the chosen traces from one scan of their
 /// spans, each filter evaluated as a boolean column (filters without trace-level fields).
 async fn details_one_scan(
+    engine: &QueryEngine,
     tables: &Tables,
     filters: &[Filter],
     ids: &[[u8; 16]],
@@ -396,23 +398,42 @@ async fn details_one_scan(
         });
     }
     let is_root = col(c::PARENT_SPAN_ID).is_null().and(col(c::PARENT_OFFSET).is_null());
-    let batches = tables
-        .spans
-        .clone()
-        .filter(trace_id_in(ids))?
-        .select(vec![
-            col(c::TRACE_ID),
-            col(c::SPAN_ID),
-            cast(col(c::NAME), DataType::Utf8).alias(c::NAME),
-            col(c::START),
-            col(c::DURATION),
-            cast(col(c::SERVICE), DataType::Utf8).alias(out_col::SERVICE),
-            col(c::STATUS_CODE),
-            is_root.alias(out_col::IS_ROOT),
-            matched.unwrap_or_else(|| lit(true)).alias(out_col::MATCHED),
-        ])?
-        .collect()
-        .await?;
+    let matched = matched.unwrap_or_else(|| lit(true));
+    let wanted = Wanted {
+        columns: vec![
+            c::TRACE_ID,
+            c::SPAN_ID,
+            c::NAME,
+            c::START,
+            c::DURATION,
+            c::SERVICE,
+            c::STATUS_CODE,
+        ],
+        exprs: vec![(out_col::IS_ROOT, is_root.clone()), (out_col::MATCHED, matched.clone())],
+    };
+    let batches = match trace_rows(engine, tables, ids, &wanted).await? {
+        Some(read) => read.iter().map(as_details).collect::<Result<Vec<_>, _>>()?,
+        None => {
+            tracing::debug!("search details: a block file lacks a column; planned scan");
+            tables
+                .spans
+                .clone()
+                .filter(trace_id_in(ids))?
+                .select(vec![
+                    col(c::TRACE_ID),
+                    col(c::SPAN_ID),
+                    cast(col(c::NAME), DataType::Utf8).alias(c::NAME),
+                    col(c::START),
+                    col(c::DURATION),
+                    cast(col(c::SERVICE), DataType::Utf8).alias(out_col::SERVICE),
+                    col(c::STATUS_CODE),
+                    is_root.alias(out_col::IS_ROOT),
+                    matched.alias(out_col::MATCHED),
+                ])?
+                .collect()
+                .await?
+        }
+    };
     let mut bounds: HashMap<[u8; 16], (i64, i64)> = HashMap::new();
     for b in &batches {
         let tid = column(b, c::TRACE_ID)?.as_fixed_size_binary();
@@ -465,6 +486,27 @@ async fn details_one_scan(
         }
     }
     Ok(())
+}
+
+/// A batch of [`trace_rows`] as the plan would give it: names and services as plain strings.
+fn as_details(b: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    let schema = b.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, a) in schema.fields().iter().zip(b.columns()) {
+        match f.name().as_str() {
+            n @ (c::NAME | c::SERVICE) => {
+                let name = if n == c::SERVICE { out_col::SERVICE } else { c::NAME };
+                fields.push(arrow::datatypes::Field::new(name, DataType::Utf8, true));
+                cols.push(arrow::compute::cast(a, &DataType::Utf8)?);
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                cols.push(a.clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), cols)?)
 }
 
 /// The same details when filters need trace-level fields (joined summaries).
@@ -545,12 +587,13 @@ pub(super) async fn search(
         SpanScope { trace_ids: ids.iter().map(hex::encode).collect(), ..Default::default() };
     let tables =
         span_tables(engine, tenant, |b| ids.iter().any(|id| b.bloom.contains(id)), &scope).await?;
+    let tables_at = started.elapsed();
     let mut details = Details::default();
     let joined = filters.iter().any(needs_trace);
     if joined {
         details_joined(&tables, &filters, &ids, &mut details).await?;
     } else {
-        details_one_scan(&tables, &filters, &ids, req.range, &mut details).await?;
+        details_one_scan(engine, &tables, &filters, &ids, req.range, &mut details).await?;
     }
     let Details { mut meta, mut spans, matched_in_range } = details;
     for (id, hit) in &top {
@@ -578,6 +621,8 @@ pub(super) async fn search(
         u32::try_from(engine.store.blocks(tenant).len()).unwrap_or(u32::MAX);
     tracing::debug!(
         phase1_ms = phase1.as_secs_f64() * 1e3,
+        tables_ms = tables_at.as_secs_f64() * 1e3,
+        phase2_blocks = tables.blocks.len(),
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         traces = resp.traces.len(),
         "search"

@@ -9,33 +9,27 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type, UInt32Type, UInt64Type};
-use bytes::Bytes;
-use datafusion::functions_aggregate::expr_fn::{count, max};
-use datafusion::prelude::{Expr, cast, col, lit};
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
-use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
-use parquet::errors::ParquetError;
-use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+type FastHash = foldhash::fast::RandomState;
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::compile::{filter_expr, needs_trace};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, Schema, UInt32Type};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::prelude::{Expr, SessionContext, col, lit};
+use futures::{StreamExt, TryStreamExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::RowSelection;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+
+use super::compile::{filter_expr, needs_trace, physical};
+use super::footers::{BlockFiles, spawned};
+use super::page_prune;
 use super::search::Hit;
-use super::tables::{context, listing};
 use super::traceql::Filter;
 use super::{QueryEngine, QueryError};
 use crate::spanrows::{DedicatedColumns, col as c};
 use crate::store::block::{SEARCH_FILE, TRACES_FILE, trace_col, trace_key};
 use crate::store::{Block, StoreError, search};
-
-const LAST: &str = "last";
-const COUNT: &str = "n";
 
 /// Blocks read at once.
 const PARALLEL_BLOCKS: usize = 2;
@@ -76,11 +70,32 @@ pub(super) async fn add_matches(
     let mut blocks: Vec<Arc<Block>> = blocks.to_vec();
     blocks.sort_by(|a, b| b.meta.max_time.cmp(&a.meta.max_time).then(a.meta.id.cmp(&b.meta.id)));
     let per_block = limit.unwrap_or(cap);
-    let reads: Vec<_> = blocks
-        .iter()
-        .map(|b| block_matches(engine, b.clone(), expr.clone(), range, per_block))
-        .collect();
-    let mut parts = futures::stream::iter(reads).buffered(PARALLEL_BLOCKS);
+    let mut pred = expr.unwrap_or_else(|| lit(true));
+    if let Some((s, e)) = range {
+        pred = col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))).and(pred);
+    }
+    let ctx = SessionContext::new();
+    let files = engine.files();
+    // With a limit, a match older than the `limit`-th latest trace found so far cannot make
+    // the answer: blocks started later skip the pages before it (their starts ascend within
+    // each service and name, so most of a block's pages are older).
+    let floor = AtomicI64::new(i64::MIN);
+    let floor = &floor;
+    let mut parts = futures::stream::iter(blocks.iter().cloned())
+        .map(|b| {
+            let f = limit.map(|_| floor.load(Ordering::Relaxed)).filter(|f| *f > i64::MIN);
+            let work = block_matches(
+                files.clone(),
+                b,
+                ctx.clone(),
+                pred.clone(),
+                per_block,
+                limit.is_some(),
+                f,
+            );
+            spawned(work)
+        })
+        .buffered(PARALLEL_BLOCKS);
     let mut next = 0;
     while let Some(part) = parts.next().await {
         for (id, h) in part? {
@@ -92,9 +107,13 @@ pub(super) async fn add_matches(
                 .or_insert(h);
         }
         next += 1;
+        let kth = limit.and_then(|l| kth_latest(out, l));
+        if let Some(k) = kth {
+            floor.store(k, Ordering::Relaxed);
+        }
         let Some(following) = blocks.get(next) else { break };
         let enough = match limit {
-            Some(l) => kth_latest(out, l).is_some_and(|k| following.meta.max_time < k),
+            Some(_) => kth.is_some_and(|k| following.meta.max_time < k),
             None => out.len() > cap,
         };
         if enough {
@@ -115,56 +134,89 @@ fn kth_latest(hits: &HashMap<[u8; 16], Hit>, k: usize) -> Option<i64> {
 }
 
 /// One block's matching traces from its index: latest matching start and match count each,
-/// the `limit` latest.
+/// the `limit` latest. The index is read without a DataFusion plan: the pages the predicate
+/// cannot rule out (from the cached page index) are decoded and the predicate evaluated on
+/// them directly, which is all a plan would do here, without its per-block setup.
+///
+/// `ranked`: only the `limit` latest traces matter, not every trace's count, so matches older
+/// than `floor` (the `limit`-th latest found elsewhere) and than the block's own running
+/// `limit`-th latest are skipped.
 async fn block_matches(
-    engine: &QueryEngine,
+    files: BlockFiles,
     block: Arc<Block>,
-    expr: Option<Expr>,
-    range: Option<(i64, i64)>,
+    ctx: SessionContext,
+    pred: Expr,
     limit: usize,
+    ranked: bool,
+    floor: Option<i64>,
 ) -> Result<Vec<([u8; 16], Hit)>, QueryError> {
-    let ctx = context(engine);
-    let Some(table) = listing(vec![block.file(SEARCH_FILE).to_string()], search::schema())? else {
-        return Ok(Vec::new());
+    let Some(size) = block.meta.search_bytes else { return Ok(Vec::new()) };
+    let pred = match floor {
+        Some(f) => pred.and(col(c::START).gt_eq(lit(f))),
+        None => pred,
     };
-    let mut df = ctx.read_table(table)?;
-    if let Some((s, e)) = range {
-        df = df.filter(col(c::START).gt_eq(lit(s)).and(col(c::START).lt_eq(lit(e))))?;
+    let mut latest = Latest::new(limit, ranked, floor, TRIM_SLACK);
+    let path = block.file(SEARCH_FILE);
+    let meta = files.meta(&path, size).await?;
+    let schema = meta.schema().clone();
+    let pruning = PruningPredicateBuilder::new().with_file_schema(schema.clone()).build(physical(
+        &ctx,
+        pred.clone(),
+        &schema,
+    )?);
+    let selected = page_prune::select(&meta, pruning.as_deref())?;
+    if selected.rows == 0 {
+        return Ok(Vec::new());
     }
-    if let Some(e) = expr {
-        df = df.filter(e)?;
+    let mut wanted =
+        vec![index_of(&schema, c::START, &block)?, index_of(&schema, search::TRACE, &block)?];
+    for r in pred.column_refs() {
+        wanted.push(index_of(&schema, &r.name, &block)?);
     }
-    let df = df
-        .aggregate(
-            vec![col(search::TRACE)],
-            vec![
-                max(col(c::START)).alias(LAST),
-                cast(count(lit(1u8)), DataType::UInt64).alias(COUNT),
-            ],
-        )?
-        .sort(vec![col(LAST).sort(false, false), col(search::TRACE).sort(true, false)])?
-        .limit(0, Some(limit))?;
-    let mut found: Vec<(u32, Hit)> = Vec::new();
-    for b in df.collect().await? {
-        let (Some(t), Some(l), Some(n)) =
-            (b.column_by_name(search::TRACE), b.column_by_name(LAST), b.column_by_name(COUNT))
-        else {
-            return Err(QueryError::Internal("search index aggregate lost a column".into()));
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mask = ProjectionMask::roots(meta.parquet_schema(), wanted.iter().copied());
+    let mut stream =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(files.reader(path, size), meta)
+            .with_projection(mask)
+            .with_row_groups(selected.row_groups)
+            .with_row_selection(selected.selection)
+            .with_batch_size(8192)
+            .build()
+            .map_err(StoreError::from)?;
+    let read = stream.schema().clone();
+    let phys = physical(&ctx, pred.clone(), &read)?;
+    let (si, ti) = (index_of(&read, c::START, &block)?, index_of(&read, search::TRACE, &block)?);
+    while let Some(b) = stream.try_next().await.map_err(StoreError::from)? {
+        let matched = phys.evaluate(&b)?.into_array(b.num_rows())?;
+        let Some(matched) = matched.as_boolean_opt() else {
+            return Err(QueryError::Internal("search predicate is not boolean".into()));
         };
-        let (t, l, n) = (
-            t.as_primitive::<UInt32Type>(),
-            l.as_primitive::<Int64Type>(),
-            n.as_primitive::<UInt64Type>(),
-        );
-        for i in 0..b.num_rows() {
-            found.push((t.value(i), Hit { last_start: l.value(i), matched: n.value(i) }));
+        let bits = match matched.nulls() {
+            Some(n) => matched.values() & n.inner(),
+            None => matched.values().clone(),
+        };
+        let (Some(start), Some(trace)) = (
+            b.column(si).as_primitive_opt::<Int64Type>(),
+            b.column(ti).as_primitive_opt::<UInt32Type>(),
+        ) else {
+            return Err(StoreError::Corrupt(format!(
+                "block {}: search index column types",
+                block.meta.id
+            ))
+            .into());
+        };
+        for i in bits.set_indices() {
+            latest.add(trace.value(i), start.value(i));
         }
+        latest.trim();
     }
+    let mut found = latest.finish();
     if found.is_empty() {
         return Ok(Vec::new());
     }
     found.sort_unstable_by_key(|(t, _)| *t);
-    let ids = trace_ids(engine, &block, found.iter().map(|(t, _)| *t as usize)).await?;
+    let ids = trace_ids(&files, &block, found.iter().map(|(t, _)| *t as usize)).await?;
     if ids.len() != found.len() {
         return Err(StoreError::Corrupt(format!(
             "block {}: search index names {} traces, traces.parquet gave {}",
@@ -177,10 +229,83 @@ async fn block_matches(
     Ok(ids.into_iter().zip(found).map(|(id, (_, h))| (id, h)).collect())
 }
 
+/// Traces held by a block read beyond `2 × limit` before its own floor is raised.
+const TRIM_SLACK: usize = 4096;
+
+/// Per trace ordinal of one block: latest matching start and match count; when `ranked`,
+/// only what can still be among the `limit` latest.
+struct Latest {
+    per_trace: HashMap<u32, Hit, FastHash>,
+    limit: usize,
+    ranked: bool,
+    floor: i64,
+    trim_at: usize,
+}
+
+impl Latest {
+    fn new(limit: usize, ranked: bool, floor: Option<i64>, slack: usize) -> Self {
+        Latest {
+            per_trace: HashMap::default(),
+            limit,
+            ranked,
+            floor: floor.unwrap_or(i64::MIN),
+            trim_at: limit.saturating_mul(2).saturating_add(slack),
+        }
+    }
+
+    fn add(&mut self, trace: u32, start: i64) {
+        if start < self.floor {
+            return;
+        }
+        self.per_trace
+            .entry(trace)
+            .and_modify(|h| {
+                h.last_start = h.last_start.max(start);
+                h.matched = h.matched.saturating_add(1);
+            })
+            .or_insert(Hit { last_start: start, matched: 1 });
+    }
+
+    /// Raises the floor to the `limit`-th latest held and drops older traces, when many are
+    /// held.
+    fn trim(&mut self) {
+        if !self.ranked || self.per_trace.len() <= self.trim_at || self.limit == 0 {
+            return;
+        }
+        let mut lasts: Vec<i64> = self.per_trace.values().map(|h| h.last_start).collect();
+        let (_, kth, _) = lasts.select_nth_unstable_by(self.limit - 1, |a, b| b.cmp(a));
+        self.floor = self.floor.max(*kth);
+        let floor = self.floor;
+        self.per_trace.retain(|_, h| h.last_start >= floor);
+    }
+
+    /// The `limit` latest (any order).
+    fn finish(self) -> Vec<(u32, Hit)> {
+        let mut found: Vec<(u32, Hit)> = self.per_trace.into_iter().collect();
+        if found.len() > self.limit {
+            found.select_nth_unstable_by(self.limit, latest_first);
+            found.truncate(self.limit);
+        }
+        found
+    }
+}
+
+/// Latest match first, then the lower ordinal (a stable choice among equal starts).
+fn latest_first(a: &(u32, Hit), b: &(u32, Hit)) -> std::cmp::Ordering {
+    b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0))
+}
+
+fn index_of(schema: &Schema, name: &str, block: &Block) -> Result<usize, QueryError> {
+    schema.index_of(name).map_err(|_| {
+        StoreError::Corrupt(format!("block {}: search index lacks column {name}", block.meta.id))
+            .into()
+    })
+}
+
 /// Trace ids of the given rows (ascending, distinct) of the block's `traces.parquet`, reading
 /// only the pages that hold them.
 async fn trace_ids(
-    engine: &QueryEngine,
+    files: &BlockFiles,
     block: &Block,
     rows: impl Iterator<Item = usize>,
 ) -> Result<Vec<[u8; 16]>, QueryError> {
@@ -193,15 +318,11 @@ async fn trace_ids(
         ))
         .into());
     }
-    let reader = FileReader {
-        store: engine.store.object_store.clone(),
-        path: block.file(TRACES_FILE),
-        size: block.meta.traces_bytes,
-    };
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
-        .await
-        .map_err(StoreError::from)?;
+    let path = block.file(TRACES_FILE);
+    let size = block.meta.traces_bytes;
+    let meta = files.meta(&path, size).await?;
+    let builder =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(files.reader(path, size), meta);
     let Some(idx) = builder.schema().index_of(trace_col::TRACE_ID).ok() else {
         return Err(
             StoreError::Corrupt(format!("block {}: traces without ids", block.meta.id)).into()
@@ -227,52 +348,45 @@ async fn trace_ids(
     Ok(out)
 }
 
-/// A block file of known size, read in ranges (the size comes from the block's meta, so the
-/// footer is read without a HEAD request).
-struct FileReader {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    size: u64,
-}
-
-fn parquet_err(e: object_store::Error) -> ParquetError {
-    ParquetError::External(Box::new(e))
-}
-
-impl AsyncFileReader for FileReader {
-    fn get_bytes(
-        &mut self,
-        range: std::ops::Range<u64>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move { self.store.get_range(&self.path, range).await.map_err(parquet_err) }.boxed()
-    }
-
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<std::ops::Range<u64>>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(parquet_err) }.boxed()
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        async move {
-            let size = self.size;
-            let meta = ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(meta))
-        }
-        .boxed()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimming_while_reading_keeps_the_same_latest_traces_as_holding_all() {
+        // 20k spans over 5k traces, starts pseudo-random; some traces share their latest start.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let spans: Vec<(u32, i64)> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x % 5000) as u32, ((x >> 20) % 3000) as i64)
+            })
+            .collect();
+        for limit in [1usize, 7, 20, 100] {
+            for floor in [None, Some(2500)] {
+                let mut all = Latest::new(limit, false, floor, usize::MAX);
+                let mut trimmed = Latest::new(limit, true, floor, 16);
+                for chunk in spans.chunks(512) {
+                    for &(t, s) in chunk {
+                        all.add(t, s);
+                        trimmed.add(t, s);
+                    }
+                    trimmed.trim();
+                }
+                let key = |mut v: Vec<(u32, Hit)>| {
+                    v.sort_by(latest_first);
+                    v.into_iter().map(|(t, h)| (t, h.last_start)).collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    key(trimmed.finish()),
+                    key(all.finish()),
+                    "limit {limit}, floor {floor:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn kth_latest_is_the_kth_largest_last_start() {
