@@ -160,6 +160,8 @@ impl BlockStore {
             max_inputs: MAX_MERGE_INPUTS,
             after,
         };
+        // Inputs of earlier merges that queries were still reading.
+        self.dir.delete_unread().await;
         let mut merged = 0;
         for (tenant, group) in blocks::compaction_plan(&self.catalog, &policy, now_unix()) {
             merged += self.merge(&tenant, group).await?;
@@ -217,20 +219,19 @@ impl BlockStore {
             })
             .await?;
         self.catalog.swap(tenant, &inputs, Arc::new(meta));
-        for b in &inputs {
-            self.dir.delete(&b.tenant, &b.id).await;
-        }
-        tracing::info!(tenant, inputs = inputs.len(), "compacted profile blocks");
-        Ok(inputs.len())
+        let n = inputs.len();
+        self.dir.retire(inputs).await;
+        tracing::info!(tenant, inputs = n, "compacted profile blocks");
+        Ok(n)
     }
 
     /// Deletes blocks whose newest sample is older than `now - retention`.
     pub async fn apply_retention(&self, retention: Duration) -> Result<usize, ProfileError> {
         let expired = self.dir.expire(&self.catalog, retention).await;
-        if !expired.is_empty() {
-            tracing::info!(blocks = expired.len(), "retention deleted profile blocks");
+        if expired > 0 {
+            tracing::info!(blocks = expired, "retention deleted profile blocks");
         }
-        Ok(expired.len())
+        Ok(expired)
     }
 }
 

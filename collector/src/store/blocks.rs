@@ -61,6 +61,17 @@ pub struct BlockDir {
     kind: &'static str,
     /// Damaged blocks moved aside (`blocks_quarantined{kind}`).
     quarantined: IntCounter,
+    /// Blocks out of the catalog (compacted away, expired) whose files wait for the queries
+    /// still reading them; see [`BlockDir::retire`].
+    retired: parking_lot::Mutex<Vec<Retired>>,
+}
+
+/// A block out of the catalog, held until no one else holds it.
+struct Retired {
+    tenant: String,
+    id: String,
+    /// The catalog entry itself: queries hold clones of it while they read the block's files.
+    entry: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// Why a block on the object store cannot be served.
@@ -80,7 +91,15 @@ impl BlockDir {
         kind: &'static str,
         quarantined: IntCounter,
     ) -> Self {
-        BlockDir { object_store, prefix, meta_file, data_files, kind, quarantined }
+        BlockDir {
+            object_store,
+            prefix,
+            meta_file,
+            data_files,
+            kind,
+            quarantined,
+            retired: parking_lot::Mutex::new(Vec::new()),
+        }
     }
 
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
@@ -326,19 +345,50 @@ impl BlockDir {
         self.delete_files(&files).await;
     }
 
-    /// Removes from `catalog` and deletes every block whose newest data ended before
-    /// `now - retention`; returns them.
-    pub async fn expire<B: CatalogEntry>(
+    /// Deletes `blocks`, which are out of the catalog, once no query still reads them: a
+    /// query holds the catalog entries it read from until it is done, so a block whose entry
+    /// only this list holds has no reader, and (out of the catalog) can get none. The rest wait
+    /// for a later call (every compaction and retention round makes one). A crash meanwhile
+    /// loses nothing: compacted-away inputs are deleted at start (the merged block names them)
+    /// and expired blocks expire again.
+    pub async fn retire<B: CatalogEntry + Send + Sync + 'static>(&self, blocks: Vec<Arc<B>>) {
+        {
+            let mut retired = self.retired.lock();
+            for b in blocks {
+                let (tenant, id) = (b.tenant().to_owned(), b.id().to_owned());
+                retired.push(Retired { tenant, id, entry: b });
+            }
+        }
+        self.delete_unread().await;
+    }
+
+    /// Deletes the retired blocks no query reads any more; returns how many still wait.
+    pub async fn delete_unread(&self) -> usize {
+        let (unread, waiting): (Vec<Retired>, usize) = {
+            let mut retired = self.retired.lock();
+            let (unread, busy): (Vec<Retired>, Vec<Retired>) =
+                retired.drain(..).partition(|r| Arc::strong_count(&r.entry) == 1);
+            *retired = busy;
+            (unread, retired.len())
+        };
+        for r in unread {
+            self.delete(&r.tenant, &r.id).await;
+        }
+        waiting
+    }
+
+    /// Removes from `catalog` and retires (deletes once unread) every block whose newest data
+    /// ended before `now - retention`; returns how many.
+    pub async fn expire<B: CatalogEntry + Send + Sync + 'static>(
         &self,
         catalog: &Catalog<B>,
         retention: Duration,
-    ) -> Vec<Arc<B>> {
+    ) -> usize {
         let cutoff = cutoff_nanos(retention);
         let expired = catalog.expire(cutoff);
-        for b in &expired {
-            self.delete(b.tenant(), b.id()).await;
-        }
-        expired
+        let n = expired.len();
+        self.retire(expired).await;
+        n
     }
 }
 

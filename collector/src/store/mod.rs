@@ -434,6 +434,8 @@ impl Store {
             max_inputs: MAX_MERGE_INPUTS,
             after: COMPACT_AFTER,
         };
+        // Inputs of earlier merges that queries were still reading.
+        self.dir.delete_unread().await;
         let mut merged = 0;
         let mut failed = None;
         for (tenant, group) in blocks::compaction_plan(&self.catalog, &policy, block_now_unix()) {
@@ -491,24 +493,23 @@ impl Store {
             &inputs,
             Arc::new(Block { meta, bloom, root: self.root.clone() }),
         );
-        for b in &inputs {
-            self.dir.delete(&b.meta.tenant, &b.meta.id).await;
-        }
+        let n = inputs.len();
+        self.dir.retire(inputs).await;
         self.metrics.compactions.inc();
         self.update_metrics();
-        tracing::info!(tenant, inputs = inputs.len(), duplicates, "compacted blocks");
-        Ok(inputs.len())
+        tracing::info!(tenant, inputs = n, duplicates, "compacted blocks");
+        Ok(n)
     }
 
     /// Deletes blocks whose newest span ended before `now - retention`.
     pub async fn apply_retention(&self, retention: Duration) -> Result<usize, StoreError> {
         let expired = self.dir.expire(&self.catalog, retention).await;
-        if !expired.is_empty() {
-            self.metrics.blocks_deleted_retention.inc_by(expired.len() as u64);
+        if expired > 0 {
+            self.metrics.blocks_deleted_retention.inc_by(expired as u64);
             self.update_metrics();
-            tracing::info!(blocks = expired.len(), "retention deleted blocks");
+            tracing::info!(blocks = expired, "retention deleted blocks");
         }
-        Ok(expired.len())
+        Ok(expired)
     }
 }
 

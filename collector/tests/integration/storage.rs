@@ -155,6 +155,37 @@ async fn compaction_merges_small_blocks_and_keeps_every_span() {
 }
 
 #[tokio::test]
+async fn compacted_inputs_a_query_still_reads_are_deleted_only_after_it_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, head, _engine) = offline_store(dir.path()).await;
+    let now = now_nanos();
+    for b in 0..4u64 {
+        head.apply(b + 1, T, &request(vec![trace(20 + b, "a", "GET /", now, 5, 2, false)]))
+            .unwrap();
+        flush_all(&store, &head).await;
+    }
+    let spans_files =
+        || -> usize { walkdir(dir.path()).iter().filter(|p| p.ends_with("spans.parquet")).count() };
+    assert_eq!(spans_files(), 4);
+    // A query's view of the catalog, taken before the merge swaps its blocks out.
+    let reading = store.blocks(T);
+    assert_eq!(store.compact(20).await.unwrap(), 4);
+    assert_eq!(store.blocks(T).len(), 1);
+    assert_eq!(spans_files(), 5, "the inputs a query holds keep their files");
+    for b in &reading {
+        let path = b.file("spans.parquet");
+        assert!(
+            object_store::ObjectStoreExt::head(&store.object_store, &path).await.is_ok(),
+            "{path} is readable"
+        );
+    }
+    drop(reading);
+    // The next round (nothing left to merge) deletes what no query reads any more.
+    assert_eq!(store.compact(20).await.unwrap(), 0);
+    assert_eq!(spans_files(), 1);
+}
+
+#[tokio::test]
 async fn retention_deletes_expired_blocks_only() {
     let dir = tempfile::tempdir().unwrap();
     let (store, head, engine) = offline_store(dir.path()).await;
@@ -477,4 +508,21 @@ async fn a_flushed_block_is_fsynced_file_and_directories_before_flush_returns() 
         want.extend([format!("{b}/{f}"), b.clone(), T.to_string(), String::new()]);
     }
     assert_eq!(synced, want, "each file, then its directories, meta last");
+}
+
+/// Every file under `dir`, recursively.
+fn walkdir(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
 }
