@@ -14,8 +14,12 @@ use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicate, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+};
 use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
@@ -113,6 +117,25 @@ impl BlockFiles {
 
     pub fn reader(&self, path: Path, size: u64) -> FileReader {
         FileReader::new(self.store.clone(), path, size)
+    }
+
+    /// The rows of the `selected` pages of a file that pass `filter`, as batches of the
+    /// `projection` columns.
+    pub fn filtered(
+        &self,
+        (path, size): (Path, u64),
+        meta: ArrowReaderMetadata,
+        projection: ProjectionMask,
+        selected: super::page_prune::Selected,
+        filter: Box<dyn ArrowPredicate>,
+    ) -> Result<ParquetRecordBatchStream<FileReader>, StoreError> {
+        Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader(path, size), meta)
+            .with_projection(projection)
+            .with_row_groups(selected.row_groups)
+            .with_row_selection(selected.selection)
+            .with_row_filter(RowFilter::new(vec![filter]))
+            .with_batch_size(8192)
+            .build()?)
     }
 }
 

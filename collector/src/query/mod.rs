@@ -25,6 +25,7 @@ pub mod peer;
 pub mod runner;
 pub mod search;
 mod search_index;
+mod span_scan;
 pub mod sql;
 mod tables;
 pub mod tags;

@@ -22,7 +22,7 @@ use super::compile::{
     trace_id_in,
 };
 use super::peer::{ask_search_part, shared_work};
-use super::search_index;
+use super::search_index::{self, Source};
 use super::tables::{Viewed, assemble, span_tables, trace_summaries, view};
 use super::trace_rows::{Wanted, trace_rows};
 use super::traceql::{Filter, Query};
@@ -143,6 +143,18 @@ fn is_zero_str(v: &String) -> bool {
 pub(super) struct Hit {
     pub last_start: i64,
     pub matched: u64,
+}
+
+impl Hit {
+    /// Adds this part of trace `id`'s matches (another block's, share's or table's) to `out`.
+    pub(super) fn add_to(self, out: &mut HashMap<[u8; 16], Hit>, id: [u8; 16]) {
+        out.entry(id)
+            .and_modify(|o| {
+                o.last_start = o.last_start.max(self.last_start);
+                o.matched = o.matched.saturating_add(self.matched);
+            })
+            .or_insert(self);
+    }
 }
 
 fn leaves(q: &Query, out: &mut Vec<Filter>) {
@@ -271,12 +283,7 @@ async fn phase1(
     let mut out: HashMap<[u8; 16], Hit> = HashMap::new();
     for part in parts {
         for (id, h) in part {
-            out.entry(id)
-                .and_modify(|o| {
-                    o.last_start = o.last_start.max(h.last_start);
-                    o.matched = o.matched.saturating_add(h.matched);
-                })
-                .or_insert(h);
+            h.add_to(&mut out, id);
         }
     }
     let max_ids = engine.runner.limits().max_search_trace_ids;
@@ -300,29 +307,54 @@ pub(super) async fn matches(
     range: Option<(i64, i64)>,
     limit: Option<usize>,
 ) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
-    let indexed = tables.blocks.iter().any(|b| search_index::indexed(b));
-    let expr = match indexed {
+    if needs_trace(f) {
+        return scanned_matches(engine, tables, f, range, limit).await;
+    }
+    // Indexed blocks are read through their indexes when the filter is on indexed columns
+    // only, the other blocks through `spans.parquet`, both newest first and without a plan;
+    // the head and blocks of an older layout are scanned with a plan.
+    let index_expr = match tables.blocks.iter().any(|b| search_index::indexed(b)) {
         true => search_index::indexable(f, &tables.dedicated)?,
         false => None,
     };
-    let Some(expr) = expr else { return scanned_matches(engine, tables, f, range, limit).await };
-    // Head and blocks without an index are scanned; the indexed blocks are read through their
-    // indexes, newest first, seeded with what the scan found.
-    let (with_index, without): (Vec<_>, Vec<_>) =
-        tables.blocks.iter().cloned().partition(|b| search_index::indexed(b));
-    let rest = assemble(
-        engine,
-        Viewed {
-            blocks: without,
-            head: tables.head.clone(),
-            dedicated: tables.dedicated.clone(),
-            schema: tables.schema.clone(),
-            answered: Vec::new(),
-        },
-    )?;
-    let mut out = scanned_matches(engine, &rest, f, range, limit).await?;
+    let (with_index, without): (Vec<_>, Vec<_>) = tables
+        .blocks
+        .iter()
+        .cloned()
+        .partition(|b| index_expr.is_some() && search_index::indexed(b));
     let cap = engine.runner.limits().max_search_trace_ids.saturating_add(1);
-    search_index::add_matches(engine, &with_index, expr, range, limit, cap, &mut out).await?;
+    let mut out = HashMap::new();
+    let mut planned = Vec::new();
+    let sources = [
+        (with_index, Source::Index, index_expr),
+        (without, Source::Spans, Some(filter_expr(f, &tables.dedicated)?)),
+    ];
+    for (blocks, source, expr) in sources {
+        let Some(expr) = expr else { continue };
+        let unread =
+            search_index::add_matches(engine, &blocks, source, expr, range, limit, cap, &mut out)
+                .await?;
+        planned.extend(unread);
+    }
+    let scanned = match planned.is_empty() && tables.head.is_empty() {
+        true => HashMap::new(),
+        false => {
+            let rest = assemble(
+                engine,
+                Viewed {
+                    blocks: planned,
+                    head: tables.head.clone(),
+                    dedicated: tables.dedicated.clone(),
+                    schema: tables.schema.clone(),
+                    answered: Vec::new(),
+                },
+            )?;
+            scanned_matches(engine, &rest, f, range, limit).await?
+        }
+    };
+    for (id, h) in scanned {
+        h.add_to(&mut out, id);
+    }
     let keep = limit.unwrap_or(cap);
     if out.len() > keep {
         let mut all: Vec<([u8; 16], Hit)> = out.into_iter().collect();

@@ -23,10 +23,10 @@ use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 
 use super::compile::{filter_expr, needs_trace, physical};
 use super::footers::{BlockFiles, spawned};
-use super::page_prune;
 use super::search::Hit;
 use super::traceql::Filter;
 use super::{QueryEngine, QueryError};
+use super::{page_prune, span_scan};
 use crate::spanrows::{DedicatedColumns, col as c};
 use crate::store::block::{SEARCH_FILE, TRACES_FILE, trace_col, trace_key};
 use crate::store::{Block, StoreError, search};
@@ -55,18 +55,31 @@ pub(super) fn indexed(b: &Block) -> bool {
     b.meta.search_bytes.is_some()
 }
 
-/// Adds the matches of `blocks` (all indexed) to `out`, which may already hold other tables'
-/// matches; with `limit`, blocks that cannot change the `limit` latest are not read. Without a
-/// limit at most `cap` traces are collected (the caller refuses beyond).
+/// Which file of a block phase 1 reads without a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// `search.parquet` (the block must be [`indexed`] and the predicate [`indexable`]).
+    Index,
+    /// `spans.parquet` itself ([`super::span_scan`]), for predicates on any span column.
+    Spans,
+}
+
+/// Adds the matches of `blocks` to `out`, which may already hold other tables' matches,
+/// reading each block's `source`; with `limit`, blocks that cannot change the `limit` latest
+/// are not read. Without a limit at most `cap` traces are collected (the caller refuses
+/// beyond). Returns the blocks that could not be read this way (a file of an older layout),
+/// for the caller to scan with a plan.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn add_matches(
     engine: &QueryEngine,
     blocks: &[Arc<Block>],
+    source: Source,
     expr: Option<Expr>,
     range: Option<(i64, i64)>,
     limit: Option<usize>,
     cap: usize,
     out: &mut HashMap<[u8; 16], Hit>,
-) -> Result<(), QueryError> {
+) -> Result<Vec<Arc<Block>>, QueryError> {
     let mut blocks: Vec<Arc<Block>> = blocks.to_vec();
     blocks.sort_by(|a, b| b.meta.max_time.cmp(&a.meta.max_time).then(a.meta.id.cmp(&b.meta.id)));
     let per_block = limit.unwrap_or(cap);
@@ -79,48 +92,58 @@ pub(super) async fn add_matches(
     // With a limit, a match older than the `limit`-th latest trace found so far cannot make
     // the answer: blocks started later skip the pages before it (their starts ascend within
     // each service and name, so most of a block's pages are older).
-    let floor = AtomicI64::new(i64::MIN);
+    let floor = AtomicI64::new(limit.and_then(|l| kth_latest(out, l)).unwrap_or(i64::MIN));
     let floor = &floor;
-    let mut parts = futures::stream::iter(blocks.iter().cloned())
-        .map(|b| {
-            let f = limit.map(|_| floor.load(Ordering::Relaxed)).filter(|f| *f > i64::MIN);
-            let work = block_matches(
-                files.clone(),
-                b,
-                ctx.clone(),
-                pred.clone(),
-                per_block,
-                limit.is_some(),
-                f,
-            );
-            spawned(work)
+    let read = |b: Arc<Block>| {
+        let f = limit.map(|_| floor.load(Ordering::Relaxed)).filter(|f| *f > i64::MIN);
+        let (files, ctx, pred, ranked) =
+            (files.clone(), ctx.clone(), pred.clone(), limit.is_some());
+        spawned(async move {
+            match source {
+                Source::Index => {
+                    block_matches(files, b, ctx, pred, per_block, ranked, f).await.map(Ok)
+                }
+                Source::Spans => {
+                    let read =
+                        span_scan::block_matches(files, b.clone(), ctx, pred, per_block, ranked, f)
+                            .await?;
+                    Ok(read.ok_or(b))
+                }
+            }
         })
-        .buffered(PARALLEL_BLOCKS);
-    let mut next = 0;
-    while let Some(part) = parts.next().await {
-        for (id, h) in part? {
-            out.entry(id)
-                .and_modify(|o| {
-                    o.last_start = o.last_start.max(h.last_start);
-                    o.matched = o.matched.saturating_add(h.matched);
-                })
-                .or_insert(h);
-        }
-        next += 1;
+    };
+    // Up to PARALLEL_BLOCKS blocks are read at once, each started as soon as one finishes (in
+    // whatever order), unless what is found already makes it and every older block useless.
+    let mut pending = blocks.iter().cloned().peekable();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut unread = Vec::new();
+    loop {
         let kth = limit.and_then(|l| kth_latest(out, l));
         if let Some(k) = kth {
             floor.store(k, Ordering::Relaxed);
         }
-        let Some(following) = blocks.get(next) else { break };
-        let enough = match limit {
-            Some(_) => kth.is_some_and(|k| following.meta.max_time < k),
-            None => out.len() > cap,
+        // Blocks are newest first: once one cannot beat the `limit`-th latest, none after can.
+        let enough = |b: &Arc<Block>| kth.is_some_and(|k| b.meta.max_time < k);
+        let capped = limit.is_none() && out.len() > cap;
+        while running.len() < PARALLEL_BLOCKS && !capped {
+            match pending.next_if(|b| !enough(b)) {
+                Some(b) => running.push(read(b)),
+                None => break,
+            }
+        }
+        let Some(part) = running.next().await else { break };
+        let found = match part? {
+            Ok(found) => found,
+            Err(block) => {
+                unread.push(block);
+                Vec::new()
+            }
         };
-        if enough {
-            break;
+        for (id, h) in found {
+            h.add_to(out, id);
         }
     }
-    Ok(())
+    Ok(unread)
 }
 
 /// The `k`-th latest `last_start` of `hits`, if there are `k`.
@@ -230,20 +253,20 @@ async fn block_matches(
 }
 
 /// Traces held by a block read beyond `2 × limit` before its own floor is raised.
-const TRIM_SLACK: usize = 4096;
+pub(super) const TRIM_SLACK: usize = 4096;
 
-/// Per trace ordinal of one block: latest matching start and match count; when `ranked`,
-/// only what can still be among the `limit` latest.
-struct Latest {
-    per_trace: HashMap<u32, Hit, FastHash>,
+/// Per trace of one block (its ordinal, or its id): latest matching start and match count;
+/// when `ranked`, only what can still be among the `limit` latest.
+pub(super) struct Latest<K> {
+    per_trace: HashMap<K, Hit, FastHash>,
     limit: usize,
     ranked: bool,
     floor: i64,
     trim_at: usize,
 }
 
-impl Latest {
-    fn new(limit: usize, ranked: bool, floor: Option<i64>, slack: usize) -> Self {
+impl<K: Copy + Eq + std::hash::Hash + Ord> Latest<K> {
+    pub(super) fn new(limit: usize, ranked: bool, floor: Option<i64>, slack: usize) -> Self {
         Latest {
             per_trace: HashMap::default(),
             limit,
@@ -253,7 +276,7 @@ impl Latest {
         }
     }
 
-    fn add(&mut self, trace: u32, start: i64) {
+    pub(super) fn add(&mut self, trace: K, start: i64) {
         if start < self.floor {
             return;
         }
@@ -268,7 +291,7 @@ impl Latest {
 
     /// Raises the floor to the `limit`-th latest held and drops older traces, when many are
     /// held.
-    fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         if !self.ranked || self.per_trace.len() <= self.trim_at || self.limit == 0 {
             return;
         }
@@ -280,8 +303,8 @@ impl Latest {
     }
 
     /// The `limit` latest (any order).
-    fn finish(self) -> Vec<(u32, Hit)> {
-        let mut found: Vec<(u32, Hit)> = self.per_trace.into_iter().collect();
+    pub(super) fn finish(self) -> Vec<(K, Hit)> {
+        let mut found: Vec<(K, Hit)> = self.per_trace.into_iter().collect();
         if found.len() > self.limit {
             found.select_nth_unstable_by(self.limit, latest_first);
             found.truncate(self.limit);
@@ -290,12 +313,12 @@ impl Latest {
     }
 }
 
-/// Latest match first, then the lower ordinal (a stable choice among equal starts).
-fn latest_first(a: &(u32, Hit), b: &(u32, Hit)) -> std::cmp::Ordering {
+/// Latest match first, then the lower key (a stable choice among equal starts).
+fn latest_first<K: Ord>(a: &(K, Hit), b: &(K, Hit)) -> std::cmp::Ordering {
     b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0))
 }
 
-fn index_of(schema: &Schema, name: &str, block: &Block) -> Result<usize, QueryError> {
+pub(super) fn index_of(schema: &Schema, name: &str, block: &Block) -> Result<usize, QueryError> {
     schema.index_of(name).map_err(|_| {
         StoreError::Corrupt(format!("block {}: search index lacks column {name}", block.meta.id))
             .into()

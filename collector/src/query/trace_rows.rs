@@ -14,8 +14,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
-use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowPredicateFn;
 
 use super::footers::{BlockFiles, spawned};
 use super::{QueryEngine, QueryError, Tables, compile, page_prune};
@@ -124,15 +123,7 @@ async fn block_rows(
             .map_err(|e| arrow::error::ArrowError::ComputeError(e.to_string()))
     });
     let mask = ProjectionMask::roots(parquet_schema, indices.iter().copied());
-    let mut stream =
-        ParquetRecordBatchStreamBuilder::new_with_metadata(files.reader(path, size), meta)
-            .with_projection(mask)
-            .with_row_groups(selected.row_groups)
-            .with_row_selection(selected.selection)
-            .with_row_filter(RowFilter::new(vec![Box::new(filter)]))
-            .with_batch_size(8192)
-            .build()
-            .map_err(StoreError::from)?;
+    let mut stream = files.filtered((path, size), meta, mask, selected, Box::new(filter))?;
     let read = stream.schema().clone();
     let exprs = physical(&ctx, &read, &wanted)?;
     let mut out = Vec::new();

@@ -55,6 +55,18 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// The slot whose lookup function is named `name`.
+    pub fn of_fn(name: &str) -> Option<Slot> {
+        [Slot::Str, Slot::Int, Slot::Float, Slot::Bool].into_iter().find(|s| s.fn_name() == name)
+    }
+
+    /// The attribute-struct field the slot's values are in.
+    pub fn value_field(self) -> &'static str {
+        self.field()
+    }
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct AttrLookup {
     slot: Slot,
@@ -207,10 +219,21 @@ impl ScalarUDFImpl for AttrLookup {
             .ok_or_else(|| exec_err("attribute list without value slot".into()))?;
         let out: ArrayRef = match self.slot {
             Slot::Str => {
-                let v = values.as_string::<i32>();
                 let mut b = StringBuilder::with_capacity(rows.len(), 0);
-                for r in &rows {
-                    b.append_option(r.filter(|i| v.is_valid(*i)).map(|i| v.value(i)));
+                // Search reads string values as dictionaries (`span_scan.rs`).
+                if let Some(d) = values.as_dictionary_opt::<Int32Type>() {
+                    let (k, v) = (d.keys(), d.values().as_string::<i32>());
+                    for r in &rows {
+                        let at = r.filter(|i| k.is_valid(*i)).and_then(|i| {
+                            usize::try_from(k.value(i)).ok().filter(|x| *x < v.len())
+                        });
+                        b.append_option(at.map(|x| v.value(x)));
+                    }
+                } else {
+                    let v = values.as_string::<i32>();
+                    for r in &rows {
+                        b.append_option(r.filter(|i| v.is_valid(*i)).map(|i| v.value(i)));
+                    }
                 }
                 Arc::new(b.finish())
             }

@@ -250,6 +250,10 @@ const MIXED_QUERIES: &[&str] = &[
     r#"{ resource.service.name = "svc-2" } && { status = error }"#,
     r#"{ name = "child-0" } || { resource.service.name = "svc-3" && duration > 400ms }"#,
     "{ span.attempt >= 1 }",
+    r#"{ span.http.route = "op-1" }"#,
+    r#"{ span.http.route = "op-0" && span.http.response.status_code = 200 && duration > 100ms }"#,
+    r#"{ resource.host.name = "h1" && span.attempt = 2 }"#,
+    r#"{ span.http.route != "op-1" } && { span.attempt = 0 }"#,
 ];
 
 #[tokio::test]
