@@ -31,6 +31,7 @@ mod tables;
 pub mod tags;
 pub mod trace;
 mod trace_rows;
+mod trace_scan;
 pub mod traceql;
 pub mod udf;
 

@@ -25,6 +25,7 @@ use super::peer::{ask_search_part, shared_work};
 use super::search_index::{self, Source};
 use super::tables::{Viewed, assemble, span_tables, trace_summaries, view};
 use super::trace_rows::{Wanted, trace_rows};
+use super::trace_scan;
 use super::traceql::{Filter, Query};
 use super::{QueryEngine, QueryError, Tables, parse_trace_id};
 use crate::cluster::SpanScope;
@@ -308,6 +309,14 @@ pub(super) async fn matches(
     limit: Option<usize>,
 ) -> Result<HashMap<[u8; 16], Hit>, QueryError> {
     if needs_trace(f) {
+        // Only trace-level fields, and a limit to rank by: from the trace summaries alone.
+        if let Some(l) = limit
+            && let Some(expr) = filter_expr(f, &tables.dedicated)?
+            && trace_scan::trace_level_only(&expr)
+            && let Some(found) = trace_scan::matches(engine, tables, &expr, range, l).await?
+        {
+            return Ok(found);
+        }
         return scanned_matches(engine, tables, f, range, limit).await;
     }
     // Indexed blocks are read through their indexes when the filter is on indexed columns

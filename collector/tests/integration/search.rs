@@ -290,6 +290,46 @@ async fn search_through_block_indexes_answers_as_a_scan_of_the_same_spans() {
 }
 
 #[tokio::test]
+async fn trace_level_filters_from_summaries_answer_as_the_planned_join() {
+    // A filter on trace-level fields only is answered from the trace summaries (split traces
+    // merged over blocks); the same filter with an always-true span condition goes through the
+    // planned join of spans and summaries. Both must agree, over blocks and over the head.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store_a, head_a, metrics_a) = store_and_head(a.path()).await;
+    let (store_b, head_b, metrics_b) = store_and_head(b.path()).await;
+    for (seq, batch) in mixed_batches().into_iter().enumerate() {
+        let seq = seq as u64 + 1;
+        head_a.apply(seq, T, &request(batch.clone())).unwrap();
+        head_b.apply(seq, T, &request(batch)).unwrap();
+        for f in head_b.freeze_due(1, std::time::Duration::from_secs(1), true).unwrap() {
+            store_b.flush(&f, || head_b.release(&f)).await.unwrap();
+        }
+    }
+    let in_head = QueryEngine::new(store_a, head_a, metrics_a, 256 << 20).unwrap();
+    let in_blocks = QueryEngine::new(store_b, head_b, metrics_b, 256 << 20).unwrap();
+    let window = Some((BASE as i64 + 2_000_000_000, BASE as i64 + 6_000_000_000));
+    for cond in [
+        r#"rootServiceName = "svc-1" && traceDuration > 200ms"#,
+        "traceDuration > 300ms",
+        r#"rootName = "op-2" || traceDuration < 50ms"#,
+    ] {
+        let fast = format!("{{ {cond} }}");
+        let planned = format!("{{ ({cond}) && duration >= 0ms }}");
+        for (limit, range) in [(20, None), (3, None), (20, window), (1000, window)] {
+            let want = answers(&in_blocks, &planned, limit, range).await;
+            assert!(!want.is_empty(), "{cond}: no traces, the comparison would prove nothing");
+            for (engine, what) in [(&in_blocks, "blocks"), (&in_head, "head")] {
+                assert_eq!(
+                    answers(engine, &fast, limit, range).await,
+                    want,
+                    "{cond} limit {limit} {range:?} over {what}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn blocks_written_before_search_indexes_still_load_and_answer() {
     let dir = tempfile::tempdir().unwrap();
     let (store, head, metrics) = store_and_head(dir.path()).await;
