@@ -256,10 +256,10 @@ const MIXED_QUERIES: &[&str] = &[
     r#"{ span.http.route != "op-1" } && { span.attempt = 0 }"#,
 ];
 
-#[tokio::test]
-async fn search_through_block_indexes_answers_as_a_scan_of_the_same_spans() {
-    // The same spans twice: all in the head (scanned), and flushed batch by batch into blocks
-    // (read through their search indexes).
+/// [`mixed_batches`] twice: all in the head of one engine, flushed batch by batch into blocks
+/// (each with its search index) of the other.
+async fn mixed_in_head_and_in_blocks()
+-> ((tempfile::TempDir, tempfile::TempDir), QueryEngine, QueryEngine) {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (store_a, head_a, metrics_a) = store_and_head(a.path()).await;
     let (store_b, head_b, metrics_b) = store_and_head(b.path()).await;
@@ -273,8 +273,16 @@ async fn search_through_block_indexes_answers_as_a_scan_of_the_same_spans() {
     }
     assert!(store_b.blocks(T).len() >= 5);
     assert!(store_b.blocks(T).iter().all(|b| b.meta.search_bytes.is_some()));
-    let scanned = QueryEngine::new(store_a, head_a, metrics_a, 256 << 20).unwrap();
-    let indexed = QueryEngine::new(store_b, head_b, metrics_b, 256 << 20).unwrap();
+    let in_head = QueryEngine::new(store_a, head_a, metrics_a, 256 << 20).unwrap();
+    let in_blocks = QueryEngine::new(store_b, head_b, metrics_b, 256 << 20).unwrap();
+    ((a, b), in_head, in_blocks)
+}
+
+#[tokio::test]
+async fn search_through_block_indexes_answers_as_a_scan_of_the_same_spans() {
+    // The same spans twice: all in the head (scanned), and flushed batch by batch into blocks
+    // (read through their search indexes).
+    let (_dirs, scanned, indexed) = mixed_in_head_and_in_blocks().await;
     let window = Some((BASE as i64 + 2_000_000_000, BASE as i64 + 6_000_000_000));
     for q in MIXED_QUERIES {
         for (limit, range) in [(20, None), (3, None), (20, window), (1000, None)] {
@@ -294,19 +302,7 @@ async fn trace_level_filters_from_summaries_answer_as_the_planned_join() {
     // A filter on trace-level fields only is answered from the trace summaries (split traces
     // merged over blocks); the same filter with an always-true span condition goes through the
     // planned join of spans and summaries. Both must agree, over blocks and over the head.
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (store_a, head_a, metrics_a) = store_and_head(a.path()).await;
-    let (store_b, head_b, metrics_b) = store_and_head(b.path()).await;
-    for (seq, batch) in mixed_batches().into_iter().enumerate() {
-        let seq = seq as u64 + 1;
-        head_a.apply(seq, T, &request(batch.clone())).unwrap();
-        head_b.apply(seq, T, &request(batch)).unwrap();
-        for f in head_b.freeze_due(1, std::time::Duration::from_secs(1), true).unwrap() {
-            store_b.flush(&f, || head_b.release(&f)).await.unwrap();
-        }
-    }
-    let in_head = QueryEngine::new(store_a, head_a, metrics_a, 256 << 20).unwrap();
-    let in_blocks = QueryEngine::new(store_b, head_b, metrics_b, 256 << 20).unwrap();
+    let (_dirs, in_head, in_blocks) = mixed_in_head_and_in_blocks().await;
     let window = Some((BASE as i64 + 2_000_000_000, BASE as i64 + 6_000_000_000));
     for cond in [
         r#"rootServiceName = "svc-1" && traceDuration > 200ms"#,
