@@ -417,17 +417,15 @@ struct Details {
     matched_in_range: HashMap<[u8; 16], u64>,
 }
 
-/// Summaries, service stats and matching spans of the chosen traces from one scan of their
-/// spans, each filter evaluated as a boolean column (filters without trace-level fields).
-async fn details_one_scan(
-    engine: &QueryEngine,
-    tables: &Tables,
-    filters: &[Filter],
-    ids: &[[u8; 16]],
-    range: Option<(i64, i64)>,
-    out: &mut Details,
-) -> Result<(), QueryError> {
-    let Details { meta, spans, matched_in_range } = out;
+/// Whether `f` reads trace-level fields only (then every span of a passing trace matches it).
+fn trace_level_only(f: &Filter, tables: &Tables) -> Result<bool, QueryError> {
+    Ok(needs_trace(f)
+        && filter_expr(f, &tables.dedicated)?.is_some_and(|e| trace_scan::trace_level_only(&e)))
+}
+
+/// Whether a span matches any of `filters` (none of them on trace-level fields), as a boolean
+/// column of the span table.
+fn any_matches(filters: &[Filter], tables: &Tables) -> Result<Expr, QueryError> {
     let mut matched: Option<Expr> = None;
     for f in filters {
         let e = filter_expr(f, &tables.dedicated)?.unwrap_or_else(|| lit(true));
@@ -438,8 +436,21 @@ async fn details_one_scan(
             None => e,
         });
     }
+    Ok(matched.unwrap_or_else(|| lit(true)))
+}
+
+/// Summaries, service stats and matching spans of the chosen traces from one scan of their
+/// spans; `matched` says which spans are in the span set.
+async fn details_one_scan(
+    engine: &QueryEngine,
+    tables: &Tables,
+    matched: Expr,
+    ids: &[[u8; 16]],
+    range: Option<(i64, i64)>,
+    out: &mut Details,
+) -> Result<(), QueryError> {
+    let Details { meta, spans, matched_in_range } = out;
     let is_root = col(c::PARENT_SPAN_ID).is_null().and(col(c::PARENT_OFFSET).is_null());
-    let matched = matched.unwrap_or_else(|| lit(true));
     let wanted = Wanted {
         columns: vec![
             c::TRACE_ID,
@@ -630,11 +641,18 @@ pub(super) async fn search(
         span_tables(engine, tenant, |b| ids.iter().any(|id| b.bloom.contains(id)), &scope).await?;
     let tables_at = started.elapsed();
     let mut details = Details::default();
-    let joined = filters.iter().any(needs_trace);
+    // One filter on trace-level fields only: every span of a chosen trace matches it, and the
+    // trace's summary is computed from its spans read anyway, so no join is needed.
+    let whole_traces = single && trace_level_only(&filters[0], &tables)?;
+    let joined = !whole_traces && filters.iter().any(needs_trace);
     if joined {
         details_joined(&tables, &filters, &ids, &mut details).await?;
     } else {
-        details_one_scan(engine, &tables, &filters, &ids, req.range, &mut details).await?;
+        let matched = match whole_traces {
+            true => lit(true),
+            false => any_matches(&filters, &tables)?,
+        };
+        details_one_scan(engine, &tables, matched, &ids, req.range, &mut details).await?;
     }
     let Details { mut meta, mut spans, matched_in_range } = details;
     for (id, hit) in &top {

@@ -1,24 +1,27 @@
 //! Phase 1 of a search filter on trace-level fields only (`rootServiceName`, `rootName`,
 //! `traceDuration`) from the blocks' `traces.parquet`, without reading a span. Each block's
-//! summaries are read whole (one row per trace, a tenth of the spans); a trace split over
-//! blocks (or a block and the head) is found by merging the blocks' id-sorted summaries and
-//! judged on its merged summary, once. A trace passing the filter has every span matching, so
-//! its latest span start in the range is what ranks it; summaries bound it (at most
-//! `min(end, range end)`), and the exact value is read, from the spans of the few best-bounded
-//! candidates, until the `limit`-th exact one is at least the next candidate's bound. See
-//! `DESIGN.md` ("Search on trace-level fields").
+//! summaries are read (one row per trace, a tenth of the spans; only the columns the filter
+//! needs, root names as dictionaries) and judged on their own, blocks in parallel; a trace
+//! split over blocks (or a block and the head) is found by merging the blocks' id-sorted ids
+//! and judged again on its merged summary. A trace passing the filter has every span
+//! matching, so its latest span start in the range is what ranks it; summaries bound it (at
+//! most `min(end, range end)`), and the exact value is read, from the spans of the few
+//! best-bounded candidates, until the `limit`-th exact one is at least the next candidate's
+//! bound. See `DESIGN.md` ("Search on trace-level fields").
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeBinaryArray, Int64Array, RecordBatch,
+    StringArray,
 };
-use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
 use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 
 use super::compile::{T_DURATION, T_END, T_ROOT_NAME, T_ROOT_SERVICE, T_START, physical};
@@ -27,7 +30,7 @@ use super::search::Hit;
 use super::tables::{Tables, Viewed, assemble, trace_summaries};
 use super::trace_rows::{Wanted, trace_rows};
 use super::{QueryEngine, QueryError};
-use crate::spanrows::col as c;
+use crate::spanrows::{col as c, dict_utf8};
 use crate::store::block::{TRACES_FILE, trace_col, trace_key};
 use crate::store::{Block, StoreError};
 
@@ -43,50 +46,125 @@ pub(super) fn trace_level_only(expr: &Expr) -> bool {
     !refs.is_empty() && refs.iter().all(|r| TRACE_FIELDS.contains(&r.name.as_str()))
 }
 
+/// The root fields a predicate reads (times are always read: they rank the traces).
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    service: bool,
+    name: bool,
+}
+
+impl Needs {
+    fn of(expr: &Expr) -> Needs {
+        let refs = expr.column_refs();
+        let reads = |f: &str| refs.iter().any(|r| r.name == f);
+        Needs { service: reads(T_ROOT_SERVICE), name: reads(T_ROOT_NAME) }
+    }
+}
+
 /// One source of summaries, sorted by trace id: a block's `traces.parquet` or the head's.
+/// Root fields are there when the predicate reads them (UTF-8 or dictionary-encoded).
 struct Summaries {
     ids: FixedSizeBinaryArray,
-    start: Vec<i64>,
-    end: Vec<i64>,
-    root_service: StringArray,
-    root_name: StringArray,
+    start: Int64Array,
+    end: Int64Array,
+    root_service: Option<ArrayRef>,
+    root_name: Option<ArrayRef>,
+    /// The predicate on this source's own summary of each trace (NULL counts as false).
+    passed: BooleanArray,
 }
 
 impl Summaries {
-    fn from_batch(b: &RecordBatch) -> Result<Summaries, QueryError> {
+    /// Takes the columns of `b` (named as in `traces.parquet`), checks their order and judges
+    /// each row with `expr`.
+    fn judged(
+        b: &RecordBatch,
+        needs: Needs,
+        ctx: &SessionContext,
+        expr: &Expr,
+    ) -> Result<Summaries, QueryError> {
         let get = |name: &str| {
             b.column_by_name(name)
                 .cloned()
                 .ok_or_else(|| QueryError::Internal(format!("trace summaries lack {name}")))
         };
-        let strings = |name: &str| -> Result<StringArray, QueryError> {
-            let a = cast(&get(name)?, &DataType::Utf8)?;
-            Ok(a.as_string::<i32>().clone())
-        };
-        let ints = |name: &str| -> Result<Vec<i64>, QueryError> {
+        let ints = |name: &str| -> Result<Int64Array, QueryError> {
             let a = get(name)?;
-            let a = a
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| QueryError::Internal(format!("trace summaries: {name} type")))?;
-            Ok(a.values().to_vec())
+            match a.as_primitive_opt::<Int64Type>() {
+                Some(v) if v.null_count() == 0 => Ok(v.clone()),
+                _ => Err(QueryError::Internal(format!("trace summaries: {name} type"))),
+            }
         };
         let ids = get(trace_col::TRACE_ID)?;
         let ids = ids
             .as_fixed_size_binary_opt()
             .ok_or_else(|| QueryError::Internal("trace summaries: id type".into()))?
             .clone();
-        Ok(Summaries {
-            ids,
-            start: ints(trace_col::START)?,
-            end: ints(trace_col::END)?,
-            root_service: strings(trace_col::ROOT_SERVICE)?,
-            root_name: strings(trace_col::ROOT_NAME)?,
-        })
+        let root_service = needs.service.then(|| get(trace_col::ROOT_SERVICE)).transpose()?;
+        let root_name = needs.name.then(|| get(trace_col::ROOT_NAME)).transpose()?;
+        let (start, end) = (ints(trace_col::START)?, ints(trace_col::END)?);
+        let passed = evaluate(ctx, expr, &start, &end, root_service.clone(), root_name.clone())?;
+        Ok(Summaries { ids, start, end, root_service, root_name, passed })
     }
 
     fn id(&self, row: usize) -> u128 {
         u128::from_be_bytes(trace_key(&self.ids, row))
     }
+
+    fn sorted(&self) -> bool {
+        (1..self.ids.len()).all(|i| self.id(i - 1) < self.id(i))
+    }
+}
+
+/// `expr` over summaries given as columns: true where it holds (NULL is false).
+fn evaluate(
+    ctx: &SessionContext,
+    expr: &Expr,
+    start: &Int64Array,
+    end: &Int64Array,
+    root_service: Option<ArrayRef>,
+    root_name: Option<ArrayRef>,
+) -> Result<BooleanArray, QueryError> {
+    let duration: Int64Array =
+        start.values().iter().zip(end.values()).map(|(s, e)| Some(e.saturating_sub(*s))).collect();
+    let mut fields = vec![
+        Field::new(T_START, DataType::Int64, false),
+        Field::new(T_END, DataType::Int64, false),
+        Field::new(T_DURATION, DataType::Int64, false),
+    ];
+    let mut cols: Vec<ArrayRef> =
+        vec![Arc::new(start.clone()), Arc::new(end.clone()), Arc::new(duration)];
+    for (name, a) in [(T_ROOT_SERVICE, root_service), (T_ROOT_NAME, root_name)] {
+        if let Some(a) = a {
+            fields.push(Field::new(name, a.data_type().clone(), true));
+            cols.push(a);
+        }
+    }
+    let n = start.len();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+    let phys = physical(ctx, expr.clone(), &batch.schema())?;
+    let passed = phys.evaluate(&batch)?.into_array(n)?;
+    let Some(passed) = passed.as_boolean_opt() else {
+        return Err(QueryError::Internal("trace predicate is not boolean".into()));
+    };
+    let values = match passed.nulls() {
+        Some(valid) => passed.values() & valid.inner(),
+        None => passed.values().clone(),
+    };
+    Ok(BooleanArray::new(values, None))
+}
+
+/// Row `i` of a UTF-8 or dictionary-encoded string column.
+fn str_at(a: &dyn Array, i: usize) -> Option<&str> {
+    if !a.is_valid(i) {
+        return None;
+    }
+    if let Some(s) = a.as_string_opt::<i32>() {
+        return Some(s.value(i));
+    }
+    let d = a.as_dictionary_opt::<Int32Type>()?;
+    let values = d.values().as_string_opt::<i32>()?;
+    let k = usize::try_from(d.keys().value(i)).ok().filter(|k| *k < values.len())?;
+    values.is_valid(k).then(|| values.value(k))
 }
 
 /// The traces of `tables` whose merged summary passes `expr` (trace-level fields only), ranked
@@ -100,8 +178,10 @@ pub(super) async fn matches(
     limit: usize,
 ) -> Result<Option<HashMap<[u8; 16], Hit>>, QueryError> {
     let files = engine.files();
+    let needs = Needs::of(expr);
+    let ctx = SessionContext::new();
     let mut reads = futures::stream::iter(tables.blocks.iter().cloned())
-        .map(|b| spawned(read_block(files.clone(), b)))
+        .map(|b| spawned(read_block(files.clone(), b, needs, ctx.clone(), expr.clone())))
         .buffered(PARALLEL_BLOCKS);
     let mut sources = Vec::with_capacity(tables.blocks.len() + 1);
     while let Some(s) = reads.next().await {
@@ -110,10 +190,10 @@ pub(super) async fn matches(
             None => return Ok(None),
         }
     }
-    if let Some(head) = head_summaries(engine, tables).await? {
+    if let Some(head) = head_summaries(engine, tables, needs, &ctx, expr).await? {
         sources.push(head);
     }
-    let mut candidates = judge(&mut sources, expr, range)?;
+    let mut candidates = candidates(&sources, &ctx, expr, range)?;
     // Best upper bound first; the lower id among equals (the order the answer uses).
     candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut exact: Vec<([u8; 16], Hit)> = Vec::new();
@@ -139,40 +219,68 @@ pub(super) async fn matches(
     Ok(Some(exact.into_iter().collect()))
 }
 
-/// A block's summaries; `None` if its `traces.parquet` lacks a column.
-async fn read_block(files: BlockFiles, block: Arc<Block>) -> Result<Option<Summaries>, QueryError> {
+/// A block's summaries, judged; `None` if its `traces.parquet` lacks a column.
+async fn read_block(
+    files: BlockFiles,
+    block: Arc<Block>,
+    needs: Needs,
+    ctx: SessionContext,
+    expr: Expr,
+) -> Result<Option<Summaries>, QueryError> {
     let path = block.file(TRACES_FILE);
     let size = block.meta.traces_bytes;
     let meta = files.meta(&path, size).await?;
     let schema = meta.schema().clone();
     let mut wanted = Vec::new();
-    for name in [
-        trace_col::TRACE_ID,
-        trace_col::START,
-        trace_col::END,
-        trace_col::ROOT_SERVICE,
-        trace_col::ROOT_NAME,
+    for (name, read) in [
+        (trace_col::TRACE_ID, true),
+        (trace_col::START, true),
+        (trace_col::END, true),
+        (trace_col::ROOT_SERVICE, needs.service),
+        (trace_col::ROOT_NAME, needs.name),
     ] {
         match schema.index_of(name) {
-            Ok(i) => wanted.push(i),
+            Ok(i) if read => wanted.push(i),
+            Ok(_) => {}
             Err(_) => return Ok(None),
         }
     }
+    // Root names repeat: as dictionaries each page's values are decoded once.
+    let hinted: Vec<Arc<Field>> = schema
+        .fields()
+        .iter()
+        .map(|f| match (f.name().as_str(), f.data_type()) {
+            (trace_col::ROOT_SERVICE | trace_col::ROOT_NAME, DataType::Utf8) => {
+                Arc::new(f.as_ref().clone().with_data_type(dict_utf8()))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    let meta = ArrowReaderMetadata::try_new(
+        meta.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(hinted))),
+    )
+    .map_err(StoreError::from)?;
+    let rows = usize::try_from(meta.metadata().file_metadata().num_rows()).unwrap_or(0);
     let mask = ProjectionMask::roots(meta.parquet_schema(), wanted);
     let batches: Vec<RecordBatch> =
         ParquetRecordBatchStreamBuilder::new_with_metadata(files.reader(path, size), meta)
             .with_projection(mask)
-            .with_batch_size(64 * 1024)
+            // One batch for the whole file: the merge walks one sorted sequence per block.
+            .with_batch_size(rows.max(1))
             .build()
             .map_err(StoreError::from)?
             .try_collect()
             .await
             .map_err(StoreError::from)?;
-    let Some(first) = batches.first() else { return Ok(None) };
-    let all = arrow::compute::concat_batches(&first.schema(), &batches)?;
-    let s = Summaries::from_batch(&all)?;
+    let all = match batches.as_slice() {
+        [] => return Ok(None),
+        [one] => one.clone(),
+        [first, ..] => arrow::compute::concat_batches(&first.schema(), &batches)?,
+    };
+    let s = Summaries::judged(&all, needs, &ctx, &expr)?;
     // Written sorted by trace id; checked, since the merge relies on it.
-    if (1..s.ids.len()).any(|i| s.id(i - 1) >= s.id(i)) {
+    if !s.sorted() {
         return Err(StoreError::Corrupt(format!(
             "block {}: traces.parquet is not sorted by trace id",
             block.meta.id
@@ -182,10 +290,13 @@ async fn read_block(files: BlockFiles, block: Arc<Block>) -> Result<Option<Summa
     Ok(Some(s))
 }
 
-/// The head's per-trace summaries (as a block's), sorted by trace id.
+/// The head's per-trace summaries (as a block's), sorted by trace id and judged.
 async fn head_summaries(
     engine: &QueryEngine,
     tables: &Tables,
+    needs: Needs,
+    ctx: &SessionContext,
+    expr: &Expr,
 ) -> Result<Option<Summaries>, QueryError> {
     if tables.head.iter().all(|b| b.num_rows() == 0) {
         return Ok(None);
@@ -220,30 +331,27 @@ async fn head_summaries(
         &[SortColumn { values: renamed.column(0).clone(), options: None }],
         None,
     )?;
-    Ok(Some(Summaries::from_batch(&take_record_batch(&renamed, &order)?)?))
+    Ok(Some(Summaries::judged(&take_record_batch(&renamed, &order)?, needs, ctx, expr)?))
 }
 
-/// A merged trace's root service and root name.
-type Roots = (Option<String>, Option<String>);
-
-/// What merging split traces changes in one source: rows judged elsewhere (a later piece of a
-/// trace whose first piece is in an earlier source) and merged roots of its first pieces.
-#[derive(Default)]
-struct Merged {
-    excluded: Vec<bool>,
-    roots: HashMap<usize, Roots>,
+/// A trace found in several sources, its summary folded over its pieces.
+struct Split {
+    id: [u8; 16],
+    start: i64,
+    end: i64,
+    root_service: Option<String>,
+    root_name: Option<String>,
 }
 
-/// Finds the traces present in several sources (a merge of their id-sorted rows) and folds
-/// each into its first piece: earliest start, latest end, the greatest root service and name
-/// (as the planned summaries do); the other pieces are excluded.
-fn merge_split(sources: &mut [Summaries]) -> Vec<Merged> {
+/// The traces present in several sources (a merge of their id-sorted ids), folded: earliest
+/// start, latest end, the greatest root service and name (as the planned summaries do); and,
+/// per source, the rows that are pieces of them, ascending.
+fn split_traces(sources: &[Summaries]) -> (Vec<Split>, Vec<Vec<usize>>) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let mut merged: Vec<Merged> = sources
-        .iter()
-        .map(|s| Merged { excluded: vec![false; s.ids.len()], roots: HashMap::new() })
-        .collect();
+    use std::collections::binary_heap::PeekMut;
+    let mut pieces: Vec<Vec<usize>> = vec![Vec::new(); sources.len()];
+    let mut splits = Vec::new();
     let mut pos = vec![0usize; sources.len()];
     let mut heap: BinaryHeap<Reverse<(u128, usize)>> = sources
         .iter()
@@ -251,120 +359,105 @@ fn merge_split(sources: &mut [Summaries]) -> Vec<Merged> {
         .filter(|(_, s)| !s.ids.is_empty())
         .map(|(i, s)| Reverse((s.id(0), i)))
         .collect();
-    let mut group: Vec<(usize, usize)> = Vec::new();
-    while let Some(Reverse((id, si))) = heap.pop() {
-        group.clear();
-        group.push((si, pos[si]));
-        while let Some(Reverse((next, sj))) = heap.peek().copied()
-            && next == id
-        {
-            heap.pop();
-            group.push((sj, pos[sj]));
-        }
-        for &(sj, _) in &group {
-            pos[sj] += 1;
-            if let Some(s) = sources.get(sj)
-                && pos[sj] < s.ids.len()
-            {
-                heap.push(Reverse((s.id(pos[sj]), sj)));
+    // Moves the heap's top source to its next row (replacing the top: one sift, not two).
+    let advance = |heap: &mut BinaryHeap<Reverse<(u128, usize)>>, pos: &mut [usize]| {
+        let Some(mut top) = heap.peek_mut() else { return };
+        let si = top.0.1;
+        pos[si] += 1;
+        match sources.get(si) {
+            Some(s) if pos[si] < s.ids.len() => *top = Reverse((s.id(pos[si]), si)),
+            _ => {
+                PeekMut::pop(top);
             }
         }
-        if group.len() == 1 {
+    };
+    let mut group: Vec<(usize, usize)> = Vec::new();
+    while let Some(&Reverse((id, si))) = heap.peek() {
+        let row = pos[si];
+        advance(&mut heap, &mut pos);
+        if heap.peek().is_none_or(|Reverse((next, _))| *next != id) {
             continue;
         }
-        group.sort_unstable();
-        let (first, row) = group[0];
-        let mut start = i64::MAX;
-        let mut end = i64::MIN;
-        let mut service: Option<&str> = None;
-        let mut name: Option<&str> = None;
+        group.clear();
+        group.push((si, row));
+        while let Some(&Reverse((next, sj))) = heap.peek()
+            && next == id
+        {
+            group.push((sj, pos[sj]));
+            advance(&mut heap, &mut pos);
+        }
+        let mut split = Split {
+            id: id.to_be_bytes(),
+            start: i64::MAX,
+            end: i64::MIN,
+            root_service: None,
+            root_name: None,
+        };
+        let (mut service, mut name): (Option<&str>, Option<&str>) = (None, None);
         for &(sj, r) in &group {
             let s = &sources[sj];
-            start = start.min(s.start[r]);
-            end = end.max(s.end[r]);
-            if s.root_service.is_valid(r) {
-                service = service.max(Some(s.root_service.value(r)));
+            split.start = split.start.min(s.start.value(r));
+            split.end = split.end.max(s.end.value(r));
+            if let Some(a) = &s.root_service {
+                service = service.max(str_at(a.as_ref(), r));
             }
-            if s.root_name.is_valid(r) {
-                name = name.max(Some(s.root_name.value(r)));
+            if let Some(a) = &s.root_name {
+                name = name.max(str_at(a.as_ref(), r));
             }
+            pieces[sj].push(r);
         }
-        let roots = (service.map(str::to_string), name.map(str::to_string));
-        for &(sj, r) in &group[1..] {
-            merged[sj].excluded[r] = true;
-        }
-        merged[first].roots.insert(row, roots);
-        let s = &mut sources[first];
-        s.start[row] = start;
-        s.end[row] = end;
+        split.root_service = service.map(str::to_string);
+        split.root_name = name.map(str::to_string);
+        splits.push(split);
     }
-    merged
+    (splits, pieces)
 }
 
-/// Merges split traces and evaluates `expr` on every trace once: (id, upper bound of its
-/// latest span start in `range`) of each passing trace that may have a span in `range`.
-fn judge(
-    sources: &mut [Summaries],
+/// Each trace judged once (on its own summary, or on its merged one if split): (id, upper
+/// bound of its latest span start in `range`) of each passing trace that may have a span in
+/// `range`.
+fn candidates(
+    sources: &[Summaries],
+    ctx: &SessionContext,
     expr: &Expr,
     range: Option<(i64, i64)>,
 ) -> Result<Vec<([u8; 16], i64)>, QueryError> {
-    let merged = merge_split(sources);
-    let ctx = SessionContext::new();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new(T_START, DataType::Int64, false),
-        Field::new(T_END, DataType::Int64, false),
-        Field::new(T_DURATION, DataType::Int64, false),
-        Field::new(T_ROOT_SERVICE, DataType::Utf8, true),
-        Field::new(T_ROOT_NAME, DataType::Utf8, true),
-    ]));
-    let phys = physical(&ctx, expr.clone(), &schema)?;
+    let bound = |start: i64, end: i64| match range {
+        Some((lo, hi)) if start > hi || end < lo => None,
+        Some((_, hi)) => Some(end.min(hi)),
+        None => Some(end),
+    };
+    let (splits, pieces) = split_traces(sources);
     let mut out = Vec::new();
-    for (s, m) in sources.iter().zip(&merged) {
-        let n = s.ids.len();
-        let (service, name): (ArrayRef, ArrayRef) = match m.roots.is_empty() {
-            true => (Arc::new(s.root_service.clone()), Arc::new(s.root_name.clone())),
-            false => {
-                let pick = |a: &StringArray, which: fn(&Roots) -> &Option<String>| {
-                    let mut b = arrow::array::StringBuilder::with_capacity(n, a.values().len());
-                    for i in 0..n {
-                        match m.roots.get(&i) {
-                            Some(r) => b.append_option(which(r).as_deref()),
-                            None => b.append_option(a.is_valid(i).then(|| a.value(i))),
-                        }
-                    }
-                    b.finish()
-                };
-                (Arc::new(pick(&s.root_service, |r| &r.0)), Arc::new(pick(&s.root_name, |r| &r.1)))
-            }
-        };
-        let duration = Int64Array::from(
-            s.start.iter().zip(&s.end).map(|(a, b)| b.saturating_sub(*a)).collect::<Vec<i64>>(),
-        );
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(Int64Array::from(s.start.clone())),
-                Arc::new(Int64Array::from(s.end.clone())),
-                Arc::new(duration),
-                service,
-                name,
-            ],
-        )?;
-        let passed = phys.evaluate(&batch)?.into_array(n)?;
-        let Some(passed) = passed.as_boolean_opt() else {
-            return Err(QueryError::Internal("trace predicate is not boolean".into()));
-        };
-        for i in 0..n {
-            if !passed.is_valid(i) || !passed.value(i) || m.excluded[i] {
+    for (s, pieces) in sources.iter().zip(&pieces) {
+        for i in s.passed.values().set_indices() {
+            if pieces.binary_search(&i).is_ok() {
                 continue;
             }
-            let (start, end) = (s.start[i], s.end[i]);
-            let bound = match range {
-                Some((lo, hi)) if start > hi || end < lo => continue,
-                Some((_, hi)) => end.min(hi),
-                None => end,
-            };
-            out.push((trace_key(&s.ids, i), bound));
+            if let Some(b) = bound(s.start.value(i), s.end.value(i)) {
+                out.push((trace_key(&s.ids, i), b));
+            }
+        }
+    }
+    if splits.is_empty() {
+        return Ok(out);
+    }
+    let needs = Needs::of(expr);
+    let strings = |f: fn(&Split) -> Option<&str>| -> ArrayRef {
+        Arc::new(splits.iter().map(f).collect::<StringArray>())
+    };
+    let passed = evaluate(
+        ctx,
+        expr,
+        &splits.iter().map(|s| s.start).collect(),
+        &splits.iter().map(|s| s.end).collect(),
+        needs.service.then(|| strings(|s| s.root_service.as_deref())),
+        needs.name.then(|| strings(|s| s.root_name.as_deref())),
+    )?;
+    for i in passed.values().set_indices() {
+        let s = &splits[i];
+        if let Some(b) = bound(s.start, s.end) {
+            out.push((s.id, b));
         }
     }
     Ok(out)
