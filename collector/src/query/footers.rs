@@ -119,22 +119,34 @@ impl BlockFiles {
         FileReader::new(self.store.clone(), path, size)
     }
 
-    /// The rows of the `selected` pages of a file that pass `filter`, as batches of the
-    /// `projection` columns.
-    pub fn filtered(
+    /// The `selected` rows of a file, as batches of the `projection` columns.
+    pub fn selected(
         &self,
         (path, size): (Path, u64),
         meta: ArrowReaderMetadata,
         projection: ProjectionMask,
         selected: super::page_prune::Selected,
-        filter: Box<dyn ArrowPredicate>,
-    ) -> Result<ParquetRecordBatchStream<FileReader>, StoreError> {
-        Ok(ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader(path, size), meta)
+    ) -> ParquetRecordBatchStreamBuilder<FileReader> {
+        ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader(path, size), meta)
             .with_projection(projection)
             .with_row_groups(selected.row_groups)
             .with_row_selection(selected.selection)
-            .with_row_filter(RowFilter::new(vec![filter]))
             .with_batch_size(8192)
+    }
+
+    /// The rows of the `selected` pages of a file that pass `filter`, as batches of the
+    /// `projection` columns.
+    pub fn filtered(
+        &self,
+        file: (Path, u64),
+        meta: ArrowReaderMetadata,
+        projection: ProjectionMask,
+        selected: super::page_prune::Selected,
+        filter: Box<dyn ArrowPredicate>,
+    ) -> Result<ParquetRecordBatchStream<FileReader>, StoreError> {
+        Ok(self
+            .selected(file, meta, projection, selected)
+            .with_row_filter(RowFilter::new(vec![filter]))
             .build()?)
     }
 }

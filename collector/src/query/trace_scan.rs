@@ -17,7 +17,7 @@ use arrow::array::{
     StringArray,
 };
 use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, UInt32Type};
 use datafusion::prelude::{Expr, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::ProjectionMask;
@@ -29,9 +29,9 @@ use super::footers::{BlockFiles, spawned};
 use super::search::Hit;
 use super::tables::{Tables, Viewed, assemble, trace_summaries};
 use super::trace_rows::{Wanted, trace_rows};
-use super::{QueryEngine, QueryError};
+use super::{QueryEngine, QueryError, page_prune};
 use crate::spanrows::{col as c, dict_utf8};
-use crate::store::block::{TRACES_FILE, trace_col, trace_key};
+use crate::store::block::{SPANS_FILE, TRACES_FILE, trace_col, trace_key};
 use crate::store::{Block, StoreError};
 
 /// Blocks read at once.
@@ -71,7 +71,14 @@ struct Summaries {
     root_name: Option<ArrayRef>,
     /// The predicate on this source's own summary of each trace (NULL counts as false).
     passed: BooleanArray,
+    /// A block's: the block, and where each trace's spans are in its `spans.parquet` (rows
+    /// `offsets[i]..offsets[i + 1]`: both files are sorted by trace id, so the offsets are the
+    /// running sum of span counts); `None` for the head or when the counts do not add up.
+    block: Option<(Arc<Block>, Option<Offsets>)>,
 }
+
+/// First rows of a block's traces in its `spans.parquet`, and the end of the last.
+type Offsets = Arc<Vec<u64>>;
 
 impl Summaries {
     /// Takes the columns of `b` (named as in `traces.parquet`), checks their order and judges
@@ -103,7 +110,7 @@ impl Summaries {
         let root_name = needs.name.then(|| get(trace_col::ROOT_NAME)).transpose()?;
         let (start, end) = (ints(trace_col::START)?, ints(trace_col::END)?);
         let passed = evaluate(ctx, expr, &start, &end, root_service.clone(), root_name.clone())?;
-        Ok(Summaries { ids, start, end, root_service, root_name, passed })
+        Ok(Summaries { ids, start, end, root_service, root_name, passed, block: None })
     }
 
     fn id(&self, row: usize) -> u128 {
@@ -190,25 +197,38 @@ pub(super) async fn matches(
             None => return Ok(None),
         }
     }
-    if let Some(head) = head_summaries(engine, tables, needs, &ctx, expr).await? {
-        sources.push(head);
+    let head = match tables.head.iter().any(|b| b.num_rows() > 0) {
+        true => Some(head_only(engine, tables)?),
+        false => None,
+    };
+    if let Some(head) = &head
+        && let Some(summaries) = head_summaries(head, needs, &ctx, expr).await?
+    {
+        sources.push(summaries);
     }
-    let mut candidates = candidates(&sources, &ctx, expr, range)?;
+    let (mut candidates, splits) = candidates(&sources, &ctx, expr, range)?;
     // Best upper bound first; the lower id among equals (the order the answer uses).
-    candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    candidates.sort_unstable_by(|a, b| b.bound.cmp(&a.bound).then(a.id.cmp(&b.id)));
     let mut exact: Vec<([u8; 16], Hit)> = Vec::new();
     let chunk = limit.saturating_mul(2).max(64);
     let mut next = 0;
     while next < candidates.len() {
         if exact.len() >= limit && limit > 0 {
             exact.sort_unstable_by(|a, b| b.1.last_start.cmp(&a.1.last_start).then(a.0.cmp(&b.0)));
-            if exact[limit - 1].1.last_start >= candidates[next].1 {
+            if exact[limit - 1].1.last_start >= candidates[next].bound {
                 break;
             }
         }
         let upto = next.saturating_add(chunk).min(candidates.len());
-        let ids: Vec<[u8; 16]> = candidates[next..upto].iter().map(|(id, _)| *id).collect();
+        let chosen = &candidates[next..upto];
         next = upto;
+        if let Some(found) =
+            exact_hits(engine, head.as_ref(), &sources, &splits, chosen, range).await?
+        {
+            exact.extend(found);
+            continue;
+        }
+        let ids: Vec<[u8; 16]> = chosen.iter().map(|c| c.id).collect();
         match latest_in_range(engine, tables, &ids, range).await? {
             Some(found) => exact.extend(found),
             None => return Ok(None),
@@ -245,6 +265,9 @@ async fn read_block(
             Err(_) => return Ok(None),
         }
     }
+    if let Ok(i) = schema.index_of(trace_col::SPAN_COUNT) {
+        wanted.push(i);
+    }
     // Root names repeat: as dictionaries each page's values are decoded once.
     let hinted: Vec<Arc<Field>> = schema
         .fields()
@@ -278,7 +301,21 @@ async fn read_block(
         [one] => one.clone(),
         [first, ..] => arrow::compute::concat_batches(&first.schema(), &batches)?,
     };
-    let s = Summaries::judged(&all, needs, &ctx, &expr)?;
+    let mut s = Summaries::judged(&all, needs, &ctx, &expr)?;
+    let offsets = all
+        .column_by_name(trace_col::SPAN_COUNT)
+        .and_then(|a| a.as_primitive_opt::<UInt32Type>())
+        .and_then(|counts| {
+            let mut offsets = Vec::with_capacity(counts.len() + 1);
+            let mut at = 0u64;
+            offsets.push(at);
+            for n in counts.iter() {
+                at = at.checked_add(u64::from(n?))?;
+                offsets.push(at);
+            }
+            (at == block.meta.spans).then(|| Arc::new(offsets))
+        });
+    s.block = Some((block.clone(), offsets));
     // Written sorted by trace id; checked, since the merge relies on it.
     if !s.sorted() {
         return Err(StoreError::Corrupt(format!(
@@ -290,18 +327,9 @@ async fn read_block(
     Ok(Some(s))
 }
 
-/// The head's per-trace summaries (as a block's), sorted by trace id and judged.
-async fn head_summaries(
-    engine: &QueryEngine,
-    tables: &Tables,
-    needs: Needs,
-    ctx: &SessionContext,
-    expr: &Expr,
-) -> Result<Option<Summaries>, QueryError> {
-    if tables.head.iter().all(|b| b.num_rows() == 0) {
-        return Ok(None);
-    }
-    let head = assemble(
+/// The head part of `tables` alone.
+fn head_only(engine: &QueryEngine, tables: &Tables) -> Result<Tables, QueryError> {
+    assemble(
         engine,
         Viewed {
             blocks: Vec::new(),
@@ -310,8 +338,18 @@ async fn head_summaries(
             schema: tables.schema.clone(),
             answered: Vec::new(),
         },
-    )?;
-    let batches = trace_summaries(&head)?
+    )
+}
+
+/// The per-trace summaries of `head` (tables of the head alone, as a block's), sorted by
+/// trace id and judged.
+async fn head_summaries(
+    head: &Tables,
+    needs: Needs,
+    ctx: &SessionContext,
+    expr: &Expr,
+) -> Result<Option<Summaries>, QueryError> {
+    let batches = trace_summaries(head)?
         .select_columns(&[c::TRACE_ID, T_START, T_END, T_ROOT_SERVICE, T_ROOT_NAME])?
         .collect()
         .await?;
@@ -341,6 +379,24 @@ struct Split {
     end: i64,
     root_service: Option<String>,
     root_name: Option<String>,
+    /// (source, row) of each piece.
+    pieces: Vec<(usize, usize)>,
+}
+
+/// A trace passing the filter: the bound of its latest span start in range, and where its
+/// summary rows are.
+struct Candidate {
+    id: [u8; 16],
+    bound: i64,
+    at: At,
+}
+
+#[derive(Clone, Copy)]
+enum At {
+    /// (source, row): in one source only.
+    One(usize, usize),
+    /// Index into the split traces.
+    Split(usize),
 }
 
 /// The traces present in several sources (a merge of their id-sorted ids), folded: earliest
@@ -392,6 +448,7 @@ fn split_traces(sources: &[Summaries]) -> (Vec<Split>, Vec<Vec<usize>>) {
             end: i64::MIN,
             root_service: None,
             root_name: None,
+            pieces: group.clone(),
         };
         let (mut service, mut name): (Option<&str>, Option<&str>) = (None, None);
         for &(sj, r) in &group {
@@ -413,15 +470,14 @@ fn split_traces(sources: &[Summaries]) -> (Vec<Split>, Vec<Vec<usize>>) {
     (splits, pieces)
 }
 
-/// Each trace judged once (on its own summary, or on its merged one if split): (id, upper
-/// bound of its latest span start in `range`) of each passing trace that may have a span in
-/// `range`.
+/// Each trace judged once (on its own summary, or on its merged one if split): the passing
+/// traces that may have a span in `range`, and the split traces.
 fn candidates(
     sources: &[Summaries],
     ctx: &SessionContext,
     expr: &Expr,
     range: Option<(i64, i64)>,
-) -> Result<Vec<([u8; 16], i64)>, QueryError> {
+) -> Result<(Vec<Candidate>, Vec<Split>), QueryError> {
     let bound = |start: i64, end: i64| match range {
         Some((lo, hi)) if start > hi || end < lo => None,
         Some((_, hi)) => Some(end.min(hi)),
@@ -429,18 +485,18 @@ fn candidates(
     };
     let (splits, pieces) = split_traces(sources);
     let mut out = Vec::new();
-    for (s, pieces) in sources.iter().zip(&pieces) {
+    for (si, (s, pieces)) in sources.iter().zip(&pieces).enumerate() {
         for i in s.passed.values().set_indices() {
             if pieces.binary_search(&i).is_ok() {
                 continue;
             }
-            if let Some(b) = bound(s.start.value(i), s.end.value(i)) {
-                out.push((trace_key(&s.ids, i), b));
+            if let Some(bound) = bound(s.start.value(i), s.end.value(i)) {
+                out.push(Candidate { id: trace_key(&s.ids, i), bound, at: At::One(si, i) });
             }
         }
     }
     if splits.is_empty() {
-        return Ok(out);
+        return Ok((out, splits));
     }
     let needs = Needs::of(expr);
     let strings = |f: fn(&Split) -> Option<&str>| -> ArrayRef {
@@ -456,9 +512,132 @@ fn candidates(
     )?;
     for i in passed.values().set_indices() {
         let s = &splits[i];
-        if let Some(b) = bound(s.start, s.end) {
-            out.push((s.id, b));
+        if let Some(bound) = bound(s.start, s.end) {
+            out.push(Candidate { id: s.id, bound, at: At::Split(i) });
         }
+    }
+    Ok((out, splits))
+}
+
+/// Exact latest span start and count of spans in `range` of each of `chosen`, read from
+/// exactly their rows of each block's `spans.parquet` (and from the head); traces without a
+/// span in range are left out. `None` when a block's span offsets are unknown.
+async fn exact_hits(
+    engine: &QueryEngine,
+    head: Option<&Tables>,
+    sources: &[Summaries],
+    splits: &[Split],
+    chosen: &[Candidate],
+    range: Option<(i64, i64)>,
+) -> Result<Option<Vec<([u8; 16], Hit)>>, QueryError> {
+    let mut rows: Vec<Vec<(usize, [u8; 16])>> = vec![Vec::new(); sources.len()];
+    for c in chosen {
+        match c.at {
+            At::One(s, r) => rows[s].push((r, c.id)),
+            At::Split(i) => {
+                for &(s, r) in splits.get(i).map(|s| s.pieces.as_slice()).unwrap_or_default() {
+                    rows[s].push((r, c.id));
+                }
+            }
+        }
+    }
+    let files = engine.files();
+    let mut reads = Vec::new();
+    let mut in_head = Vec::new();
+    for (s, mut rows) in sources.iter().zip(rows) {
+        if rows.is_empty() {
+            continue;
+        }
+        match &s.block {
+            Some((block, Some(offsets))) => {
+                rows.sort_unstable();
+                let mut ranges = Vec::with_capacity(rows.len());
+                for (r, id) in rows {
+                    let (Some(from), Some(to)) = (offsets.get(r), offsets.get(r + 1)) else {
+                        return Err(QueryError::Internal("trace summary row out of range".into()));
+                    };
+                    ranges.push((*from..*to, id));
+                }
+                reads.push(spawned(starts_of(files.clone(), block.clone(), ranges, range)));
+            }
+            Some((_, None)) => return Ok(None),
+            None => in_head.extend(rows.into_iter().map(|(_, id)| id)),
+        }
+    }
+    let mut found: HashMap<[u8; 16], Hit> = HashMap::with_capacity(chosen.len());
+    let mut reads = futures::stream::iter(reads).buffer_unordered(PARALLEL_BLOCKS);
+    while let Some(part) = reads.next().await {
+        for (id, hit) in part? {
+            hit.add_to(&mut found, id);
+        }
+    }
+    if let Some(head) = head
+        && !in_head.is_empty()
+    {
+        match latest_in_range(engine, head, &in_head, range).await? {
+            Some(part) => part.into_iter().for_each(|(id, hit)| hit.add_to(&mut found, id)),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(found.into_iter().collect()))
+}
+
+/// The latest start within `range`, and the count of starts within it, of each row range of
+/// a block's `spans.parquet` (one trace's spans each, ascending).
+async fn starts_of(
+    files: BlockFiles,
+    block: Arc<Block>,
+    ranges: Vec<(std::ops::Range<u64>, [u8; 16])>,
+    range: Option<(i64, i64)>,
+) -> Result<Vec<([u8; 16], Hit)>, QueryError> {
+    let path = block.file(SPANS_FILE);
+    let size = block.meta.spans_bytes;
+    let meta = files.meta(&path, size).await?;
+    let si = meta.schema().index_of(c::START)?;
+    let rows: Vec<std::ops::Range<u64>> = ranges.iter().map(|(r, _)| r.clone()).collect();
+    let selected = page_prune::select_rows(&meta, &rows);
+    let mask = ProjectionMask::roots(meta.parquet_schema(), [si]);
+    let mut stream =
+        files.selected((path, size), meta, mask, selected).build().map_err(StoreError::from)?;
+    let corrupt = |what: &str| -> QueryError {
+        StoreError::Corrupt(format!("block {}: {what}", block.meta.id)).into()
+    };
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut pending = ranges.into_iter();
+    let mut current: Option<([u8; 16], u64, Hit)> = None;
+    while let Some(b) = stream.try_next().await.map_err(StoreError::from)? {
+        let Some(starts) = b.column(0).as_primitive_opt::<Int64Type>() else {
+            return Err(corrupt("span start type"));
+        };
+        for s in starts.values() {
+            let (id, left, hit) = match current.take() {
+                Some(c) => c,
+                None => match pending.next() {
+                    Some((r, id)) => (
+                        id,
+                        r.end.saturating_sub(r.start),
+                        Hit { last_start: i64::MIN, matched: 0 },
+                    ),
+                    None => return Err(corrupt("more span rows than selected")),
+                },
+            };
+            let mut hit = hit;
+            if range.is_none_or(|(lo, hi)| *s >= lo && *s <= hi) {
+                hit.last_start = hit.last_start.max(*s);
+                hit.matched += 1;
+            }
+            match left.saturating_sub(1) {
+                0 => {
+                    if hit.matched > 0 {
+                        out.push((id, hit));
+                    }
+                }
+                left => current = Some((id, left, hit)),
+            }
+        }
+    }
+    if current.is_some() || pending.next().is_some() {
+        return Err(corrupt("fewer span rows than selected"));
     }
     Ok(out)
 }
