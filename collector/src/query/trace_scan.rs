@@ -65,6 +65,8 @@ impl Needs {
 /// Root fields are there when the predicate reads them (UTF-8 or dictionary-encoded).
 struct Summaries {
     ids: FixedSizeBinaryArray,
+    /// The ids as big-endian integers (their byte order), for the merge.
+    keys: Vec<u128>,
     start: Int64Array,
     end: Int64Array,
     root_service: Option<ArrayRef>,
@@ -110,15 +112,19 @@ impl Summaries {
         let root_name = needs.name.then(|| get(trace_col::ROOT_NAME)).transpose()?;
         let (start, end) = (ints(trace_col::START)?, ints(trace_col::END)?);
         let passed = evaluate(ctx, expr, &start, &end, root_service.clone(), root_name.clone())?;
-        Ok(Summaries { ids, start, end, root_service, root_name, passed, block: None })
-    }
-
-    fn id(&self, row: usize) -> u128 {
-        u128::from_be_bytes(trace_key(&self.ids, row))
+        let keys = match ids.value_length() {
+            16 => ids
+                .value_data()
+                .chunks_exact(16)
+                .map(|k| u128::from_be_bytes(k.try_into().unwrap_or_default()))
+                .collect(),
+            _ => (0..ids.len()).map(|i| u128::from_be_bytes(trace_key(&ids, i))).collect(),
+        };
+        Ok(Summaries { ids, keys, start, end, root_service, root_name, passed, block: None })
     }
 
     fn sorted(&self) -> bool {
-        (1..self.ids.len()).all(|i| self.id(i - 1) < self.id(i))
+        self.keys.windows(2).all(|w| w[0] < w[1])
     }
 }
 
@@ -401,36 +407,62 @@ enum At {
 
 /// The traces present in several sources (a merge of their id-sorted ids), folded: earliest
 /// start, latest end, the greatest root service and name (as the planned summaries do); and,
-/// per source, the rows that are pieces of them, ascending.
-fn split_traces(sources: &[Summaries]) -> (Vec<Split>, Vec<Vec<usize>>) {
+/// per source, the rows that are pieces of them, ascending. Ids are uniformly random, so the
+/// two halves of the id space are merged on two threads.
+fn split_traces(sources: &[Summaries]) -> Result<(Vec<Split>, Vec<Vec<usize>>), QueryError> {
+    const HALF: u128 = 1 << 127;
+    let all: Vec<std::ops::Range<usize>> = sources.iter().map(|s| 0..s.keys.len()).collect();
+    if all.iter().map(|r| r.len()).sum::<usize>() < 1 << 16 {
+        return Ok(merge(sources, &all));
+    }
+    let mid: Vec<usize> = sources.iter().map(|s| s.keys.partition_point(|k| *k < HALF)).collect();
+    let low: Vec<_> = mid.iter().map(|m| 0..*m).collect();
+    let high: Vec<_> = mid.iter().zip(&all).map(|(m, r)| *m..r.end).collect();
+    let (mut splits, mut pieces, (high_splits, high_pieces)) = std::thread::scope(|scope| {
+        let high = scope.spawn(|| merge(sources, &high));
+        let (splits, pieces) = merge(sources, &low);
+        high.join().map(|h| (splits, pieces, h))
+    })
+    .map_err(|_| QueryError::Internal("split trace merge panicked".into()))?;
+    splits.extend(high_splits);
+    for (p, h) in pieces.iter_mut().zip(high_pieces) {
+        p.extend(h);
+    }
+    Ok((splits, pieces))
+}
+
+/// [`split_traces`] over the rows `rows[i]` of each source `i`.
+fn merge(sources: &[Summaries], rows: &[std::ops::Range<usize>]) -> (Vec<Split>, Vec<Vec<usize>>) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     use std::collections::binary_heap::PeekMut;
     let mut pieces: Vec<Vec<usize>> = vec![Vec::new(); sources.len()];
     let mut splits = Vec::new();
-    let mut pos = vec![0usize; sources.len()];
-    let mut heap: BinaryHeap<Reverse<(u128, usize)>> = sources
+    let pos: Vec<usize> = rows.iter().map(|r| r.start).collect();
+    let keys: Vec<&[u128]> =
+        sources.iter().zip(rows).map(|(s, r)| s.keys.get(r.clone()).unwrap_or_default()).collect();
+    let mut heap: BinaryHeap<Reverse<(u128, usize)>> = keys
         .iter()
         .enumerate()
-        .filter(|(_, s)| !s.ids.is_empty())
-        .map(|(i, s)| Reverse((s.id(0), i)))
+        .filter_map(|(i, k)| k.first().map(|id| Reverse((*id, i))))
         .collect();
+    let mut at: Vec<usize> = vec![0; sources.len()];
     // Moves the heap's top source to its next row (replacing the top: one sift, not two).
-    let advance = |heap: &mut BinaryHeap<Reverse<(u128, usize)>>, pos: &mut [usize]| {
+    let advance = |heap: &mut BinaryHeap<Reverse<(u128, usize)>>, at: &mut [usize]| {
         let Some(mut top) = heap.peek_mut() else { return };
         let si = top.0.1;
-        pos[si] += 1;
-        match sources.get(si) {
-            Some(s) if pos[si] < s.ids.len() => *top = Reverse((s.id(pos[si]), si)),
-            _ => {
+        at[si] += 1;
+        match keys.get(si).and_then(|k| k.get(at[si])) {
+            Some(id) => *top = Reverse((*id, si)),
+            None => {
                 PeekMut::pop(top);
             }
         }
     };
     let mut group: Vec<(usize, usize)> = Vec::new();
     while let Some(&Reverse((id, si))) = heap.peek() {
-        let row = pos[si];
-        advance(&mut heap, &mut pos);
+        let row = pos[si] + at[si];
+        advance(&mut heap, &mut at);
         if heap.peek().is_none_or(|Reverse((next, _))| *next != id) {
             continue;
         }
@@ -439,8 +471,8 @@ fn split_traces(sources: &[Summaries]) -> (Vec<Split>, Vec<Vec<usize>>) {
         while let Some(&Reverse((next, sj))) = heap.peek()
             && next == id
         {
-            group.push((sj, pos[sj]));
-            advance(&mut heap, &mut pos);
+            group.push((sj, pos[sj] + at[sj]));
+            advance(&mut heap, &mut at);
         }
         let mut split = Split {
             id: id.to_be_bytes(),
@@ -483,7 +515,7 @@ fn candidates(
         Some((_, hi)) => Some(end.min(hi)),
         None => Some(end),
     };
-    let (splits, pieces) = split_traces(sources);
+    let (splits, pieces) = split_traces(sources)?;
     let mut out = Vec::new();
     for (si, (s, pieces)) in sources.iter().zip(&pieces).enumerate() {
         for i in s.passed.values().set_indices() {
@@ -670,4 +702,66 @@ async fn latest_in_range(
         }
     }
     Ok(Some(found.into_iter().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(mut keys: Vec<u128>) -> Summaries {
+        keys.sort_unstable();
+        keys.dedup();
+        let n = i64::try_from(keys.len()).unwrap();
+        let ids =
+            FixedSizeBinaryArray::try_from_iter(keys.iter().map(|k| k.to_be_bytes())).unwrap();
+        Summaries {
+            ids,
+            passed: BooleanArray::from(vec![false; keys.len()]),
+            keys,
+            start: Int64Array::from_iter_values(0..n),
+            end: Int64Array::from_iter_values((0..n).map(|i| i * 3 + 7)),
+            root_service: None,
+            root_name: None,
+            block: None,
+        }
+    }
+
+    #[test]
+    fn split_traces_merged_on_two_threads_are_those_of_one_merge() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut random = move || {
+            let mut half = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            (u128::from(half()) << 64) | u128::from(half())
+        };
+        let shared: Vec<u128> = (0..3000).map(|_| random()).collect();
+        let sources: Vec<Summaries> = (0..3)
+            .map(|s| {
+                let mut keys: Vec<u128> = (0..30_000).map(|_| random()).collect();
+                // Each shared id in two of the three sources, every fifth in all three.
+                keys.extend(
+                    shared
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| (i + s) % 3 != 0 || i % 5 == 0)
+                        .map(|(_, k)| *k),
+                );
+                source(keys)
+            })
+            .collect();
+        let (splits, pieces) = split_traces(&sources).unwrap();
+        let all: Vec<_> = sources.iter().map(|s| 0..s.keys.len()).collect();
+        let (one_splits, one_pieces) = merge(&sources, &all);
+        let view = |s: &[Split]| -> Vec<String> {
+            s.iter().map(|s| format!("{:?} {} {} {:?}", s.id, s.start, s.end, s.pieces)).collect()
+        };
+        assert_eq!(splits.len(), shared.len());
+        assert_eq!(view(&splits), view(&one_splits));
+        assert_eq!(pieces, one_pieces);
+        assert!(pieces.iter().all(|p| p.windows(2).all(|w| w[0] < w[1])), "pieces ascend");
+    }
 }
