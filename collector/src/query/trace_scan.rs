@@ -408,7 +408,7 @@ enum At {
 /// The traces present in several sources (a merge of their id-sorted ids), folded: earliest
 /// start, latest end, the greatest root service and name (as the planned summaries do); and,
 /// per source, the rows that are pieces of them, ascending. Ids are uniformly random, so the
-/// two halves of the id space are merged on two threads.
+/// two halves of the id space are searched on two threads.
 fn split_traces(sources: &[Summaries]) -> Result<(Vec<Split>, Vec<Vec<usize>>), QueryError> {
     const HALF: u128 = 1 << 127;
     let all: Vec<std::ops::Range<usize>> = sources.iter().map(|s| 0..s.keys.len()).collect();
@@ -431,59 +431,49 @@ fn split_traces(sources: &[Summaries]) -> Result<(Vec<Split>, Vec<Vec<usize>>), 
     Ok((splits, pieces))
 }
 
-/// [`split_traces`] over the rows `rows[i]` of each source `i`.
+/// [`split_traces`] over the rows `rows[i]` of each source `i`. Ids are uniformly random: two
+/// bitsets over (below the top bit) their leading bits, sixteen slots an id, mark the slots
+/// seen once and seen again; only ids in a slot seen again (the split traces' and a few
+/// percent more) are sorted and compared.
 fn merge(sources: &[Summaries], rows: &[std::ops::Range<usize>]) -> (Vec<Split>, Vec<Vec<usize>>) {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    use std::collections::binary_heap::PeekMut;
-    let mut pieces: Vec<Vec<usize>> = vec![Vec::new(); sources.len()];
-    let mut splits = Vec::new();
-    let pos: Vec<usize> = rows.iter().map(|r| r.start).collect();
     let keys: Vec<&[u128]> =
         sources.iter().zip(rows).map(|(s, r)| s.keys.get(r.clone()).unwrap_or_default()).collect();
-    let mut heap: BinaryHeap<Reverse<(u128, usize)>> = keys
-        .iter()
-        .enumerate()
-        .filter_map(|(i, k)| k.first().map(|id| Reverse((*id, i))))
-        .collect();
-    let mut at: Vec<usize> = vec![0; sources.len()];
-    // Moves the heap's top source to its next row (replacing the top: one sift, not two).
-    let advance = |heap: &mut BinaryHeap<Reverse<(u128, usize)>>, at: &mut [usize]| {
-        let Some(mut top) = heap.peek_mut() else { return };
-        let si = top.0.1;
-        at[si] += 1;
-        match keys.get(si).and_then(|k| k.get(at[si])) {
-            Some(id) => *top = Reverse((*id, si)),
-            None => {
-                PeekMut::pop(top);
+    let total: usize = keys.iter().map(|k| k.len()).sum();
+    let bits = (total.max(1).next_power_of_two().trailing_zeros() + 4).clamp(10, 30);
+    let slot = |k: u128| ((k << 1) >> (128 - bits)) as usize;
+    let words = (1usize << bits) / 64;
+    let (mut seen, mut again) = (vec![0u64; words], vec![0u64; words]);
+    for &k in keys.iter().flat_map(|k| k.iter()) {
+        let h = slot(k);
+        let (w, bit) = (h / 64, 1u64 << (h % 64));
+        if seen[w] & bit != 0 {
+            again[w] |= bit;
+        }
+        seen[w] |= bit;
+    }
+    let mut shared: Vec<(u128, usize, usize)> = Vec::new();
+    for (si, (k, r)) in keys.iter().zip(rows).enumerate() {
+        for (i, &id) in k.iter().enumerate() {
+            let h = slot(id);
+            if again[h / 64] & (1u64 << (h % 64)) != 0 {
+                shared.push((id, si, r.start + i));
             }
         }
-    };
-    let mut group: Vec<(usize, usize)> = Vec::new();
-    while let Some(&Reverse((id, si))) = heap.peek() {
-        let row = pos[si] + at[si];
-        advance(&mut heap, &mut at);
-        if heap.peek().is_none_or(|Reverse((next, _))| *next != id) {
-            continue;
-        }
-        group.clear();
-        group.push((si, row));
-        while let Some(&Reverse((next, sj))) = heap.peek()
-            && next == id
-        {
-            group.push((sj, pos[sj] + at[sj]));
-            advance(&mut heap, &mut at);
-        }
+    }
+    shared.sort_unstable();
+    let mut pieces: Vec<Vec<usize>> = vec![Vec::new(); sources.len()];
+    let mut splits = Vec::new();
+    for group in shared.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
         let mut split = Split {
-            id: id.to_be_bytes(),
+            id: group[0].0.to_be_bytes(),
             start: i64::MAX,
             end: i64::MIN,
             root_service: None,
             root_name: None,
-            pieces: group.clone(),
+            pieces: group.iter().map(|&(_, si, r)| (si, r)).collect(),
         };
         let (mut service, mut name): (Option<&str>, Option<&str>) = (None, None);
-        for &(sj, r) in &group {
+        for &(_, sj, r) in group {
             let s = &sources[sj];
             split.start = split.start.min(s.start.value(r));
             split.end = split.end.max(s.end.value(r));
@@ -727,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn split_traces_merged_on_two_threads_are_those_of_one_merge() {
+    fn split_traces_found_on_two_threads_are_exactly_the_ids_in_several_sources() {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut random = move || {
             let mut half = || {
@@ -754,8 +744,32 @@ mod tests {
             })
             .collect();
         let (splits, pieces) = split_traces(&sources).unwrap();
-        let all: Vec<_> = sources.iter().map(|s| 0..s.keys.len()).collect();
-        let (one_splits, one_pieces) = merge(&sources, &all);
+        // The reference: every id's (source, row)s, by id.
+        let mut by_id: std::collections::BTreeMap<u128, Vec<(usize, usize)>> = Default::default();
+        for (si, s) in sources.iter().enumerate() {
+            for (r, k) in s.keys.iter().enumerate() {
+                by_id.entry(*k).or_default().push((si, r));
+            }
+        }
+        let mut one_pieces = vec![Vec::new(); sources.len()];
+        let mut one_splits = Vec::new();
+        for (id, at) in by_id.into_iter().filter(|(_, at)| at.len() > 1) {
+            let (mut start, mut end) = (i64::MAX, i64::MIN);
+            for &(si, r) in &at {
+                start = start.min(sources[si].start.value(r));
+                end = end.max(sources[si].end.value(r));
+                one_pieces[si].push(r);
+            }
+            let (root_service, root_name) = (None, None);
+            one_splits.push(Split {
+                id: id.to_be_bytes(),
+                start,
+                end,
+                root_service,
+                root_name,
+                pieces: at,
+            });
+        }
         let view = |s: &[Split]| -> Vec<String> {
             s.iter().map(|s| format!("{:?} {} {} {:?}", s.id, s.start, s.end, s.pieces)).collect()
         };
