@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::compile::trace_id_in;
 use super::critical_path::{TraceSpan, children_index, flatten};
 use super::metrics_eval::quantile;
 use super::operation::{OperationQuery, OperationSpan};
@@ -525,7 +524,7 @@ pub(super) async fn spans_of_traces(
                 && b.meta.min_time <= range.1
                 && ids.iter().any(|id| b.bloom.contains(id))
         },
-        || trace_id_in(ids),
+        ids,
         &crate::cluster::SpanScope {
             trace_ids: ids.iter().map(hex::encode).collect(),
             ..Default::default()

@@ -5,12 +5,11 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use datafusion::common::ScalarValue;
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{Expr, SessionContext, col, lit};
 use opentelemetry_proto::tonic::trace::v1::TracesData;
 
+use super::compile::trace_id_in;
 use super::tables::{Viewed, block_rows, view};
+use super::trace_rows::{member, whole_rows};
 use super::{QueryEngine, QueryError};
 use crate::cluster::SpanScope;
 use crate::spanrows::{DedicatedColumns, col as c, to_traces_data};
@@ -26,7 +25,6 @@ pub(super) async fn trace_by_id(
     range: Option<(i64, i64)>,
 ) -> Result<TracesData, QueryError> {
     let started = std::time::Instant::now();
-    let id_eq = || col(c::TRACE_ID).eq(lit(ScalarValue::FixedSizeBinary(16, Some(id.to_vec()))));
     let (batches, dedicated) = whole_trace_rows(
         engine,
         tenant,
@@ -34,7 +32,7 @@ pub(super) async fn trace_by_id(
             b.bloom.contains(&id)
                 && range.is_none_or(|(s, e)| b.meta.max_time >= s && b.meta.min_time <= e)
         },
-        id_eq,
+        &[id],
         &SpanScope { trace_ids: vec![hex::encode(id)], ..Default::default() },
     )
     .await?;
@@ -46,32 +44,46 @@ pub(super) async fn trace_by_id(
     Ok(data)
 }
 
-/// Rows passing `filter` (which must keep every row of a trace it keeps) from the blocks
-/// `select` keeps and the head, with parent ids restored, aligned to one schema, each
-/// (trace id, span id) once; and the dedicated columns of that schema.
+/// Every row of the traces `ids` from the blocks `select` keeps and the head, with parent ids
+/// restored, aligned to one schema, each (trace id, span id) once; and the dedicated columns
+/// of that schema.
 pub(super) async fn whole_trace_rows(
     engine: &QueryEngine,
     tenant: &str,
     select: impl Fn(&Block) -> bool,
-    filter: impl Fn() -> Expr,
+    ids: &[[u8; 16]],
     scope: &SpanScope,
 ) -> Result<(Vec<RecordBatch>, DedicatedColumns), QueryError> {
     let Viewed { blocks, head, dedicated, schema, .. } =
         view(engine, tenant, select, scope).await?;
-    // Each block is read on its own, in file order, so parent offsets can be resolved
-    // (all rows of a trace pass the filter, so offsets within it stay valid).
-    let per_block = futures::future::try_join_all(
-        blocks.iter().map(|b| block_rows(engine, b, schema.clone(), filter())),
-    )
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let sorted = Arc::new(sorted);
+    let files = engine.files();
+    // Each block is read on its own, in file order, so parent offsets can be resolved (all
+    // rows of a trace are read, so offsets within it stay valid); without a plan through the
+    // cached footer, or with one for a block of an older layout.
+    let per_block = futures::future::try_join_all(blocks.iter().map(|b| {
+        let (files, schema, sorted) = (files.clone(), schema.clone(), sorted.clone());
+        async move {
+            match whole_rows(files, b.clone(), schema.clone(), sorted.clone()).await? {
+                Some(rows) => Ok(rows),
+                None => block_rows(engine, b, schema, trace_id_in(&sorted)).await,
+            }
+        }
+    }))
     .await?;
     let mut batches = Vec::new();
     for rows in per_block {
         batches.extend(decode_parents(&rows)?);
     }
-    if !head.is_empty() {
-        let ctx = SessionContext::new();
-        let mem = Arc::new(MemTable::try_new(schema, vec![head])?);
-        batches.extend(ctx.read_table(mem)?.filter(filter())?.collect().await?);
+    for b in &head {
+        let Some(tid) = b.column_by_name(c::TRACE_ID) else { continue };
+        let kept = filter_record_batch(b, &member(tid.as_ref(), &sorted)?)?;
+        if kept.num_rows() > 0 {
+            batches.push(kept);
+        }
     }
     Ok((first_copies(batches)?, dedicated))
 }

@@ -135,6 +135,39 @@ async fn block_rows(
     Ok(Some(out))
 }
 
+/// Every column of the rows of the traces `sorted` (ascending) in a block, in file order (as
+/// parent offsets need), through its cached footer: only the pages whose trace-id range holds
+/// one of them, a row filter on the trace id. `None` when the file's schema is not `unified`
+/// (an older layout: a plan adapts it).
+pub(super) async fn whole_rows(
+    files: BlockFiles,
+    block: Arc<Block>,
+    unified: SchemaRef,
+    sorted: Arc<Vec<[u8; 16]>>,
+) -> Result<Option<Vec<RecordBatch>>, QueryError> {
+    let path = block.file(SPANS_FILE);
+    let size = block.meta.spans_bytes;
+    let meta = files.meta(&path, size).await?;
+    if meta.schema().fields() != unified.fields() {
+        return Ok(None);
+    }
+    let values: Vec<&[u8]> = sorted.iter().map(|v| v.as_slice()).collect();
+    let selected = page_prune::select_containing(&meta, c::TRACE_ID, &values)?;
+    if selected.rows == 0 {
+        return Ok(Some(Vec::new()));
+    }
+    let tid = meta.schema().index_of(c::TRACE_ID)?;
+    let parquet_schema = meta.parquet_schema();
+    let filter = ArrowPredicateFn::new(ProjectionMask::roots(parquet_schema, [tid]), move |b| {
+        member(b.column(0).as_ref(), &sorted)
+            .map_err(|e| arrow::error::ArrowError::ComputeError(e.to_string()))
+    });
+    let stream =
+        files.filtered((path, size), meta, ProjectionMask::all(), selected, Box::new(filter))?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(StoreError::from)?;
+    Ok(Some(batches.into_iter().filter(|b| b.num_rows() > 0).collect()))
+}
+
 /// Positions of `needed` in `schema`, when each is there with the unified schema's type.
 fn indices_of(schema: &Schema, unified: &Schema, needed: &[String]) -> Option<Vec<usize>> {
     let mut out = Vec::with_capacity(needed.len());
@@ -160,7 +193,7 @@ fn physical(
 
 /// Whether each trace id of `ids` is in `sorted` (ascending). Ids compare as big-endian
 /// integers: the same order as bytes, without a `memcmp` call per probe.
-fn member(ids: &dyn Array, sorted: &[[u8; 16]]) -> Result<BooleanArray, QueryError> {
+pub(super) fn member(ids: &dyn Array, sorted: &[[u8; 16]]) -> Result<BooleanArray, QueryError> {
     let Some(ids) = ids.as_fixed_size_binary_opt() else {
         return Err(QueryError::Internal("trace ids are not fixed-size binary".into()));
     };
