@@ -9,6 +9,7 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span as OtlpSpan, Status, span as otlp_span, status,
 };
 
+use crate::propagation::w3c;
 use crate::span::{self, Record, SpanKind, Value};
 
 // OTLP `Span.flags`: W3C trace flags in bits 0-7, then "has is_remote" and "is_remote".
@@ -73,6 +74,19 @@ fn to_span(r: Record, anchor: &Anchor) -> OtlpSpan {
             Some(Status { code: status::StatusCode::Error as i32, message: m.into_owned() })
         }
     };
+    let links = extra
+        .links
+        .into_iter()
+        .map(|l| otlp_span::Link {
+            trace_id: l.context.trace_id.0.to_vec(),
+            span_id: l.context.span_id.0.to_vec(),
+            trace_state: w3c::tracestate(&l.context).unwrap_or_default(),
+            attributes: l.attributes.into_iter().map(key_value).collect(),
+            dropped_attributes_count: 0,
+            // Whether the linked span is remote is not known: only the W3C flags.
+            flags: if l.context.sampled { FLAG_SAMPLED } else { 0 },
+        })
+        .collect();
     let mut flags = FLAG_HAS_IS_REMOTE | if r.ctx.sampled { FLAG_SAMPLED } else { 0 };
     if r.remote_parent {
         flags |= FLAG_IS_REMOTE;
@@ -105,8 +119,8 @@ fn to_span(r: Record, anchor: &Anchor) -> OtlpSpan {
             })
             .collect(),
         dropped_events_count: extra.dropped_events,
-        links: Vec::new(),
-        dropped_links_count: 0,
+        links,
+        dropped_links_count: extra.dropped_links,
         status,
     }
 }

@@ -78,6 +78,24 @@ pub enum Status {
     Error(Cow<'static, str>),
 }
 
+/// A link to another span (of this or another trace): a batch job linking the requests it
+/// serves, a consumer linking the producer, a `tracing` span's `follows_from`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub context: SpanContext,
+    pub attributes: Vec<KeyValue>,
+}
+
+impl Link {
+    pub fn new(context: SpanContext) -> Link {
+        Link { context, attributes: Vec::new() }
+    }
+
+    pub fn with_attributes(context: SpanContext, attributes: Vec<KeyValue>) -> Link {
+        Link { context, attributes }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Event {
     pub name: Cow<'static, str>,
@@ -129,9 +147,11 @@ pub(crate) struct Record {
 #[derive(Debug, Default)]
 pub(crate) struct Extra {
     pub events: Vec<Event>,
+    pub links: Vec<Link>,
     pub status: Status,
     pub dropped_attributes: u32,
     pub dropped_events: u32,
+    pub dropped_links: u32,
 }
 
 impl Record {
@@ -149,6 +169,7 @@ impl Record {
 /// scope). Carried in every span's context, so children started on other threads or tasks
 /// still know it.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "profiling"), allow(dead_code))]
 pub(crate) struct Scope {
     pub id: SpanId,
     pub name: Arc<str>,
