@@ -405,3 +405,16 @@ pub(crate) fn shutdown() {}
 /// Without the `profiling` feature: does nothing.
 #[cfg(not(feature = "profiling"))]
 pub fn register_current_thread() {}
+
+#[cfg(all(test, not(feature = "profiling")))]
+mod off_tests {
+    use super::*;
+
+    #[test]
+    fn without_the_feature_profiling_cannot_be_installed_and_reports_nothing() {
+        let cfg = Config::default();
+        let p = ProfilingConfig::default();
+        assert!(matches!(install(&cfg, &p), Err(ProfilingError::NotBuilt)));
+        assert_eq!(stats(), ProfilingStats::default());
+    }
+}
