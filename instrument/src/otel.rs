@@ -205,8 +205,8 @@ fn key_value(kv: opentelemetry::KeyValue) -> KeyValue {
 }
 
 /// The span clock's instant for a wall-clock time (explicit start, end and event times).
-fn instant_at(t: SystemTime) -> quanta::Instant {
-    let (mono, wall) = (quanta::Instant::now(), SystemTime::now());
+fn instant_at(t: SystemTime) -> crate::span::clock::Instant {
+    let (mono, wall) = (crate::span::clock::now(), SystemTime::now());
     match wall.duration_since(t) {
         Ok(ago) => mono.checked_sub(ago).unwrap_or(mono),
         Err(ahead) => mono + ahead.duration(),

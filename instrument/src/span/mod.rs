@@ -12,6 +12,7 @@ use crate::propagation::baggage::Member;
 use crate::propagation::composite::Extracted;
 use crate::propagation::{SpanContext, SpanId, TraceId};
 
+pub(crate) mod clock;
 pub(crate) mod context;
 pub(crate) mod hooks;
 pub(crate) mod ids;
@@ -65,7 +66,7 @@ pub struct SpanBuilder {
     parent: Parent,
     attributes: Vec<KeyValue>,
     links: Vec<Link>,
-    start: Option<quanta::Instant>,
+    start: Option<clock::Instant>,
 }
 
 impl SpanBuilder {
@@ -108,7 +109,7 @@ impl SpanBuilder {
 
     /// Starts at `start` instead of now (the OpenTelemetry API's explicit start times).
     #[cfg(feature = "opentelemetry")]
-    pub(crate) fn start_time(mut self, start: quanta::Instant) -> Self {
+    pub(crate) fn start_time(mut self, start: clock::Instant) -> Self {
         self.start = Some(start);
         self
     }
@@ -125,7 +126,7 @@ impl SpanBuilder {
         let mut links = self.links;
         let dropped_links = links.len().saturating_sub(MAX_LINKS) as u32;
         links.truncate(MAX_LINKS);
-        let now = self.start.unwrap_or_else(quanta::Instant::now);
+        let now = self.start.unwrap_or_else(clock::now);
         let extra = (dropped_attributes > 0 || !links.is_empty()).then(|| {
             Box::new(Extra { dropped_attributes, links, dropped_links, ..Extra::default() })
         });
@@ -280,14 +281,14 @@ impl Span {
 
     pub fn add_event(&mut self, name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
         if let Inner::Recording(_) = &self.0 {
-            self.add_event_at(name, quanta::Instant::now(), attributes);
+            self.add_event_at(name, clock::now(), attributes);
         }
     }
 
     pub(crate) fn add_event_at(
         &mut self,
         name: impl Into<Cow<'static, str>>,
-        time: quanta::Instant,
+        time: clock::Instant,
         attributes: Vec<KeyValue>,
     ) {
         if let Inner::Recording(r) = &mut self.0 {
@@ -314,10 +315,10 @@ impl Span {
 
     /// Ends the span at `end` (the OpenTelemetry API's explicit end times).
     #[cfg(feature = "opentelemetry")]
-    pub(crate) fn end_at(mut self, end: quanta::Instant) {
-        if let Inner::Recording(mut r) = std::mem::take(&mut self.0) {
+    pub(crate) fn end_at(mut self, end: clock::Instant) {
+        if let Inner::Recording(r) = &mut self.0 {
             r.end = end;
-            context::finish(r);
+            context::finish_in_place(&mut self.0);
         }
     }
 
@@ -381,9 +382,9 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        if let Inner::Recording(mut r) = std::mem::take(&mut self.0) {
-            r.end = quanta::Instant::now();
-            context::finish(r);
+        if let Inner::Recording(r) = &mut self.0 {
+            r.end = clock::now();
+            context::finish_in_place(&mut self.0);
         }
     }
 }

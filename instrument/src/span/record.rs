@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::clock;
 use crate::propagation::baggage::Member;
 use crate::propagation::{SpanContext, SpanId, TraceId};
 
@@ -99,7 +100,7 @@ impl Link {
 #[derive(Clone, Debug)]
 pub(crate) struct Event {
     pub name: Cow<'static, str>,
-    pub time: quanta::Instant,
+    pub time: clock::Instant,
     pub attributes: Vec<KeyValue>,
 }
 
@@ -136,8 +137,8 @@ pub(crate) struct Record {
     pub remote_parent: bool,
     pub name: Cow<'static, str>,
     pub kind: SpanKind,
-    pub start: quanta::Instant,
-    pub end: quanta::Instant,
+    pub start: clock::Instant,
+    pub end: clock::Instant,
     pub attributes: Vec<KeyValue>,
     /// What most spans never have, out of line so records stay small: a record is moved on
     /// every enter, exit and finish.
