@@ -130,7 +130,8 @@ impl SpanBuilder {
         let extra = (dropped_attributes > 0 || !links.is_empty()).then(|| {
             Box::new(Extra { dropped_attributes, links, dropped_links, ..Extra::default() })
         });
-        let mut record = Record {
+        // Built where it is returned: no copy of the record on the way out.
+        let mut span = Span(Inner::Recording(Record {
             ctx,
             parent,
             remote_parent,
@@ -140,13 +141,16 @@ impl SpanBuilder {
             end: now,
             attributes,
             extra,
-        };
-        hooks::on_start(&mut record);
-        Span(Inner::Recording(record))
+        }));
+        if let Inner::Recording(r) = &mut span.0 {
+            hooks::on_start(r);
+        }
+        span
     }
 }
 
 /// The new span's context, its parent span id and whether that parent is remote.
+#[inline]
 fn resolve(parent: Parent, p: &sink::Sink) -> (Ctx, Option<SpanId>, bool) {
     let child_of = |c: Ctx| {
         let parent = c.span_id;
