@@ -19,7 +19,12 @@
 //! - [`profiling`]: a span-aware sampling CPU profiler (off unless `SKEIN_PROFILING=true` or
 //!   [`Builder::profiling`]) that pushes pprof profiles labelled with span ids to `/ingest`.
 //!
-//! No OpenTelemetry SDK type appears in this API: they change with every release.
+//! - [`otel`] (feature `opentelemetry`): the OpenTelemetry API (`opentelemetry::trace`) on
+//!   skein's pipeline; [`init`] installs its tracer provider and propagator as OpenTelemetry's
+//!   globals, so OpenTelemetry-API code and skein spans share one trace.
+//!
+//! No OpenTelemetry SDK type appears in this API: they change with every release. The
+//! `opentelemetry` feature bridges to the (much more stable) API crate only.
 
 pub mod config;
 pub mod context;
@@ -27,6 +32,8 @@ pub mod export;
 pub mod headers;
 mod http_client;
 pub mod layer;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod percent;
 pub mod profiling;
 pub mod propagation;
@@ -42,7 +49,7 @@ pub use export::{Stats, stats};
 pub use headers::Headers;
 pub use profiling::ProfilingStats;
 pub use sampler::Sampler;
-pub use span::{KeyValue, Span, SpanBuilder, SpanKind, Status, Value};
+pub use span::{KeyValue, Link, Span, SpanBuilder, SpanKind, Status, Value};
 pub use tls::TlsConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,21 +77,36 @@ pub fn init() -> Result<Guard, InitError> {
 pub struct Builder {
     config: Config,
     subscriber: bool,
+    #[cfg(feature = "opentelemetry")]
+    otel_globals: bool,
 }
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder { config: Config::default(), subscriber: true }
+        Builder::from_config(Config::default())
     }
 }
 
 impl Builder {
     pub fn from_env() -> Result<Builder, InitError> {
-        Ok(Builder { config: Config::from_env()?, subscriber: true })
+        Ok(Builder::from_config(Config::from_env()?))
     }
 
     pub fn from_config(config: Config) -> Builder {
-        Builder { config, subscriber: true }
+        Builder {
+            config,
+            subscriber: true,
+            #[cfg(feature = "opentelemetry")]
+            otel_globals: true,
+        }
+    }
+
+    /// Whether [`Builder::install`] makes skein OpenTelemetry's global tracer provider and
+    /// text-map propagator (default true; feature `opentelemetry`).
+    #[cfg(feature = "opentelemetry")]
+    pub fn opentelemetry_globals(mut self, install: bool) -> Self {
+        self.otel_globals = install;
+        self
     }
 
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
@@ -161,6 +183,11 @@ impl Builder {
     pub fn install(self) -> Result<Guard, InitError> {
         if self.subscriber {
             install_subscriber()?;
+        }
+        #[cfg(feature = "opentelemetry")]
+        if self.otel_globals {
+            // Also when disabled: OpenTelemetry-API spans then cost as little as skein's.
+            otel::install_globals(&self.config.propagators);
         }
         if !self.config.disabled {
             export::install(&self.config)?;

@@ -381,3 +381,36 @@ async fn spans_finished_in_a_poll_are_exported_although_that_thread_then_idles()
     assert!(spans.iter().any(|s| s.name == "before-migration"));
     drop(idle_tx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_links_from_the_builder_and_added_later_are_exported_with_their_attributes() {
+    use skein_instrument::KeyValue;
+    use skein_instrument::propagation::w3c;
+    setup();
+    let upstream =
+        w3c::extract("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None).unwrap();
+    let first = Span::builder("enqueue").root().start();
+    let first_ctx = first.context().unwrap();
+    drop(first);
+    let mut batch = Span::builder("batch")
+        .root()
+        .link_with_attributes(upstream.clone(), vec![KeyValue::new("link.reason", "upstream")])
+        .start();
+    batch.add_link(first_ctx.clone(), Vec::new());
+    let trace_id = batch.trace_id().unwrap();
+    drop(batch);
+    let spans = trace_spans(&trace_id.0, 1).await;
+    let batch = by_name(&spans)["batch"];
+    let links: Vec<(&[u8], &[u8])> =
+        batch.links.iter().map(|l| (l.trace_id.as_slice(), l.span_id.as_slice())).collect();
+    assert_eq!(
+        links,
+        [
+            (upstream.trace_id.0.as_slice(), upstream.span_id.0.as_slice()),
+            (first_ctx.trace_id.0.as_slice(), first_ctx.span_id.0.as_slice()),
+        ]
+    );
+    assert_eq!(batch.links[0].attributes[0].key, "link.reason");
+    assert_eq!(batch.links[0].flags & 1, 1, "sampled flag of the linked context");
+    assert_eq!(batch.dropped_links_count, 0);
+}

@@ -18,7 +18,9 @@ fn rpc_parts(path: &str) -> (&str, &str) {
 
 fn rpc_span(path: &str, kind: SpanKind) -> SpanBuilder {
     let (service, method) = rpc_parts(path);
-    let name = if method.is_empty() { service.to_string() } else { format!("{service}/{method}") };
+    // `package.Service/Method` is the path without its leading slash: one copy, no formatting.
+    let name = if method.is_empty() { service } else { path.trim_start_matches('/') };
+    let name = name.to_string();
     // rpc.* (3), server.address/port (2), rpc.grpc.status_code, pyroscope.profile.id, spare.
     Span::builder_with_capacity(name, 8)
         .kind(kind)

@@ -13,26 +13,43 @@
 //! sampler which span is active on this thread (every context push/pop, i.e. every poll of an
 //! instrumented future), `on_end` marks spans slower than the configured threshold.
 
+//!
+//! Without the `profiling` cargo feature (on by default) only the configuration, error and
+//! statistics types remain: the profiler and its dependencies are not compiled, the span hooks
+//! are empty, and [`install`] fails with [`ProfilingError::NotBuilt`].
+
+#[cfg(feature = "profiling")]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(feature = "profiling")]
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use crate::config::Config;
+#[cfg(feature = "profiling")]
 use crate::http_client::HttpClient;
+#[cfg(feature = "profiling")]
 use crate::span::hooks::{self, Hooks};
+#[cfg(feature = "profiling")]
 use crate::span::{Inner, KeyValue, MAX_ATTRIBUTES, Record, Scope, Span};
+#[cfg(feature = "profiling")]
 use crate::tls::Tls;
 
+#[cfg(feature = "profiling")]
 mod collect;
+#[cfg(feature = "profiling")]
 mod modules;
+#[cfg(feature = "profiling")]
 pub mod pprof;
+#[cfg(feature = "profiling")]
 mod push;
+#[cfg(feature = "profiling")]
 mod sampler;
+#[cfg(feature = "profiling")]
 mod symbols;
 
 pub use crate::config::ProfilingConfig;
 /// Test probes: what SIGPROF and ITIMER_PROF are set to in this process.
-#[cfg(any(test, feature = "test-support"))]
+#[cfg(all(feature = "profiling", any(test, feature = "test-support")))]
 #[doc(hidden)]
 pub use sampler::{SigprofDisposition, profiling_timer_armed, sigprof_disposition};
 
@@ -44,6 +61,8 @@ pub const PROFILE_ID_ATTRIBUTE: &str = "pyroscope.profile.id";
 pub enum ProfilingError {
     #[error("span profiling is only supported on Linux (x86_64, aarch64)")]
     Unsupported,
+    #[error("span profiling is not built in (skein-instrument's `profiling` feature is off)")]
+    NotBuilt,
     #[error("profiling was already started in this process")]
     AlreadyInstalled,
     #[error("another SIGPROF handler is installed (is another profiler running?)")]
@@ -95,6 +114,7 @@ pub struct ProfilingStats {
     pub sampled_cpu_nanos: u64,
 }
 
+#[cfg(feature = "profiling")]
 struct Counters {
     unwound: AtomicU64,
     truncated: AtomicU64,
@@ -108,6 +128,7 @@ struct Counters {
     sampled_cpu_nanos: AtomicU64,
 }
 
+#[cfg(feature = "profiling")]
 static COUNTERS: Counters = Counters {
     unwound: AtomicU64::new(0),
     truncated: AtomicU64::new(0),
@@ -121,10 +142,12 @@ static COUNTERS: Counters = Counters {
     sampled_cpu_nanos: AtomicU64::new(0),
 };
 
+#[cfg(feature = "profiling")]
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+#[cfg(feature = "profiling")]
 pub fn stats() -> ProfilingStats {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     ProfilingStats {
@@ -143,6 +166,7 @@ pub fn stats() -> ProfilingStats {
     }
 }
 
+#[cfg(feature = "profiling")]
 struct Profiler {
     spans: Vec<String>,
     slower_than: Option<Duration>,
@@ -150,8 +174,10 @@ struct Profiler {
     done: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
+#[cfg(feature = "profiling")]
 static PROFILER: OnceLock<Profiler> = OnceLock::new();
 
+#[cfg(feature = "profiling")]
 /// Starts profiling for `service`: installs the SIGPROF handler, arms the timer and starts
 /// the drain and push threads. Once per process.
 /// Pushes carry `config`'s general headers (under `cfg.headers`) and use its general TLS files.
@@ -225,6 +251,7 @@ pub(crate) fn install(config: &Config, cfg: &ProfilingConfig) -> Result<(), Prof
     Ok(())
 }
 
+#[cfg(feature = "profiling")]
 /// Stops sampling, pushes a last profile and waits for it (up to the push timeout).
 pub(crate) fn shutdown() {
     let Some(p) = PROFILER.get() else { return };
@@ -236,6 +263,7 @@ pub(crate) fn shutdown() {
     stop_threads(p, push::PUSH_TIMEOUT + Duration::from_secs(2));
 }
 
+#[cfg(feature = "profiling")]
 fn stop_threads(p: &Profiler, wait: Duration) {
     p.stop.store(true, Ordering::Release);
     if let Some(ring) = sampler::ring() {
@@ -247,6 +275,7 @@ fn stop_threads(p: &Profiler, wait: Duration) {
     }
 }
 
+#[cfg(feature = "profiling")]
 /// Records the calling thread's stack bounds, so its samples carry full stacks even before it
 /// runs its first span (threads that never do otherwise get leaf-only samples). Cheap to call
 /// more than once; e.g. from tokio's `on_thread_start`.
@@ -254,6 +283,7 @@ pub fn register_current_thread() {
     sampler::register_current_thread();
 }
 
+#[cfg(feature = "profiling")]
 /// A span starts (hook): local roots (no in-process parent) and spans whose name was
 /// configured open a profile scope of their own and carry `pyroscope.profile.id`.
 fn on_start(r: &mut Record) {
@@ -264,6 +294,7 @@ fn on_start(r: &mut Record) {
     }
 }
 
+#[cfg(feature = "profiling")]
 fn add_profile_id(r: &mut Record) {
     if r.attributes.len() < MAX_ATTRIBUTES {
         r.attributes.push(KeyValue::new(PROFILE_ID_ATTRIBUTE, r.ctx.span_id.to_hex()));
@@ -272,6 +303,7 @@ fn add_profile_id(r: &mut Record) {
     }
 }
 
+#[cfg(feature = "profiling")]
 /// The active span of this thread changed (hook): `stack` is the thread's span stack,
 /// innermost last.
 fn publish(stack: &[Span]) {
@@ -327,6 +359,7 @@ fn publish(stack: &[Span]) {
     });
 }
 
+#[cfg(feature = "profiling")]
 /// A span ends (hook): if it ran longer than the configured threshold and is not a scope already,
 /// it gets `pyroscope.profile.id` and its samples (those still to be pushed) its id.
 fn on_end(r: &mut Record) {
@@ -340,6 +373,7 @@ fn on_end(r: &mut Record) {
     }
 }
 
+#[cfg(feature = "profiling")]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +385,36 @@ mod tests {
         assert_eq!(sigprof_disposition(), SigprofDisposition::Default);
         assert!(!profiling_timer_armed());
         assert_eq!(stats().samples, 0);
+    }
+}
+
+/// Without the `profiling` feature: all zero.
+#[cfg(not(feature = "profiling"))]
+pub fn stats() -> ProfilingStats {
+    ProfilingStats::default()
+}
+
+#[cfg(not(feature = "profiling"))]
+pub(crate) fn install(_: &Config, _: &ProfilingConfig) -> Result<(), ProfilingError> {
+    Err(ProfilingError::NotBuilt)
+}
+
+#[cfg(not(feature = "profiling"))]
+pub(crate) fn shutdown() {}
+
+/// Without the `profiling` feature: does nothing.
+#[cfg(not(feature = "profiling"))]
+pub fn register_current_thread() {}
+
+#[cfg(all(test, not(feature = "profiling")))]
+mod off_tests {
+    use super::*;
+
+    #[test]
+    fn without_the_feature_profiling_cannot_be_installed_and_reports_nothing() {
+        let cfg = Config::default();
+        let p = ProfilingConfig::default();
+        assert!(matches!(install(&cfg, &p), Err(ProfilingError::NotBuilt)));
+        assert_eq!(stats(), ProfilingStats::default());
     }
 }

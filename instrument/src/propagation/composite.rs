@@ -141,8 +141,12 @@ pub mod http_headers {
 
     pub fn inject(p: &Propagators, ctx: &SpanContext, bag: &[Member], headers: &mut HeaderMap) {
         p.inject(ctx, bag, |k, v| {
-            // Encoders only produce visible ASCII, so conversion cannot fail in practice.
-            if let Ok(v) = HeaderValue::from_str(&v) {
+            // The value's buffer becomes the header's (no second copy). Encoders only produce
+            // visible ASCII, so the check cannot fail in practice.
+            if let Ok(mut v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v.into_bytes())) {
+                // Trace context never repeats: HPACK-indexing it would only evict entries
+                // that do repeat. Baggage often does.
+                v.set_sensitive(k != super::baggage::BAGGAGE);
                 headers.insert(HeaderName::from_static(k), v);
             }
         });

@@ -28,6 +28,65 @@ pub struct SpanContext {
     pub trace_state: Vec<(String, String)>,
 }
 
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    //! Conversions from and to the OpenTelemetry API's span context.
+
+    use opentelemetry::trace::{self as ot, TraceFlags, TraceState};
+
+    use super::{SpanContext, SpanId, TraceId};
+
+    impl From<&ot::SpanContext> for SpanContext {
+        fn from(sc: &ot::SpanContext) -> SpanContext {
+            SpanContext {
+                trace_id: TraceId(sc.trace_id().to_bytes()),
+                span_id: SpanId(sc.span_id().to_bytes()),
+                sampled: sc.is_sampled(),
+                debug: false,
+                trace_state: sc
+                    .trace_state()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }
+        }
+    }
+
+    impl From<ot::SpanContext> for SpanContext {
+        fn from(sc: ot::SpanContext) -> SpanContext {
+            SpanContext::from(&sc)
+        }
+    }
+
+    impl SpanContext {
+        /// This context as the OpenTelemetry API's (`remote`: whether it came from another
+        /// process).
+        pub fn to_otel(&self, remote: bool) -> ot::SpanContext {
+            let state = if self.trace_state.is_empty() {
+                TraceState::default()
+            } else {
+                // Already validated when it was extracted; an entry OpenTelemetry refuses
+                // drops the state rather than the context.
+                TraceState::from_key_value(
+                    self.trace_state.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .unwrap_or_default()
+            };
+            ot::SpanContext::new(
+                ot::TraceId::from_bytes(self.trace_id.0),
+                ot::SpanId::from_bytes(self.span_id.0),
+                if self.sampled || self.debug {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                remote,
+                state,
+            )
+        }
+    }
+}
+
 /// Decodes exactly `N` bytes of lowercase hex; `None` on any other input.
 pub(crate) fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let b = s.as_bytes();

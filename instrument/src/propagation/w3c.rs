@@ -39,14 +39,34 @@ pub fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContex
     })
 }
 
+/// Length of a version-00 `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// Writes the `traceparent` value for `ctx` (version 00) into a fixed buffer: no formatting
+/// machinery and no allocation on the request path.
+pub fn write_traceparent(ctx: &SpanContext, out: &mut [u8; TRACEPARENT_LEN]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = DIGITS[usize::from(b & 15)];
+        }
+    };
+    hex(3, &ctx.trace_id.0);
+    hex(36, &ctx.span_id.0);
+    out[..3].copy_from_slice(b"00-");
+    out[35] = b'-';
+    out[52] = b'-';
+    out[53] = b'0';
+    out[54] = if ctx.sampled { b'1' } else { b'0' };
+}
+
 /// `traceparent` value for `ctx` (version 00).
 pub fn traceparent(ctx: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{}",
-        ctx.trace_id.to_hex(),
-        ctx.span_id.to_hex(),
-        if ctx.sampled { "01" } else { "00" }
-    )
+    let mut buf = [0u8; TRACEPARENT_LEN];
+    write_traceparent(ctx, &mut buf);
+    // Only ASCII hex digits and dashes were written: no replacement happens.
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// `tracestate` value for `ctx`, or `None` when it has no members.

@@ -12,19 +12,25 @@ use crate::propagation::baggage::Member;
 use crate::propagation::composite::Extracted;
 use crate::propagation::{SpanContext, SpanId, TraceId};
 
+pub(crate) mod clock;
 pub(crate) mod context;
 pub(crate) mod hooks;
 pub(crate) mod ids;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod otel;
 mod record;
 pub(crate) mod sink;
 
-pub(crate) use record::{Ctx, Event, Extra, Record, Scope};
-pub use record::{KeyValue, SpanKind, Status, Value};
+#[cfg(feature = "profiling")]
+pub(crate) use record::Scope;
+pub(crate) use record::{Ctx, Event, Extra, Record};
+pub use record::{KeyValue, Link, SpanKind, Status, Value};
 
-/// Most attributes and events kept per span (OpenTelemetry's default limits); the rest are
-/// counted as dropped.
+/// Most attributes, events and links kept per span (OpenTelemetry's default limits); the rest
+/// are counted as dropped.
 pub const MAX_ATTRIBUTES: usize = 128;
 pub const MAX_EVENTS: usize = 128;
+pub const MAX_LINKS: usize = 128;
 
 #[derive(Debug, Default)]
 pub(crate) enum Inner {
@@ -41,7 +47,7 @@ pub struct Span(pub(crate) Inner);
 
 /// Where a new span's parent comes from.
 #[derive(Debug)]
-enum Parent {
+pub(crate) enum Parent {
     /// The span active on this thread, if any.
     Current,
     Root,
@@ -59,6 +65,8 @@ pub struct SpanBuilder {
     kind: SpanKind,
     parent: Parent,
     attributes: Vec<KeyValue>,
+    links: Vec<Link>,
+    start: Option<clock::Instant>,
 }
 
 impl SpanBuilder {
@@ -89,45 +97,41 @@ impl SpanBuilder {
         self
     }
 
+    /// Links this span to another (of this trace or another one).
+    pub fn link(self, context: SpanContext) -> Self {
+        self.link_with_attributes(context, Vec::new())
+    }
+
+    pub fn link_with_attributes(mut self, context: SpanContext, attributes: Vec<KeyValue>) -> Self {
+        self.links.push(Link { context, attributes });
+        self
+    }
+
+    /// Starts at `start` instead of now (the OpenTelemetry API's explicit start times).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn start_time(mut self, start: clock::Instant) -> Self {
+        self.start = Some(start);
+        self
+    }
+
     pub fn start(self) -> Span {
         let Some(p) = sink::active() else { return Span(Inner::Disabled) };
-        let (ctx, parent, remote_parent) = match self.parent {
-            Parent::Current => match context::current_ctx() {
-                Some(c) => {
-                    let parent = c.span_id;
-                    (Ctx { span_id: ids::span_id(), ..c }, Some(parent), false)
-                }
-                None => (new_root(p, None), None, false),
-            },
-            Parent::Root => (new_root(p, None), None, false),
-            Parent::Local(c) => {
-                let parent = c.span_id;
-                (Ctx { span_id: ids::span_id(), ..c }, Some(parent), false)
-            }
-            Parent::Remote(Extracted { parent: Some(rp), baggage }) => {
-                let sampled = p.sampler.should_sample(&rp.trace_id, Some(&rp));
-                let ctx = Ctx {
-                    trace_id: rp.trace_id,
-                    span_id: ids::span_id(),
-                    sampled,
-                    trace_state: (!rp.trace_state.is_empty()).then(|| Arc::new(rp.trace_state)),
-                    baggage: (!baggage.is_empty()).then(|| Arc::new(baggage)),
-                    profile_scope: None,
-                };
-                (ctx, Some(rp.span_id), true)
-            }
-            Parent::Remote(Extracted { parent: None, baggage }) => {
-                (new_root(p, (!baggage.is_empty()).then(|| Arc::new(baggage))), None, false)
-            }
-        };
+        let (ctx, parent, remote_parent) = resolve(self.parent, p);
         if !ctx.sampled {
             return Span(Inner::Context(ctx));
         }
         let mut attributes = self.attributes;
         let dropped_attributes = attributes.len().saturating_sub(MAX_ATTRIBUTES) as u32;
         attributes.truncate(MAX_ATTRIBUTES);
-        let now = quanta::Instant::now();
-        let mut record = Record {
+        let mut links = self.links;
+        let dropped_links = links.len().saturating_sub(MAX_LINKS) as u32;
+        links.truncate(MAX_LINKS);
+        let now = self.start.unwrap_or_else(clock::now);
+        let extra = (dropped_attributes > 0 || !links.is_empty()).then(|| {
+            Box::new(Extra { dropped_attributes, links, dropped_links, ..Extra::default() })
+        });
+        // Built where it is returned: no copy of the record on the way out.
+        let mut span = Span(Inner::Recording(Record {
             ctx,
             parent,
             remote_parent,
@@ -136,11 +140,51 @@ impl SpanBuilder {
             start: now,
             end: now,
             attributes,
-            extra: (dropped_attributes > 0)
-                .then(|| Box::new(Extra { dropped_attributes, ..Extra::default() })),
-        };
-        hooks::on_start(&mut record);
-        Span(Inner::Recording(record))
+            extra,
+        }));
+        if let Inner::Recording(r) = &mut span.0 {
+            hooks::on_start(r);
+        }
+        span
+    }
+}
+
+/// The new span's context, its parent span id and whether that parent is remote.
+#[inline]
+fn resolve(parent: Parent, p: &sink::Sink) -> (Ctx, Option<SpanId>, bool) {
+    let child_of = |c: Ctx| {
+        let parent = c.span_id;
+        (Ctx { span_id: ids::span_id(), ..c }, Some(parent), false)
+    };
+    match parent {
+        Parent::Current => match context::current_parent() {
+            Some(context::CurrentParent::Local(c)) => child_of(c),
+            Some(context::CurrentParent::Remote(rp)) => {
+                #[cfg(feature = "opentelemetry")]
+                let baggage = otel::current_baggage();
+                #[cfg(not(feature = "opentelemetry"))]
+                let baggage = Vec::new();
+                resolve(Parent::Remote(Extracted { parent: Some(rp), baggage }), p)
+            }
+            None => (new_root(p, None), None, false),
+        },
+        Parent::Root => (new_root(p, None), None, false),
+        Parent::Local(c) => child_of(c),
+        Parent::Remote(Extracted { parent: Some(rp), baggage }) => {
+            let sampled = p.sampler.should_sample(&rp.trace_id, Some(&rp));
+            let ctx = Ctx {
+                trace_id: rp.trace_id,
+                span_id: ids::span_id(),
+                sampled,
+                trace_state: (!rp.trace_state.is_empty()).then(|| Arc::new(rp.trace_state)),
+                baggage: (!baggage.is_empty()).then(|| Arc::new(baggage)),
+                profile_scope: None,
+            };
+            (ctx, Some(rp.span_id), true)
+        }
+        Parent::Remote(Extracted { parent: None, baggage }) => {
+            (new_root(p, (!baggage.is_empty()).then(|| Arc::new(baggage))), None, false)
+        }
     }
 }
 
@@ -176,6 +220,8 @@ impl Span {
             kind: SpanKind::Internal,
             parent: Parent::Current,
             attributes: Vec::with_capacity(attributes),
+            links: Vec::new(),
+            start: None,
         }
     }
 
@@ -225,6 +271,12 @@ impl Span {
         }
     }
 
+    pub(crate) fn set_kind(&mut self, kind: SpanKind) {
+        if let Inner::Recording(r) = &mut self.0 {
+            r.kind = kind;
+        }
+    }
+
     pub fn update_name(&mut self, name: impl Into<Cow<'static, str>>) {
         if let Inner::Recording(r) = &mut self.0 {
             r.name = name.into();
@@ -232,18 +284,66 @@ impl Span {
     }
 
     pub fn add_event(&mut self, name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
+        if let Inner::Recording(_) = &self.0 {
+            self.add_event_at(name, clock::now(), attributes);
+        }
+    }
+
+    pub(crate) fn add_event_at(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        time: clock::Instant,
+        attributes: Vec<KeyValue>,
+    ) {
         if let Inner::Recording(r) = &mut self.0 {
             let x = r.extra();
             if x.events.len() < MAX_EVENTS {
-                x.events.push(Event {
-                    name: name.into(),
-                    time: quanta::Instant::now(),
-                    attributes,
-                });
+                x.events.push(Event { name: name.into(), time, attributes });
             } else {
                 x.dropped_events += 1;
             }
         }
+    }
+
+    /// Links this span to another (exported as an OTLP span link).
+    pub fn add_link(&mut self, context: SpanContext, attributes: Vec<KeyValue>) {
+        if let Inner::Recording(r) = &mut self.0 {
+            let x = r.extra();
+            if x.links.len() < MAX_LINKS {
+                x.links.push(Link { context, attributes });
+            } else {
+                x.dropped_links += 1;
+            }
+        }
+    }
+
+    /// Ends the span at `end` (the OpenTelemetry API's explicit end times).
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn end_at(mut self, end: clock::Instant) {
+        if let Inner::Recording(r) = &mut self.0 {
+            r.end = end;
+            context::finish_in_place(&mut self.0);
+        }
+    }
+
+    /// Moves a span that has not been entered yet under another parent (a `tracing` span's
+    /// `set_parent`): its trace, parent and sampling decision change, its data stays. A span
+    /// that was not sampled stays unrecorded: its data was never kept.
+    pub(crate) fn reparent(&mut self, parent: Parent) {
+        let Some(p) = sink::active() else { return };
+        let (mut ctx, parent, remote_parent) = resolve(parent, p);
+        self.0 = match std::mem::take(&mut self.0) {
+            Inner::Recording(mut r) if ctx.sampled => {
+                ctx.profile_scope = r.ctx.profile_scope.take();
+                r.ctx = ctx;
+                r.parent = parent;
+                r.remote_parent = remote_parent;
+                Inner::Recording(r)
+            }
+            // Unsampled now: the record is discarded, not exported.
+            Inner::Recording(_) | Inner::Context(_) => Inner::Context(ctx),
+            Inner::Disabled => Inner::Disabled,
+        };
     }
 
     pub fn set_status(&mut self, status: Status) {
@@ -286,8 +386,9 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        if let Inner::Recording(r) = std::mem::take(&mut self.0) {
-            context::finish(r);
+        if let Inner::Recording(r) = &mut self.0 {
+            r.end = clock::now();
+            context::finish_in_place(&mut self.0);
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::clock;
 use crate::propagation::baggage::Member;
 use crate::propagation::{SpanContext, SpanId, TraceId};
 
@@ -78,10 +79,28 @@ pub enum Status {
     Error(Cow<'static, str>),
 }
 
+/// A link to another span (of this or another trace): a batch job linking the requests it
+/// serves, a consumer linking the producer, a `tracing` span's `follows_from`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub context: SpanContext,
+    pub attributes: Vec<KeyValue>,
+}
+
+impl Link {
+    pub fn new(context: SpanContext) -> Link {
+        Link { context, attributes: Vec::new() }
+    }
+
+    pub fn with_attributes(context: SpanContext, attributes: Vec<KeyValue>) -> Link {
+        Link { context, attributes }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Event {
     pub name: Cow<'static, str>,
-    pub time: quanta::Instant,
+    pub time: clock::Instant,
     pub attributes: Vec<KeyValue>,
 }
 
@@ -118,8 +137,8 @@ pub(crate) struct Record {
     pub remote_parent: bool,
     pub name: Cow<'static, str>,
     pub kind: SpanKind,
-    pub start: quanta::Instant,
-    pub end: quanta::Instant,
+    pub start: clock::Instant,
+    pub end: clock::Instant,
     pub attributes: Vec<KeyValue>,
     /// What most spans never have, out of line so records stay small: a record is moved on
     /// every enter, exit and finish.
@@ -129,9 +148,11 @@ pub(crate) struct Record {
 #[derive(Debug, Default)]
 pub(crate) struct Extra {
     pub events: Vec<Event>,
+    pub links: Vec<Link>,
     pub status: Status,
     pub dropped_attributes: u32,
     pub dropped_events: u32,
+    pub dropped_links: u32,
 }
 
 impl Record {
@@ -149,6 +170,7 @@ impl Record {
 /// scope). Carried in every span's context, so children started on other threads or tasks
 /// still know it.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "profiling"), allow(dead_code))]
 pub(crate) struct Scope {
     pub id: SpanId,
     pub name: Arc<str>,

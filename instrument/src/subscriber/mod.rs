@@ -13,8 +13,12 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::span::{Ctx, Inner, KeyValue, Span, Status, context};
+use crate::span::{Ctx, Inner, KeyValue, Span, SpanKind, Status, context};
 use crate::suppress::suppressed;
+
+mod ext;
+
+pub use ext::TracingSpanExt;
 
 /// The layer: add it to a `tracing_subscriber::registry()`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,11 +35,92 @@ struct Slot {
     span: Option<Span>,
 }
 
+impl Slot {
+    /// Runs `f` on the span, here or (while entered on this thread) on the context stack.
+    fn on_span(&mut self, f: impl FnOnce(&mut Span)) {
+        match &mut self.span {
+            Some(s) => f(s),
+            None => {
+                let want = self.ctx.as_ref().map(|c| c.span_id);
+                context::with_current_span(|s| {
+                    if s.span_id().is_some() && s.span_id() == want {
+                        f(s)
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Fields, with those `tracing-opentelemetry` gives a meaning picked out: `otel.name` (the
+/// span name), `otel.kind` (`server`, `client`, `producer`, `consumer`, `internal`),
+/// `otel.status_code` (`ok`, `error`) and `otel.status_message` (also spelled
+/// `otel.status_description`; an error's description).
 #[derive(Default)]
 struct Fields {
     attrs: Vec<KeyValue>,
     message: Option<String>,
     name: Option<String>,
+    kind: Option<SpanKind>,
+    status_code: Option<StatusCode>,
+    status_message: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StatusCode {
+    Unset,
+    Ok,
+    Error,
+}
+
+fn span_kind(s: &str) -> Option<SpanKind> {
+    [
+        ("server", SpanKind::Server),
+        ("client", SpanKind::Client),
+        ("producer", SpanKind::Producer),
+        ("consumer", SpanKind::Consumer),
+        ("internal", SpanKind::Internal),
+    ]
+    .into_iter()
+    .find_map(|(name, kind)| s.eq_ignore_ascii_case(name).then_some(kind))
+}
+
+fn status_code(s: &str) -> StatusCode {
+    if s.eq_ignore_ascii_case("ok") {
+        StatusCode::Ok
+    } else if s.eq_ignore_ascii_case("error") {
+        StatusCode::Error
+    } else {
+        StatusCode::Unset
+    }
+}
+
+impl Fields {
+    /// The span status the `otel.status_*` fields ask for, if any: a message alone means an
+    /// error (as in `tracing-opentelemetry`).
+    fn status(&mut self) -> Option<Status> {
+        match (self.status_code, self.status_message.take()) {
+            (Some(StatusCode::Ok), _) => Some(Status::Ok),
+            (Some(StatusCode::Error) | None, Some(m)) => Some(Status::Error(m.into())),
+            (Some(StatusCode::Error), None) => Some(Status::Error("".into())),
+            _ => None,
+        }
+    }
+
+    fn apply(mut self, s: &mut Span) {
+        if let Some(n) = self.name.take() {
+            s.update_name(n);
+        }
+        if let Some(k) = self.kind {
+            s.set_kind(k);
+        }
+        if let Some(st) = self.status() {
+            s.set_status(st);
+        }
+        for kv in self.attrs {
+            s.set_attribute(kv.key, kv.value);
+        }
+    }
 }
 
 impl Visit for Fields {
@@ -43,6 +128,11 @@ impl Visit for Fields {
         match field.name() {
             "message" => self.message = Some(value.to_string()),
             "otel.name" => self.name = Some(value.to_string()),
+            "otel.kind" => self.kind = span_kind(value),
+            "otel.status_code" => self.status_code = Some(status_code(value)),
+            "otel.status_message" | "otel.status_description" => {
+                self.status_message = Some(value.to_string())
+            }
             k => self.attrs.push(KeyValue::new(k, value.to_string())),
         }
     }
@@ -79,6 +169,10 @@ where
             Some(n) => Span::builder(n),
             None => Span::builder(meta.name()),
         };
+        if let Some(k) = fields.kind {
+            b = b.kind(k);
+        }
+        let status = fields.status();
         if attrs.is_root() {
             b = b.root();
         } else if let Some(parent) = attrs.parent() {
@@ -95,7 +189,10 @@ where
         if let Some(m) = meta.module_path() {
             b = b.attribute("code.namespace", m);
         }
-        let span = b.start();
+        let mut span = b.start();
+        if let Some(st) = status {
+            span.set_status(st);
+        }
         span_ref.extensions_mut().insert(Slot { ctx: span.ctx().cloned(), span: Some(span) });
     }
 
@@ -105,25 +202,20 @@ where
         values.record(&mut fields);
         let mut ext = span_ref.extensions_mut();
         let Some(slot) = ext.get_mut::<Slot>() else { return };
-        let apply = |s: &mut Span, fields: Fields| {
-            if let Some(n) = fields.name {
-                s.update_name(n);
-            }
-            for kv in fields.attrs {
-                s.set_attribute(kv.key, kv.value);
-            }
+        slot.on_span(|s| fields.apply(s));
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: Context<'_, S>) {
+        let Some(target) = ctx
+            .span(follows)
+            .and_then(|f| f.extensions().get::<Slot>().and_then(|s| s.ctx.clone()))
+        else {
+            return;
         };
-        match &mut slot.span {
-            Some(s) => apply(s, fields),
-            None => {
-                let want = slot.ctx.as_ref().map(|c| c.span_id);
-                context::with_current_span(|s| {
-                    if s.span_id().is_some() && s.span_id() == want {
-                        apply(s, fields)
-                    }
-                });
-            }
-        }
+        let Some(span_ref) = ctx.span(id) else { return };
+        let mut ext = span_ref.extensions_mut();
+        let Some(slot) = ext.get_mut::<Slot>() else { return };
+        slot.on_span(|s| s.add_link(target.to_span_context(), Vec::new()));
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
