@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
@@ -191,20 +192,30 @@ fn physical(
     wanted.exprs.iter().map(|(_, e)| compile::physical(ctx, e.clone(), schema)).collect()
 }
 
-/// Whether each trace id of `ids` is in `sorted` (ascending). Ids compare as big-endian
-/// integers: the same order as bytes, without a `memcmp` call per probe.
+/// Whether each trace id of `ids` is in `sorted` (ascending); NULL is not. Ids compare as
+/// big-endian integers: the same order as bytes, without a `memcmp` call per probe, read
+/// straight from the values buffer (this runs on every row of the pages read).
 pub(super) fn member(ids: &dyn Array, sorted: &[[u8; 16]]) -> Result<BooleanArray, QueryError> {
     let Some(ids) = ids.as_fixed_size_binary_opt() else {
         return Err(QueryError::Internal("trace ids are not fixed-size binary".into()));
     };
     let keys: Vec<u128> = sorted.iter().map(|id| u128::from_be_bytes(*id)).collect();
-    Ok(ids
-        .iter()
-        .map(|v| {
-            let k = v.and_then(|v| <[u8; 16]>::try_from(v).ok()).map(u128::from_be_bytes);
-            Some(k.is_some_and(|k| keys.binary_search(&k).is_ok()))
-        })
-        .collect())
+    let found = match ids.value_length() {
+        16 => {
+            let data = ids.value_data();
+            BooleanBuffer::collect_bool(ids.len(), |i| {
+                data.get(i * 16..i * 16 + 16)
+                    .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                    .is_some_and(|v| keys.binary_search(&u128::from_be_bytes(v)).is_ok())
+            })
+        }
+        _ => BooleanBuffer::new_unset(ids.len()),
+    };
+    let found = match ids.nulls() {
+        Some(valid) => &found & valid.inner(),
+        None => found,
+    };
+    Ok(BooleanArray::new(found, None))
 }
 
 fn finish(
@@ -225,4 +236,28 @@ fn finish(
         cols.push(a);
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::FixedSizeBinaryArray;
+
+    #[test]
+    fn member_marks_exactly_the_wanted_ids_and_never_a_null_even_in_a_slice() {
+        let id = |n: u128| n.to_be_bytes();
+        let ids = FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+            [Some(id(9)), Some(id(1)), None, Some(id(7)), Some(id(3)), Some(id(1 << 100))]
+                .into_iter(),
+            16,
+        )
+        .unwrap();
+        let sorted = [id(1), id(3), id(1 << 100)];
+        let got = member(&ids, &sorted).unwrap();
+        let want = [false, true, false, false, true, true];
+        assert_eq!(got.iter().map(|v| v.unwrap()).collect::<Vec<_>>(), want);
+        let sliced = ids.slice(2, 3);
+        let got = member(&sliced, &sorted).unwrap();
+        assert_eq!(got.iter().map(|v| v.unwrap()).collect::<Vec<_>>(), [false, false, true]);
+    }
 }
